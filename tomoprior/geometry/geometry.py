@@ -1,0 +1,321 @@
+"""A volume grid plus an ordered list of views; the calibrated bi-planar special case."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .grid import VolumeGrid
+from .parameters import ViewParameters, default_frontal, default_lateral
+from .view import View, _project_points, _projection_matrix
+
+
+class GeometryWarning(UserWarning):
+    """A geometry that is valid but probably not what was meant (e.g. a view misses the volume)."""
+
+
+#: Default grid of the pediatric setup: 128^3 voxels of 1.5 mm (192 mm field of view),
+#: enough for heads up to about two years of age.
+DEFAULT_GRID = VolumeGrid(shape=(128, 128, 128), spacing=(1.5, 1.5, 1.5), center=(0.0, 0.0, 0.0))
+
+
+class Geometry:
+    """A :class:`VolumeGrid` plus an ordered list of :class:`View` s.
+
+    Parameters
+    ----------
+    grid : VolumeGrid
+    views : sequence of View
+        At least one. Views may differ in detector shape and pixel pitch.
+
+    Raises
+    ------
+    ValueError
+        If a source lies inside the volume box, or the inputs have the wrong types.
+
+    Warns
+    -----
+    GeometryWarning
+        If no ray of a view passes through the volume box.
+
+    Examples
+    --------
+    >>> import tomoprior as tp
+    >>> geom = tp.BiplanarGeometry.from_parameters(binning=8)
+    >>> geom.project_points([[0.0, 0.0, 0.0]]).shape
+    torch.Size([2, 1, 2])
+    """
+
+    def __init__(self, grid: VolumeGrid, views: Sequence[View]):
+        if not isinstance(grid, VolumeGrid):
+            raise ValueError(f"grid must be a tomoprior VolumeGrid, got {type(grid).__name__}")
+        if isinstance(views, View):
+            views = [views]
+        views = tuple(views)
+        if not views:
+            raise ValueError("views must contain at least one View")
+        for i, v in enumerate(views):
+            if not isinstance(v, View):
+                raise ValueError(f"views[{i}] must be a tomoprior View, got {type(v).__name__}")
+        self.grid = grid
+        self.views = views
+        self._validate()
+
+    def _validate(self) -> None:
+        lo, hi = (np.asarray(b) for b in self.grid.bounds())
+        corners = self.grid.corners()
+        for i, view in enumerate(self.views):
+            label = f"views[{i}]" + (f" ({view.name})" if view.name else "")
+            s = view.source.detach().double().cpu().numpy()
+            if np.all(s > lo) and np.all(s < hi):
+                raise ValueError(
+                    f"{label}: the source {s.tolist()} lies inside the volume box {lo.tolist()}..{hi.tolist()} mm; "
+                    "an X-ray source must be outside the reconstructed volume"
+                )
+            if not _view_sees_box(view, corners):
+                warnings.warn(
+                    f"{label}: no ray of this view passes through the volume box "
+                    f"{lo.tolist()}..{hi.tolist()} mm; its projection will be all zeros",
+                    GeometryWarning,
+                    stacklevel=3,
+                )
+
+    # -- basic properties ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __iter__(self):
+        return iter(self.views)
+
+    def __getitem__(self, index) -> View:
+        return self.views[index]
+
+    @property
+    def num_views(self) -> int:
+        return len(self.views)
+
+    @property
+    def names(self) -> list[str | None]:
+        return [v.name for v in self.views]
+
+    @property
+    def detector_shapes(self) -> list[tuple[int, int]]:
+        return [v.shape for v in self.views]
+
+    @property
+    def uniform_detector(self) -> bool:
+        """True when every view has the same detector shape (projections stack into one array)."""
+        return len(set(self.detector_shapes)) == 1
+
+    @property
+    def projection_shape(self) -> tuple[int, int, int]:
+        """``(views, rows, cols)``; requires a uniform detector shape."""
+        if not self.uniform_detector:
+            raise ValueError(
+                f"views have different detector shapes {self.detector_shapes}; projections are a tuple of "
+                "per-view arrays, not one (views, rows, cols) array"
+            )
+        return (len(self.views), *self.views[0].shape)
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """``(views, 12)`` stacked view vectors (ASTRA ``cone_vec`` rows), differentiable."""
+        dtype = self.views[0].dtype
+        for v in self.views[1:]:
+            dtype = torch.promote_types(dtype, v.dtype)
+        device = self.views[0].device
+        return torch.stack([v.vector.to(dtype=dtype, device=device) for v in self.views])
+
+    @property
+    def requires_grad(self) -> bool:
+        return any(v.vector.requires_grad for v in self.views)
+
+    # -- points and matrices ------------------------------------------------------------
+    def project_points(self, xyz) -> torch.Tensor:
+        """Project world points into every view.
+
+        Parameters
+        ----------
+        xyz : array-like, shape ``(n, 3)``
+            World ``(x, y, z)`` in mm.
+
+        Returns
+        -------
+        Tensor, shape ``(views, n, 2)``
+            Pixel coordinates ``(col, row)`` (integer values at pixel centres). NaN (with a
+            warning) for points on or behind a view's source plane.
+        """
+        return torch.stack([_project_points(v.vector, v.shape, xyz) for v in self.views])
+
+    def projection_matrices(self) -> torch.Tensor:
+        """``(views, 3, 4)`` homogeneous projection matrices: ``(col, row, 1) ~ P (x, y, z, 1)``."""
+        return torch.stack([_projection_matrix(v.vector, v.shape) for v in self.views])
+
+    # -- conversions --------------------------------------------------------------------
+    def to(self, dtype=None, device=None) -> Geometry:
+        return Geometry(self.grid, [v.to(dtype=dtype, device=device) for v in self.views])
+
+    def detach(self) -> Geometry:
+        return Geometry(self.grid, [v.detach() for v in self.views])
+
+    def with_grid(self, grid: VolumeGrid) -> Geometry:
+        """The same views over another voxel grid."""
+        return Geometry(grid, self.views)
+
+    def to_astra(self) -> tuple[dict, dict]:
+        """ASTRA ``(vol_geom, proj_geom)`` dicts; see :mod:`tomoprior.geometry.astra_convert`."""
+        from .astra_convert import geometry_to_astra
+
+        return geometry_to_astra(self)
+
+    @classmethod
+    def from_astra(cls, vol_geom: dict, proj_geom: dict, names: Sequence[str] | None = None) -> Geometry:
+        """Build a geometry from ASTRA ``vol_geom`` and ``cone_vec`` ``proj_geom`` dicts."""
+        from .astra_convert import geometry_from_astra
+
+        return geometry_from_astra(vol_geom, proj_geom, names=names)
+
+    def to_dict(self) -> dict:
+        from .io import geometry_to_dict
+
+        return geometry_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Geometry:
+        from .io import geometry_from_dict
+
+        return geometry_from_dict(d)
+
+    def save(self, path) -> None:
+        """Write the geometry to ``path`` (``.yaml``/``.yml`` or ``.json``), atomically."""
+        from .io import save_geometry
+
+        save_geometry(self, path)
+
+    @classmethod
+    def load(cls, path) -> Geometry:
+        """Read a geometry written by :meth:`save` (YAML or JSON, by extension)."""
+        from .io import load_geometry
+
+        return load_geometry(path)
+
+    def __repr__(self) -> str:
+        views = ",\n  ".join(repr(v) for v in self.views)
+        return f"{type(self).__name__}(grid={self.grid},\n  {views})"
+
+
+class BiplanarGeometry(Geometry):
+    """The calibrated two-view case (frontal + lateral) built from physical parameters.
+
+    Use :meth:`from_parameters`; the :attr:`parameters` are kept, so the geometry can be
+    saved with its physical description and rebuilt (or refined) from it.
+    """
+
+    def __init__(self, grid: VolumeGrid, parameters: Sequence[ViewParameters]):
+        parameters = tuple(parameters)
+        if len(parameters) != 2:
+            raise ValueError(f"a BiplanarGeometry has exactly two views (frontal, lateral), got {len(parameters)}")
+        for i, p in enumerate(parameters):
+            if not isinstance(p, ViewParameters):
+                raise ValueError(f"parameters[{i}] must be ViewParameters, got {type(p).__name__}")
+        self.parameters = parameters
+        super().__init__(grid, [p.to_view() for p in parameters])
+
+    @classmethod
+    def from_parameters(
+        cls,
+        frontal: ViewParameters | None = None,
+        lateral: ViewParameters | None = None,
+        grid: VolumeGrid | None = None,
+        *,
+        binning: int = 1,
+    ) -> BiplanarGeometry:
+        """A bi-planar geometry; defaults are the pediatric skull setup.
+
+        Parameters
+        ----------
+        frontal, lateral : ViewParameters, optional
+            Default: PA frontal and left lateral, source-to-isocenter 1000 mm,
+            source-to-detector 1500 mm (magnification 1.5), 1536 x 1536 pixels of 0.2 mm
+            (see :mod:`tomoprior.geometry.parameters` for where these come from).
+        grid : VolumeGrid, optional
+            Default 128^3 voxels of 1.5 mm centred on the isocenter.
+        binning : int
+            Detector binning applied to both views (e.g. 4 -> 384 x 384 pixels of 0.8 mm),
+            convenient for fast simulation.
+        """
+        frontal = default_frontal() if frontal is None else frontal
+        lateral = default_lateral() if lateral is None else lateral
+        if binning != 1:
+            frontal, lateral = frontal.binned(binning), lateral.binned(binning)
+        return cls(DEFAULT_GRID if grid is None else grid, (frontal, lateral))
+
+    @property
+    def frontal(self) -> View:
+        return self.views[0]
+
+    @property
+    def lateral(self) -> View:
+        return self.views[1]
+
+    def with_grid(self, grid: VolumeGrid) -> BiplanarGeometry:
+        return BiplanarGeometry(grid, self.parameters)
+
+    def to(self, dtype=None, device=None) -> Geometry:
+        return Geometry(self.grid, [v.to(dtype=dtype, device=device) for v in self.views])
+
+
+def _view_sees_box(view: View, corners: np.ndarray) -> bool:
+    """Whether some ray of ``view`` may pass through the box with the given corners.
+
+    Conservative test: the box must be (partly) on the detector side of the source, and
+    the bounding rectangle of its projected corners must overlap the detector.
+    """
+    vec = view.vector.detach().double().cpu()
+    s, c = vec[0:3].numpy(), vec[3:6].numpy()
+    n = np.cross(vec[6:9].numpy(), vec[9:12].numpy())
+    n = n / np.linalg.norm(n)
+    toward_det = n if np.dot(c - s, n) > 0 else -n
+    depth = (corners - s) @ toward_det
+    if np.all(depth <= 0):
+        return False
+    if np.any(depth <= 0):
+        # the box straddles the source plane: its image is unbounded, assume it is seen
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pix = _project_points(vec, view.shape, torch.as_tensor(corners), warn=False).numpy()
+    rows, cols = view.shape
+    cmin, rmin = pix.min(axis=0)
+    cmax, rmax = pix.max(axis=0)
+    return bool(cmax >= -0.5 and cmin <= cols - 0.5 and rmax >= -0.5 and rmin <= rows - 0.5)
+
+
+def magnification_at(view: View, point=(0.0, 0.0, 0.0)) -> float:
+    """Magnification of ``view`` at a world point (default the origin)."""
+    return float(view.magnification(torch.as_tensor(point, dtype=view.dtype)).detach())
+
+
+def isocenter_pixel_size(view: View, point=(0.0, 0.0, 0.0)) -> tuple[float, float]:
+    """``(row, col)`` pixel size back-projected to the plane through ``point``, mm.
+
+    This is the number that must agree between the projector that made a set of DRRs and
+    the back-projector that lifts them (PSCT-Net's public code: ~1.0 vs ~0.83 mm).
+    """
+    m = magnification_at(view, point)
+    pr, pc = view.pixel_pitch
+    return (pr / m, pc / m)
+
+
+__all__ = [
+    "Geometry",
+    "BiplanarGeometry",
+    "GeometryWarning",
+    "DEFAULT_GRID",
+    "isocenter_pixel_size",
+    "magnification_at",
+]
+

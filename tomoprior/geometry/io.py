@@ -1,0 +1,143 @@
+"""Geometry files: YAML or JSON with a schema name and version.
+
+Layout (lengths in mm; angles, where present, in degrees)::
+
+    schema: tomoprior.geometry
+    schema_version: 1
+    units: {length: mm, angle: deg}
+    grid: {shape: [nz, ny, nx], spacing: [sz, sy, sx], center: [x, y, z]}
+    views:
+      - {name: frontal, source: [x, y, z], detector_center: [x, y, z],
+         u: [x, y, z], v: [x, y, z], shape: [rows, cols]}
+    parameters:            # optional: the physical description of a BiplanarGeometry
+      - {name: frontal, primary_angle_deg: 0.0, source_to_isocenter: 1000.0, ...}
+
+The view vectors are authoritative. When ``parameters`` are present, loading rebuilds
+the views from them and checks they agree with the stored vectors (to 1e-6 mm), so a file
+edited by hand cannot silently disagree with itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from .._atomic import write_text_atomic
+from .grid import VolumeGrid
+from .parameters import ViewParameters
+from .view import View
+
+SCHEMA = "tomoprior.geometry"
+SCHEMA_VERSION = 1
+_TOP_KEYS = {"schema", "schema_version", "units", "grid", "views", "parameters"}
+_CONSISTENCY_TOL_MM = 1e-6
+
+
+def geometry_to_dict(geom) -> dict:
+    from .geometry import BiplanarGeometry
+
+    d = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "units": {"length": "mm", "angle": "deg"},
+        "grid": geom.grid.to_dict(),
+        "views": [v.to_dict() for v in geom.views],
+    }
+    if isinstance(geom, BiplanarGeometry):
+        d["parameters"] = [p.to_dict() for p in geom.parameters]
+    return d
+
+
+def geometry_from_dict(d: dict):
+    from .geometry import BiplanarGeometry, Geometry
+
+    if not isinstance(d, dict):
+        raise ValueError(f"a geometry file must hold a mapping at the top level, got {type(d).__name__}")
+    if d.get("schema") != SCHEMA:
+        raise ValueError(f"schema must be {SCHEMA!r}, got {d.get('schema')!r}; is this a tomoprior geometry file?")
+    version = d.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version!r} is not supported (this tomoprior reads version {SCHEMA_VERSION}); "
+            "upgrade tomoprior or re-export the file"
+        )
+    unknown = set(d) - _TOP_KEYS
+    if unknown:
+        raise ValueError(f"unknown top-level field(s) {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
+    units = d.get("units", {"length": "mm"})
+    if not isinstance(units, dict) or units.get("length", "mm") != "mm":
+        raise ValueError(f"units.length must be 'mm', got {units!r}")
+    if units.get("angle", "deg") != "deg":
+        raise ValueError(f"units.angle must be 'deg', got {units.get('angle')!r}")
+    if "grid" not in d:
+        raise ValueError("grid is missing (shape, spacing, center)")
+    grid = VolumeGrid.from_dict(d["grid"], "grid")
+    raw_views = d.get("views")
+    if not isinstance(raw_views, list) or not raw_views:
+        raise ValueError("views must be a non-empty list of views")
+    views = [View.from_dict(v, f"views[{i}]") for i, v in enumerate(raw_views)]
+    if "parameters" not in d or d["parameters"] is None:
+        return Geometry(grid, views)
+    raw_params = d["parameters"]
+    if not isinstance(raw_params, list):
+        raise ValueError("parameters must be a list with one entry per view")
+    if len(raw_params) != len(views):
+        raise ValueError(f"parameters has {len(raw_params)} entries but views has {len(views)}")
+    params = [ViewParameters.from_dict(p, f"parameters[{i}]") for i, p in enumerate(raw_params)]
+    for i, (p, v) in enumerate(zip(params, views)):
+        rebuilt = p.to_view()
+        if rebuilt.shape != v.shape:
+            raise ValueError(f"parameters[{i}].detector_shape {rebuilt.shape} disagrees with views[{i}].shape {v.shape}")
+        diff = float((rebuilt.vector.detach() - v.vector.detach().to(rebuilt.dtype)).abs().max())
+        if not math.isfinite(diff) or diff > _CONSISTENCY_TOL_MM:
+            raise ValueError(
+                f"parameters[{i}] and views[{i}] disagree by {diff:.3g} mm; edit one and regenerate the other "
+                "(or delete 'parameters' to keep the vectors)"
+            )
+    if len(params) == 2:
+        return BiplanarGeometry(grid, params)
+    return Geometry(grid, views)
+
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return "yaml"
+    if suffix == ".json":
+        return "json"
+    raise ValueError(f"geometry files end in .yaml, .yml or .json, got {path.name!r}")
+
+
+def dumps(geom, fmt: str = "yaml") -> str:
+    """The file text of ``geom`` as YAML or JSON."""
+    d = geometry_to_dict(geom)
+    if fmt == "yaml":
+        return yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=120)
+    if fmt == "json":
+        return json.dumps(d, indent=2) + "\n"
+    raise ValueError(f"fmt must be 'yaml' or 'json', got {fmt!r}")
+
+
+def loads(text: str, fmt: str = "yaml"):
+    """Parse geometry file text (YAML or JSON)."""
+    try:
+        d = yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot parse geometry {fmt.upper()}: {exc}") from exc
+    return geometry_from_dict(d)
+
+
+def save_geometry(geom, path) -> None:
+    path = Path(path)
+    write_text_atomic(path, dumps(geom, _format_of(path)))
+
+
+def load_geometry(path):
+    path = Path(path)
+    fmt = _format_of(path)
+    if not path.is_file():
+        raise ValueError(f"geometry file {str(path)!r} does not exist")
+    return loads(path.read_text(encoding="utf-8"), fmt)

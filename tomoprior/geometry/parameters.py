@@ -1,0 +1,317 @@
+"""Calibrated parametrisation of a view: physical C-arm / radiography quantities -> View.
+
+A :class:`ViewParameters` holds the quantities a physicist measures or calibrates, and
+:meth:`ViewParameters.to_view` turns them into the ``View`` vectors with torch operations
+only, so gradients flow from e.g. ``source_to_detector`` through the view into the
+projectors (pose refinement, calibration by autograd).
+
+Construction (all lengths mm, angles rad in code, degrees in files)
+-------------------------------------------------------------------
+1. Gantry rotation ``R = Rz(primary_angle) @ Rx(-secondary_angle)``. At zero angles the
+   beam runs along -y (posterior -> anterior): the source is behind the patient (+y) and
+   the detector in front, a PA projection. ``primary_angle`` follows DICOM's Positioner
+   Primary Angle (0018,1510): positive toward LAO, i.e. the detector swings toward the
+   patient's left (+x); +90 deg is a left lateral (detector on the left, source on the
+   right). ``secondary_angle`` follows DICOM's Positioner Secondary Angle (0018,1511):
+   positive toward cranial, the detector swings toward +z.
+2. Beam axis ``b = R (0, -1, 0)``, detector axes ``e_u = R (1, 0, 0)`` (columns toward the
+   patient's left on a PA image, as radiographs are read) and ``e_v = R (0, 0, -1)`` (rows
+   toward the feet). ``e_u x e_v`` points back to the source.
+3. ``source = isocenter - source_to_isocenter * b``; the principal point is
+   ``source + source_to_detector * b``; the detector centre is
+   ``principal point - u0 * e_u - v0 * e_v``, so the principal point lies ``(u0, v0)`` mm
+   from the detector centre, i.e. at pixel ``((cols-1)/2 + u0/pitch_col, (rows-1)/2 + v0/pitch_row)``.
+4. The detector then turns about its own centre by ``Rd = A(n, detector_rotation) @
+   A(e_u, detector_tilt_u) @ A(e_v, detector_tilt_v)`` where ``A(axis, angle)`` is a
+   right-handed rotation and ``n = e_u x e_v``: ``detector_rotation`` is the in-plane
+   rotation (counter-clockwise as seen from the source), ``detector_tilt_u`` turns the
+   detector about its row direction (the v axis leaves the plane), ``detector_tilt_v``
+   about its column direction. ``u = pitch_col * Rd e_u`` and ``v = pitch_row * Rd e_v``.
+
+So ``source_to_detector``, ``u0`` and ``v0`` describe the untilted detector; a tilt pivots
+about the detector centre. :attr:`View.source_to_detector` and :attr:`View.principal_point`
+report the resulting perpendicular distance and principal point exactly.
+
+Per view this is 9 degrees of freedom (source: two angles and ``source_to_isocenter``;
+detector position: ``source_to_detector``, ``u0``, ``v0``; detector angles: rotation and
+two tilts) plus the shared ``isocenter``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ._tensor import DEFAULT_DTYPE, as_positive_int_pair, as_vector3, pair_of_scalars, scalar_tensor
+from .rotations import axis_angle_matrix, rotation_x, rotation_z
+from .view import View
+
+Number = float | torch.Tensor
+
+#: Default pediatric bi-planar skull setup. Where the numbers come from:
+#: - source-to-isocenter 1000 mm and source-to-detector 1500 mm (magnification 1.5): a
+#:   typical skull radiography / bi-planar setup; PSCT-Net's DRRs use 1500 mm to the
+#:   detector, X2CT-GAN's 541/949 mm (REFERENCES.md).
+#: - 0.2 mm pixel pitch: within the 0.076-0.175 mm (native) to 0.2 mm (binned 2x2) range of
+#:   clinical flat panels.
+#: - 1536 x 1536 pixels at 0.2 mm = 307 mm detector, i.e. 205 mm at the isocenter: covers a
+#:   24-month-old head (length ~170 mm, width ~140 mm) with margin in both views.
+DEFAULT_SOURCE_TO_ISOCENTER = 1000.0
+DEFAULT_SOURCE_TO_DETECTOR = 1500.0
+DEFAULT_PIXEL_PITCH = 0.2
+DEFAULT_DETECTOR_SHAPE = (1536, 1536)
+
+
+def _zero() -> float:
+    return 0.0
+
+
+@dataclass
+class ViewParameters:
+    """Physical parameters of one view; :meth:`to_view` is the differentiable map to a View.
+
+    Every continuous field accepts a Python number or a 0-d torch tensor (possibly with
+    ``requires_grad``). See the module docstring for the exact construction.
+
+    Parameters
+    ----------
+    name : str
+        View label, e.g. ``"frontal"``.
+    primary_angle : float, rad
+        Gantry rotation about the patient's long axis (+z); positive toward LAO.
+    secondary_angle : float, rad
+        Cranial (+) / caudal (-) angulation.
+    source_to_isocenter : float, mm
+        Distance from the focal spot to the isocenter (RTK's "SID"; radiography's SOD).
+    source_to_detector : float, mm
+        Distance from the focal spot to the (untilted) detector plane (radiography's "SID",
+        source-to-image distance; RTK's SDD).
+    u0, v0 : float, mm
+        Principal-point offset: where the central ray hits the detector, relative to the
+        detector centre, along the column (u0) and row (v0) directions.
+    detector_rotation : float, rad
+        In-plane rotation of the detector about its normal.
+    detector_tilt_u, detector_tilt_v : float, rad
+        Out-of-plane tilts about the detector's u (row) and v (column) directions.
+    pixel_pitch : float or (row_pitch, col_pitch), mm
+    detector_shape : (rows, cols)
+    isocenter : (x, y, z), mm
+        World position of the point the views are aimed at.
+
+    Examples
+    --------
+    >>> p = ViewParameters(name="frontal", pixel_pitch=0.8, detector_shape=(384, 384))
+    >>> view = p.to_view()
+    >>> [round(float(x), 6) for x in view.source]
+    [0.0, 1000.0, 0.0]
+    """
+
+    name: str = "view"
+    primary_angle: Number = field(default_factory=_zero)
+    secondary_angle: Number = field(default_factory=_zero)
+    source_to_isocenter: Number = DEFAULT_SOURCE_TO_ISOCENTER
+    source_to_detector: Number = DEFAULT_SOURCE_TO_DETECTOR
+    u0: Number = field(default_factory=_zero)
+    v0: Number = field(default_factory=_zero)
+    detector_rotation: Number = field(default_factory=_zero)
+    detector_tilt_u: Number = field(default_factory=_zero)
+    detector_tilt_v: Number = field(default_factory=_zero)
+    pixel_pitch: Number | tuple = DEFAULT_PIXEL_PITCH
+    detector_shape: tuple[int, int] = DEFAULT_DETECTOR_SHAPE
+    isocenter: tuple | torch.Tensor = (0.0, 0.0, 0.0)
+
+    #: Continuous scalar fields, in the order used by :meth:`to_dict` and calibration.
+    SCALAR_FIELDS = (
+        "primary_angle", "secondary_angle", "source_to_isocenter", "source_to_detector",
+        "u0", "v0", "detector_rotation", "detector_tilt_u", "detector_tilt_v",
+    )
+    ANGLE_FIELDS = ("primary_angle", "secondary_angle", "detector_rotation", "detector_tilt_u", "detector_tilt_v")
+
+    def __post_init__(self):
+        where = f"ViewParameters({self.name!r})"
+        for f in self.SCALAR_FIELDS:
+            scalar_tensor(getattr(self, f), f"{where}.{f}")  # validates finiteness
+        sod = float(scalar_tensor(self.source_to_isocenter, "source_to_isocenter").detach())
+        sdd = float(scalar_tensor(self.source_to_detector, "source_to_detector").detach())
+        if sod <= 0:
+            raise ValueError(f"{where}.source_to_isocenter must be > 0 mm, got {sod}")
+        if sdd <= 0:
+            raise ValueError(f"{where}.source_to_detector must be > 0 mm, got {sdd}")
+        pr, pc = pair_of_scalars(self.pixel_pitch, f"{where}.pixel_pitch")
+        if not (float(pr.detach()) > 0 and float(pc.detach()) > 0):
+            raise ValueError(f"{where}.pixel_pitch must be > 0 mm, got {self.pixel_pitch!r}")
+        self.detector_shape = as_positive_int_pair(self.detector_shape, f"{where}.detector_shape")
+        as_vector3(self.isocenter, f"{where}.isocenter")
+
+    # -- the differentiable map -----------------------------------------------------------
+    def to_view(self, dtype: torch.dtype | None = None, device=None) -> View:
+        """Build the :class:`View` (differentiable in every continuous field)."""
+        vals = {f: scalar_tensor(getattr(self, f), f) for f in self.SCALAR_FIELDS}
+        pr, pc = pair_of_scalars(self.pixel_pitch, "pixel_pitch")
+        iso = as_vector3(self.isocenter, "isocenter")
+        if dtype is None:
+            dtype = DEFAULT_DTYPE
+            for t in (*vals.values(), pr, pc, iso):
+                dtype = torch.promote_types(dtype, t.dtype)
+        if device is None:
+            device = iso.device
+        vals = {k: v.to(dtype=dtype, device=device) for k, v in vals.items()}
+        pr, pc, iso = (t.to(dtype=dtype, device=device) for t in (pr, pc, iso))
+
+        def vec(*xs):
+            return torch.tensor(xs, dtype=dtype, device=device)
+
+        rot = rotation_z(vals["primary_angle"]) @ rotation_x(-vals["secondary_angle"])
+        beam = rot @ vec(0.0, -1.0, 0.0)
+        e_u = rot @ vec(1.0, 0.0, 0.0)
+        e_v = rot @ vec(0.0, 0.0, -1.0)
+        source = iso - vals["source_to_isocenter"] * beam
+        principal = source + vals["source_to_detector"] * beam
+        center = principal - vals["u0"] * e_u - vals["v0"] * e_v
+        normal = torch.linalg.cross(e_u, e_v)
+        rd = (
+            axis_angle_matrix(normal, vals["detector_rotation"])
+            @ axis_angle_matrix(e_u, vals["detector_tilt_u"])
+            @ axis_angle_matrix(e_v, vals["detector_tilt_v"])
+        )
+        u = pc * (rd @ e_u)
+        v = pr * (rd @ e_v)
+        return View(source, center, u, v, self.detector_shape, name=self.name)
+
+    # -- conveniences ---------------------------------------------------------------------
+    @property
+    def magnification(self) -> float:
+        """Nominal magnification at the isocenter, ``source_to_detector / source_to_isocenter``."""
+        return float(scalar_tensor(self.source_to_detector, "source_to_detector").detach()) / float(
+            scalar_tensor(self.source_to_isocenter, "source_to_isocenter").detach()
+        )
+
+    @property
+    def pixel_size_at_isocenter(self) -> tuple[float, float]:
+        """``(row, col)`` pixel pitch projected to the isocenter plane, mm."""
+        pr, pc = pair_of_scalars(self.pixel_pitch, "pixel_pitch")
+        m = self.magnification
+        return (float(pr.detach()) / m, float(pc.detach()) / m)
+
+    def replace(self, **changes) -> ViewParameters:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def binned(self, factor: int) -> ViewParameters:
+        """The same detector read out with ``factor x factor`` binning (pitch x factor)."""
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"binning factor must be a positive integer, got {factor!r}")
+        rows, cols = self.detector_shape
+        if rows % factor or cols % factor:
+            raise ValueError(
+                f"binning factor {factor} does not divide the detector shape {self.detector_shape}; "
+                "choose a divisor of both"
+            )
+        pr, pc = pair_of_scalars(self.pixel_pitch, "pixel_pitch")
+        return self.replace(pixel_pitch=(pr * factor, pc * factor), detector_shape=(rows // factor, cols // factor))
+
+    def to_dict(self) -> dict:
+        """Plain-number dict for files: lengths in mm, angles in degrees (``*_deg`` keys)."""
+        def num(x):
+            return float(scalar_tensor(x, "value").detach())
+
+        pr, pc = pair_of_scalars(self.pixel_pitch, "pixel_pitch")
+        iso = as_vector3(self.isocenter, "isocenter").detach()
+        return {
+            "name": self.name,
+            "primary_angle_deg": math.degrees(num(self.primary_angle)),
+            "secondary_angle_deg": math.degrees(num(self.secondary_angle)),
+            "source_to_isocenter": num(self.source_to_isocenter),
+            "source_to_detector": num(self.source_to_detector),
+            "principal_point": [num(self.u0), num(self.v0)],
+            "detector_rotation_deg": math.degrees(num(self.detector_rotation)),
+            "detector_tilt_deg": [math.degrees(num(self.detector_tilt_u)), math.degrees(num(self.detector_tilt_v))],
+            "pixel_pitch": [float(pr.detach()), float(pc.detach())],
+            "detector_shape": list(self.detector_shape),
+            "isocenter": [float(x) for x in iso],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "parameters") -> ViewParameters:
+        """Inverse of :meth:`to_dict` (degrees in, radians stored)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} must be a mapping, got {type(d).__name__}")
+        allowed = {
+            "name", "primary_angle_deg", "secondary_angle_deg", "source_to_isocenter", "source_to_detector",
+            "principal_point", "detector_rotation_deg", "detector_tilt_deg", "pixel_pitch", "detector_shape",
+            "isocenter",
+        }
+        unknown = set(d) - allowed
+        if unknown:
+            raise ValueError(f"{where} has unknown field(s) {sorted(unknown)}; expected a subset of {sorted(allowed)}")
+
+        def num(key, default):
+            val = d.get(key, default)
+            try:
+                out = float(val)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{where}.{key} must be a number, got {val!r}") from exc
+            if not math.isfinite(out):
+                raise ValueError(f"{where}.{key} must be finite, got {val!r}")
+            return out
+
+        def pair(key, default):
+            val = d.get(key, default)
+            if isinstance(val, (int, float)):
+                val = [val, val]
+            if not isinstance(val, (list, tuple)) or len(val) != 2:
+                raise ValueError(f"{where}.{key} must be a pair of numbers, got {val!r}")
+            out = []
+            for i, x in enumerate(val):
+                try:
+                    f = float(x)
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"{where}.{key}[{i}] must be a number, got {x!r}") from exc
+                if not math.isfinite(f):
+                    raise ValueError(f"{where}.{key}[{i}] must be finite, got {x!r}")
+                out.append(f)
+            return out
+
+        u0, v0 = pair("principal_point", [0.0, 0.0])
+        tu, tv = pair("detector_tilt_deg", [0.0, 0.0])
+        name = d.get("name", "view")
+        if not isinstance(name, str):
+            raise ValueError(f"{where}.name must be a string, got {name!r}")
+        return cls(
+            name=name,
+            primary_angle=math.radians(num("primary_angle_deg", 0.0)),
+            secondary_angle=math.radians(num("secondary_angle_deg", 0.0)),
+            source_to_isocenter=num("source_to_isocenter", DEFAULT_SOURCE_TO_ISOCENTER),
+            source_to_detector=num("source_to_detector", DEFAULT_SOURCE_TO_DETECTOR),
+            u0=u0,
+            v0=v0,
+            detector_rotation=math.radians(num("detector_rotation_deg", 0.0)),
+            detector_tilt_u=math.radians(tu),
+            detector_tilt_v=math.radians(tv),
+            pixel_pitch=tuple(pair("pixel_pitch", [DEFAULT_PIXEL_PITCH, DEFAULT_PIXEL_PITCH])),
+            detector_shape=as_positive_int_pair(d.get("detector_shape", DEFAULT_DETECTOR_SHAPE), f"{where}.detector_shape"),
+            isocenter=tuple(as_vector3(d.get("isocenter", [0.0, 0.0, 0.0]), f"{where}.isocenter").tolist()),
+        )
+
+    def __repr__(self) -> str:
+        d = self.to_dict()
+        return (
+            f"ViewParameters(name={d['name']!r}, primary={d['primary_angle_deg']:.3f} deg, "
+            f"secondary={d['secondary_angle_deg']:.3f} deg, source_to_isocenter={d['source_to_isocenter']:.2f} mm, "
+            f"source_to_detector={d['source_to_detector']:.2f} mm, principal_point={d['principal_point']} mm, "
+            f"rotation={d['detector_rotation_deg']:.3f} deg, tilts={d['detector_tilt_deg']} deg, "
+            f"pitch={d['pixel_pitch']} mm, shape={tuple(d['detector_shape'])})"
+        )
+
+
+def default_frontal(**changes) -> ViewParameters:
+    """The default PA frontal view of the pediatric skull setup (source posterior)."""
+    return ViewParameters(name="frontal", primary_angle=0.0).replace(**changes)
+
+
+def default_lateral(**changes) -> ViewParameters:
+    """The default left-lateral view (primary angle +90 deg: detector at the patient's left)."""
+    return ViewParameters(name="lateral", primary_angle=math.pi / 2).replace(**changes)

@@ -1,0 +1,177 @@
+"""``project`` and ``backproject``: the public, differentiable projector calls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..geometry.geometry import Geometry
+from .base import Backend, BackprojectFunction, OperatorSpec, ProjectFunction
+from .registry import get_backend
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _check_geometry(geometry) -> Geometry:
+    if not isinstance(geometry, Geometry):
+        raise ValueError(f"geometry must be a tomoprior Geometry, got {type(geometry).__name__}")
+    return geometry
+
+
+def _as_float_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise ValueError(f"{name} must be float32 or float64, got {x.dtype}; convert with .float() or .double()")
+    if not bool(torch.isfinite(x.detach()).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; clean it before projecting")
+    return x
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="chunk", leave=False)
+
+
+def _vectors(geometry: Geometry, device) -> torch.Tensor:
+    vec = geometry.vectors.to(device=device)
+    return vec if vec.dtype == torch.float64 else vec.to(torch.float64)
+
+
+def project(volume, geometry: Geometry, backend: str | Backend = "torch", *, progress: bool = False,
+            **options):
+    """Forward-project (digitally reconstructed radiographs as line integrals).
+
+    Parameters
+    ----------
+    volume : Tensor, shape ``(..., nz, ny, nx)``, float32 or float64
+        Attenuation per mm on ``geometry.grid``; leading batch dimensions are allowed.
+    geometry : Geometry
+        Grid and views. Gradients flow into the view vectors if they require grad (e.g.
+        views built from :class:`~tomoprior.geometry.ViewParameters` holding tensors).
+    backend : str or Backend
+        ``"torch"`` (default, trilinear ray marching) or ``"reference"`` (exact Siddon), or
+        any name in :func:`tomoprior.projectors.available`.
+    progress : bool
+        Show a progress bar over chunks.
+    **options
+        Backend options, e.g. ``step=0.5`` (fraction of a voxel) and ``chunk_samples`` for
+        ``"torch"``.
+
+    Returns
+    -------
+    Tensor, shape ``(..., views, rows, cols)``
+        Line integrals (attenuation x mm), same dtype and device as ``volume``. If the views
+        have different detector shapes, a tuple of per-view tensors ``(..., rows_i, cols_i)``.
+
+    Examples
+    --------
+    >>> import torch, tomoprior as tp
+    >>> geom = tp.BiplanarGeometry.from_parameters(binning=16, grid=tp.VolumeGrid((32, 32, 32), (6, 6, 6)))
+    >>> tp.project(torch.ones(32, 32, 32), geom).shape
+    torch.Size([2, 96, 96])
+    """
+    geometry = _check_geometry(geometry)
+    volume = _as_float_tensor(volume, "volume")
+    grid = geometry.grid
+    if volume.ndim < 3 or tuple(volume.shape[-3:]) != grid.shape:
+        raise ValueError(
+            f"volume must have shape (..., {grid.nz}, {grid.ny}, {grid.nx}) to match geometry.grid, "
+            f"got {tuple(volume.shape)}"
+        )
+    be = get_backend(backend, **options)
+    lead = volume.shape[:-3]
+    vol = volume.reshape(-1, *grid.shape).contiguous()
+    vectors = _vectors(geometry, vol.device)
+    shapes = geometry.detector_shapes
+    bar = _progress(progress, be.num_chunks(grid, shapes, vectors) if progress else 0, f"project ({be.name})")
+    try:
+        flat = ProjectFunction.apply(vol, vectors, OperatorSpec(be, grid, shapes, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    return _split_views(flat, lead, shapes, geometry.uniform_detector)
+
+
+def backproject(projections, geometry: Geometry, backend: str | Backend = "torch", *, progress: bool = False,
+                **options) -> torch.Tensor:
+    """Back-project: the exact adjoint (transpose) of :func:`project` with the same settings.
+
+    Parameters
+    ----------
+    projections : Tensor ``(..., views, rows, cols)`` or sequence of per-view ``(..., rows_i, cols_i)``
+        Values per pixel (e.g. line integrals or gradients with respect to them).
+    geometry, backend, progress, **options
+        As for :func:`project`; use the same to get the adjoint of the same operator.
+
+    Returns
+    -------
+    Tensor, shape ``(..., nz, ny, nx)``
+        ``P^T y``, so that ``<P x, y> = <x, P^T y>``. Units: projection units x mm. This is
+        not normalised by ray coverage (see the refiners' geometry prior for that).
+    """
+    geometry = _check_geometry(geometry)
+    shapes = geometry.detector_shapes
+    flat, lead = _join_views(projections, shapes, geometry.uniform_detector)
+    be = get_backend(backend, **options)
+    vectors = _vectors(geometry, flat.device)
+    bar = _progress(progress, be.num_chunks(geometry.grid, shapes, vectors) if progress else 0,
+                    f"backproject ({be.name})")
+    try:
+        vol = BackprojectFunction.apply(flat, vectors, OperatorSpec(be, geometry.grid, shapes, bar))
+    finally:
+        if bar is not None:
+            bar.close()
+    return vol.reshape(*lead, *geometry.grid.shape)
+
+
+def _split_views(flat: torch.Tensor, lead, shapes, uniform: bool):
+    if uniform:
+        return flat.reshape(*lead, len(shapes), *shapes[0])
+    out, offset = [], 0
+    for r, c in shapes:
+        out.append(flat[:, offset:offset + r * c].reshape(*lead, r, c))
+        offset += r * c
+    return tuple(out)
+
+
+def _join_views(projections, shapes, uniform: bool):
+    if isinstance(projections, (np.ndarray, torch.Tensor)):
+        p = _as_float_tensor(projections, "projections")
+        if not uniform:
+            raise ValueError(
+                f"views have different detector shapes {shapes}; pass projections as a sequence of per-view "
+                "tensors (..., rows_i, cols_i)"
+            )
+        v, (r, c) = len(shapes), shapes[0]
+        if p.ndim < 3 or tuple(p.shape[-3:]) != (v, r, c):
+            raise ValueError(f"projections must have shape (..., {v}, {r}, {c}) to match the geometry, "
+                             f"got {tuple(p.shape)}")
+        lead = p.shape[:-3]
+        return p.reshape(-1, v * r * c).contiguous(), lead
+    if isinstance(projections, Sequence):
+        if len(projections) != len(shapes):
+            raise ValueError(f"projections has {len(projections)} views but the geometry has {len(shapes)}")
+        parts, lead = [], None
+        for i, (p, (r, c)) in enumerate(zip(projections, shapes)):
+            p = _as_float_tensor(p, f"projections[{i}]")
+            if p.ndim < 2 or tuple(p.shape[-2:]) != (r, c):
+                raise ValueError(f"projections[{i}] must have shape (..., {r}, {c}), got {tuple(p.shape)}")
+            if lead is None:
+                lead = p.shape[:-2]
+            elif p.shape[:-2] != lead:
+                raise ValueError(f"projections[{i}] has batch shape {tuple(p.shape[:-2])}, expected {tuple(lead)}")
+            parts.append(p.reshape(-1, r * c))
+        dtype = parts[0].dtype
+        for p in parts[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)
+        return torch.cat([p.to(dtype) for p in parts], dim=1).contiguous(), lead
+    raise ValueError(f"projections must be a tensor, an array or a sequence of per-view tensors, "
+                     f"got {type(projections).__name__}")

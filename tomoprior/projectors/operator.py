@@ -1,0 +1,65 @@
+"""A projector as an operator object: fixed geometry and backend, ``P(x)`` and ``P.T(y)``."""
+
+from __future__ import annotations
+
+from .api import backproject, project
+from .registry import get_backend
+
+
+class Projector:
+    """The linear operator ``P`` of a geometry and backend, with its adjoint ``P.T``.
+
+    Parameters
+    ----------
+    geometry : Geometry
+    backend : str or Backend
+    **options
+        Backend options (e.g. ``step`` for ``"torch"``).
+
+    Examples
+    --------
+    >>> import torch, tomoprior as tp
+    >>> geom = tp.BiplanarGeometry.from_parameters(binning=16, grid=tp.VolumeGrid((32, 32, 32), (6, 6, 6)))
+    >>> P = tp.projectors.Projector(geom)
+    >>> P.domain_shape, P.range_shape
+    ((32, 32, 32), (2, 96, 96))
+    >>> P.T(P(torch.ones(P.domain_shape))).shape
+    torch.Size([32, 32, 32])
+    """
+
+    def __init__(self, geometry, backend="torch", **options):
+        self.geometry = geometry
+        self.backend = get_backend(backend, **options)
+
+    @property
+    def domain_shape(self) -> tuple[int, int, int]:
+        return self.geometry.grid.shape
+
+    @property
+    def range_shape(self) -> tuple[int, int, int]:
+        return self.geometry.projection_shape
+
+    def __call__(self, volume):
+        return project(volume, self.geometry, self.backend)
+
+    def adjoint(self, projections):
+        return backproject(projections, self.geometry, self.backend)
+
+    @property
+    def T(self) -> _Adjoint:  # noqa: N802 - mathematical notation
+        return _Adjoint(self)
+
+    def __repr__(self) -> str:
+        return f"Projector(backend={self.backend.describe()}, domain={self.domain_shape})"
+
+
+class _Adjoint:
+    def __init__(self, op: Projector):
+        self._op = op
+
+    def __call__(self, projections):
+        return self._op.adjoint(projections)
+
+    @property
+    def T(self) -> Projector:  # noqa: N802
+        return self._op

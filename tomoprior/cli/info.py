@@ -1,0 +1,71 @@
+"""``tomoprior info``: what is installed and what can run here."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+
+import click
+
+OPTIONAL = ["astra-toolbox", "odl", "diffdrr", "mambapy", "mamba-ssm", "spekpy", "nibabel", "pydicom", "scikit-image",
+            "tomosipo"]
+CORE = ["numpy", "scipy", "torch", "h5py", "pyyaml", "matplotlib", "click", "tqdm"]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def collect_info() -> dict:
+    """Versions, devices, backends and phantoms, as a plain dict."""
+    import torch
+
+    from .. import __version__
+    from .. import phantoms as ph
+    from .. import projectors
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    return {
+        "tomoprior": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "devices": devices,
+        "backends": {
+            name: {"description": desc, "available": name in projectors.available()}
+            for name, desc in projectors.registered().items()
+        },
+        "phantoms": ph.available(),
+        "packages": {name: _version(name) for name in CORE},
+        "optional_packages": {name: _version(name) for name in OPTIONAL},
+    }
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def info(as_json: bool) -> None:
+    """Show installed backends, devices, phantoms and package versions."""
+    data = collect_info()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"tomoprior {data['tomoprior']}  (python {data['python']}, {data['platform']})")
+    click.echo(f"CPU cores: {data['cpu_count']}, torch threads: {data['torch_threads']}")
+    click.echo(f"devices: {', '.join(data['devices'])}")
+    click.echo("projector backends:")
+    for name, b in data["backends"].items():
+        mark = "yes" if b["available"] else "no "
+        click.echo(f"  [{mark}] {name:<10} {b['description']}")
+    click.echo(f"phantoms: {', '.join(data['phantoms'])}")
+    click.echo("packages: " + ", ".join(f"{k} {v}" for k, v in data["packages"].items() if v))
+    opt = data["optional_packages"]
+    click.echo("optional: " + ", ".join(f"{k} {v or '-'}" for k, v in opt.items()))

@@ -153,7 +153,7 @@ class TorchRaymarchBackend(Backend):
 
     # -- kernels ------------------------------------------------------------------------
     def _sample_grid(self, grid, shape, vector, chunk, dtype):
-        """grid_sample coordinates ``(R, K, 3)`` and sample weights ``(R, K)`` (mm) of a chunk."""
+        """grid_sample coordinates ``(R, K, 3)``, the step (mm) and a validity mask ``(R, K)`` or None."""
         vec = vector.to(torch.float64)
         center, _, inv_half = _grid_constants(grid, vec.device)
         s, e = _pixel_rays(shape, vec, chunk.pixels)
@@ -163,24 +163,32 @@ class TorchRaymarchBackend(Backend):
         a = ((start - center) * inv_half).to(dtype)
         b = (e * (dt * inv_half)).to(dtype)
         j = torch.arange(chunk.max_count, device=vec.device, dtype=dtype)
-        coords = a[:, None, :] + j[None, :, None] * b[:, None, :]
-        weights = (j[None, :] < chunk.count[:, None]).to(dtype) * dt
-        return coords, weights
+        coords = torch.addcmul(a[:, None, :], j[None, :, None], b[:, None, :])
+        if min(grid.shape) > 1:
+            # samples past a ray's last one lie outside the interpolant's support, where
+            # grid_sample returns exactly zero (and zero gradients): no mask is needed
+            return coords, dt, None
+        mask = (j[None, :] < chunk.count[:, None]).to(dtype)
+        return coords, dt, mask
 
     def chunk_forward(self, volume, grid, shape, vector, chunk):
-        coords, weights = self._sample_grid(grid, shape, vector, chunk, volume.dtype)
-        r, k = weights.shape
+        coords, dt, mask = self._sample_grid(grid, shape, vector, chunk, volume.dtype)
+        r, k = coords.shape[:2]
         vol = volume.unsqueeze(0)  # (1, B, nz, ny, nx): the batch rides in the channel axis
         samples = F.grid_sample(vol, coords.view(1, r, k, 1, 3), mode="bilinear", padding_mode="zeros",
-                                align_corners=True)
-        return (samples[0, :, :, :, 0] * weights).sum(-1)
+                                align_corners=True)[0, :, :, :, 0]
+        if mask is not None:
+            samples = samples * mask
+        return samples.sum(-1) * dt
 
     def chunk_adjoint(self, cotangent, grid, shape, vector, chunk, out):
         with torch.no_grad():
-            coords, weights = self._sample_grid(grid, shape, vector, chunk, out.dtype)
-            r, k = weights.shape
+            coords, dt, mask = self._sample_grid(grid, shape, vector, chunk, out.dtype)
+            r, k = coords.shape[:2]
             b = out.shape[0]
-            grad_samples = cotangent.to(out.dtype)[:, :, None] * weights  # (B, R, K)
+            grad_samples = (cotangent.to(out.dtype) * dt)[:, :, None].expand(b, r, k)  # (B, R, K)
+            if mask is not None:
+                grad_samples = grad_samples * mask
             # grid_sample's CPU kernel parallelises over its batch axis only: split the rays
             # into per-thread groups, each scattering into its own volume buffer
             splits = max(1, min(torch.get_num_threads(), MAX_ADJOINT_SPLITS, r))

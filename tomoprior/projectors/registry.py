@@ -19,22 +19,26 @@ class _Entry:
     factory: Callable[..., Backend]
     description: str
     is_available: Callable[[], bool]
+    reason: Callable[[], str]
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_backend(name: str, factory: Callable[..., Backend], description: str = "",
-                     is_available: Callable[[], bool] | None = None, *, overwrite: bool = False) -> None:
+                     is_available: Callable[[], bool] | None = None, *,
+                     unavailable_reason: Callable[[], str] | None = None, overwrite: bool = False) -> None:
     """Register a backend ``factory(**options) -> Backend`` under ``name``.
 
     ``is_available`` tells whether it can run here (e.g. needs CUDA); default always.
+    ``unavailable_reason`` explains why not, for the error message.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"backend name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"a projector backend named {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = _Entry(factory, description, is_available or (lambda: True))
+    _REGISTRY[name] = _Entry(factory, description, is_available or (lambda: True),
+                             unavailable_reason or (lambda: "its requirements are not met"))
 
 
 def available() -> list[str]:
@@ -57,7 +61,8 @@ def get_backend(backend: str | Backend = "torch", **options) -> Backend:
         raise ValueError(f"unknown projector backend {backend!r}; available: {available()}")
     entry = _REGISTRY[backend]
     if not entry.is_available():
-        raise ValueError(f"projector backend {backend!r} cannot run here; available: {available()}")
+        raise ValueError(f"projector backend {backend!r} cannot run here: {entry.reason()}; "
+                         f"available: {available()}")
     try:
         params = inspect.signature(entry.factory).parameters
     except (TypeError, ValueError):  # builtins without a signature: let the factory decide
@@ -78,6 +83,12 @@ def _register_builtins() -> None:
                      "trilinear ray marching with grid_sample (default; CPU and CUDA)", overwrite=True)
     register_backend("reference", SiddonBackend,
                      "exact voxel path lengths (Siddon); slow ground truth", overwrite=True)
+    # imported lazily: only calling the factory touches astra
+    from . import astra_backend
+
+    register_backend("astra", astra_backend.AstraBackend, "ASTRA Toolbox cone_vec on CUDA (float32)",
+                     is_available=astra_backend.astra_cuda_available,
+                     unavailable_reason=astra_backend.unavailable_reason, overwrite=True)
 
 
 _register_builtins()

@@ -178,6 +178,19 @@ class Geometry:
 
         return geometry_from_astra(vol_geom, proj_geom, names=names)
 
+    def to_tomosipo(self) -> tuple:
+        """tomosipo ``(volume, cone_vec)`` geometries (needs tomosipo installed)."""
+        from .tomosipo_convert import to_tomosipo
+
+        return to_tomosipo(self)
+
+    @classmethod
+    def from_tomosipo(cls, vg, pg, names: Sequence[str] | None = None) -> Geometry:
+        """Build a geometry from tomosipo volume and ``cone_vec`` projection geometries."""
+        from .tomosipo_convert import from_tomosipo
+
+        return from_tomosipo(vg, pg, names=names)
+
     def to_dict(self) -> dict:
         from .io import geometry_to_dict
 

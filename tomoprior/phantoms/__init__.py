@@ -1,0 +1,23 @@
+"""Phantoms: analytic shapes (ellipsoids, spheres, cylinders) with exact cone-beam line
+integrals, rasterisation onto voxel grids, and phantom files (YAML) loaded by name from the
+repository's ``phantoms/`` folder, e.g. the 3D Shepp-Logan head sized for a child."""
+
+from .phantom import ENV_VAR, SCHEMA, SCHEMA_VERSION, Phantom, available, find, load, search_path
+from .shapes import Cylinder, Ellipsoid, Shape, Sphere, euler_zxz_matrix, shape_from_dict
+
+__all__ = [
+    "ENV_VAR",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "Cylinder",
+    "Ellipsoid",
+    "Phantom",
+    "Shape",
+    "Sphere",
+    "available",
+    "euler_zxz_matrix",
+    "find",
+    "load",
+    "search_path",
+    "shape_from_dict",
+]

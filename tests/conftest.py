@@ -10,7 +10,7 @@ import torch
 
 import tomoprior as tp
 
-BACKENDS = ["torch", "reference"]
+BACKENDS = ["numba", "torch", "reference"]
 
 
 def random_parameters(rng: np.random.Generator, name: str, primary_deg: float, *, shape=(40, 48),

@@ -26,8 +26,8 @@ def test_torch_backend_adjoint_holds_for_fine_and_coarse_steps(small_grid):
     x = torch.rand(small_grid.shape, dtype=torch.float64)
     y = torch.rand(2, 24, 24, dtype=torch.float64)
     for step in (0.13, 0.5, 1.7):
-        lhs = float((tp.project(x, geom, step=step, chunk_samples=500) * y).sum())
-        rhs = float((x * tp.backproject(y, geom, step=step, chunk_samples=500)).sum())
+        lhs = float((tp.project(x, geom, backend="torch", step=step, chunk_samples=500) * y).sum())
+        rhs = float((x * tp.backproject(y, geom, backend="torch", step=step, chunk_samples=500)).sum())
         assert abs(lhs - rhs) / lhs < 1e-10
 
 
@@ -61,8 +61,8 @@ def test_uniform_views_stack_and_float32_matches_float64(backend, small_grid):
 def test_chunking_does_not_change_results(small_grid):
     geom = random_geometry(6, small_grid)
     x = torch.rand(small_grid.shape, dtype=torch.float64)
-    ref = tp.project(x, geom)
-    tiny = tp.project(x, geom, chunk_samples=7)
+    ref = tp.project(x, geom, backend="torch")
+    tiny = tp.project(x, geom, backend="torch", chunk_samples=7)
     for a, b in zip(ref, tiny):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
     ref_s = tp.project(x, geom, backend="reference")

@@ -41,19 +41,21 @@ def test_bad_projections_raise_clear_errors(geom, small_grid):
 
 def test_unknown_backend_and_options(geom):
     x = torch.zeros(12, 14, 16)
-    with pytest.raises(ValueError, match=r"unknown projector backend 'cuda-magic'; available: \['torch', 'reference'"):
+    with pytest.raises(ValueError, match=r"unknown projector backend 'cuda-magic'; available: \['torch', 'reference', 'numba'\] or 'auto'"):
         tp.project(x, geom, backend="cuda-magic")
     with pytest.raises(ValueError, match="step must be a positive number"):
-        tp.project(x, geom, step=0)
+        tp.project(x, geom, backend="torch", step=0)
     with pytest.raises(ValueError, match="chunk_samples must be a positive integer"):
-        tp.project(x, geom, chunk_samples=-1)
+        tp.project(x, geom, backend="torch", chunk_samples=-1)
+    with pytest.raises(ValueError, match="backend 'auto' takes no options"):
+        tp.project(x, geom, step=0.5)
     with pytest.raises(ValueError, match=r"takes no option\(s\) \['step'\]"):
         tp.project(x, geom, backend="reference", step=0.5)
 
 
 def test_numpy_input_and_backend_instances(geom):
     x = np.random.default_rng(0).random((12, 14, 16))
-    a = tp.project(x, geom)
+    a = tp.project(x, geom, backend="torch")
     b = tp.project(torch.from_numpy(x), geom, backend=TorchRaymarchBackend(step=0.5))
     assert torch.equal(a, b)
 
@@ -72,7 +74,7 @@ def test_registry_accepts_new_backends(geom):
     try:
         assert "doubled-test" in tp.projectors.available()
         x = torch.rand(12, 14, 16, dtype=torch.float64)
-        assert torch.allclose(tp.project(x, geom, backend="doubled-test"), 2 * tp.project(x, geom))
+        assert torch.allclose(tp.project(x, geom, backend="doubled-test"), 2 * tp.project(x, geom, backend="torch"))
         with pytest.raises(ValueError, match="already registered"):
             tp.projectors.register_backend("doubled-test", Doubled)
     finally:
@@ -81,12 +83,22 @@ def test_registry_accepts_new_backends(geom):
 
 
 def test_projector_operator_and_transpose(geom):
-    P = tp.projectors.Projector(geom, step=0.5)
+    P = tp.projectors.Projector(geom, backend="torch", step=0.5)
     assert P.domain_shape == (12, 14, 16) and P.range_shape == (2, 20, 20)
     x = torch.rand(P.domain_shape, dtype=torch.float64)
     y = torch.rand(P.range_shape, dtype=torch.float64)
     assert float((P(x) * y).sum()) == pytest.approx(float((x * P.T(y)).sum()), rel=1e-10)
     assert P.T.T is P
+
+
+def test_auto_backend_is_numba_on_cpu_when_installed(geom):
+    pytest.importorskip("numba")
+    assert tp.projectors.resolve_backend("auto", "cpu") == "numba"
+    assert tp.projectors.resolve_backend("auto", "cuda") == "torch"  # resolving needs no GPU
+    assert tp.projectors.resolve_backend("reference", "cpu") == "reference"
+    x = torch.rand(12, 14, 16, dtype=torch.float64)
+    assert torch.equal(tp.project(x, geom), tp.project(x, geom, backend="numba"))
+    assert tp.projectors.Projector(geom).backend.name == "numba"
 
 
 def test_progress_bar_runs(geom, capsys):

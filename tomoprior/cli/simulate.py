@@ -84,7 +84,8 @@ def _save_preview(path: Path, image: np.ndarray, title: str, pitch) -> None:
               help="Detector binning of the built-in geometry (4: 384 x 384 pixels of 0.8 mm).")
 @click.option("--grid", "grid_size", default=None, type=click.IntRange(min=2),
               help="Voxels per axis over the geometry's volume box (default: the geometry's grid, 128).")
-@click.option("--backend", default="torch", show_default=True, help="Projector backend.")
+@click.option("--backend", default="auto", show_default=True,
+              help="Projector backend: auto (numba on CPU when installed, else torch), numba, torch, reference.")
 @click.option("--supersample", default=2, show_default=True, type=click.IntRange(min=1),
               help="Sub-samples per voxel and axis when rasterising the phantom.")
 @click.option("--format", "fmt", type=click.Choice(["npy", "h5", "both"]), default="both", show_default=True)

@@ -42,14 +42,14 @@ class ProjectionOperator(odl.Operator):
     geometry : Geometry
         Its views must share one detector shape (ODL range is one array).
     backend : str
-        tomoprior projector backend (default ``"torch"``).
+        tomoprior projector backend (default ``"auto"``: ``"numba"`` when installed, else ``"torch"``).
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     **options
         Backend options.
     """
 
-    def __init__(self, geometry: Geometry, backend: str = "torch", dtype: str = "float32", **options):
+    def __init__(self, geometry: Geometry, backend: str = "auto", dtype: str = "float32", **options):
         if not isinstance(geometry, Geometry):
             raise ValueError(f"geometry must be a tomoprior Geometry, got {type(geometry).__name__}")
         if dtype not in ("float32", "float64"):

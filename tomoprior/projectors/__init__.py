@@ -1,14 +1,16 @@
 """Projectors: differentiable forward projection (``project``) and its exact adjoint
-(``backproject``) over a registry of backends (``"torch"``, ``"reference"``, ...)."""
+(``backproject``) over a registry of backends (``"numba"``, ``"torch"``, ``"reference"``,
+``"astra"``); ``"auto"``, the default, picks the fastest one for the data's device."""
 
 from .api import backproject, project
 from .base import Backend
 from .operator import Projector
 from .raymarch import TorchRaymarchBackend
-from .registry import available, get_backend, register_backend, registered
+from .registry import AUTO, available, get_backend, register_backend, registered, resolve_backend
 from .siddon import SiddonBackend
 
 __all__ = [
+    "AUTO",
     "Backend",
     "Projector",
     "SiddonBackend",
@@ -19,4 +21,5 @@ __all__ = [
     "project",
     "register_backend",
     "registered",
+    "resolve_backend",
 ]

@@ -45,7 +45,7 @@ def _vectors(geometry: Geometry, device) -> torch.Tensor:
     return vec if vec.dtype == torch.float64 else vec.to(torch.float64)
 
 
-def project(volume, geometry: Geometry, backend: str | Backend = "torch", *, progress: bool = False,
+def project(volume, geometry: Geometry, backend: str | Backend = "auto", *, progress: bool = False,
             **options):
     """Forward-project (digitally reconstructed radiographs as line integrals).
 
@@ -57,8 +57,14 @@ def project(volume, geometry: Geometry, backend: str | Backend = "torch", *, pro
         Grid and views. Gradients flow into the view vectors if they require grad (e.g.
         views built from :class:`~tomoprior.geometry.ViewParameters` holding tensors).
     backend : str or Backend
-        ``"torch"`` (default, trilinear ray marching) or ``"reference"`` (exact Siddon), or
-        any name in :func:`tomoprior.projectors.available`.
+        ``"auto"`` (default): ``"numba"`` for CPU tensors when numba is installed, else
+        ``"torch"`` (see :func:`tomoprior.projectors.resolve_backend`). Or a name:
+        ``"numba"`` (Joseph's method, parallel CPU kernels), ``"torch"`` (trilinear ray
+        marching, CPU and CUDA), ``"reference"`` (exact Siddon path lengths, slow),
+        ``"astra"`` (CUDA only), any name in :func:`tomoprior.projectors.available`.
+        The backends model the volume slightly differently (piecewise-trilinear vs
+        bilinear-per-plane vs piecewise-constant voxels): use the same backend for a
+        projection and its adjoint.
     progress : bool
         Show a progress bar over chunks.
     **options
@@ -86,7 +92,7 @@ def project(volume, geometry: Geometry, backend: str | Backend = "torch", *, pro
             f"volume must have shape (..., {grid.nz}, {grid.ny}, {grid.nx}) to match geometry.grid, "
             f"got {tuple(volume.shape)}"
         )
-    be = get_backend(backend, **options)
+    be = get_backend(backend, volume.device, **options)
     lead = volume.shape[:-3]
     vol = volume.reshape(-1, *grid.shape).contiguous()
     vectors = _vectors(geometry, vol.device)
@@ -100,7 +106,7 @@ def project(volume, geometry: Geometry, backend: str | Backend = "torch", *, pro
     return _split_views(flat, lead, shapes, geometry.uniform_detector)
 
 
-def backproject(projections, geometry: Geometry, backend: str | Backend = "torch", *, progress: bool = False,
+def backproject(projections, geometry: Geometry, backend: str | Backend = "auto", *, progress: bool = False,
                 **options) -> torch.Tensor:
     """Back-project: the exact adjoint (transpose) of :func:`project` with the same settings.
 
@@ -120,7 +126,7 @@ def backproject(projections, geometry: Geometry, backend: str | Backend = "torch
     geometry = _check_geometry(geometry)
     shapes = geometry.detector_shapes
     flat, lead = _join_views(projections, shapes, geometry.uniform_detector)
-    be = get_backend(backend, **options)
+    be = get_backend(backend, flat.device, **options)
     vectors = _vectors(geometry, flat.device)
     bar = _progress(progress, be.num_chunks(geometry.grid, shapes, vectors) if progress else 0,
                     f"backproject ({be.name})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from .api import backproject, project
 from .registry import get_backend
 
@@ -13,6 +15,9 @@ class Projector:
     ----------
     geometry : Geometry
     backend : str or Backend
+        ``"auto"`` (default: ``"numba"`` for CPU tensors when installed, else ``"torch"``,
+        chosen per call by the tensor's device) or any name of
+        :func:`tomoprior.projectors.available`.
     **options
         Backend options (e.g. ``step`` for ``"torch"``).
 
@@ -27,9 +32,16 @@ class Projector:
     torch.Size([32, 32, 32])
     """
 
-    def __init__(self, geometry, backend="torch", **options):
+    def __init__(self, geometry, backend="auto", **options):
         self.geometry = geometry
+        self._auto = isinstance(backend, str) and backend == "auto"
+        #: the backend instance (for ``"auto"``: the one CPU tensors use)
         self.backend = get_backend(backend, **options)
+
+    def _backend_for(self, tensor):
+        if self._auto and isinstance(tensor, torch.Tensor) and tensor.device.type != "cpu":
+            return get_backend("auto", tensor.device)
+        return self.backend
 
     @property
     def domain_shape(self) -> tuple[int, int, int]:
@@ -40,10 +52,10 @@ class Projector:
         return self.geometry.projection_shape
 
     def __call__(self, volume):
-        return project(volume, self.geometry, self.backend)
+        return project(volume, self.geometry, self._backend_for(volume))
 
     def adjoint(self, projections):
-        return backproject(projections, self.geometry, self.backend)
+        return backproject(projections, self.geometry, self._backend_for(projections))
 
     @property
     def T(self) -> _Adjoint:  # noqa: N802 - mathematical notation

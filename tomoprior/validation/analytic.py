@@ -59,7 +59,7 @@ def _stats(p: torch.Tensor, a: torch.Tensor) -> dict:
     }
 
 
-def compare_to_analytic(phantom, geometry: Geometry, backend="torch", *, volume: torch.Tensor | None = None,
+def compare_to_analytic(phantom, geometry: Geometry, backend="auto", *, volume: torch.Tensor | None = None,
                         analytic=None, projections=None, supersample: int = 2, progress: bool = False,
                         **options) -> ProjectorComparison:
     """Compare a projector with exact line integrals.
@@ -108,7 +108,7 @@ def compare_to_analytic(phantom, geometry: Geometry, backend="torch", *, volume:
     total = _stats(allp, alla)
     from ..projectors import get_backend
 
-    be = get_backend(backend, **options) if isinstance(backend, str) else backend
+    be = get_backend(backend, volume.device, **options) if isinstance(backend, str) else backend
     return ProjectorComparison(
         backend=be.describe(),
         median_relative_error=total["median_relative_error"],

@@ -23,7 +23,7 @@ def test_bad_volumes_raise_clear_errors(geom):
     bad[3, 4, 5] = float("nan")
     with pytest.raises(ValueError, match="volume contains NaN"):
         tp.project(bad, geom)
-    with pytest.raises(ValueError, match="volume must be a torch.Tensor or numpy array"):
+    with pytest.raises(ValueError, match=r"volume must be a torch\.Tensor or numpy array"):
         tp.project([[1.0]], geom)
     with pytest.raises(ValueError, match="geometry must be a tomoprior Geometry"):
         tp.project(torch.zeros(12, 14, 16), "geometry.yaml")
@@ -41,7 +41,8 @@ def test_bad_projections_raise_clear_errors(geom, small_grid):
 
 def test_unknown_backend_and_options(geom):
     x = torch.zeros(12, 14, 16)
-    with pytest.raises(ValueError, match=r"unknown projector backend 'cuda-magic'; available: \['torch', 'reference', 'numba'\] or 'auto'"):
+    expected = r"unknown projector backend 'cuda-magic'; available: \['torch', 'reference', 'numba'\] or 'auto'"
+    with pytest.raises(ValueError, match=expected):
         tp.project(x, geom, backend="cuda-magic")
     with pytest.raises(ValueError, match="step must be a positive number"):
         tp.project(x, geom, backend="torch", step=0)

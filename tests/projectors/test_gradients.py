@@ -14,7 +14,8 @@ def _tiny_geometry():
     views = []
     for i, angle in enumerate((0.1, 1.6)):
         p = tp.ViewParameters(
-            name=f"v{i}", primary_angle=angle, secondary_angle=0.05, source_to_isocenter=400.0, source_to_detector=650.0,
+            name=f"v{i}", primary_angle=angle, secondary_angle=0.05,
+            source_to_isocenter=400.0, source_to_detector=650.0,
             u0=float(torch.rand(1, generator=rng)) * 4 - 2, detector_tilt_u=0.03, detector_rotation=0.1,
             pixel_pitch=(18.0, 16.0), detector_shape=(4, 5),
         )

@@ -1,2 +1,24 @@
-"""Reconstruction metrics: PSNR, 3D SSIM, MAE, bone Dice, bone surface distances and
-projection consistency (work in progress; see issue 5)."""
+"""Reconstruction metrics: PSNR (volume or slice-averaged, with named data-range conventions),
+3D and slice-wise SSIM, MAE, bone Dice, bone surface distances in mm (ASSD, HD95) and
+projection consistency. Inputs are torch tensors or numpy arrays ``(nz, ny, nx)``."""
+
+from .bone import DEFAULT_BONE_THRESHOLD_MU, assd, bone_mask, dice, hd95, surface_distances
+from .intensity import DATA_RANGES, PSNR_MAX_PSCTNET, PSNR_MAX_X2CTGAN, mae, psnr, resolve_data_range, ssim
+from .projection import projection_consistency
+
+__all__ = [
+    "DATA_RANGES",
+    "DEFAULT_BONE_THRESHOLD_MU",
+    "PSNR_MAX_PSCTNET",
+    "PSNR_MAX_X2CTGAN",
+    "assd",
+    "bone_mask",
+    "dice",
+    "hd95",
+    "mae",
+    "projection_consistency",
+    "psnr",
+    "resolve_data_range",
+    "ssim",
+    "surface_distances",
+]

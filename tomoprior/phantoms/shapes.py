@@ -189,11 +189,15 @@ class Shape:
         the Shepp-Logan phantom where shapes add.
     label : str or None
         A free-text name such as ``"skull"``.
+    material : str or None
+        Optional material name such as ``"steel"`` or ``"pmma"`` (metadata for physics
+        models; ``density`` stays the value used for line integrals).
     """
 
     kind: str = "shape"
 
-    def __init__(self, center, density, angles=None, rotation=None, label: str | None = None):
+    def __init__(self, center, density, angles=None, rotation=None, label: str | None = None,
+                 material: str | None = None):
         owner = type(self).__name__
         self.center = _tensor(center, f"{owner}.center", (3,))
         self.density = _tensor(density, f"{owner}.density", ())
@@ -201,6 +205,9 @@ class Shape:
         if label is not None and not isinstance(label, str):
             raise ValueError(f"{owner}.label must be a string, got {label!r}")
         self.label = label
+        if material is not None and (not isinstance(material, str) or not material):
+            raise ValueError(f"{owner}.material must be a non-empty string such as 'steel', got {material!r}")
+        self.material = material
 
     # -- frames ------------------------------------------------------------------------------
     def _frame(self, dtype: torch.dtype, device) -> tuple[Tensor, Tensor]:
@@ -340,6 +347,8 @@ class Shape:
         d: dict = {"type": self.kind}
         if self.label is not None:
             d["label"] = self.label
+        if self.material is not None:
+            d["material"] = self.material
         d["center"] = _float_list(self.center)
         return d
 
@@ -405,8 +414,9 @@ class Ellipsoid(Shape):
 
     kind = "ellipsoid"
 
-    def __init__(self, center, semi_axes, density=1.0, *, angles=None, rotation=None, label: str | None = None):
-        super().__init__(center, density, angles=angles, rotation=rotation, label=label)
+    def __init__(self, center, semi_axes, density=1.0, *, angles=None, rotation=None, label: str | None = None,
+                 material: str | None = None):
+        super().__init__(center, density, angles=angles, rotation=rotation, label=label, material=material)
         owner = type(self).__name__
         self.semi_axes = _positive(_tensor(semi_axes, f"{owner}.semi_axes", (3,)), f"{owner}.semi_axes")
 
@@ -457,17 +467,20 @@ class Ellipsoid(Shape):
             self.semi_axes,
             self.density,
             label=self.label,
+            material=self.material,
             **self._orientation_kwargs(),
         )
 
     def scaled(self, factor: float) -> Ellipsoid:
         f = _positive(_tensor(factor, "factor", ()), "factor")
         return Ellipsoid(
-            self.center * f, self.semi_axes * f, self.density, label=self.label, **self._orientation_kwargs()
+            self.center * f, self.semi_axes * f, self.density, label=self.label, material=self.material,
+            **self._orientation_kwargs(),
         )
 
     def with_density(self, density) -> Ellipsoid:
-        return Ellipsoid(self.center, self.semi_axes, density, label=self.label, **self._orientation_kwargs())
+        return Ellipsoid(self.center, self.semi_axes, density, label=self.label, material=self.material,
+                         **self._orientation_kwargs())
 
     def to_dict(self) -> dict:
         d = self._common_dict()
@@ -499,9 +512,9 @@ class Sphere(Ellipsoid):
 
     kind = "sphere"
 
-    def __init__(self, center, radius, density=1.0, *, label: str | None = None):
+    def __init__(self, center, radius, density=1.0, *, label: str | None = None, material: str | None = None):
         r = _positive(_tensor(radius, "Sphere.radius", ()), "Sphere.radius")
-        super().__init__(center, r.expand(3), density, label=label)
+        super().__init__(center, r.expand(3), density, label=label, material=material)
 
     @property
     def radius(self) -> Tensor:
@@ -510,14 +523,15 @@ class Sphere(Ellipsoid):
 
     def translated(self, offset) -> Sphere:
         off = _tensor(offset, "offset", (3,))
-        return Sphere(self.center + off.to(self.center), self.radius, self.density, label=self.label)
+        return Sphere(self.center + off.to(self.center), self.radius, self.density, label=self.label,
+                      material=self.material)
 
     def scaled(self, factor: float) -> Sphere:
         f = _positive(_tensor(factor, "factor", ()), "factor")
-        return Sphere(self.center * f, self.radius * f, self.density, label=self.label)
+        return Sphere(self.center * f, self.radius * f, self.density, label=self.label, material=self.material)
 
     def with_density(self, density) -> Sphere:
-        return Sphere(self.center, self.radius, density, label=self.label)
+        return Sphere(self.center, self.radius, density, label=self.label, material=self.material)
 
     def to_dict(self) -> dict:
         d = self._common_dict()
@@ -576,7 +590,8 @@ class Cylinder(Shape):
     kind = "cylinder"
 
     def __init__(
-        self, center, radius, height, density=1.0, *, axis=None, angles=None, rotation=None, label: str | None = None
+        self, center, radius, height, density=1.0, *, axis=None, angles=None, rotation=None, label: str | None = None,
+        material: str | None = None,
     ):
         owner = type(self).__name__
         if axis is not None and (angles is not None or rotation is not None):
@@ -602,7 +617,7 @@ class Cylinder(Shape):
             # keep the axis as given, so files round-trip without renormalisation noise
             self.axis = a
             rotation = _basis_from_axis(a)
-        super().__init__(center, density, angles=angles, rotation=rotation, label=label)
+        super().__init__(center, density, angles=angles, rotation=rotation, label=label, material=material)
 
     @property
     def radius(self):
@@ -657,8 +672,9 @@ class Cylinder(Shape):
     def _copy(self, center, radii, height, density) -> Cylinder:
         radius = radii[0] if self.circular else radii
         if self.axis is not None:
-            return Cylinder(center, radius, height, density, axis=self.axis, label=self.label)
-        return Cylinder(center, radius, height, density, label=self.label, **self._orientation_kwargs())
+            return Cylinder(center, radius, height, density, axis=self.axis, label=self.label, material=self.material)
+        return Cylinder(center, radius, height, density, label=self.label, material=self.material,
+                        **self._orientation_kwargs())
 
     def translated(self, offset) -> Cylinder:
         off = _tensor(offset, "offset", (3,))
@@ -688,9 +704,9 @@ class Cylinder(Shape):
 #: Keys of each shape entry in a phantom file, by ``type``.
 SHAPE_KEYS: dict[str, tuple[set[str], set[str]]] = {
     # type: (required keys, optional keys)
-    "ellipsoid": ({"center", "semi_axes", "density"}, {"label", "angles_deg", "rotation"}),
-    "sphere": ({"center", "radius", "density"}, {"label"}),
-    "cylinder": ({"center", "radius", "height", "density"}, {"label", "axis", "angles_deg", "rotation"}),
+    "ellipsoid": ({"center", "semi_axes", "density"}, {"label", "material", "angles_deg", "rotation"}),
+    "sphere": ({"center", "radius", "density"}, {"label", "material"}),
+    "cylinder": ({"center", "radius", "height", "density"}, {"label", "material", "axis", "angles_deg", "rotation"}),
 }
 
 
@@ -753,14 +769,18 @@ def shape_from_dict(d: dict, where: str = "shape") -> Shape:
     label = d.get("label")
     if label is not None and not isinstance(label, str):
         raise ValueError(f"{where}.label must be a string, got {label!r}")
+    material = d.get("material")
+    if material is not None and (not isinstance(material, str) or not material):
+        raise ValueError(f"{where}.material must be a non-empty string such as 'steel', got {material!r}")
     center = _numbers(d["center"], 3, f"{where}.center", what="numbers x, y, z in mm")
     density = _number(d["density"], f"{where}.density")
     orientation = _orientation_from_dict(d, where)
     if kind == "ellipsoid":
         semi = _numbers(d["semi_axes"], 3, f"{where}.semi_axes", positive=True, what="lengths in mm")
-        return Ellipsoid(center, semi, density, label=label, **orientation)
+        return Ellipsoid(center, semi, density, label=label, material=material, **orientation)
     if kind == "sphere":
-        return Sphere(center, _number(d["radius"], f"{where}.radius", positive=True), density, label=label)
+        return Sphere(center, _number(d["radius"], f"{where}.radius", positive=True), density, label=label,
+                      material=material)
     radius = d["radius"]
     if isinstance(radius, Sequence) and not isinstance(radius, (str, bytes)):
         radius = _numbers(radius, 2, f"{where}.radius", positive=True, what="semi-axes in mm")
@@ -769,7 +789,7 @@ def shape_from_dict(d: dict, where: str = "shape") -> Shape:
     else:
         radius = _number(radius, f"{where}.radius", positive=True)
     height = _number(d["height"], f"{where}.height", positive=True)
-    return Cylinder(center, radius, height, density, label=label, **orientation)
+    return Cylinder(center, radius, height, density, label=label, material=material, **orientation)
 
 
 def _orientation_from_dict(d: dict, where: str) -> dict:

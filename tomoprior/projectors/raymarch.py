@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 
 from ..geometry.grid import VolumeGrid
 from .base import Backend

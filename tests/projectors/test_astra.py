@@ -84,7 +84,10 @@ def test_reference_backend_equals_astra_fanbeam_exactly():
     assert err.max() < 1e-4
 
 
-def test_torch_backend_matches_astra_fanbeam_within_one_percent():
+@pytest.mark.parametrize("backend", ["torch", "numba"])
+def test_interpolating_backends_match_astra_fanbeam_within_one_percent(backend):
+    if backend not in tp.projectors.available():
+        pytest.skip(f"backend {backend!r} is not installed here")
     ny, nx, nz = 96, 96, 9
     grid = tp.VolumeGrid((nz, ny, nx), (4.0, 2.0, 2.0))
     yy, xx = np.meshgrid((np.arange(ny) - 47.5) * 2.0, (np.arange(nx) - 47.5) * 2.0, indexing="ij")
@@ -93,7 +96,7 @@ def test_torch_backend_matches_astra_fanbeam_within_one_percent():
     image += 0.5 / (1 + np.exp((((xx - 20) / 18) ** 2 + ((yy + 15) / 30) ** 2 - 1) * 8))
     views, fan = _fan_setup(1)
     geom = tp.Geometry(grid, views)
-    ours = tp.project(_extruded(image, nz), geom, backend="torch")[:, 2, :].numpy()
+    ours = tp.project(_extruded(image, nz), geom, backend=backend)[:, 2, :].numpy()
     ref = astra_backend.fanbeam_line_integrals(image, (2.0, 2.0), (0.0, 0.0), fan, det_count=96)
     crossing = ref > 1e-3 * ref.max()
     rel = np.abs(ours - ref)[crossing] / ref[crossing]

@@ -13,7 +13,7 @@ Units: millimetres; angles in radians in code, degrees in files. World frame: pa
 LPS (x left, y posterior, z superior). Volumes are ``(nz, ny, nx)``.
 """
 
-from . import geometry, phantoms, projectors
+from . import geometry, phantoms, projectors, refiners
 from ._version import __version__
 from .geometry import (
     BiplanarGeometry,
@@ -38,4 +38,5 @@ __all__ = [
     "phantoms",
     "project",
     "projectors",
+    "refiners",
 ]

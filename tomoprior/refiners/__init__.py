@@ -1,5 +1,49 @@
-"""Refiners (planned, issue "Refiner plugins and PSCT-Net ..."): the Refiner protocol, the
-registry over the ``tomoprior.refiners`` entry points and the geometry prior. Sits above
-``data``; nothing exported yet."""
+"""Refiners: the :class:`Refiner` contract, the registry over the ``tomoprior.refiners``
+entry points (plus the built-in ``bp-prior``), and the geometry prior handed to refiners
+(X-rays or 2D feature maps lifted into the volume through the exact geometry, normalised
+by ray coverage). See ``docs/refiners.md``.
 
-__all__: list[str] = []
+    from tomoprior import refiners
+    refiners.available()                        # ['bp-prior', 'psctnet', ...]
+    model = refiners.load("bp-prior")
+    prior = refiners.build_prior(xrays, geom)   # (B, 1, nz, ny, nx)
+    volume = model(xrays, geom, prior)          # (B, 1, nz, ny, nx)
+"""
+
+from .base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Refiner, RefinerConfig, read_checkpoint
+from .bp_prior import BPPrior, BPPriorConfig
+from .consistency import ConsistencyReport, check_prior_consistency
+from .prior import GeometryPrior, backproject_features, build_prior, fuse_views, ray_chord_lengths
+from .registry import (
+    ENTRY_POINT_GROUP,
+    RefinerPluginError,
+    available,
+    get_class,
+    load,
+    register,
+    unregister,
+)
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "ENTRY_POINT_GROUP",
+    "BPPrior",
+    "BPPriorConfig",
+    "ConsistencyReport",
+    "GeometryPrior",
+    "Refiner",
+    "RefinerConfig",
+    "RefinerPluginError",
+    "available",
+    "backproject_features",
+    "build_prior",
+    "check_prior_consistency",
+    "fuse_views",
+    "get_class",
+    "load",
+    "ray_chord_lengths",
+    "read_checkpoint",
+    "register",
+    "unregister",
+]

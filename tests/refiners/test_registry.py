@@ -1,0 +1,147 @@
+"""In-process registry, the Refiner base class and checkpoints."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import tomoprior as tp
+from tomoprior import refiners
+from tomoprior.refiners import BPPrior, Refiner, RefinerConfig, available, load, register, unregister
+
+
+@dataclasses.dataclass
+class TinyConfig(RefinerConfig):
+    width: int = 3
+    gain: float = 1.5
+
+
+class Tiny(Refiner):
+    name = "test-tiny"
+    config_class = TinyConfig
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        self.conv = torch.nn.Conv3d(1, self.config.width, 1)
+        self.out = torch.nn.Conv3d(self.config.width, 1, 1)
+
+    def forward(self, xrays, geometry, prior):
+        self.check_inputs(xrays, geometry, prior)
+        return self.config.gain * self.out(self.conv(prior))
+
+
+@pytest.fixture
+def tiny():
+    register(Tiny)
+    yield Tiny
+    unregister("test-tiny")
+
+
+@pytest.fixture(scope="module")
+def small_geom():
+    return tp.BiplanarGeometry.from_parameters(binning=16, grid=tp.VolumeGrid((8, 8, 8), (12, 12, 12)))
+
+
+def test_builtin_listed_and_loadable():
+    assert "bp-prior" in available()
+    model = load("bp-prior", gain=2.0)
+    assert isinstance(model, BPPrior) and model.config.gain == 2.0
+
+
+def test_unknown_name_lists_installed():
+    with pytest.raises(ValueError, match=r"unknown refiner 'nope'; installed: \[.*'bp-prior'"):
+        load("nope")
+
+
+def test_register_load_and_unregister(tiny):
+    assert "test-tiny" in available()
+    model = load("test-tiny", width=5)
+    assert isinstance(model, Tiny) and model.conv.out_channels == 5
+    # a config instance plus overrides
+    model = load("test-tiny", TinyConfig(width=2), gain=4.0)
+    assert model.config == TinyConfig(width=2, gain=4.0)
+
+
+def test_register_rejects_bad_classes(tiny):
+    with pytest.raises(ValueError, match="built-in"):
+        register(type("X", (BPPrior,), {}))
+    with pytest.raises(ValueError, match="already registered"):
+        register(type("Tiny2", (Tiny,), {}))
+    with pytest.raises(TypeError, match="not a subclass"):
+        register(int)
+    with pytest.raises(ValueError, match="name"):
+        register(type("NoName", (Refiner,), {"config_class": TinyConfig}))
+    with pytest.raises(TypeError, match="dataclass"):
+        register(type("BadCfg", (Refiner,), {"name": "bad-cfg", "config_class": dict}))
+    with pytest.raises(ValueError, match="was not registered"):
+        unregister("never")
+
+
+def test_unknown_config_field_is_named(tiny):
+    with pytest.raises(ValueError, match=r"no config field\(s\) \['widht'\].*width"):
+        load("test-tiny", widht=4)
+    with pytest.raises(TypeError, match="TinyConfig"):
+        Tiny(config=3)
+
+
+def test_check_inputs_messages(small_geom):
+    prior = torch.zeros(1, 1, 8, 8, 8)
+    xr = torch.zeros(1, 2, 96, 96)
+    assert Refiner.check_inputs(xr, small_geom, prior) == (1, 2)
+    with pytest.raises(ValueError, match="xrays must be"):
+        Refiner.check_inputs(torch.zeros(2, 96, 96), small_geom, prior)
+    with pytest.raises(ValueError, match="has 2 views but xrays have V=3"):
+        Refiner.check_inputs(torch.zeros(1, 3, 96, 96), small_geom, prior)
+    with pytest.raises(ValueError, match=r"prior must have shape \(1, 1, 8, 8, 8\)"):
+        Refiner.check_inputs(xr, small_geom, prior[:, :, :4])
+    with pytest.raises(ValueError, match="list of 1 Geometries but the batch has B=2"):
+        Refiner.check_inputs(torch.zeros(2, 2, 96, 96), [small_geom], torch.zeros(2, 1, 8, 8, 8))
+
+
+def test_checkpoint_round_trip(tiny, tmp_path, small_geom):
+    torch.manual_seed(0)
+    model = load("test-tiny", width=4, gain=0.5)
+    path = model.save_checkpoint(tmp_path / "tiny.pt", epoch=3, note="hello")
+    assert path.is_file() and not list(tmp_path.glob(".tiny.pt.*"))  # no temporary left behind
+    xr = torch.rand(1, 2, 96, 96)
+    prior = refiners.build_prior(xr, small_geom)
+    for again in (Refiner.from_checkpoint(path), Tiny.from_checkpoint(path)):
+        assert type(again) is Tiny and again.config == model.config
+        assert again.checkpoint_extra == {"epoch": 3, "note": "hello"}
+        torch.testing.assert_close(again(xr, small_geom, prior), model(xr, small_geom, prior), rtol=0, atol=0)
+    raw = refiners.read_checkpoint(path)
+    assert raw["name"] == "test-tiny" and raw["tomoprior_version"] == tp.__version__
+    with pytest.raises(ValueError, match="holds a 'test-tiny' refiner, not 'bp-prior'"):
+        BPPrior.from_checkpoint(path)
+
+
+def test_checkpoint_errors(tmp_path, tiny):
+    with pytest.raises(ValueError, match="does not exist"):
+        Refiner.from_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+        Refiner.from_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ValueError, match="not a tomoprior refiner checkpoint"):
+        Refiner.from_checkpoint(other)
+    model = load("test-tiny")
+    ckpt = model.checkpoint_dict()
+    ckpt["config"]["depth"] = 7
+    future = tmp_path / "future.pt"
+    torch.save(ckpt, future)
+    with pytest.raises(ValueError, match=r"no field\(s\) \['depth'\]"):
+        Refiner.from_checkpoint(future)
+    ckpt = model.checkpoint_dict()
+    ckpt["name"] = "unknown-refiner"
+    lost = tmp_path / "lost.pt"
+    torch.save(ckpt, lost)
+    with pytest.raises(ValueError, match="unknown refiner 'unknown-refiner'"):
+        Refiner.from_checkpoint(lost)
+
+
+def test_reconstruct_builds_the_prior(small_geom):
+    xr = torch.rand(2, 96, 96)
+    out = load("bp-prior").reconstruct(xr, small_geom)
+    torch.testing.assert_close(out, refiners.build_prior(xr[None], small_geom)[0])

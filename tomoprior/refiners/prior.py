@@ -1,0 +1,470 @@
+"""The geometry prior: X-rays (or any 2D feature maps) lifted into the volume grid through
+the exact :class:`~tomoprior.Geometry`, normalised per voxel by ray coverage.
+
+Definitions (per view ``v``, voxel centre ``x``, feature map ``F_v`` spanning the detector)
+-----------------------------------------------------------------------------------------
+- ``pi_v(x)``: the exact pinhole projection of ``x`` onto view ``v``'s detector
+  (``View.projection_matrix``), a ``(col, row)`` pixel coordinate.
+- ``m_v(x)`` (the *mask*): 1 if ``x`` lies in front of the source and ``pi_v(x)`` falls
+  on the detector (``-0.5 <= col <= cols - 0.5`` and the same for rows), else 0.
+- Normalised per-view volume (``normalize=True``, the default):
+  ``B_v(x) = m_v(x) * F_v(pi_v(x))`` with bilinear interpolation of ``F_v`` (edge values
+  held up to the detector border). Units: those of the features (e.g. attenuation x mm for
+  line integrals). This is the ray-driven back-projection divided by the back-projection of
+  ones, ``backproject(F)/backproject(1)``: both are sums over the rays that cross the voxel
+  weighted by their intersection lengths, so for a feature map that is smooth on the scale
+  of a voxel's footprint the ratio is the feature value at ``pi_v(x)`` (tested, see
+  ``tests/refiners/test_prior.py``).
+- Unnormalised (``normalize=False``): ``m_v(x) F_v(pi_v(x)) * V_vox * rho_v(x)`` where
+  ``V_vox = sx sy sz`` and ``rho_v(x) = D_v^2 r / (A h^3)`` is the density of rays (rays
+  per mm^2 across the beam) at ``x``: ``D_v`` the perpendicular source-to-detector
+  distance, ``A`` the area of one feature pixel on the detector, ``r = |x - s|`` and ``h``
+  the depth of ``x`` along the detector normal. This is the continuum limit of the
+  ray-driven :func:`tomoprior.backproject` (units: feature units x mm).
+- Fusion (``fuse="mean"``): ``prior(x) = sum_v m_v B_v / max(sum_v m_v, 1)``, the mean over
+  the views that see the voxel (0 where none does).
+
+The voxel-driven path (``mode="voxel"``) costs one bilinear lookup per voxel, view and
+channel and is differentiable with respect to the features and to the view vectors (through
+the projection matrix). ``mode="ray"`` computes the same quantities with the ray-driven
+adjoint :func:`tomoprior.backproject` (slow; the reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - torch's own idiom
+
+from ..geometry.geometry import Geometry
+from ..geometry.grid import VolumeGrid
+from ..geometry.view import View, _projection_matrix
+from .base import _geometry_list
+
+_FUSE = ("mean", "sum", "max", "min")
+_MODES = ("voxel", "ray")
+
+
+# -- input checks -------------------------------------------------------------------------
+
+def _as_view_features(features, num_views: int | None = None) -> tuple[list[torch.Tensor], int, int]:
+    """``(B, V, C, h, w)`` tensor or a sequence of V ``(B, C, h_v, w_v)`` -> list, B, C."""
+    if isinstance(features, torch.Tensor):
+        if features.ndim != 5:
+            raise ValueError(
+                f"features must have shape (B, V, C, h, w) (or be a list of V tensors (B, C, h, w)), "
+                f"got {tuple(features.shape)}; add a channel axis with features.unsqueeze(2)"
+            )
+        per_view = list(features.unbind(1))
+    elif isinstance(features, Sequence) and not isinstance(features, (str, bytes)):
+        per_view = list(features)
+        for i, f in enumerate(per_view):
+            if not isinstance(f, torch.Tensor) or f.ndim != 4:
+                got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+                raise ValueError(f"features[{i}] must be a tensor (B, C, h, w), got {got}")
+    else:
+        raise TypeError(
+            f"features must be a torch.Tensor (B, V, C, h, w) or a list of them, got {type(features).__name__}"
+        )
+    if not per_view:
+        raise ValueError("features hold no views")
+    b, c = per_view[0].shape[:2]
+    for i, f in enumerate(per_view):
+        if not f.is_floating_point():
+            raise ValueError(f"features must be floating point, got {f.dtype} (view {i}); use .float()")
+        if tuple(f.shape[:2]) != (b, c):
+            raise ValueError(f"features[{i}] has (B, C) = {tuple(f.shape[:2])}, expected {(b, c)} as view 0")
+        if f.device != per_view[0].device or f.dtype != per_view[0].dtype:
+            raise ValueError("all views' features must share one dtype and device")
+    if num_views is not None and len(per_view) != num_views:
+        raise ValueError(f"features have V={len(per_view)} views but the geometry has {num_views}")
+    return per_view, b, c
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} contains NaN or infinite values; clean them before building the prior")
+
+
+def _resolve_grid(geoms: list[Geometry], grid: VolumeGrid | None) -> VolumeGrid:
+    if grid is not None:
+        if not isinstance(grid, VolumeGrid):
+            raise TypeError(f"grid must be a tomoprior VolumeGrid, got {type(grid).__name__}")
+        return grid
+    g0 = geoms[0].grid
+    for i, g in enumerate(geoms[1:], 1):
+        if g.grid != g0:
+            raise ValueError(
+                f"geometry[{i}].grid {g.grid} differs from geometry[0].grid {g0}; per-sample volumes must share "
+                "one grid: pass grid= explicitly"
+            )
+    return g0
+
+
+# -- voxel-driven core --------------------------------------------------------------------
+
+def _voxel_projection(view: View, grid: VolumeGrid, device, dtype=torch.float64):
+    """Normalised ``grid_sample`` coordinates of every voxel centre and a visibility mask.
+
+    Returns ``gx, gy`` (``dtype``, ``(nz, ny, nx)``) with ``-1/+1`` at the outer pixel edges of
+    the detector (columns/rows ``-0.5`` and ``cols - 0.5``), differentiable in the view
+    vector, and the bool mask ``front & |gx| <= 1 & |gy| <= 1``. The projection matrix is
+    built in float64; ``P @ (x, y, z, 1)`` is separable over the grid axes, so each output
+    is a sum of three broadcast 1D terms.
+    """
+    vec = view.vector.to(device=device, dtype=torch.float64)
+    rows, cols = view.shape
+    P = _projection_matrix(vec, view.shape)  # (3, 4): (col, row, 1) ~ P (x, y, z, 1)
+    # fold the pixel -> [-1, 1] normalisation into the matrix: g = (2 p + 1)/n - 1
+    G = torch.stack([(2 * P[0] + P[2]) / cols - P[2], (2 * P[1] + P[2]) / rows - P[2], P[2]])
+    s, c = vec[0:3], vec[3:6]
+    side = torch.sign(torch.dot(c - s, torch.linalg.cross(vec[6:9], vec[9:12]))).detach()
+    G = (G * side).to(dtype)  # den > 0 in front of the source
+    x, y, z = (a.to(dtype) for a in grid.axis_coordinates(dtype=torch.float64, device=device))
+
+    def row(i):
+        return (G[i, 0] * x + G[i, 3])[None, None, :] + (G[i, 1] * y)[None, :, None] + (G[i, 2] * z)[:, None, None]
+
+    den = row(2)
+    front = den.detach() > 0
+    all_front = bool(front.all())
+    safe = den if all_front else torch.where(front, den, torch.ones_like(den))
+    inv = 1.0 / safe
+    gx, gy = row(0) * inv, row(1) * inv
+    mask = (gx.detach().abs() <= 1.0) & (gy.detach().abs() <= 1.0)
+    if not all_front:
+        mask &= front
+        gx = torch.where(front, gx, torch.zeros_like(gx))
+        gy = torch.where(front, gy, torch.zeros_like(gy))
+    return gx, gy, mask
+
+
+def _ray_density(view: View, grid: VolumeGrid, feature_shape, device) -> torch.Tensor:
+    """``V_vox * rho(x)``: continuum value of the ray-driven back-projection of ones at every
+    voxel for rays through the centres of a ``feature_shape`` pixel grid spanning the detector."""
+    vec = view.vector.to(device=device, dtype=torch.float64)
+    s, c, u, v = vec[0:3], vec[3:6], vec[6:9], vec[9:12]
+    n = torch.linalg.cross(u, v)
+    area_det = torch.linalg.norm(n)
+    n_hat = n / area_det
+    rows, cols = view.shape
+    h, w = feature_shape
+    area = area_det * (rows / h) * (cols / w)  # one feature pixel, mm^2
+    dist = torch.dot(c - s, n_hat).abs()
+    x, y, z = grid.axis_coordinates(dtype=torch.float64, device=device)
+    dx, dy, dz = x - s[0], y - s[1], z - s[2]
+    r = torch.sqrt(dx[None, None, :] ** 2 + dy[None, :, None] ** 2 + dz[:, None, None] ** 2)
+    depth = (n_hat[0] * dx[None, None, :] + n_hat[1] * dy[None, :, None] + n_hat[2] * dz[:, None, None]).abs()
+    sz, sy, sx = grid.spacing
+    return (sx * sy * sz) * dist**2 * r / (area * depth**3)
+
+
+def _sample_view(feat: torch.Tensor, view: View, grid: VolumeGrid,
+                 normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view: ``feat (B, C, h, w)`` -> volumes ``(B, C, nz, ny, nx)`` and mask ``(nz, ny, nx)``."""
+    b, ch, h, w = feat.shape
+    out_dtype = feat.dtype
+    if feat.dtype in (torch.float16, torch.bfloat16):
+        # half-precision sampling coordinates would be off by up to a pixel: sample in float32
+        feat = feat.float()
+    # float32 coordinates are exact to ~1e-4 pixel; keep float64 when the features are float64
+    # or the geometry carries gradients (pose refinement wants the precise derivative)
+    work = torch.float64 if (feat.dtype == torch.float64 or view.vector.requires_grad) else feat.dtype
+    gx, gy, mask = _voxel_projection(view, grid, feat.device, work)
+    # grid_sample with align_corners=False maps -1/+1 to the outer pixel edges of any (h, w):
+    # a feature map of any resolution spans exactly the detector (-0.5 .. cols-0.5).
+    nz, ny, nx = grid.shape
+    sample_grid = torch.stack((gx, gy), dim=-1).reshape(1, nz, ny * nx, 2).to(feat.dtype)
+    vol = F.grid_sample(feat.reshape(1, b * ch, h, w), sample_grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    vol = vol.reshape(b, ch, nz, ny, nx)
+    m = mask.to(feat.dtype)
+    if not normalize:
+        m = m * _ray_density(view, grid, (h, w), feat.device).to(feat.dtype)
+    return (vol * m).to(out_dtype), mask
+
+
+def _ray_view(feat: torch.Tensor, view: View, grid: VolumeGrid, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference path: the ray-driven adjoint ``tomoprior.backproject`` of one view at the
+    features' resolution, divided by the back-projection of ones when ``normalize``."""
+    from ..projectors import backproject
+
+    b, ch, h, w = feat.shape
+    rows, cols = view.shape
+    rebinned = View(view.source, view.detector_center, view.u * (cols / w), view.v * (rows / h), (h, w),
+                    name=view.name)
+    geom = Geometry(grid, [rebinned])
+    bp = backproject(feat.reshape(b * ch, 1, h, w), geom).reshape(b, ch, *grid.shape)
+    ones = backproject(torch.ones(1, h, w, dtype=feat.dtype, device=feat.device), geom.detach())
+    mask = ones > 1e-6 * ones.max().clamp_min(1e-30)
+    if normalize:
+        bp = torch.where(mask, bp / torch.where(mask, ones, torch.ones_like(ones)), torch.zeros_like(bp))
+    return bp, mask
+
+
+def backproject_features(features, geometry, *, normalize: bool = True, mode: str = "voxel",
+                         grid: VolumeGrid | None = None, return_mask: bool = False):
+    """Lift per-view 2D feature maps into per-view volumes through the exact geometry.
+
+    Parameters
+    ----------
+    features : Tensor ``(B, V, C, h, w)`` or list of V tensors ``(B, C, h_v, w_v)``
+        Any channel count, any resolution: a feature map's pixel grid spans the full detector
+        of its view (pixel ``(i, j)`` of an ``h x w`` map covers detector rows
+        ``i*rows/h .. (i+1)*rows/h``), so encoder features at 1/2, 1/4, ... resolution are
+        placed exactly.
+    geometry : Geometry or list of B Geometries
+        The views must match the V feature maps in order.
+    normalize : bool
+        True (default): per-voxel ray-coverage normalisation, i.e. the sampled feature value
+        (units of the features); False: weighted by ray density like ``tomoprior.backproject``
+        (units of the features x mm). See the module docstring for the exact formulas.
+    mode : {"voxel", "ray"}
+        ``"voxel"`` (default, fast): project voxel centres, bilinear ``grid_sample``.
+        ``"ray"``: ray-driven ``tomoprior.backproject`` (reference, slow).
+    grid : VolumeGrid, optional
+        Output grid instead of ``geometry.grid`` (e.g. a coarser grid for encoder stages).
+    return_mask : bool
+        Also return the coverage mask.
+
+    Returns
+    -------
+    volumes : Tensor ``(B, V, C, nz, ny, nx)``
+        Zero where a view does not see the voxel. Dtype and device of the features.
+    mask : Tensor ``(B, V, 1, nz, ny, nx)``, only if ``return_mask``
+        1 where the view sees the voxel (voxel mode: the voxel centre projects onto the
+        detector; ray mode: the back-projection of ones is positive), else 0.
+
+    Examples
+    --------
+    >>> import torch, tomoprior as tp
+    >>> from tomoprior.refiners import backproject_features
+    >>> geom = tp.BiplanarGeometry.from_parameters(binning=16, grid=tp.VolumeGrid((16, 16, 16), (8, 8, 8)))
+    >>> feats = torch.ones(2, 2, 5, 24, 24)          # B=2, V=2, C=5 at 1/4 of 96 x 96 pixels
+    >>> backproject_features(feats, geom).shape
+    torch.Size([2, 2, 5, 16, 16, 16])
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if isinstance(features, torch.Tensor):
+        batch = features.shape[0] if features.ndim == 5 else None
+    elif isinstance(features, Sequence) and len(features) and isinstance(features[0], torch.Tensor):
+        batch = features[0].shape[0]
+    else:
+        batch = None
+    if batch is None:
+        _as_view_features(features)  # raises the descriptive error
+    geoms = _geometry_list(geometry, batch)
+    per_view, b, _ = _as_view_features(features, geoms[0].num_views)
+    for i, g in enumerate(geoms):
+        if g.num_views != len(per_view):
+            raise ValueError(f"geometry[{i}] has {g.num_views} views but features have V={len(per_view)}")
+    for i, f in enumerate(per_view):
+        _check_finite(f, f"features (view {i})")
+    out_grid = _resolve_grid(geoms, grid)
+    one = _ray_view if mode == "ray" else _sample_view
+    shared = all(g is geoms[0] for g in geoms)
+    samples = [slice(0, b)] if shared else [slice(i, i + 1) for i in range(b)]
+    vols, masks = [], []
+    for sl in samples:
+        geom = geoms[sl.start]
+        vs, ms = [], []
+        for v, view in enumerate(geom.views):
+            vol, mask = one(per_view[v][sl], view, out_grid, normalize)
+            vs.append(vol)
+            if return_mask:
+                ms.append(mask.to(vol.dtype).expand(vol.shape[0], 1, *out_grid.shape))
+        vols.append(torch.stack(vs, dim=1))
+        if return_mask:
+            masks.append(torch.stack(ms, dim=1))
+    volumes = torch.cat(vols, dim=0) if len(vols) > 1 else vols[0]
+    if not return_mask:
+        return volumes
+    return volumes, (torch.cat(masks, dim=0) if len(masks) > 1 else masks[0])
+
+
+def fuse_views(volumes: torch.Tensor, mask: torch.Tensor, fuse: str = "mean") -> torch.Tensor:
+    """Fuse per-view volumes over the views that see each voxel.
+
+    Parameters
+    ----------
+    volumes : Tensor ``(B, V, C, nz, ny, nx)``
+    mask : Tensor ``(B, V, 1, nz, ny, nx)`` of 0/1 (from ``backproject_features(..., return_mask=True)``)
+    fuse : {"mean", "sum", "max", "min"}
+        ``mean``: ``sum_v m_v B_v / max(sum_v m_v, 1)``; ``sum``: ``sum_v m_v B_v``; ``max`` /
+        ``min``: over the views with ``m_v = 1``. Voxels no view sees are 0.
+
+    Returns
+    -------
+    Tensor ``(B, C, nz, ny, nx)``
+    """
+    if fuse not in _FUSE:
+        raise ValueError(f"fuse must be one of {_FUSE}, got {fuse!r}")
+    if volumes.ndim != 6 or mask.ndim != 6 or mask.shape[:2] != volumes.shape[:2] or mask.shape[2] != 1:
+        raise ValueError(
+            f"volumes must be (B, V, C, nz, ny, nx) and mask (B, V, 1, nz, ny, nx), got {tuple(volumes.shape)} "
+            f"and {tuple(mask.shape)}"
+        )
+    if fuse in ("mean", "sum"):
+        total = (volumes * mask).sum(dim=1)
+        if fuse == "sum":
+            return total
+        return total / mask.sum(dim=1).clamp_min(1.0)
+    seen = mask > 0
+    fill = float("-inf") if fuse == "max" else float("inf")
+    masked = torch.where(seen, volumes, torch.full_like(volumes, fill))
+    red = masked.amax(dim=1) if fuse == "max" else masked.amin(dim=1)
+    return torch.where(seen.any(dim=1), red, torch.zeros_like(red))
+
+
+def ray_chord_lengths(view: View, grid: VolumeGrid, shape=None, *, dtype=torch.float64, device=None) -> torch.Tensor:
+    """Length in mm of the ray through each pixel centre inside the grid's voxel box.
+
+    Parameters
+    ----------
+    view : View
+    grid : VolumeGrid
+    shape : (h, w), optional
+        A pixel grid spanning the detector (default the detector's own ``(rows, cols)``).
+
+    Returns
+    -------
+    Tensor ``(h, w)``, 0 for rays that miss the box.
+    """
+    rows, cols = view.shape
+    h, w = view.shape if shape is None else shape
+    dev = view.device if device is None else device
+    vec = view.vector.detach().to(dtype=torch.float64, device=dev)
+    s, c, u, v = vec[0:3], vec[3:6], vec[6:9], vec[9:12]
+    # centres of an (h, w) pixel grid spanning the detector, in detector pixel coordinates
+    cc = (torch.arange(w, dtype=torch.float64, device=dev) + 0.5) * (cols / w) - 0.5
+    rr = (torch.arange(h, dtype=torch.float64, device=dev) + 0.5) * (rows / h) - 0.5
+    p = (c + (cc[None, :, None] - (cols - 1) / 2) * u + (rr[:, None, None] - (rows - 1) / 2) * v)
+    d = p - s  # (h, w, 3)
+    lo, hi = (torch.tensor(b, dtype=torch.float64, device=dev) for b in grid.bounds())
+    with torch.no_grad():
+        inv = 1.0 / torch.where(d == 0, torch.full_like(d, 1e-300), d)
+        t1, t2 = (lo - s) * inv, (hi - s) * inv
+        tmin = torch.minimum(t1, t2).amax(dim=-1).clamp_min(0.0)
+        tmax = torch.maximum(t1, t2).amin(dim=-1)
+        length = (tmax - tmin).clamp_min(0.0) * torch.linalg.norm(d, dim=-1)
+    return length.to(dtype)
+
+
+def build_prior(xrays, geometry, *, fuse: str = "mean", grid: VolumeGrid | None = None, mode: str = "voxel",
+                divide_by_chord: bool = False) -> torch.Tensor:
+    """The geometry prior: ray-coverage normalised back-projection of the X-rays, fused over views.
+
+    Parameters
+    ----------
+    xrays : Tensor ``(B, V, H, W)`` or ``(B, V, C, H, W)`` (or a list of V ``(B, C, H_v, W_v)``)
+        One image per view, typically line integrals (attenuation x mm), any resolution
+        spanning each detector.
+    geometry : Geometry or list of B Geometries
+        The geometry that made (or calibrated) the X-rays.
+    fuse : {"mean", "sum", "max", "min"}
+        Fusion over the views that see each voxel (see :func:`fuse_views`); default mean.
+    grid : VolumeGrid, optional
+        Output grid (default ``geometry.grid``).
+    mode : {"voxel", "ray"}
+        As in :func:`backproject_features`.
+    divide_by_chord : bool
+        Divide each pixel by the length (mm) of its ray inside the grid box before lifting, so
+        line integrals become the mean attenuation along the ray (1/mm); rays missing the box
+        give 0.
+
+    Returns
+    -------
+    Tensor ``(B, 1, nz, ny, nx)`` (``(B, C, ...)`` for ``C``-channel input): at each voxel the
+    mean over the views that see it of the X-ray value at the voxel's projection, i.e.
+    ``mean_v backproject_v(x)/backproject_v(1)`` (module docstring). Units of the X-rays
+    (1/mm with ``divide_by_chord``).
+
+    Examples
+    --------
+    >>> import torch, tomoprior as tp
+    >>> from tomoprior.refiners import build_prior
+    >>> geom = tp.BiplanarGeometry.from_parameters(binning=16, grid=tp.VolumeGrid((16, 16, 16), (8, 8, 8)))
+    >>> prior = build_prior(torch.full((1, 2, 96, 96), 3.0), geom)
+    >>> prior.shape, float(prior[0, 0, 8, 8, 8])
+    (torch.Size([1, 1, 16, 16, 16]), 3.0)
+    """
+    if isinstance(xrays, torch.Tensor):
+        if xrays.ndim == 4:
+            feats = xrays.unsqueeze(2)
+        elif xrays.ndim == 5:
+            feats = xrays
+        else:
+            raise ValueError(f"xrays must have shape (B, V, H, W) or (B, V, C, H, W), got {tuple(xrays.shape)}")
+    else:
+        feats = xrays
+    if divide_by_chord:
+        per_view, b, _ = _as_view_features(feats)
+        geoms = _geometry_list(geometry, b)
+        out_grid = _resolve_grid(geoms, grid)
+        divided = []
+        for v, f in enumerate(per_view):
+            rows_b = []
+            for i in range(b):
+                chord = ray_chord_lengths(geoms[i].views[v], out_grid, f.shape[-2:], dtype=f.dtype, device=f.device)
+                safe = torch.where(chord > 0, chord, torch.ones_like(chord))
+                rows_b.append(torch.where(chord > 0, f[i] / safe, torch.zeros_like(f[i])))
+            divided.append(torch.stack(rows_b))
+        feats = divided
+    vols, mask = backproject_features(feats, geometry, normalize=True, mode=mode, grid=grid, return_mask=True)
+    return fuse_views(vols, mask, fuse)
+
+
+class GeometryPrior(torch.nn.Module):
+    """:func:`backproject_features` + :func:`fuse_views` as a module (no parameters), for
+    use inside networks (e.g. PSCT-Net's BP-I prior and BP-C feature lifting).
+
+    Parameters
+    ----------
+    fuse : {"mean", "sum", "max", "min"}
+    grid : VolumeGrid, optional
+        Fixed output grid (e.g. a coarser encoder-stage grid); default ``geometry.grid``.
+    normalize, mode
+        As in :func:`backproject_features`.
+
+    ``forward(features, geometry)``: features ``(B, V, C, h, w)`` (or X-rays ``(B, V, H, W)``)
+    -> ``(B, C, nz, ny, nx)`` (``(B, 1, ...)`` for X-rays). ``per_view(features, geometry)``
+    returns ``(volumes, mask)`` unfused.
+
+    Examples
+    --------
+    >>> import torch, tomoprior as tp
+    >>> from tomoprior.refiners import GeometryPrior
+    >>> geom = tp.BiplanarGeometry.from_parameters(binning=16, grid=tp.VolumeGrid((16, 16, 16), (8, 8, 8)))
+    >>> lift = GeometryPrior(grid=geom.grid.with_shape((8, 8, 8)))
+    >>> lift(torch.ones(1, 2, 4, 48, 48), geom).shape
+    torch.Size([1, 4, 8, 8, 8])
+    """
+
+    def __init__(self, fuse: str = "mean", grid: VolumeGrid | None = None, *, normalize: bool = True,
+                 mode: str = "voxel"):
+        super().__init__()
+        if fuse not in _FUSE:
+            raise ValueError(f"fuse must be one of {_FUSE}, got {fuse!r}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if grid is not None and not isinstance(grid, VolumeGrid):
+            raise TypeError(f"grid must be a tomoprior VolumeGrid, got {type(grid).__name__}")
+        self.fuse, self.grid, self.normalize, self.mode = fuse, grid, normalize, mode
+
+    def per_view(self, features, geometry):
+        if isinstance(features, torch.Tensor) and features.ndim == 4:
+            features = features.unsqueeze(2)
+        return backproject_features(features, geometry, normalize=self.normalize, mode=self.mode, grid=self.grid,
+                                    return_mask=True)
+
+    def forward(self, features, geometry) -> torch.Tensor:
+        vols, mask = self.per_view(features, geometry)
+        return fuse_views(vols, mask, self.fuse)
+
+    def extra_repr(self) -> str:
+        return f"fuse={self.fuse!r}, grid={self.grid}, normalize={self.normalize}, mode={self.mode!r}"
+
+
+__all__ = ["GeometryPrior", "backproject_features", "build_prior", "fuse_views", "ray_chord_lengths"]

@@ -7,6 +7,7 @@ import sys
 import click
 
 from .._version import __version__
+from .dataset import dataset
 from .info import info
 from .simulate import simulate
 
@@ -20,6 +21,7 @@ def cli() -> None:
     """
 
 
+cli.add_command(dataset)
 cli.add_command(info)
 cli.add_command(simulate)
 

@@ -1,4 +1,55 @@
-"""Data (planned, issue "Data: procedural pediatric skull phantoms ..."): HDF5 datasets,
-DRR synthesis from CT volumes, torch Datasets. Sits above ``physics``; nothing exported yet."""
+"""Data: volumes from NIfTI / DICOM CT (HU -> attenuation), DRR synthesis with calibration-
+error and intensity augmentation, the HDF5 dataset format, a lazy torch ``Dataset`` and
+parallel (process pool or Dask) synthetic dataset generation."""
 
-__all__: list[str] = []
+from .dataset import TomopriorDataset, assign_splits
+from .drr import DRRResult, GeometryPerturbation, IntensityAugmentation, check_views_see_volume, synthesize
+from .h5 import SCHEMA, SCHEMA_VERSION, DatasetFile, DatasetFormatError, DatasetWriter, Sample, merge
+from .synthetic import SampleSpec, generate, generate_dask, generate_sample, make_specs, sample_seed
+from .volumes import (
+    DEFAULT_ENERGY_KEV,
+    MU_WATER_PER_MM,
+    Volume,
+    VolumeWarning,
+    hu_to_mu,
+    load_dicom_series,
+    load_nifti,
+    mu_to_hu,
+    mu_water,
+    save_nifti,
+    volume_from_affine,
+)
+
+__all__ = [
+    "DEFAULT_ENERGY_KEV",
+    "MU_WATER_PER_MM",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "DRRResult",
+    "DatasetFile",
+    "DatasetFormatError",
+    "DatasetWriter",
+    "GeometryPerturbation",
+    "IntensityAugmentation",
+    "Sample",
+    "SampleSpec",
+    "TomopriorDataset",
+    "Volume",
+    "VolumeWarning",
+    "assign_splits",
+    "check_views_see_volume",
+    "generate",
+    "generate_dask",
+    "generate_sample",
+    "hu_to_mu",
+    "load_dicom_series",
+    "load_nifti",
+    "make_specs",
+    "merge",
+    "mu_to_hu",
+    "mu_water",
+    "sample_seed",
+    "save_nifti",
+    "synthesize",
+    "volume_from_affine",
+]

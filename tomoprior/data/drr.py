@@ -1,0 +1,296 @@
+"""DRR synthesis: a volume and a geometry -> bi-planar X-rays, with calibration-error and
+intensity augmentation.
+
+The X-rays are either line integrals (``kind="line_integrals"``, attenuation x mm, through
+:func:`tomoprior.project`) or raw detector counts (``kind="radiograph"``, through
+``tomoprior.physics.radiograph`` when the physics layer provides it: polychromatic spectrum,
+heel effect, blur, Poisson noise).
+
+Calibration-error augmentation (:class:`GeometryPerturbation`) perturbs the *physical*
+parameters of each view of a :class:`~tomoprior.geometry.BiplanarGeometry` and rebuilds the
+views through :class:`~tomoprior.geometry.ViewParameters`, so the exact perturbed geometry is
+known and recorded: X-rays are made with the perturbed geometry, and a dataset stores both
+that geometry and the nominal one the reconstruction will assume.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..geometry import BiplanarGeometry, Geometry, GeometryWarning, VolumeGrid
+from ..geometry.geometry import _view_sees_box
+from ..projectors import project
+from .volumes import Volume, check_volume
+
+
+@dataclass(frozen=True)
+class GeometryPerturbation:
+    """Size of the calibration errors to simulate; each is drawn independently per view,
+    uniformly in ``[-value, +value]``.
+
+    Parameters
+    ----------
+    source_to_detector_mm : float
+        Error of the source-to-detector distance.
+    offset_mm : float
+        Error of the principal point ``(u0, v0)`` on the detector, each component.
+    tilt_deg : float
+        Out-of-plane detector tilts (both axes).
+    rotation_deg : float
+        In-plane detector rotation.
+    source_to_isocenter_mm : float
+        Error of the source-to-isocenter distance (default 0).
+    """
+
+    source_to_detector_mm: float = 0.0
+    offset_mm: float = 0.0
+    tilt_deg: float = 0.0
+    rotation_deg: float = 0.0
+    source_to_isocenter_mm: float = 0.0
+
+    def __post_init__(self):
+        for k, v in asdict(self).items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"GeometryPerturbation.{k} must be a finite number >= 0, got {v!r}")
+
+    @property
+    def is_zero(self) -> bool:
+        return all(v == 0 for v in asdict(self).values())
+
+    @classmethod
+    def parse(cls, text: str) -> GeometryPerturbation:
+        """From ``"source_to_detector_mm=5,offset_mm=2,tilt_deg=0.5,rotation_deg=0.5"``
+        (the CLI's ``--perturb``); short keys ``sdd``, ``offset``, ``tilt``, ``rotation``, ``sod``."""
+        alias = {"sdd": "source_to_detector_mm", "offset": "offset_mm", "tilt": "tilt_deg",
+                 "rotation": "rotation_deg", "sod": "source_to_isocenter_mm"}
+        fields = set(asdict(cls()))
+        out = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if "=" not in part:
+                raise ValueError(f"perturbation {part!r} must be key=value, e.g. offset_mm=2")
+            k, v = (s.strip() for s in part.split("=", 1))
+            k = alias.get(k, k)
+            if k not in fields:
+                raise ValueError(f"unknown perturbation key {k!r}; use {sorted(fields)} or {sorted(alias)}")
+            try:
+                out[k] = float(v)
+            except ValueError as exc:
+                raise ValueError(f"perturbation {k} must be a number, got {v!r}") from exc
+        return cls(**out)
+
+    def sample(self, geometry: BiplanarGeometry, seed) -> tuple[BiplanarGeometry, list[dict]]:
+        """The perturbed geometry and the per-view errors actually drawn.
+
+        The errors are added to each view's :class:`ViewParameters` (mm and rad) and the
+        views rebuilt through :meth:`ViewParameters.to_view`.
+        """
+        if not isinstance(geometry, BiplanarGeometry):
+            raise TypeError(
+                "geometry perturbation needs a BiplanarGeometry (views built from ViewParameters) so that the "
+                f"perturbed geometry is physical and recordable; got {type(geometry).__name__}"
+            )
+        rng = np.random.default_rng(seed)
+        new_params, drawn = [], []
+        for p in geometry.parameters:
+            u = lambda a: float(rng.uniform(-a, a)) if a > 0 else 0.0  # noqa: E731
+            d = {
+                "source_to_detector_mm": u(self.source_to_detector_mm),
+                "source_to_isocenter_mm": u(self.source_to_isocenter_mm),
+                "u0_mm": u(self.offset_mm),
+                "v0_mm": u(self.offset_mm),
+                "tilt_u_deg": u(self.tilt_deg),
+                "tilt_v_deg": u(self.tilt_deg),
+                "rotation_deg": u(self.rotation_deg),
+            }
+            drawn.append(d)
+            new_params.append(p.replace(
+                source_to_detector=p.source_to_detector + d["source_to_detector_mm"],
+                source_to_isocenter=p.source_to_isocenter + d["source_to_isocenter_mm"],
+                u0=p.u0 + d["u0_mm"],
+                v0=p.v0 + d["v0_mm"],
+                detector_tilt_u=p.detector_tilt_u + math.radians(d["tilt_u_deg"]),
+                detector_tilt_v=p.detector_tilt_v + math.radians(d["tilt_v_deg"]),
+                detector_rotation=p.detector_rotation + math.radians(d["rotation_deg"]),
+            ))
+        return BiplanarGeometry(geometry.grid, new_params), drawn
+
+
+@dataclass(frozen=True)
+class IntensityAugmentation:
+    """Intensity augmentation of the X-rays, drawn per view.
+
+    ``x -> gain * x + offset + noise``, with ``gain`` uniform in ``[1 - gain, 1 + gain]``,
+    ``offset`` uniform in ``[-offset, offset]`` times the view's maximum, and Gaussian
+    noise of standard deviation ``noise`` times the view's maximum. For line integrals a
+    gain models an effective-energy error, an offset a flat-field error. Radiograph counts
+    are kept non-negative.
+    """
+
+    gain: float = 0.0
+    offset: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self):
+        for k, v in asdict(self).items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"IntensityAugmentation.{k} must be a finite number >= 0, got {v!r}")
+        if self.gain >= 1:
+            raise ValueError(f"IntensityAugmentation.gain must be < 1 (a relative range), got {self.gain}")
+
+    @property
+    def is_zero(self) -> bool:
+        return all(v == 0 for v in asdict(self).values())
+
+    def apply(self, xrays: torch.Tensor, seed, *, nonnegative: bool = False) -> tuple[torch.Tensor, list[dict]]:
+        """Augmented copy of ``xrays`` ``(views, rows, cols)`` and the per-view draws."""
+        ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+        s_torch, s_np = ss.spawn(2)
+        gen = torch.Generator().manual_seed(int(s_torch.generate_state(1)[0]))
+        rng = np.random.default_rng(s_np)
+        out, drawn = [], []
+        for img in xrays:
+            peak = float(img.abs().max()) or 1.0
+            g = 1.0 + float(rng.uniform(-self.gain, self.gain)) if self.gain else 1.0
+            o = float(rng.uniform(-self.offset, self.offset)) * peak if self.offset else 0.0
+            y = img * g + o
+            if self.noise:
+                y = y + self.noise * peak * torch.randn(img.shape, generator=gen, dtype=img.dtype)
+            if nonnegative:
+                y = y.clamp_min(0)
+            out.append(y)
+            drawn.append({"gain": g, "offset": o, "noise_std": self.noise * peak})
+        return torch.stack(out), drawn
+
+
+@dataclass
+class DRRResult:
+    """X-rays and the exact geometry they were made with.
+
+    Attributes
+    ----------
+    xrays : Tensor ``(views, rows, cols)`` float32
+        Line integrals (attenuation x mm) or raw counts (``kind``).
+    geometry : Geometry
+        The geometry actually used (perturbed, if a perturbation was requested).
+    nominal_geometry : Geometry
+        The geometry before perturbation (what a reconstruction would assume).
+    kind : str
+    augmentation : dict
+        The perturbation and intensity draws, for provenance.
+    """
+
+    xrays: torch.Tensor
+    geometry: Geometry
+    nominal_geometry: Geometry
+    kind: str
+    augmentation: dict
+
+
+def physics_radiograph():
+    """``tomoprior.physics.radiograph`` if the physics layer provides it, else None."""
+    try:
+        from ..physics import radiograph
+    except ImportError:
+        return None
+    return radiograph
+
+
+def check_views_see_volume(geometry: Geometry) -> None:
+    """Raise ValueError if some view of ``geometry`` misses the volume box entirely."""
+    corners = geometry.grid.corners()
+    for i, view in enumerate(geometry.views):
+        if not _view_sees_box(view, corners):
+            lo, hi = geometry.grid.bounds()
+            raise ValueError(
+                f"view {i} ({view.name}) misses the volume box {list(lo)}..{list(hi)} mm: its X-ray would be empty. "
+                "Check the geometry (isocenter, angles, detector offset) or the volume's grid.center"
+            )
+
+
+def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, kind: str = "line_integrals",
+               perturbation: GeometryPerturbation | None = None, intensity: IntensityAugmentation | None = None,
+               seed=None, backend: str = "auto", physics_options: dict | None = None) -> DRRResult:
+    """Make the X-rays of a volume.
+
+    Parameters
+    ----------
+    volume : Volume, Tensor ``(nz, ny, nx)`` or a phantom with ``rasterize``
+        Linear attenuation per mm. A :class:`Volume` brings its own grid (HU is converted at
+        its default energy; convert explicitly with :meth:`Volume.to_mu` to choose).
+    geometry : Geometry
+        Views; its grid is replaced by the volume's grid (``grid`` argument or the Volume's).
+    kind : {"line_integrals", "radiograph"}
+        ``"radiograph"`` needs ``tomoprior.physics.radiograph`` (``physics_options`` are passed
+        to it, e.g. ``photons_per_pixel``, ``kvp``).
+    perturbation : GeometryPerturbation, optional
+        Calibration errors to simulate (needs a BiplanarGeometry).
+    intensity : IntensityAugmentation, optional
+    seed : int or SeedSequence-compatible
+        Seeds the perturbation, the intensity augmentation and the physics noise.
+    backend : str
+        Projector backend for line integrals.
+
+    Returns
+    -------
+    DRRResult
+
+    Raises
+    ------
+    ValueError
+        Non-finite voxels, a grid mismatch, a view that misses the volume, an unknown kind.
+    """
+    if kind not in ("line_integrals", "radiograph"):
+        raise ValueError(f"kind must be 'line_integrals' or 'radiograph', got {kind!r}")
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"geometry must be a tomoprior Geometry, got {type(geometry).__name__}")
+    if isinstance(volume, Volume):
+        vol = volume.to_mu()
+        grid = vol.grid if grid is None else grid
+        data = vol.data
+    elif hasattr(volume, "rasterize") and not isinstance(volume, (torch.Tensor, np.ndarray)):
+        grid = geometry.grid if grid is None else grid
+        data = volume.rasterize(grid, supersample=2)
+    else:
+        grid = geometry.grid if grid is None else grid
+        data = volume
+    data = check_volume(data, grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeometryWarning)  # we raise a clear error below instead
+        nominal = geometry.with_grid(grid) if geometry.grid != grid else geometry
+        ss = np.random.SeedSequence(seed)
+        s_geom, s_int, s_phys = ss.spawn(3)
+        aug: dict = {}
+        used = nominal
+        if perturbation is not None and not perturbation.is_zero:
+            used, drawn = perturbation.sample(nominal, s_geom)
+            aug["perturbation"] = {"size": asdict(perturbation), "drawn": drawn}
+    check_views_see_volume(used)
+    if kind == "line_integrals":
+        with torch.no_grad():
+            xr = project(data, used, backend=backend)
+    else:
+        radiograph = physics_radiograph()
+        if radiograph is None:
+            raise ValueError("kind='radiograph' needs tomoprior.physics.radiograph, which this installation lacks; "
+                             "use kind='line_integrals'")
+        opts = dict(physics_options or {})
+        opts.setdefault("seed", int(s_phys.generate_state(1)[0]))
+        opts.setdefault("backend", backend)
+        with torch.no_grad():
+            xr = radiograph(data, used, **opts)
+        aug["physics"] = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+                          for k, v in opts.items()}
+    if isinstance(xr, (tuple, list)):
+        raise ValueError("views with different detector shapes are not supported by the dataset pipeline")
+    xr = torch.as_tensor(xr).to(torch.float32)
+    if intensity is not None and not intensity.is_zero:
+        xr, drawn = intensity.apply(xr, s_int, nonnegative=(kind == "radiograph"))
+        aug["intensity"] = {"size": asdict(intensity), "drawn": drawn}
+    if not bool(torch.isfinite(xr).all()):
+        raise ValueError("the synthesised X-rays contain non-finite values; check the volume and physics options")
+    return DRRResult(xr, used, nominal, kind, aug)

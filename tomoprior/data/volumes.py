@@ -1,0 +1,433 @@
+"""Volumes on a :class:`~tomoprior.geometry.VolumeGrid`: from arrays, NIfTI files and DICOM CT
+series, with Hounsfield units converted to linear attenuation.
+
+Every reader returns a :class:`Volume` whose array is ``(nz, ny, nx)`` in the LPS world frame
+with positive spacings, i.e. axis-aligned with the grid convention of DESIGN.md. Files whose
+voxel axes are not aligned with the patient axes (oblique acquisitions) are rejected by
+default (``oblique="error"``); ``oblique="snap"`` keeps the voxels, assigns each array axis to
+the nearest patient axis and warns with the angle that was ignored. Resample an oblique
+volume first (e.g. ``nibabel.processing.resample_from_to``) when the angle matters.
+
+HU -> linear attenuation at an effective energy ``E``::
+
+    mu = mu_water(E) * (1 + HU / 1000)          (clipped at 0 below air, HU < -1000)
+
+with ``mu_water(E)`` from the NIST XCOM total attenuation of liquid water (density
+1.0 g/cm^3, coherent scattering included), interpolated log-log between the tabulated
+energies of :data:`MU_WATER_PER_MM`. This is the usual effective-energy approximation: it
+treats every tissue as water of a different density, so bone is somewhat under-attenuating
+at low energies; state the energy with every result.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..geometry import VolumeGrid
+
+#: Linear attenuation of liquid water in 1/mm by photon energy in keV (NIST XCOM total with
+#: coherent scattering, mu/rho in cm^2/g x 1 g/cm^3 / 10). 60 keV is a common effective energy
+#: of a 70-80 kVp pediatric skull exposure.
+MU_WATER_PER_MM: dict[float, float] = {
+    30.0: 0.03756, 40.0: 0.02683, 50.0: 0.02270, 60.0: 0.02059, 70.0: 0.01929, 80.0: 0.01837,
+    100.0: 0.01707, 120.0: 0.01614, 150.0: 0.01506,
+}
+DEFAULT_ENERGY_KEV = 60.0
+
+#: Spacings outside this range (mm) are almost certainly wrong metadata (e.g. metres or um).
+PLAUSIBLE_SPACING_MM = (0.01, 20.0)
+#: Tolerance on the cosine between a voxel axis and a patient axis to call it aligned.
+_ALIGNED_COS = 1.0 - 1e-4
+
+
+class VolumeWarning(UserWarning):
+    """A volume that was read but whose metadata looks suspicious."""
+
+
+def mu_water(energy_kev: float = DEFAULT_ENERGY_KEV) -> float:
+    """Linear attenuation coefficient of water at ``energy_kev`` (30-150 keV), in 1/mm.
+
+    >>> round(mu_water(60.0), 5)
+    0.02059
+    """
+    try:
+        e = float(energy_kev)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"energy_kev must be a number in keV, got {energy_kev!r}") from exc
+    keys = sorted(MU_WATER_PER_MM)
+    if not (keys[0] <= e <= keys[-1]):
+        raise ValueError(f"energy_kev must lie in [{keys[0]:g}, {keys[-1]:g}] keV (the tabulated range), got {e}")
+    loge = np.log(keys)
+    logmu = np.log([MU_WATER_PER_MM[k] for k in keys])
+    return float(np.exp(np.interp(math.log(e), loge, logmu)))
+
+
+def hu_to_mu(hu, energy_kev: float = DEFAULT_ENERGY_KEV):
+    """Hounsfield units -> linear attenuation (1/mm) at an effective energy.
+
+    ``mu = mu_water(E) (1 + HU/1000)``, clipped at 0 (air is -1000 HU). Accepts a tensor
+    (returns a tensor of the same dtype) or an array.
+    """
+    mw = mu_water(energy_kev)
+    if isinstance(hu, torch.Tensor):
+        return (mw * (1.0 + hu / 1000.0)).clamp_min(0.0)
+    return np.clip(mw * (1.0 + np.asarray(hu, dtype=np.float64) / 1000.0), 0.0, None)
+
+
+def mu_to_hu(mu, energy_kev: float = DEFAULT_ENERGY_KEV):
+    """Inverse of :func:`hu_to_mu` (without the clipping): ``HU = 1000 (mu / mu_water - 1)``."""
+    return 1000.0 * (mu / mu_water(energy_kev) - 1.0)
+
+
+@dataclass
+class Volume:
+    """A scalar volume on a grid.
+
+    Attributes
+    ----------
+    data : Tensor, shape ``(nz, ny, nx)``, float32
+        Values in ``units``.
+    grid : VolumeGrid
+        Where the voxels are (LPS, mm).
+    units : str
+        ``"mu_per_mm"`` (linear attenuation, what the projectors expect) or ``"HU"``.
+    metadata : dict
+        Where the volume came from (file, orientation code, energy, ...).
+    """
+
+    data: torch.Tensor
+    grid: VolumeGrid
+    units: str = "mu_per_mm"
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.data = check_volume(self.data, self.grid)
+        if self.units not in ("mu_per_mm", "HU"):
+            raise ValueError(f"units must be 'mu_per_mm' or 'HU', got {self.units!r}")
+
+    def to_mu(self, energy_kev: float = DEFAULT_ENERGY_KEV) -> Volume:
+        """The volume as linear attenuation per mm (HU converted at ``energy_kev``)."""
+        if self.units == "mu_per_mm":
+            return self
+        meta = dict(self.metadata, energy_kev=float(energy_kev), mu_water_per_mm=mu_water(energy_kev))
+        return Volume(hu_to_mu(self.data, energy_kev).to(torch.float32), self.grid, "mu_per_mm", meta)
+
+
+def check_volume(data, grid: VolumeGrid | None = None, name: str = "volume") -> torch.Tensor:
+    """A finite float32 ``(nz, ny, nx)`` tensor matching ``grid`` (if given), or a clear error."""
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(data).__name__}")
+    if data.ndim != 3:
+        raise ValueError(f"{name} must be 3D (nz, ny, nx), got shape {tuple(data.shape)}")
+    if not (data.dtype.is_floating_point or data.dtype in (torch.int8, torch.int16, torch.int32, torch.int64,
+                                                            torch.uint8)):
+        raise TypeError(f"{name} must hold numbers, got {data.dtype}")
+    data = data.detach().to(torch.float32)
+    bad = ~torch.isfinite(data)
+    if bool(bad.any()):
+        k = int(bad.sum())
+        first = tuple(int(i) for i in torch.nonzero(bad)[0])
+        raise ValueError(f"{name} has {k} non-finite voxel(s) (NaN or inf), the first at index (k, j, i) = {first}; "
+                         "replace them (e.g. torch.nan_to_num) before making X-rays")
+    if grid is not None:
+        if not isinstance(grid, VolumeGrid):
+            raise TypeError(f"grid must be a VolumeGrid, got {type(grid).__name__}")
+        if tuple(data.shape) != tuple(grid.shape):
+            raise ValueError(f"{name} has shape {tuple(data.shape)} but grid.shape is {grid.shape}")
+    return data.contiguous()
+
+
+# -- orientation -------------------------------------------------------------------------
+
+def volume_from_affine(array: np.ndarray, index_to_lps: np.ndarray, *, oblique: str = "error",
+                       source: str = "volume") -> tuple[np.ndarray, VolumeGrid, dict]:
+    """Reorient an array with an index -> LPS affine onto an axis-aligned :class:`VolumeGrid`.
+
+    Parameters
+    ----------
+    array : ndarray, 3D
+        Indexed ``array[a0, a1, a2]``; column ``m`` of ``index_to_lps[:3, :3]`` is the world step
+        (mm, LPS) of array axis ``m``.
+    index_to_lps : (4, 4) ndarray
+    oblique : {"error", "snap"}
+        What to do when an array axis is not parallel to a patient axis.
+
+    Returns
+    -------
+    data : ndarray ``(nz, ny, nx)``, grid : VolumeGrid, info : dict
+        ``info`` holds ``orientation`` (e.g. ``"LPS"``: the direction each original array axis
+        points to), ``obliquity_deg`` and the ``permutation``/``flips`` applied.
+    """
+    a = np.asarray(index_to_lps, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        raise ValueError(f"{source}: the affine must be a finite 4x4 matrix, got {a.tolist()!r}")
+    if array.ndim != 3:
+        raise ValueError(f"{source}: expected a 3D volume, got shape {array.shape}")
+    m = a[:3, :3]
+    steps = np.linalg.norm(m, axis=0)
+    if not np.all(steps > 0) or abs(np.linalg.det(m)) < 1e-12 * max(steps.prod(), 1e-300):
+        raise ValueError(f"{source}: the affine is singular (a voxel axis has zero length or two axes are "
+                         f"parallel): {m.tolist()}; the orientation/spacing metadata is unusable")
+    dirs = m / steps
+    world_axis = np.argmax(np.abs(dirs), axis=0)  # for each array axis, its patient axis
+    if len(set(world_axis.tolist())) != 3:
+        raise ValueError(f"{source}: two voxel axes point along the same patient axis ({dirs.round(3).tolist()}); "
+                         "the orientation metadata is inconsistent")
+    cosines = np.abs(dirs[world_axis, [0, 1, 2]])
+    obliquity = float(np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))))
+    if cosines.min() < _ALIGNED_COS:
+        if oblique == "error":
+            raise ValueError(
+                f"{source}: the voxel axes are oblique to the patient axes by up to {obliquity:.3f} deg; tomoprior "
+                "grids are axis-aligned. Resample the volume to an axis-aligned grid first, or pass "
+                "oblique='snap' to ignore the rotation (with a warning)"
+            )
+        if oblique != "snap":
+            raise ValueError(f"oblique must be 'error' or 'snap', got {oblique!r}")
+        warnings.warn(f"{source}: oblique by {obliquity:.3f} deg; snapped each voxel axis to the nearest patient "
+                      "axis (positions are off by up to that angle)", VolumeWarning, stacklevel=3)
+    signs = np.sign(dirs[world_axis, [0, 1, 2]])
+    letters = np.array([["R", "L"], ["A", "P"], ["I", "S"]])
+    orientation = "".join(letters[w, int(s > 0)] for w, s in zip(world_axis, signs))
+    # flip axes that run against the patient axis, then order the array axes as (z, y, x)
+    flips = [ax for ax in range(3) if signs[ax] < 0]
+    data = np.flip(array, axis=flips) if flips else array
+    perm = [int(np.where(world_axis == w)[0][0]) for w in (2, 1, 0)]
+    data = np.ascontiguousarray(np.transpose(data, perm))
+    spacing_zyx = tuple(float(steps[p]) for p in perm)
+    _check_spacing(spacing_zyx, source)
+    n = np.asarray(array.shape, dtype=np.float64)
+    center = a @ np.append((n - 1) / 2, 1.0)
+    grid = VolumeGrid(shape=data.shape, spacing=spacing_zyx, center=tuple(center[:3]))
+    return data, grid, {"orientation": orientation, "obliquity_deg": obliquity, "permutation": perm, "flips": flips}
+
+
+def _check_spacing(spacing, source: str) -> None:
+    lo, hi = PLAUSIBLE_SPACING_MM
+    for s in spacing:
+        if not (lo <= s <= hi):
+            warnings.warn(f"{source}: voxel spacing {tuple(round(x, 6) for x in spacing)} mm is outside the "
+                          f"plausible range [{lo}, {hi}] mm; check the units of the spacing metadata", VolumeWarning,
+                          stacklevel=4)
+            return
+
+
+# -- NIfTI ---------------------------------------------------------------------------------
+
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def load_nifti(path, *, units: str = "HU", energy_kev: float = DEFAULT_ENERGY_KEV, affine=None,
+               oblique: str = "error") -> Volume:
+    """Read a 3D NIfTI-1/2 volume (nibabel) onto an LPS :class:`VolumeGrid`.
+
+    NIfTI affines map voxel indices to RAS+ millimetres; this converts them to LPS
+    (x -> -x, y -> -y) and reorients the array to ``(nz, ny, nx)``.
+
+    Parameters
+    ----------
+    path : str or Path
+    units : {"HU", "mu_per_mm"}
+        What the stored values (after nibabel's scl_slope/scl_inter scaling) are. HU volumes
+        are converted to attenuation at ``energy_kev``.
+    affine : (4, 4) array, optional
+        Index -> RAS affine to use instead of the file's; required when the file has neither
+        an sform nor a qform (codes 0), because then its orientation is unknown.
+    oblique : {"error", "snap"}
+        See the module docstring.
+
+    Returns
+    -------
+    Volume in ``mu_per_mm``; ``metadata`` records the file, orientation and energy.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"NIfTI file {path} does not exist")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot be read as NIfTI ({exc})") from exc
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {img.shape}")
+    if affine is None:
+        hdr = img.header
+        _, scode = hdr.get_sform(coded=True)
+        _, qcode = hdr.get_qform(coded=True)
+        if int(scode) == 0 and int(qcode) == 0:
+            raise ValueError(
+                f"{path}: the header has no usable affine (sform_code and qform_code are both 0), so the "
+                "orientation and position are unknown; pass affine=... (index -> RAS mm) explicitly"
+            )
+        ras = np.asarray(img.affine, dtype=np.float64)
+        where = "the header affine"
+    else:
+        ras = np.asarray(affine, dtype=np.float64)
+        where = "the affine argument"
+    try:
+        array = np.asarray(img.dataobj, dtype=np.float64).reshape(shape)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read the voxel data ({exc}); is the file truncated?") from exc
+    data, grid, info = volume_from_affine(array, _RAS_TO_LPS @ ras, oblique=oblique, source=f"{path} ({where})")
+    vol = Volume(torch.from_numpy(data), grid, "HU" if units == "HU" else _units(units),
+                 {"source": str(path), "format": "nifti", **info})
+    return vol.to_mu(energy_kev)
+
+
+def _units(units: str) -> str:
+    if units not in ("HU", "mu_per_mm"):
+        raise ValueError(f"units must be 'HU' or 'mu_per_mm', got {units!r}")
+    return units
+
+
+def save_nifti(volume: Volume, path) -> None:
+    """Write a :class:`Volume` as NIfTI (RAS affine, sform and qform code 1 'scanner'), atomically."""
+    import nibabel as nib
+
+    from .._atomic import atomic_path
+
+    # array (nz, ny, nx) -> nibabel index order (i, j, k) = (x, y, z)
+    arr = volume.data.numpy().transpose(2, 1, 0)
+    ras = np.linalg.inv(_RAS_TO_LPS) @ volume.grid.affine()
+    img = nib.Nifti1Image(arr.astype(np.float32), ras)
+    img.set_sform(ras, code=1)
+    img.set_qform(ras, code=1)
+    suffix = ".nii.gz" if str(path).endswith(".nii.gz") else ".nii"
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
+
+
+# -- DICOM ---------------------------------------------------------------------------------
+
+def load_dicom_series(folder, *, series_uid: str | None = None, energy_kev: float = DEFAULT_ENERGY_KEV,
+                      oblique: str = "error", spacing_tolerance: float = 0.01) -> Volume:
+    """Read a DICOM CT series (one folder of single-slice files) onto an LPS grid.
+
+    Slices are sorted by their position along the slice normal (``ImagePositionPatient``
+    projected on ``row x column`` of ``ImageOrientationPatient``), checked for uniform spacing
+    (relative ``spacing_tolerance``), missing slices, duplicates and a single
+    ``SeriesInstanceUID``, and rescaled with ``RescaleSlope``/``RescaleIntercept`` to HU, then
+    converted to attenuation at ``energy_kev``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Folder holding the files (non-DICOM files and DICOM files without pixel data are
+        skipped).
+    series_uid : str, optional
+        Pick one series when the folder holds several.
+
+    Raises
+    ------
+    ValueError
+        Mixed series (lists them), missing or duplicated slices (names the positions), non-
+        uniform spacing, inconsistent orientation or pixel spacing, no slices.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; pass the folder that holds the DICOM series")
+    slices = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file():
+            continue
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=False)
+        except Exception:  # not DICOM: skip (folders often hold a DICOMDIR or notes)
+            continue
+        if "PixelData" not in ds:
+            continue
+        slices.append((f, ds))
+    if not slices:
+        raise ValueError(f"{folder}: no DICOM image files found")
+    uids: dict[str, int] = {}
+    for _, ds in slices:
+        uids[str(ds.get("SeriesInstanceUID", "?"))] = uids.get(str(ds.get("SeriesInstanceUID", "?")), 0) + 1
+    if series_uid is not None:
+        slices = [(f, ds) for f, ds in slices if str(ds.get("SeriesInstanceUID", "?")) == series_uid]
+        if not slices:
+            raise ValueError(f"{folder}: no slice has SeriesInstanceUID {series_uid}; found {sorted(uids)}")
+    elif len(uids) > 1:
+        listing = ", ".join(f"{u} ({n} files)" for u, n in uids.items())
+        raise ValueError(f"{folder}: files of {len(uids)} series are mixed: {listing}; pass series_uid=... to pick one")
+    for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        missing = [f.name for f, ds in slices if tag not in ds]
+        if missing:
+            raise ValueError(f"{folder}: {len(missing)} file(s) lack {tag} (e.g. {missing[0]}); cannot place the "
+                             "slices")
+    iop = np.array([float(x) for x in slices[0][1].ImageOrientationPatient])
+    for f, ds in slices:
+        if not np.allclose([float(x) for x in ds.ImageOrientationPatient], iop, atol=1e-4):
+            raise ValueError(f"{folder}: {f.name} has a different ImageOrientationPatient than the other slices")
+    row_dir, col_dir = iop[:3], iop[3:]
+    norms = (np.linalg.norm(row_dir), np.linalg.norm(col_dir))
+    if abs(norms[0] - 1) > 1e-3 or abs(norms[1] - 1) > 1e-3 or abs(row_dir @ col_dir) > 1e-3:
+        raise ValueError(f"{folder}: ImageOrientationPatient {iop.tolist()} is not two orthonormal directions")
+    normal = np.cross(row_dir, col_dir)
+    pixel_spacing = np.array([float(x) for x in slices[0][1].PixelSpacing])  # (row spacing, column spacing)
+    shape2d = (int(slices[0][1].Rows), int(slices[0][1].Columns))
+    for f, ds in slices:
+        same_matrix = (int(ds.Rows), int(ds.Columns)) == shape2d
+        if not np.allclose([float(x) for x in ds.PixelSpacing], pixel_spacing) or not same_matrix:
+            raise ValueError(f"{folder}: {f.name} has a different PixelSpacing or matrix size than the other slices")
+    pos = np.array([[float(x) for x in ds.ImagePositionPatient] for _, ds in slices])
+    depth = pos @ normal
+    order = np.argsort(depth)
+    depth, pos = depth[order], pos[order]
+    slices = [slices[i] for i in order]
+    if len(slices) < 2:
+        raise ValueError(f"{folder}: a series needs at least 2 slices to know the slice spacing, got 1")
+    gaps = np.diff(depth)
+    dup = np.where(gaps < 1e-3)[0]
+    if dup.size:
+        raise ValueError(f"{folder}: slices {slices[dup[0]][0].name} and {slices[dup[0] + 1][0].name} are at the same "
+                         f"position {depth[dup[0]]:.3f} mm along the slice normal (duplicates)")
+    step = float(np.median(gaps))
+    if np.any(np.abs(gaps - step) > spacing_tolerance * step):
+        ratio = gaps / step
+        near_int = np.abs(ratio - np.round(ratio)) < spacing_tolerance * 2
+        missing = [(float(depth[i]), round(ratio[i]) - 1) for i in range(len(gaps))
+                   if near_int[i] and round(ratio[i]) >= 2]
+        if missing:
+            text = ", ".join(f"{n} after {d:.3f} mm" for d, n in missing)
+            raise ValueError(f"{folder}: slice spacing is {step:.4g} mm but slices are missing ({text} along the "
+                             "slice normal); export the complete series")
+        raise ValueError(f"{folder}: slice positions are not uniformly spaced (gaps "
+                         f"{np.unique(gaps.round(4)).tolist()} mm); resample the series first")
+    # in-plane offsets must not drift (a gantry tilt gives a sheared stack)
+    inplane = pos - np.outer(depth, normal)
+    if np.abs(inplane - inplane[0]).max() > 1e-2 * min(pixel_spacing):
+        raise ValueError(f"{folder}: slice origins drift in-plane (gantry tilt or sheared stack); resample the series "
+                         "onto a regular grid first")
+    stack = []
+    for f, ds in slices:
+        try:
+            px = ds.pixel_array.astype(np.float64)
+        except Exception as exc:
+            raise ValueError(f"{folder}: cannot decode the pixels of {f.name} ({exc})") from exc
+        slope = float(ds.get("RescaleSlope", 1.0))
+        intercept = float(ds.get("RescaleIntercept", 0.0))
+        stack.append(px * slope + intercept)
+    array = np.stack(stack)  # (slice, row, column)
+    affine = np.eye(4)
+    affine[:3, 0] = normal * step
+    affine[:3, 1] = col_dir * pixel_spacing[0]  # moving down a column = next row
+    affine[:3, 2] = row_dir * pixel_spacing[1]  # moving along a row = next column
+    affine[:3, 3] = pos[0]
+    data, grid, info = volume_from_affine(array, affine, oblique=oblique, source=str(folder))
+    meta = {"source": str(folder), "format": "dicom", "series_uid": str(slices[0][1].get("SeriesInstanceUID", "")),
+            "num_slices": len(slices), **info}
+    return Volume(torch.from_numpy(data), grid, "HU", meta).to_mu(energy_kev)

@@ -26,9 +26,8 @@ def collect_info() -> dict:
     """Versions, devices, backends and phantoms, as a plain dict."""
     import torch
 
-    from .. import __version__
+    from .. import __version__, projectors
     from .. import phantoms as ph
-    from .. import projectors
 
     devices = ["cpu"]
     if torch.cuda.is_available():

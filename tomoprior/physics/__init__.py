@@ -1,5 +1,86 @@
-"""Physics (planned, issue "Physics, bead-phantom calibration ..."): X-ray spectra, anode heel
-effect, polychromatic Beer-Lambert, noise, focal-spot blur and flat-field. Sits above
-``projectors`` and below ``data``; nothing here yet, so nothing is exported."""
+"""Physics: X-ray spectra (SpekPy), attenuation data (shipped NIST/xraylib table), mono- and
+polychromatic Beer-Lambert, the anode heel effect, photon noise, focal-spot and detector blur,
+flat-field and log correction, and :func:`radiograph`, which turns a volume or an analytic
+phantom into a realistic raw image. Sits above ``projectors`` and below ``data``.
 
-__all__: list[str] = []
+Units: mm, keV, linear attenuation in 1/mm, angles in degrees at this API (anode angle).
+"""
+
+from .attenuation import (
+    ENERGY_RANGE_KEV,
+    MaterialData,
+    linear_attenuation,
+    mass_attenuation,
+    mass_energy_absorption,
+    material,
+    materials,
+    table_source,
+)
+from .beer_lambert import (
+    attenuation_volume,
+    effective_energy,
+    monochromatic_intensity,
+    polychromatic_intensity,
+    transmission,
+)
+from .detector import (
+    DEFAULT_COUNT_FLOOR,
+    blur,
+    detector_blur,
+    flat_field_correct,
+    focal_spot_blur,
+    focal_spot_blur_mm,
+    focal_spot_widths_px,
+    log_transform,
+    poisson_noise,
+)
+from .heel import (
+    HeelParameters,
+    angular_emission,
+    default_heel_parameters,
+    fit_heel_parameters,
+    heel_effect,
+    model_heel_profile,
+    spekpy_heel_profile,
+    tube_coordinates,
+)
+from .radiograph import phantom_path_lengths, radiograph
+from .spectrum import Spectrum, spectrum, spekpy_fluence
+
+__all__ = [
+    "DEFAULT_COUNT_FLOOR",
+    "ENERGY_RANGE_KEV",
+    "HeelParameters",
+    "MaterialData",
+    "Spectrum",
+    "angular_emission",
+    "attenuation_volume",
+    "blur",
+    "default_heel_parameters",
+    "detector_blur",
+    "effective_energy",
+    "fit_heel_parameters",
+    "flat_field_correct",
+    "focal_spot_blur",
+    "focal_spot_blur_mm",
+    "focal_spot_widths_px",
+    "heel_effect",
+    "linear_attenuation",
+    "log_transform",
+    "mass_attenuation",
+    "mass_energy_absorption",
+    "material",
+    "materials",
+    "model_heel_profile",
+    "monochromatic_intensity",
+    "phantom_path_lengths",
+    "poisson_noise",
+    "polychromatic_intensity",
+    "radiograph",
+    "spectrum",
+    "spekpy_fluence",
+    "spekpy_heel_profile",
+    "table_source",
+    "transmission",
+    "tube_coordinates",
+]

@@ -1,0 +1,128 @@
+"""Convolution blocks shared by the encoders and decoders (2D and 3D): conv + norm + ReLU,
+dense blocks (DenseNet-style concatenation) and the stride-2 dense stage."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def norm_layer(kind: str, channels: int, dims: int) -> nn.Module:
+    """A normalisation layer over ``channels`` for ``dims``-D feature maps (2 or 3)."""
+    if kind == "batch":
+        return (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels)
+    if kind == "instance":
+        return (nn.InstanceNorm2d if dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(4, channels), channels)
+    raise ValueError(f"norm must be 'batch', 'instance' or 'group', got {kind!r}")
+
+
+def conv_layer(dims: int, cin: int, cout: int, kernel: int, stride: int = 1, bias: bool = False) -> nn.Module:
+    conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    return conv(
+        cin, cout, kernel, stride=stride, padding=kernel // 2 if kernel % 2 else (kernel - stride) // 2, bias=bias
+    )
+
+
+def cat_channels(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along channels, keeping the channels-last 3D layout of the first tensor
+    (``torch.cat`` of mixed layouts returns the default one, whose CPU convolutions are slow)."""
+    out = torch.cat(tensors, dim=1)
+    first = tensors[0]
+    if first.ndim == 5 and first.shape[1] > 1 and first.is_contiguous(memory_format=torch.channels_last_3d):
+        out = out.contiguous(memory_format=torch.channels_last_3d)
+    return out
+
+
+class ConvNormAct(nn.Sequential):
+    """``conv(k) -> norm -> ReLU``; shape ``(B, cin, *S) -> (B, cout, *S / stride)``."""
+
+    def __init__(self, dims: int, cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "instance"):
+        super().__init__(
+            conv_layer(dims, cin, cout, kernel, stride), norm_layer(norm, cout, dims), nn.ReLU(inplace=True)
+        )
+
+
+class DenseBlock(nn.Module):
+    """Dense block: each of ``layers`` layers (norm -> ReLU -> 3-conv) adds ``growth``
+    channels computed from all previous ones; a 1-conv transition maps the concatenation
+    to ``cout``. Shape ``(B, cin, *S) -> (B, cout, *S)``."""
+
+    def __init__(self, dims: int, cin: int, cout: int, layers: int, growth: int, norm: str):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        c = cin
+        for _ in range(layers):
+            self.layers.append(
+                nn.Sequential(norm_layer(norm, c, dims), nn.ReLU(inplace=False), conv_layer(dims, c, growth, 3))
+            )
+            c += growth
+        self.transition = ConvNormAct(dims, c, cout, kernel=1, norm=norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        for layer in self.layers:
+            feats.append(layer(cat_channels(feats)))
+        return self.transition(cat_channels(feats))
+
+
+class DownStage(nn.Module):
+    """One encoder stage: stride-2 3-conv (halves every spatial side) then a dense block.
+    Shape ``(B, cin, *S) -> (B, cout, *S/2)``."""
+
+    def __init__(self, dims: int, cin: int, cout: int, layers: int, growth: int, norm: str):
+        super().__init__()
+        self.down = ConvNormAct(dims, cin, cout, kernel=3, stride=2, norm=norm)
+        self.dense = DenseBlock(dims, cout, cout, layers, growth, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.down(x))
+
+
+class UpStage3D(nn.Module):
+    """One decoder level: 2x transposed convolution, concatenation with ``extra`` feature
+    maps at the new resolution, then two 3-conv blocks. ``(B, cin, *S) -> (B, cout, *2S)``."""
+
+    def __init__(self, cin: int, extra: int, cout: int, norm: str):
+        super().__init__()
+        self.up = nn.Sequential(
+            nn.ConvTranspose3d(cin, cout, 2, stride=2, bias=False), norm_layer(norm, cout, 3), nn.ReLU(inplace=True)
+        )
+        self.fuse = nn.Sequential(
+            ConvNormAct(3, cout + extra, cout, 3, norm=norm), ConvNormAct(3, cout, cout, 3, norm=norm)
+        )
+
+    def forward(self, x: torch.Tensor, extras: list[torch.Tensor]) -> torch.Tensor:
+        channels_last = x.is_contiguous(memory_format=torch.channels_last_3d) and x.shape[1] > 1
+        x = self.up(x)
+        if channels_last:  # the transposed convolution returns the default layout: keep the fast one
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if extras:
+            x = cat_channels([x, *extras])
+        return self.fuse(x)
+
+
+class Encoder2D(nn.Module):
+    """Per-view 2D encoder: ``7^2`` stem then one stride-2 dense stage per width.
+
+    ``forward(x (B, 1, H, W)) -> [f_0 (B, stem, H, W), f_1 (B, w_0, H/2, W/2), ...,
+    f_S (B, w_{S-1}, H/2^S, W/2^S)]`` (``f_s`` pairs with 3D stage ``s``; ``f_S`` is the
+    bottleneck).
+    """
+
+    def __init__(self, stem: int, widths: tuple[int, ...], layers: int, growth: int, norm: str):
+        super().__init__()
+        self.stem = ConvNormAct(2, 1, stem, kernel=7, norm=norm)
+        chans = (stem, *widths)
+        self.stages = nn.ModuleList(
+            DownStage(2, chans[i], chans[i + 1], layers, growth, norm) for i in range(len(widths))
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = [self.stem(x)]
+        for stage in self.stages:
+            feats.append(stage(feats[-1]))
+        return feats

@@ -1,0 +1,365 @@
+"""One dataclass for every PSCT-Net hyper-parameter, and the size presets.
+
+``tiny`` trains on a CPU at 64^3 in minutes; ``paper`` follows the widths of PSCT-Net
+(arXiv 2606.19867) at 128^3. Every module reads its widths and flags from here, so an
+ablation is a config change (``PSCTNetConfig.preset("tiny", use_bim=False)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+_NORMS = ("batch", "instance", "group")
+_OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "none")
+_PROJ_MODES = ("drr", "axis_mean")
+_MAMBA_BACKENDS = ("auto", "mambapy", "mamba_ssm")
+
+
+@dataclass
+class PSCTNetConfig:
+    """PSCT-Net hyper-parameters (network, ablation flags, loss weights).
+
+    Shapes: a network built for ``volume_shape = (nz, ny, nx)`` reconstructs exactly that
+    grid; each side must be divisible by ``2 ** len(enc3d_widths)`` (the number of stride-2
+    3D stages) and ``xray_size`` by ``2 ** len(enc2d_widths)``. The X-rays are resampled to
+    ``xray_size x xray_size`` whatever the detector shape (features always cover the whole
+    detector, so back-projection through the geometry stays exact).
+
+    Parameters (widths are channel counts)
+    ----------
+    volume_shape : (nz, ny, nx)
+        Output grid; must equal ``geometry.grid.shape`` at run time.
+    xray_size : int
+        Side in pixels the X-rays are resampled to before the 2D encoders.
+    num_views : int
+        Number of X-ray views (2 for PSCT-Net: frontal and lateral).
+    stem3d_width, enc3d_widths
+        Main 3D encoder: a ``7^3`` stem convolution to ``stem3d_width`` channels at full
+        resolution, then one stride-2 stage (with a dense block) per entry.
+    stem2d_width, enc2d_widths
+        Per-view 2D encoders: a ``7^2`` stem, then one stride-2 dense stage per entry.
+        Must have as many stages as the 3D encoder (BP-C pairs stage ``s`` of both).
+    dense_layers, growth
+        Layers per dense block and channels each adds.
+    dec_widths : tuple or None
+        Main decoder widths per up-sampling level (bottleneck side first). Default: the
+        encoder widths mirrored, ending at ``stem3d_width``.
+    view_widths : tuple or None
+        Per-view 3D decoder widths per level (used by MV3D-C). Default: the main decoder
+        widths divided by ``view_width_divisor`` (at least 8: PyTorch's CPU 3D convolution
+        falls back to a ~7x slower kernel below 8 channels).
+    norm : {"batch", "instance", "group"}
+        Normalisation in every conv block (the paper uses batch norm).
+    use_bp_prior : bool
+        Feed the back-projected prior to the main 3D encoder (else it sees zeros).
+    use_bpc : bool
+        BP-C: back-project each view's 2D features into each stage in ``bpc_stages``.
+    bpc_stages : tuple of int or None
+        3D stages preceded by a BP-C connection (default: the first four, as the paper's
+        "before stages 1-4"; all stages when there are four or fewer).
+    bpc_width : int or None
+        Channels BP-C adds before a stage (default: that stage's 2D feature width).
+    use_agp, agp_dim, agp_heads, agp_dropout, agp_pos_encoding, agp_pos_frequencies
+        AGP-3D: per view, learned voxel queries (one per bottleneck voxel) cross-attend to
+        the 2D bottleneck tokens (Linear -> dropout -> ReLU to ``agp_dim``); optional
+        positional encodings from where each token and each query voxel fall on the
+        detector. Without AGP, each view's bottleneck is lifted X2CT-GAN-style (1x1
+        convolution, broadcast along the view's depth axis).
+    use_bim, bim_d_state, bim_d_conv, bim_expand, bim_ffn_ratio, bim_interslice, mamba_backend
+        BiM-3D on the main bottleneck: ``x + BiSSM(LN(x))`` then ``x + FFN(LN(x))``; the
+        BiSSM is one shared Mamba run forward and on the flipped sequence.
+        ``bim_interslice`` adds a third (SegMamba-style) scan with the slice axis fastest.
+        ``mamba_backend``: ``"auto"`` uses ``mamba_ssm`` when importable and CUDA is
+        available at construction, else ``mambapy`` (same parameter names and shapes).
+    use_mv3dc : bool
+        MV3D-C: per-view 3D decoders whose features are permuted into CT axis order,
+        averaged, written back and concatenated to the main decoder at every level. Off:
+        the lifted view features join the main branch at the bottleneck only.
+    output_activation : {"relu", "sigmoid", "none"}
+    normalize_inputs : bool
+        Divide each sample's X-rays and prior by their own maximum (scale invariance).
+    channels_last_3d : bool
+        Keep 3D activations and weights channels-last (about 10x faster 3D convolution
+        backward passes on CPU at 64^3; results are the same up to float rounding).
+    disc_width, disc_layers : int
+        Conditional 3D PatchGAN discriminator width and number of stride-2 layers.
+    w_adv, w_rec, w_proj : float
+        Generator loss weights (LSGAN adversarial, L1 reconstruction, projection).
+    proj_mode : {"drr", "axis_mean"}
+        ``"drr"``: L1 between ``tomoprior.project`` of output and target through the
+        geometry (true DRR consistency, divided by the grid's largest extent in mm so it is
+        in volume units). ``"axis_mean"``: the paper's L1 between means along the 3 axes.
+    lr, betas, weight_decay
+        Adam settings for :func:`psctnet.train.train_step` (paper: 2e-4, (0.5, 0.99)).
+    """
+
+    volume_shape: tuple[int, int, int] = (64, 64, 64)
+    xray_size: int = 64
+    num_views: int = 2
+    stem3d_width: int = 8
+    enc3d_widths: tuple[int, ...] = (8, 16, 32, 64)
+    stem2d_width: int = 8
+    enc2d_widths: tuple[int, ...] = (8, 16, 32, 64)
+    dense_layers: int = 2
+    growth: int = 8
+    dec_widths: tuple[int, ...] | None = None
+    view_widths: tuple[int, ...] | None = None
+    view_width_divisor: int = 1
+    norm: str = "group"
+    # BP prior and BP-C
+    use_bp_prior: bool = True
+    use_bpc: bool = True
+    bpc_stages: tuple[int, ...] | None = None
+    bpc_width: int | None = None
+    # AGP-3D
+    use_agp: bool = True
+    agp_dim: int = 64
+    agp_heads: int = 4
+    agp_dropout: float = 0.1
+    agp_pos_encoding: bool = True
+    agp_pos_frequencies: int = 4
+    # BiM-3D
+    use_bim: bool = True
+    bim_d_state: int = 16
+    bim_d_conv: int = 4
+    bim_expand: int = 2
+    bim_ffn_ratio: int = 2
+    bim_interslice: bool = False
+    mamba_backend: str = "auto"
+    # MV3D-C
+    use_mv3dc: bool = True
+    # output and input scaling
+    output_activation: str = "relu"
+    normalize_inputs: bool = True
+    channels_last_3d: bool = True
+    # discriminator
+    disc_width: int = 16
+    disc_layers: int = 3
+    # losses
+    w_adv: float = 0.1
+    w_rec: float = 10.0
+    w_proj: float = 10.0
+    proj_mode: str = "drr"
+    # optimiser
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.99)
+    weight_decay: float = 0.0
+    # name of the preset it came from (informational)
+    preset_name: str | None = field(default=None)
+
+    def __post_init__(self):
+        # JSON/YAML round trips turn tuples into lists: accept them
+        for name in (
+            "volume_shape",
+            "enc3d_widths",
+            "enc2d_widths",
+            "dec_widths",
+            "view_widths",
+            "bpc_stages",
+            "betas",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, tuple(value))
+        self._validate()
+
+    # -- validation ---------------------------------------------------------------------
+    def _validate(self) -> None:
+        def pos_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"PSCTNetConfig.{name} must be a positive integer, got {v!r}")
+
+        def int_tuple(name, length=None, allow_none=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if (
+                not isinstance(v, tuple)
+                or not v
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+            ):
+                raise ValueError(f"PSCTNetConfig.{name} must be a non-empty tuple of positive integers, got {v!r}")
+            if length is not None and len(v) != length:
+                raise ValueError(f"PSCTNetConfig.{name} must have {length} entries, got {len(v)} ({v!r})")
+
+        for name in (
+            "xray_size",
+            "num_views",
+            "stem3d_width",
+            "stem2d_width",
+            "dense_layers",
+            "growth",
+            "agp_dim",
+            "agp_heads",
+            "agp_pos_frequencies",
+            "view_width_divisor",
+            "bim_d_state",
+            "bim_d_conv",
+            "bim_expand",
+            "bim_ffn_ratio",
+            "disc_width",
+            "disc_layers",
+        ):
+            pos_int(name)
+        int_tuple("volume_shape", 3)
+        int_tuple("enc3d_widths")
+        stages = len(self.enc3d_widths)
+        int_tuple("enc2d_widths", stages)
+        int_tuple("dec_widths", stages, allow_none=True)
+        int_tuple("view_widths", stages, allow_none=True)
+        factor = 2**stages
+        if any(n % factor for n in self.volume_shape):
+            raise ValueError(
+                f"PSCTNetConfig.volume_shape {self.volume_shape} must be divisible by 2**{stages} = {factor} "
+                "(one halving per entry of enc3d_widths); use a grid like "
+                f"{tuple(factor * max(1, n // factor) for n in self.volume_shape)} "
+                "or fewer stages"
+            )
+        if self.xray_size % factor:
+            raise ValueError(f"PSCTNetConfig.xray_size {self.xray_size} must be divisible by 2**{stages} = {factor}")
+        if self.bpc_stages is not None:
+            if not isinstance(self.bpc_stages, tuple) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < stages for s in self.bpc_stages
+            ):
+                raise ValueError(
+                    f"PSCTNetConfig.bpc_stages must be a tuple of stage indices in 0..{stages - 1}, "
+                    f"got {self.bpc_stages!r}"
+                )
+        if self.bpc_width is not None:
+            pos_int("bpc_width")
+        if self.agp_dim % self.agp_heads:
+            raise ValueError(
+                f"PSCTNetConfig.agp_dim ({self.agp_dim}) must be divisible by agp_heads ({self.agp_heads})"
+            )
+        if not 0.0 <= float(self.agp_dropout) < 1.0:
+            raise ValueError(f"PSCTNetConfig.agp_dropout must be in [0, 1), got {self.agp_dropout!r}")
+        for name, allowed in (
+            ("norm", _NORMS),
+            ("output_activation", _OUTPUT_ACTIVATIONS),
+            ("proj_mode", _PROJ_MODES),
+            ("mamba_backend", _MAMBA_BACKENDS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"PSCTNetConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("w_adv", "w_rec", "w_proj", "lr", "weight_decay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
+                raise ValueError(f"PSCTNetConfig.{name} must be a finite number >= 0, got {v!r}")
+        if len(self.betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in self.betas):
+            raise ValueError(f"PSCTNetConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+
+    # -- derived ------------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return len(self.enc3d_widths)
+
+    @property
+    def bottleneck_shape(self) -> tuple[int, int, int]:
+        """3D bottleneck grid ``volume_shape / 2**num_stages``."""
+        f = 2**self.num_stages
+        return tuple(n // f for n in self.volume_shape)  # type: ignore[return-value]
+
+    @property
+    def bottleneck_xray_size(self) -> int:
+        return self.xray_size // 2**self.num_stages
+
+    @property
+    def resolved_dec_widths(self) -> tuple[int, ...]:
+        if self.dec_widths is not None:
+            return self.dec_widths
+        return (*reversed(self.enc3d_widths[:-1]), self.stem3d_width)
+
+    @property
+    def resolved_view_widths(self) -> tuple[int, ...]:
+        if self.view_widths is not None:
+            return self.view_widths
+        return tuple(max(8, w // self.view_width_divisor) for w in self.resolved_dec_widths)
+
+    @property
+    def resolved_bpc_stages(self) -> tuple[int, ...]:
+        if not self.use_bpc:
+            return ()
+        if self.bpc_stages is not None:
+            return tuple(sorted(set(self.bpc_stages)))
+        return tuple(range(min(self.num_stages, 4)))
+
+    @property
+    def has_main_encoder(self) -> bool:
+        """The main 3D encoder exists when it has something geometric to encode."""
+        return self.use_bp_prior or self.use_bpc
+
+    # -- presets and serialisation ------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides) -> PSCTNetConfig:
+        """A named size preset (``"tiny"`` or ``"paper"``) with optional field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown PSCT-Net preset {name!r}; choose one of {sorted(PRESETS)}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise ValueError(f"unknown PSCTNetConfig field(s) {unknown}; valid fields: {sorted(fields)}")
+        values = dict(PRESETS[name])
+        values.update(overrides)
+        values.setdefault("preset_name", name)
+        return cls(**values)
+
+    def replace(self, **changes) -> PSCTNetConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PSCTNetConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a PSCTNetConfig dict is needed, got {type(d).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"unknown PSCTNetConfig field(s) {unknown} in the dict")
+        return cls(**d)
+
+
+#: Size presets. ``tiny``: base width 8, 4 stages, 64^3 volume, 64^2 X-rays (CPU, minutes).
+#: ``paper``: 128^3, 7^3 stem then 5 stride-2 dense stages 16 -> 256 channels (128^3 -> 4^3),
+#: 2D encoders of the same depth (128^2 -> 4^2 = 16 tokens), AGP 256-d / 8 heads / 64 queries,
+#: BiM d_state 16, d_conv 4, expand 2, batch norm, BP-C before stages 1-4.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        volume_shape=(64, 64, 64),
+        xray_size=64,
+        stem3d_width=8,
+        enc3d_widths=(8, 16, 32, 64),
+        stem2d_width=8,
+        enc2d_widths=(8, 16, 32, 64),
+        dense_layers=2,
+        growth=8,
+        norm="group",
+        view_width_divisor=2,
+        agp_dim=64,
+        agp_heads=4,
+        disc_width=8,
+        disc_layers=3,
+    ),
+    "paper": dict(
+        volume_shape=(128, 128, 128),
+        xray_size=128,
+        stem3d_width=16,
+        enc3d_widths=(16, 32, 64, 128, 256),
+        stem2d_width=32,
+        enc2d_widths=(64, 128, 256, 512, 704),
+        dense_layers=4,
+        growth=16,
+        norm="batch",
+        agp_dim=256,
+        agp_heads=8,
+        agp_pos_encoding=False,
+        bim_d_state=16,
+        bim_d_conv=4,
+        bim_expand=2,
+        disc_width=64,
+        disc_layers=3,
+    ),
+}

@@ -1,0 +1,143 @@
+"""Conditional 3D PatchGAN discriminator and the PSCT-Net losses.
+
+Generator: ``L = w_adv L_adv + w_rec L_rec + w_proj L_proj`` with the LSGAN adversarial
+term ``mean((D(G, prior) - 1)^2)``, ``L_rec = mean|G - T|`` and
+
+* ``proj_mode="drr"`` (default): ``L_proj = mean|P G - P T| / L``, ``P = tomoprior.project``
+  through the acquisition geometry (true DRR consistency) and ``L`` the grid's largest
+  extent in mm, so ``L_proj`` is in volume units like ``L_rec``;
+* ``proj_mode="axis_mean"``: the paper's variant, L1 between the means along z, y and x.
+
+Discriminator (LSGAN): ``0.5 mean((D(T, prior) - 1)^2) + 0.5 mean(D(G, prior)^2)``.
+"""
+
+from __future__ import annotations
+
+import tomoprior
+import torch
+import torch.nn.functional as F  # noqa: N812 - torch's own idiom
+from torch import nn
+
+from .blocks import norm_layer
+from .config import PSCTNetConfig
+
+
+class PatchDiscriminator3D(nn.Module):
+    """Conditional 3D PatchGAN: ``(volume, prior)`` concatenated -> a map of patch scores.
+
+    ``layers`` stride-2 ``4^3`` convolutions (``width``, doubling, capped at 8 ``width``),
+    LeakyReLU 0.2, normalisation after all but the first, then a stride-1 ``4^3`` layer and
+    a 1-channel ``4^3`` output. Shape ``(B, 1, nz, ny, nx) x 2 -> (B, 1, pz, py, px)``.
+    """
+
+    def __init__(self, width: int = 64, layers: int = 3, norm: str = "instance", in_channels: int = 2):
+        super().__init__()
+        mods: list[nn.Module] = [nn.Conv3d(in_channels, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        c = width
+        for i in range(1, layers):
+            c2 = min(width * 2**i, 8 * width)
+            mods += [
+                nn.Conv3d(c, c2, 4, stride=2, padding=1, bias=False),
+                norm_layer(norm, c2, 3),
+                nn.LeakyReLU(0.2, True),
+            ]
+            c = c2
+        c2 = min(c * 2, 8 * width)
+        mods += [
+            nn.Conv3d(c, c2, 3, stride=1, padding=1, bias=False),
+            norm_layer(norm, c2, 3),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv3d(c2, 1, 3, stride=1, padding=1),
+        ]
+        self.net = nn.Sequential(*mods)
+
+    @classmethod
+    def from_config(cls, config: PSCTNetConfig) -> PatchDiscriminator3D:
+        return cls(config.disc_width, config.disc_layers, "instance" if config.norm == "batch" else config.norm)
+
+    def forward(self, volume: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        if volume.shape != prior.shape:
+            raise ValueError(f"volume {tuple(volume.shape)} and prior {tuple(prior.shape)} must have the same shape")
+        return self.net(torch.cat([volume, prior], dim=1))
+
+
+def lsgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
+    return (fake_scores - 1).square().mean()
+
+
+def lsgan_discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((real_scores - 1).square().mean() + fake_scores.square().mean())
+
+
+def projection_loss(
+    output: torch.Tensor,
+    target: torch.Tensor,
+    geometry,
+    mode: str = "drr",
+    target_projections: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L1 projection consistency between ``output`` and ``target`` ``(B, 1, nz, ny, nx)``.
+
+    ``mode="drr"``: ``mean|project(output) - project(target)|`` through ``geometry`` (one
+    Geometry, or a list of one per sample), divided
+    by the grid's largest extent (mm). ``target_projections`` (``(B, 1, V, rows, cols)``,
+    line integrals) may be passed to skip projecting the target again.
+    ``mode="axis_mean"``: mean over |difference of means| along each of the 3 axes.
+    """
+    if output.shape != target.shape:
+        raise ValueError(f"output {tuple(output.shape)} and target {tuple(target.shape)} must have the same shape")
+    if mode == "axis_mean":
+        return sum(F.l1_loss(output.mean(dim=d), target.mean(dim=d)) for d in (-3, -2, -1)) / 3
+    if mode != "drr":
+        raise ValueError(f"mode must be 'drr' or 'axis_mean', got {mode!r}")
+    if isinstance(geometry, (list, tuple)):  # one geometry per sample
+        if len(geometry) != output.shape[0]:
+            raise ValueError(f"got {len(geometry)} geometries for a batch of {output.shape[0]}")
+
+        def project(vol):
+            return torch.cat([tomoprior.project(vol[i : i + 1], g) for i, g in enumerate(geometry)])
+
+        scale = max(geometry[0].grid.extent_mm)
+    else:
+
+        def project(vol):
+            return tomoprior.project(vol, geometry)
+
+        scale = max(geometry.grid.extent_mm)
+    p_out = project(output)
+    if target_projections is None:
+        with torch.no_grad():
+            target_projections = project(target)
+    elif target_projections.shape != p_out.shape:
+        raise ValueError(
+            f"target_projections must have shape {tuple(p_out.shape)}, got {tuple(target_projections.shape)}"
+        )
+    return F.l1_loss(p_out, target_projections) / scale
+
+
+def generator_loss(
+    output: torch.Tensor,
+    target: torch.Tensor,
+    geometry,
+    config: PSCTNetConfig,
+    discriminator: nn.Module | None = None,
+    prior: torch.Tensor | None = None,
+    target_projections: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """``{"total", "adv", "rec", "proj"}`` for the generator.
+
+    ``adv`` is zero (and not weighted in) when no ``discriminator`` is given or
+    ``config.w_adv == 0``; then ``prior`` is not needed.
+    """
+    rec = F.l1_loss(output, target)
+    zero = output.new_zeros(())
+    proj = (
+        projection_loss(output, target, geometry, config.proj_mode, target_projections) if config.w_proj > 0 else zero
+    )
+    adv = zero
+    if discriminator is not None and config.w_adv > 0:
+        if prior is None:
+            raise ValueError("the adversarial loss needs the prior the discriminator is conditioned on")
+        adv = lsgan_generator_loss(discriminator(output, prior))
+    total = config.w_adv * adv + config.w_rec * rec + config.w_proj * proj
+    return {"total": total, "adv": adv.detach(), "rec": rec.detach(), "proj": proj.detach()}

@@ -2,8 +2,10 @@
 integrals, rasterisation onto voxel grids, and phantom files (YAML) loaded by name from the
 repository's ``phantoms/`` folder, e.g. the 3D Shepp-Logan head sized for a child."""
 
+from . import skull
 from .phantom import ENV_VAR, SCHEMA, SCHEMA_VERSION, Phantom, available, find, load, search_path
 from .shapes import Cylinder, Ellipsoid, Shape, Sphere, euler_zxz_matrix, shape_from_dict
+from .skull import Skull, SkullParameters, make_skull
 
 __all__ = [
     "ENV_VAR",
@@ -13,11 +15,15 @@ __all__ = [
     "Ellipsoid",
     "Phantom",
     "Shape",
+    "Skull",
+    "SkullParameters",
     "Sphere",
     "available",
     "euler_zxz_matrix",
     "find",
     "load",
+    "make_skull",
     "search_path",
     "shape_from_dict",
+    "skull",
 ]

@@ -1,0 +1,200 @@
+"""Age curves and tissue attenuation for the procedural pediatric skull.
+
+Every curve is a function of age in years over ``[0, 6]``; values between the tabulated ages
+are interpolated linearly. The tables are the project's reading of the cited sources, rounded;
+they describe a typical child, not a clinical reference (see ``docs/skull.md``).
+
+Sources
+-------
+- Head circumference: WHO Child Growth Standards, head circumference-for-age, medians of
+  boys and girls averaged (0-5 years); 6 years continued with the Nellhaus (1968) composite
+  curve. Values read from the published tables and rounded to 0.1 cm.
+- Vault thickness: parietal bone thickness in CT studies of infants and children, e.g.
+  Li, Park, Liu et al., "A statistical skull geometry model for children 0-3 years old",
+  PLoS One 10(5):e0127322 (2015), and Margulies & Thibault, J Biomech Eng 122:364 (2000)
+  for the newborn (about 1 mm); approximate.
+- Fontanelle and suture closure: posterior fontanelle closed by 2-3 months, anterior
+  fontanelle by 18-24 months (median about 14 months, Duc & Largo 1986); metopic suture
+  fuses between 3 and 9 months (Vu et al. 2001; Weinzweig et al. 2003). Anterior fontanelle
+  at birth about 2 cm (mean of length and width, Popich & Smith 1972).
+- Attenuation: mass attenuation coefficients (coherent + incoherent + photoelectric) of the
+  NIST/ICRP compounds of xraylib (``CS_Total``), tabulated at 30-150 keV below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_ENERGY_KEV",
+    "MATERIALS",
+    "anterior_fontanelle_mm",
+    "attenuation_to_hu",
+    "bone_mineral_fraction",
+    "diploe_fraction",
+    "extra_axial_csf_mm",
+    "face_scale",
+    "head_circumference_cm",
+    "hu_to_attenuation",
+    "linear_attenuation",
+    "metopic_open_fraction",
+    "posterior_fontanelle_mm",
+    "suture_width_mm",
+    "vault_thickness_mm",
+]
+
+#: Effective energy (keV) at which the phantom's attenuation is stated by default.
+DEFAULT_ENERGY_KEV = 60.0
+#: Ages (years) covered by the curves.
+AGE_RANGE = (0.0, 6.0)
+
+# WHO head circumference-for-age medians (boys and girls averaged), cm; 6 y from Nellhaus.
+_HC_AGE_Y = np.array([0, 1, 2, 3, 4, 6, 9, 12, 18, 24, 36, 48, 60, 72], dtype=float) / 12.0
+_HC_CM = np.array([34.2, 36.9, 38.7, 40.0, 41.1, 42.8, 44.4, 45.5, 46.8, 47.8, 49.0, 49.8, 50.3, 50.8])
+
+# total parietal vault thickness (outer table to inner table), mm
+_THICK_AGE_Y = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0])
+_THICK_MM = np.array([1.2, 1.7, 2.3, 3.0, 3.5, 3.9, 4.6])
+
+# facial skeleton size relative to a 1-year-old (the face grows faster than the vault)
+_FACE_AGE_Y = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 6.0])
+_FACE_SCALE = np.array([0.78, 0.92, 1.0, 1.1, 1.24, 1.34])
+
+#: Energies (keV) of the attenuation table.
+ENERGIES_KEV = np.array([30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 150.0])
+#: Mass attenuation (cm^2/g) and density (g/cm^3) of the materials, from xraylib's NIST
+#: compound data: water "Water, Liquid", soft "Tissue, Soft (ICRP)" (density set to ICRP's
+#: 1.03), brain "Brain (ICRP)", adipose "Adipose Tissue (ICRP)", bone "Bone, Cortical (ICRP)".
+MATERIALS: dict[str, tuple[float, tuple[float, ...]]] = {
+    "water": (1.0, (0.37559, 0.26828, 0.22694, 0.20587, 0.19285, 0.18366, 0.17072, 0.16135, 0.15052)),
+    "soft": (1.03, (0.36175, 0.26183, 0.22301, 0.20304, 0.1906, 0.18174, 0.16917, 0.15999, 0.14933)),
+    "brain": (1.03, (0.38295, 0.27128, 0.22833, 0.20654, 0.19315, 0.18376, 0.17064, 0.16119, 0.15033)),
+    "adipose": (0.92, (0.30281, 0.23861, 0.21225, 0.19769, 0.18796, 0.18061, 0.16949, 0.16092, 0.15063)),
+    "bone": (1.85, (1.28011, 0.64513, 0.4148, 0.31022, 0.25487, 0.22205, 0.18599, 0.16661, 0.14932)),
+}
+
+
+def _age(age_years: float) -> float:
+    a = float(age_years)
+    if not (AGE_RANGE[0] <= a <= AGE_RANGE[1]):
+        raise ValueError(f"age_years must be in [0, 6] years, got {age_years!r}")
+    return a
+
+
+def head_circumference_cm(age_years: float) -> float:
+    """Median head circumference (cm, over the scalp) at ``age_years`` (0-6).
+
+    Examples
+    --------
+    >>> head_circumference_cm(0.0), head_circumference_cm(1.0)
+    (34.2, 45.5)
+    """
+    return round(float(np.interp(_age(age_years), _HC_AGE_Y, _HC_CM)), 6)
+
+
+def vault_thickness_mm(age_years: float) -> float:
+    """Typical parietal vault thickness (mm, outer to inner table surface) at ``age_years``."""
+    return float(np.interp(_age(age_years), _THICK_AGE_Y, _THICK_MM))
+
+
+def face_scale(age_years: float) -> float:
+    """Size of the facial skeleton relative to a 1-year-old's (dimensionless)."""
+    return float(np.interp(_age(age_years), _FACE_AGE_Y, _FACE_SCALE))
+
+
+def diploe_fraction(age_years: float) -> float:
+    """Fraction of the vault thickness that is diploe (cancellous bone between the tables).
+
+    The newborn vault is a single (unilaminar) plate; the diploe appears during the second
+    year and the three-layer structure is established by about 4 years.
+    """
+    a = _age(age_years)
+    return 0.45 * min(max((a - 1.0) / 3.0, 0.0), 1.0)
+
+
+def bone_mineral_fraction(age_years: float) -> float:
+    """Volume fraction of adult cortical bone (ICRP) in the vault tables, the rest soft tissue.
+
+    Infant cranial bone is less mineralised: 0.55 at birth rising to about 0.84 at 6 years,
+    which puts the vault at about 0.041-0.052 /mm at 60 keV.
+    """
+    a = _age(age_years)
+    return 0.55 + 0.30 * (1.0 - math.exp(-a / 2.0))
+
+
+def suture_width_mm(age_years: float) -> float:
+    """Width of a patent (open) suture, mm: about 2.5 mm at birth narrowing to 0.8 mm."""
+    a = _age(age_years)
+    return 0.8 + 1.7 * math.exp(-a / 0.8)
+
+
+def metopic_open_fraction(age_years: float) -> float:
+    """1 while the metopic suture is fully open (< 3 months), 0 once fused (> 9 months)."""
+    a = _age(age_years)
+    return min(max((0.75 - a) / 0.5, 0.0), 1.0)
+
+
+def anterior_fontanelle_mm(age_years: float, closure_years: float = 1.75) -> tuple[float, float]:
+    """Half-diagonals (sagittal, transverse) of the anterior fontanelle, mm; (0, 0) once closed.
+
+    About 25 x 20 mm at birth, shrinking to closure at ``closure_years`` (18-24 months).
+    """
+    a = _age(age_years)
+    f = max(1.0 - a / closure_years, 0.0) ** 0.8
+    return 12.5 * f, 10.0 * f
+
+
+def posterior_fontanelle_mm(age_years: float, closure_years: float = 0.2) -> tuple[float, float]:
+    """Half-diagonals (sagittal, transverse) of the posterior fontanelle, mm; closes by 2-3 months."""
+    a = _age(age_years)
+    f = max(1.0 - a / closure_years, 0.0)
+    return 6.0 * f, 7.0 * f
+
+
+def extra_axial_csf_mm(age_years: float) -> float:
+    """Thickness of the CSF layer between the inner table and the brain, mm."""
+    a = _age(age_years)
+    return 1.5 + 1.5 * math.exp(-a / 1.5)
+
+
+def linear_attenuation(material: str, energy_kev: float = DEFAULT_ENERGY_KEV) -> float:
+    """Linear attenuation (1/mm) of a material of :data:`MATERIALS` at ``energy_kev`` (30-150).
+
+    Log-log interpolation of the tabulated mass attenuation times the density.
+
+    Examples
+    --------
+    >>> round(linear_attenuation("water", 60.0), 5)
+    0.02059
+    """
+    if material not in MATERIALS:
+        raise ValueError(f"unknown material {material!r}; known: {sorted(MATERIALS)}")
+    e = float(energy_kev)
+    if not (ENERGIES_KEV[0] <= e <= ENERGIES_KEV[-1]):
+        raise ValueError(f"energy_kev must be in [{ENERGIES_KEV[0]:g}, {ENERGIES_KEV[-1]:g}] keV, got {energy_kev!r}")
+    rho, mass = MATERIALS[material]
+    mu_rho = math.exp(float(np.interp(math.log(e), np.log(ENERGIES_KEV), np.log(np.asarray(mass)))))
+    return rho * mu_rho / 10.0  # cm^-1 -> mm^-1
+
+
+def attenuation_to_hu(mu, energy_kev: float = DEFAULT_ENERGY_KEV):
+    """Hounsfield units from linear attenuation (1/mm) at ``energy_kev``.
+
+    ``HU = 1000 (mu - mu_water) / (mu_water - mu_air)`` with ``mu_air = 0`` (air's 2e-5 /mm is
+    below the phantom's precision). Works on floats, numpy arrays and torch tensors.
+
+    Examples
+    --------
+    >>> attenuation_to_hu(0.0), round(attenuation_to_hu(linear_attenuation("water")), 6)
+    (-1000.0, 0.0)
+    """
+    mu_w = linear_attenuation("water", energy_kev)
+    return mu * (1000.0 / mu_w) - 1000.0  # = 1000 (mu - mu_w) / mu_w, exact at air and water
+
+
+def hu_to_attenuation(hu, energy_kev: float = DEFAULT_ENERGY_KEV):
+    """Linear attenuation (1/mm) from Hounsfield units, the inverse of :func:`attenuation_to_hu`."""
+    mu_w = linear_attenuation("water", energy_kev)
+    return mu_w * (1.0 + hu / 1000.0)

@@ -13,7 +13,7 @@ Units: millimetres; angles in radians in code, degrees in files. World frame: pa
 LPS (x left, y posterior, z superior). Volumes are ``(nz, ny, nx)``.
 """
 
-from . import geometry, phantoms, projectors, refiners
+from . import calibration, data, geometry, metrics, phantoms, physics, projectors, refiners, validation
 from ._version import __version__
 from .geometry import (
     BiplanarGeometry,
@@ -34,9 +34,14 @@ __all__ = [
     "VolumeGrid",
     "__version__",
     "backproject",
+    "calibration",
+    "data",
     "geometry",
+    "metrics",
     "phantoms",
+    "physics",
     "project",
     "projectors",
     "refiners",
+    "validation",
 ]

@@ -388,6 +388,8 @@ class Ellipsoid(Shape):
         Rotation matrix instead of ``angles``; its columns are the local axes in world
         coordinates.
     label : str, optional
+    material : str, optional
+        Material name (e.g. ``"steel"``), metadata for physics models.
 
     Raises
     ------
@@ -502,6 +504,8 @@ class Sphere(Ellipsoid):
     density : float, optional
         Value inside. Default 1.
     label : str, optional
+    material : str, optional
+        Material name (e.g. ``"steel"``), metadata for physics models.
 
     Examples
     --------
@@ -571,6 +575,8 @@ class Cylinder(Shape):
     rotation : (3, 3), optional
         Rotation matrix; its columns are the local x, y, z (= axis) directions.
     label : str, optional
+    material : str, optional
+        Material name (e.g. ``"steel"``), metadata for physics models.
 
     Raises
     ------

@@ -1,0 +1,499 @@
+"""Bead-phantom calibration: detect -> match -> fit -> held-out and triangulation checks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..geometry import DEFAULT_GRID, BiplanarGeometry, Geometry, ViewParameters
+from .correspondence import coarse_shifts, match_points
+from .design import BeadDesign, bead_design
+from .detection import Detections, detect_beads
+from .fit import ANGLES, FIELDS, POSE_NAMES, FitProblem, fit_geometry, rotation_from_vector
+from .result import CalibrationResult
+
+__all__ = ["calibrate", "triangulate"]
+
+#: Fewest matched beads per view accepted by default (9 parameters need >= 5; 8 gives a
+#: meaningful residual and survives a few outliers).
+MIN_BEADS = 8
+#: Matching iterations (fit -> re-project -> re-match) per view.
+MATCH_ITERATIONS = 8
+
+
+def _initial_parameters(initial_geometry) -> tuple[list, object]:
+    grid = getattr(initial_geometry, "grid", None)
+    if isinstance(initial_geometry, BiplanarGeometry):
+        return list(initial_geometry.parameters), grid
+    if isinstance(initial_geometry, ViewParameters):
+        return [initial_geometry], None
+    if isinstance(initial_geometry, Sequence) and not isinstance(initial_geometry, (str, bytes)) and \
+            initial_geometry and all(isinstance(p, ViewParameters) for p in initial_geometry):
+        return list(initial_geometry), None
+    if isinstance(initial_geometry, Geometry):
+        raise TypeError(
+            "initial_geometry is a Geometry of raw view vectors; calibration fits physical parameters. Pass a "
+            "BiplanarGeometry (tp.BiplanarGeometry.from_parameters(...)) or a list of tp.ViewParameters, e.g. "
+            "nominal values or those read from the DICOM tags"
+        )
+    raise TypeError(
+        f"initial_geometry must be a BiplanarGeometry, a ViewParameters or a list of ViewParameters, "
+        f"got {type(initial_geometry).__name__}"
+    )
+
+
+def _is_points(x) -> bool:
+    if isinstance(x, Detections):
+        return True
+    a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x)
+    return a.ndim == 2 and a.shape[1] == 2
+
+
+def _views_input(images_or_points, params, kind, flat, detect_kwargs) -> list:
+    """-> list of Detections, one per view (detecting beads in images if needed)."""
+    n_views = len(params)
+    x = images_or_points
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray) and x.ndim == 3:
+        items = list(x)
+    elif isinstance(x, (list, tuple)):
+        items = list(x)
+    elif isinstance(x, np.ndarray) and x.ndim == 2 and n_views == 1:
+        items = [x]
+    else:
+        raise ValueError(
+            "images_or_points must be an array (views, rows, cols) of images, or a list (one per view) of images "
+            f"(rows, cols), Detections or (n, 2) (col, row) point arrays; got {type(x).__name__} "
+            f"{getattr(x, 'shape', '')}"
+        )
+    if len(items) != n_views:
+        raise ValueError(f"got {len(items)} image(s)/point set(s) but the initial geometry has {n_views} view(s)")
+    out = []
+    flats = flat if isinstance(flat, (list, tuple)) else [flat] * n_views
+    for i, (item, p) in enumerate(zip(items, params)):
+        if isinstance(item, Detections):
+            out.append(item)
+            continue
+        if _is_points(item):
+            pts = np.asarray(item.detach().cpu() if isinstance(item, torch.Tensor) else item, dtype=np.float64)
+            out.append(Detections.from_points(pts, image_shape=p.detector_shape))
+            continue
+        img = np.asarray(item.detach().cpu() if isinstance(item, torch.Tensor) else item)
+        if img.ndim != 2:
+            raise ValueError(f"view {i}: an image must be 2D (rows, cols), got shape {img.shape}")
+        if tuple(img.shape) != tuple(p.detector_shape):
+            raise ValueError(
+                f"view {i} ({p.name!r}): image shape {tuple(img.shape)} does not match the detector shape "
+                f"{tuple(p.detector_shape)} of the initial geometry; crop/bin the image or fix detector_shape "
+                "and pixel_pitch (e.g. ViewParameters.binned)"
+            )
+        try:
+            out.append(detect_beads(img, kind=kind, flat=flats[i], **(detect_kwargs or {})))
+        except ValueError as exc:
+            raise ValueError(f"view {i} ({p.name!r}): {exc}") from exc
+    return out
+
+
+def _project(params: ViewParameters, world: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return params.to_view().project_points(torch.as_tensor(world, dtype=torch.float64)).detach().numpy()
+
+
+def _heldout_indices(heldout, design: BeadDesign, seed: int, min_beads: int) -> np.ndarray:
+    n = len(design)
+    if heldout is None or (isinstance(heldout, (int, float)) and not isinstance(heldout, bool) and heldout == 0):
+        return np.zeros(0, int)
+    if isinstance(heldout, float):
+        if not 0.0 <= heldout < 1.0:
+            raise ValueError(f"heldout as a fraction must be in [0, 1), got {heldout}")
+        k = round(heldout * n)
+        return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+    if isinstance(heldout, int) and not isinstance(heldout, bool):
+        if not 0 <= heldout < n:
+            raise ValueError(f"heldout as a count must be in [0, {n}), got {heldout}")
+        return np.sort(np.random.default_rng(seed).choice(n, size=heldout, replace=False))
+    ids = list(heldout)
+    unknown = [i for i in ids if i not in design.ids]
+    if unknown:
+        raise ValueError(f"heldout bead ids {unknown} are not in the design (ids {design.ids[0]} .. {design.ids[-1]})")
+    return np.sort(np.array([design.ids.index(i) for i in ids], dtype=int))
+
+
+def _fmt_points(pts: np.ndarray, limit: int = 8) -> str:
+    s = ", ".join(f"({c:.1f}, {r:.1f})" for c, r in pts[:limit])
+    return s + (", ..." if len(pts) > limit else "") if len(pts) else "none"
+
+
+def _fit_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2D transform ``dst ~ A @ [src, 1]`` (3x3 homogeneous): translation for 1 pair,
+    similarity for 2-5 pairs, affine for 6 or more (least squares)."""
+    t = np.eye(3)
+    if len(src) == 0:
+        return t
+    if len(src) == 1:
+        t[:2, 2] = dst[0] - src[0]
+        return t
+    if len(src) < 6:
+        # similarity: [a -b; b a] src + (tx, ty)
+        a = np.zeros((2 * len(src), 4))
+        a[0::2] = np.column_stack([src[:, 0], -src[:, 1], np.ones(len(src)), np.zeros(len(src))])
+        a[1::2] = np.column_stack([src[:, 1], src[:, 0], np.zeros(len(src)), np.ones(len(src))])
+        (ca, cb, tx, ty), *_ = np.linalg.lstsq(a, dst.reshape(-1), rcond=None)
+        t[:2] = [[ca, -cb, tx], [cb, ca, ty]]
+        return t
+    a = np.column_stack([src, np.ones(len(src))])
+    coef, *_ = np.linalg.lstsq(a, dst, rcond=None)
+    t[:2] = coef.T
+    return t
+
+
+def _apply(t: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ t[:2, :2].T + t[:2, 2]
+
+
+def _match_view(params, world, det, gate0, max_nfev):
+    """Correspondence for one view; returns (fitted params, design_idx, det_idx).
+
+    1. coarse translation, then a 2D similarity/affine alignment of the predicted bead
+       images to the detections, re-matched until stable (absorbs scale, in-plane rotation
+       and shear errors of the initial geometry without touching the 3D parameters);
+    2. fit the view's parameters (phantom pose fixed) to the matches, re-project, re-match
+       with a gate shrinking to 6x the residual RMS, until the matches stop changing.
+    """
+    pts = det.positions
+    pred0 = _project(params, world)
+    ok = np.all(np.isfinite(pred0), axis=1)
+    pred0 = np.where(ok[:, None], pred0, np.nan)
+    best = None
+    for shift, _ in coarse_shifts(pred0, pts, 2.0 * gate0, k=6):
+        t = np.eye(3)
+        t[:2, 2] = shift
+        prev = None
+        for _ in range(MATCH_ITERATIONS):
+            di, dj = match_points(_apply(t, pred0), pts, gate0)
+            key = (tuple(di), tuple(dj))
+            if key == prev:
+                break
+            prev = key
+            t = _fit_affine(pred0[di], pts[dj])
+        r = _apply(t, pred0[di]) - pts[dj]
+        score = (len(di), -float(np.sqrt(np.mean(r**2))) if len(di) else 0.0)
+        if best is None or score > best[0]:
+            best = (score, di, dj)
+    di, dj = best[1], best[2]
+    cur, gate, prev = params, gate0, None
+    for _ in range(MATCH_ITERATIONS):
+        if len(di) < 5:
+            break
+        fields = FIELDS if len(di) >= 8 else ("u0", "v0", "detector_rotation", "source_to_detector")
+        # prior toward the initial geometry and a robust (Cauchy, 1 px) loss: a partial or
+        # partly wrong early match must not bend the geometry
+        obs = [(di, pts[dj])]
+        prob = FitProblem.build([params], world, obs, fit_fields=fields).with_matching_prior()
+        start = FitProblem.build([cur], world, obs, fit_fields=fields).x0()
+        out = fit_geometry(prob, max_nfev=max_nfev, tol=1e-8, loss="cauchy", f_scale=1.0, x0=start)
+        cur = out.parameters[0]
+        r = np.concatenate(out.residuals)
+        rms = float(np.sqrt(np.mean(r**2))) if r.size else 0.0
+        pred = _project(cur, world)
+        n_in = int(np.sum(np.all((pred > -0.5) & (pred < np.array(params.detector_shape[::-1]) - 0.5), axis=1)))
+        # shrink the gate only once (nearly) every bead in the field of view is matched
+        if len(di) >= min(n_in, len(pts)) - 2:
+            gate = float(min(gate0, max(6.0 * rms, 1.5)))
+        di, dj = match_points(pred, pts, gate)
+        key = (tuple(di), tuple(dj))
+        if key == prev:
+            break
+        prev = key
+    return cur, di, dj
+
+
+def _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev, outlier_sigma, min_beads):
+    """Joint least-squares fit of all views plus one round of outlier rejection."""
+    problem = FitProblem.build(start, design.positions, obs, gauge=gauge, fit_fields=fit_fields, pose=pose0)
+    outcome = fit_geometry(problem, max_nfev=max_nfev)
+    lengths = [np.hypot(r[:, 0], r[:, 1]) for r in outcome.residuals]
+    limit = max(outlier_sigma * outcome.sigma * math.sqrt(2), 1.0)
+    if any((ln > limit).any() for ln in lengths):
+        obs = [(idx[ln <= limit], pts[ln <= limit]) for (idx, pts), ln in zip(obs, lengths)]
+        for i, (idx, _) in enumerate(obs):
+            if len(idx) < min_beads:
+                raise ValueError(
+                    f"view {i}: only {len(idx)} beads remain after rejecting residuals > {limit:.2f} px; need "
+                    f"{min_beads}. The correspondence or the detections are probably wrong"
+                )
+        problem = FitProblem.build(start, design.positions, obs, gauge=gauge, fit_fields=fit_fields, pose=pose0)
+        outcome = fit_geometry(problem, x0=outcome.x, max_nfev=max_nfev)
+    return problem, outcome, obs
+
+
+def triangulate(parameters: Sequence[ViewParameters], observations: Sequence[np.ndarray]) -> np.ndarray:
+    """Least-squares 3D point from its pixel positions in several views.
+
+    Parameters
+    ----------
+    parameters : sequence of ViewParameters (or View), length V >= 2
+    observations : sequence of ``(n, 2)`` arrays
+        ``(col, row)`` of the same n points in each view (NaN rows allowed: that view is
+        skipped for that point).
+
+    Returns
+    -------
+    ndarray ``(n, 3)`` mm
+        Linear (DLT) solution refined by Gauss-Newton on the reprojection error.
+    """
+    views = [p.to_view() if isinstance(p, ViewParameters) else p for p in parameters]
+    mats = [v.projection_matrix().detach().numpy() for v in views]
+    obs = [np.asarray(o, dtype=np.float64) for o in observations]
+    n = obs[0].shape[0]
+    out = np.full((n, 3), np.nan)
+    for k in range(n):
+        rows = []
+        for P, o in zip(mats, obs):
+            if np.all(np.isfinite(o[k])):
+                c, r = o[k]
+                rows += [c * P[2] - P[0], r * P[2] - P[1]]
+        if len(rows) < 4:
+            continue
+        a = np.array(rows)
+        a = a / np.linalg.norm(a[:, :3], axis=1, keepdims=True)
+        _, _, vt = np.linalg.svd(a)
+        x = vt[-1, :3] / vt[-1, 3]
+        for _ in range(5):  # Gauss-Newton on the pixel residuals
+            res, jac = [], []
+            for P, o in zip(mats, obs):
+                if not np.all(np.isfinite(o[k])):
+                    continue
+                h = P @ np.append(x, 1.0)
+                res += [h[0] / h[2] - o[k, 0], h[1] / h[2] - o[k, 1]]
+                jac += [(P[0, :3] * h[2] - P[2, :3] * h[0]) / h[2] ** 2,
+                        (P[1, :3] * h[2] - P[2, :3] * h[1]) / h[2] ** 2]
+            step, *_ = np.linalg.lstsq(np.array(jac), -np.array(res), rcond=None)
+            x = x + step
+            if np.linalg.norm(step) < 1e-10:
+                break
+        out[k] = x
+    return out
+
+
+def _uncertainty(outcome, problem, params) -> tuple[list, np.ndarray]:
+    std = np.sqrt(np.clip(np.diag(outcome.covariance), 0, None))
+    std = np.where(np.isnan(np.diag(outcome.covariance)), np.inf, std)
+    per_view = []
+    for i, p in enumerate(params):
+        u = {}
+        for f in FIELDS:
+            key = f + "_deg" if f in ANGLES else f
+            if (i, f) in outcome.names:
+                val = float(std[outcome.names.index((i, f))])
+                u[key] = math.degrees(val) if f in ANGLES else val
+            else:
+                u[key] = 0.0
+        pr, pc = p.to_view().pixel_pitch
+        u["u0_px"] = u["u0"] / pc
+        u["v0_px"] = u["v0"] / pr
+        per_view.append(u)
+    pose_std = np.zeros(6)
+    for k, n in enumerate(POSE_NAMES):
+        if (-1, n) in outcome.names:
+            pose_std[k] = std[outcome.names.index((-1, n))]
+    return per_view, pose_std
+
+
+def calibrate(
+    images_or_points,
+    phantom,
+    initial_geometry,
+    *,
+    heldout: float | int | Sequence[str] | None = 0.2,
+    seed: int = 0,
+    kfold: int | None = None,
+    gauge: str = "phantom",
+    kind: str = "raw",
+    flat=None,
+    detect_kwargs: dict | None = None,
+    fit_fields: Sequence[str] | None = None,
+    phantom_pose=None,
+    min_beads: int = MIN_BEADS,
+    gate_px: float | None = None,
+    max_nfev: int = 200,
+    outlier_sigma: float = 5.0,
+) -> CalibrationResult:
+    """Calibrate the geometry of one or more views from images (or points) of a bead phantom.
+
+    Parameters
+    ----------
+    images_or_points : array ``(views, rows, cols)``, or list per view of images ``(rows, cols)``,
+        :class:`Detections` or ``(n, 2)`` arrays of detected ``(col, row)`` pixels.
+    phantom : str, Phantom or BeadDesign
+        The bead phantom, e.g. ``"bead_cage"``.
+    initial_geometry : BiplanarGeometry, ViewParameters or list of ViewParameters
+        Nominal or DICOM-derived parameters; the fit starts here and the correspondence uses
+        it (errors of tens of mm in the distances, several mm of principal-point offset and
+        a few degrees of rotation/tilt are fine).
+    heldout : float, int or list of bead ids
+        Beads left out of the fit (in every view) to measure the prediction error: a fraction
+        of the design, a count, or explicit ids. Default 0.2.
+    seed : int
+        Seed of the held-out draw (and of the fold assignment).
+    kfold : int, optional
+        If given (>= 2), ``heldout`` is ignored: the final fit uses every matched bead and
+        the held-out residuals are k-fold cross-validated (each bead predicted by a fit
+        without its fold), which uses all the data for the geometry at k extra fits' cost.
+    gauge : {"phantom", "view0"}
+        ``"phantom"``: the phantom's design frame (placed by ``phantom_pose``) is the world
+        frame; 9 parameters per view are fitted. ``"view0"``: the phantom pose (6 DOF) is
+        fitted and the first view's gantry angles, source-to-isocenter distance, detector
+        rotation and tilts are held at their initial values. See :mod:`.fit`.
+    kind, flat, detect_kwargs
+        Passed to :func:`detect_beads` for images.
+    fit_fields : sequence of str, optional
+        Subset of :attr:`ViewParameters.SCALAR_FIELDS` to fit (default all nine).
+    phantom_pose : (6,), optional
+        Initial (fixed for ``gauge="phantom"``) pose: rotation vector (rad) and translation (mm).
+    min_beads : int
+        Fewest matched beads per view (default 8).
+    gate_px : float, optional
+        Correspondence gate in pixels for the first match; default 0.45 times the smallest
+        distance between predicted bead images (so no detection can be ambiguous).
+    max_nfev : int
+        Function evaluations allowed to the final least-squares fit.
+    outlier_sigma : float
+        Matched beads with a residual beyond this many residual sigmas (and > 1 px) are
+        dropped once and the fit repeated.
+
+    Returns
+    -------
+    CalibrationResult
+
+    Raises
+    ------
+    ValueError
+        Too few beads detected or matched in a view (the message says how many and where),
+        image/geometry shape mismatch, NaN pixels, unknown phantom (available ones listed).
+    TypeError
+        An initial geometry without physical parameters.
+    """
+    params, grid = _initial_parameters(initial_geometry)
+    design = bead_design(phantom)
+    if isinstance(min_beads, bool) or not isinstance(min_beads, int) or min_beads < 5:
+        raise ValueError(f"min_beads must be an integer >= 5 (9 parameters per view), got {min_beads!r}")
+    dets = _views_input(images_or_points, params, kind, flat, detect_kwargs)
+    pose0 = np.zeros(6) if phantom_pose is None else np.asarray(phantom_pose, dtype=np.float64).reshape(6)
+    world = (design.positions @ rotation_from_vector(torch.as_tensor(pose0[:3])).numpy().T) + pose0[3:]
+    if kfold is not None:
+        if isinstance(kfold, bool) or not isinstance(kfold, int) or not 2 <= kfold <= len(design):
+            raise ValueError(f"kfold must be an integer in [2, {len(design)}], got {kfold!r}")
+        heldout = 0
+    held = _heldout_indices(heldout, design, seed, min_beads)
+    train_mask = np.ones(len(design), bool)
+    train_mask[held] = False
+    if train_mask.sum() < min_beads:
+        raise ValueError(f"only {int(train_mask.sum())} beads left for the fit after holding out {len(held)}; "
+                         "hold out fewer")
+
+    matched = []
+    for i, (p, det) in enumerate(zip(params, dets)):
+        where = f"view {i} ({p.name!r})"
+        if len(det) < min_beads:
+            raise ValueError(
+                f"{where}: found only {len(det)} bead(s) (need >= {min_beads} of the {len(design)} in "
+                f"{design.name!r}) at (col, row) px: {_fmt_points(det.positions)}. Check exposure, kind='raw' vs "
+                "'line_integrals', expected_radius_px or the detection threshold"
+            )
+        pred = _project(p, world)
+        finite = pred[np.all(np.isfinite(pred), axis=1)]
+        if len(finite) < 2:
+            raise ValueError(f"{where}: the design beads do not project onto the detector with the initial geometry")
+        dd = np.linalg.norm(finite[:, None] - finite[None], axis=-1) + np.eye(len(finite)) * 1e9
+        gate0 = float(gate_px) if gate_px is not None else max(0.45 * float(dd.min()), 2.0)
+        p_fit, di, dj = _match_view(p, world, det, gate0, 50)
+        n_train = int(train_mask[di].sum())
+        if n_train < min_beads:
+            raise ValueError(
+                f"{where}: only {len(di)} of {len(det)} detected beads could be matched to the design "
+                f"({n_train} for the fit; need >= {min_beads}). Detected at (col, row) px: "
+                f"{_fmt_points(det.positions)}. Check the initial geometry (angles, distances, principal point) "
+                "and the phantom name"
+            )
+        matched.append((p_fit, di, dj))
+
+    # -- joint fit on the training beads -------------------------------------------------------
+    start = [m[0] for m in matched]
+    obs = [(di[train_mask[di]], det.positions[dj[train_mask[di]]]) for (_, di, dj), det in zip(matched, dets)]
+    if gauge == "view0":
+        # keep view 0's fixed fields at the user's initial values (they define the frame)
+        start[0] = start[0].replace(**{f: getattr(params[0], f) for f in
+                                       ("primary_angle", "secondary_angle", "source_to_isocenter",
+                                        "detector_rotation", "detector_tilt_u", "detector_tilt_v")})
+    problem, outcome, obs = _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev, outlier_sigma,
+                                       min_beads)
+    fitted, pose = outcome.parameters, outcome.pose
+    world_fit = problem.world_points(torch.as_tensor(pose)).detach().numpy()
+    residuals = list(outcome.residuals)
+    residual_ids = [tuple(design.ids[k] for k in idx) for idx, _ in obs]
+    h_res, h_ids = [], []
+    if kfold:
+        # k-fold cross-validation: each fold is predicted by a fit that never saw it
+        folds = np.random.default_rng(seed).permutation(len(design)) % kfold
+        h_res = [np.zeros((0, 2)) for _ in params]
+        h_ids = [() for _ in params]
+        for f in range(kfold):
+            keep = [folds[idx] != f for idx, _ in obs]
+            obs_f = [(idx[k], pts[k]) for (idx, pts), k in zip(obs, keep)]
+            if any(len(idx) < 5 for idx, _ in obs_f):
+                raise ValueError(f"kfold={kfold} leaves fewer than 5 beads in a view for fold {f}; use fewer folds")
+            prob_f = FitProblem.build(start, design.positions, obs_f, gauge=gauge, fit_fields=fit_fields, pose=pose0)
+            out_f = fit_geometry(prob_f, x0=outcome.x, max_nfev=max_nfev)
+            w_f = prob_f.world_points(torch.as_tensor(out_f.pose)).detach().numpy()
+            for v, ((idx, pts), k) in enumerate(zip(obs, keep)):
+                pred = _project(out_f.parameters[v], w_f[idx[~k]])
+                h_res[v] = np.concatenate([h_res[v], pred - pts[~k]])
+                h_ids[v] = h_ids[v] + tuple(design.ids[j] for j in idx[~k])
+    else:
+        for v, ((_, di, dj), det) in enumerate(zip(matched, dets)):
+            hm = ~train_mask[di]
+            pred = _project(fitted[v], world_fit[di[hm]])
+            h_res.append(pred - det.positions[dj[hm]])
+            h_ids.append(tuple(design.ids[k] for k in di[hm]))
+    all_r = np.concatenate(residuals)
+    rms = float(np.sqrt(np.mean(np.sum(all_r**2, axis=1))))
+    per_view = [float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) for r in residuals]
+    max_px = [float(np.hypot(r[:, 0], r[:, 1]).max()) for r in residuals]
+    hr = np.concatenate(h_res) if h_res else np.zeros((0, 2))
+    h_rms = float(np.sqrt(np.mean(np.sum(hr**2, axis=1)))) if len(hr) else float("nan")
+
+    # -- triangulation: beads matched in at least two views ----------------------------------
+    tri_err: dict = {}
+    tri_rms = float("nan")
+    if len(params) >= 2:
+        table = np.full((len(params), len(design), 2), np.nan)
+        for v, ((_, di, dj), det) in enumerate(zip(matched, dets)):
+            table[v, di] = det.positions[dj]
+        seen = np.sum(np.all(np.isfinite(table), axis=2), axis=0) >= 2
+        if seen.any():
+            xyz = triangulate(fitted, [t[seen] for t in table])
+            err = np.linalg.norm(xyz - world_fit[seen], axis=1)
+            tri_err = {design.ids[k]: float(e) for k, e in zip(np.flatnonzero(seen), err)}
+            tri_rms = float(np.sqrt(np.mean(err**2)))
+
+    uncertainty, pose_std = _uncertainty(outcome, problem, fitted)
+    grid = grid if grid is not None else DEFAULT_GRID
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geometry = BiplanarGeometry(grid, fitted) if len(fitted) == 2 else Geometry(grid, [p.to_view() for p in fitted])
+    return CalibrationResult(
+        geometry=geometry, parameters=fitted, uncertainty=uncertainty, residuals=residuals,
+        residual_ids=residual_ids, heldout_residuals=h_res, heldout_ids=h_ids, rms_px=rms, rms_per_view=per_view,
+        max_px=max_px, heldout_rms_px=h_rms, triangulation_rms_mm=tri_rms, triangulation_errors_mm=tri_err,
+        pose=pose, pose_uncertainty=pose_std, gauge=gauge, converged=outcome.converged, message=outcome.message,
+        sigma_px=outcome.sigma, condition_number=outcome.condition, covariance=outcome.covariance,
+        parameter_names=[f"view{i}.{f}" if i >= 0 else f for i, f in outcome.names], detections=dets,
+        phantom=design.name, nfev=outcome.nfev,
+    )

@@ -7,9 +7,11 @@ import sys
 import click
 
 from .._version import __version__
+from .calibrate import calibrate
 from .dataset import dataset
 from .info import info
 from .simulate import simulate
+from .validate import validate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +23,8 @@ def cli() -> None:
     """
 
 
+cli.add_command(validate)
+cli.add_command(calibrate)
 cli.add_command(dataset)
 cli.add_command(info)
 cli.add_command(simulate)

@@ -8,7 +8,8 @@ import pytest
 import tomoprior
 
 # bottom to top, as in DESIGN.md
-LAYERS = ["geometry", "phantoms", "projectors", "interop", "physics", "metrics", "data", "refiners", "calibration", "validation", "cli"]
+LAYERS = ["geometry", "phantoms", "projectors", "interop", "physics", "metrics", "data", "refiners", "calibration",
+          "validation", "cli"]
 ROOT = Path(tomoprior.__file__).parent
 
 

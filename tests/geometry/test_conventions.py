@@ -51,7 +51,7 @@ def _intersect_numpy(view: tp.View, x: np.ndarray) -> np.ndarray:
     s, c, u, v = vec[0:3], vec[3:6], vec[6:9], vec[9:12]
     out = []
     for p in x:
-        a, b, t = np.linalg.solve(np.stack([u, v, -(p - s)], axis=1), s - c)
+        a, b, _t = np.linalg.solve(np.stack([u, v, -(p - s)], axis=1), s - c)
         out.append([a + (view.cols - 1) / 2, b + (view.rows - 1) / 2])
     return np.array(out)
 

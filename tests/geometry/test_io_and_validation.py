@@ -137,7 +137,7 @@ def test_bad_parameters_raise_naming_the_field(kwargs, match):
 def test_source_inside_the_volume_is_rejected():
     grid = tp.VolumeGrid((10, 10, 10), (10, 10, 10))
     view = tp.View(source=(0, 20, 0), detector_center=(0, -500, 0), u=(1, 0, 0), v=(0, 0, -1), shape=(8, 8))
-    with pytest.raises(ValueError, match="source .* lies inside the volume"):
+    with pytest.raises(ValueError, match=r"source .* lies inside the volume"):
         tp.Geometry(grid, [view])
 
 

@@ -324,10 +324,10 @@ def isocenter_pixel_size(view: View, point=(0.0, 0.0, 0.0)) -> tuple[float, floa
 
 
 __all__ = [
-    "Geometry",
-    "BiplanarGeometry",
-    "GeometryWarning",
     "DEFAULT_GRID",
+    "BiplanarGeometry",
+    "Geometry",
+    "GeometryWarning",
     "isocenter_pixel_size",
     "magnification_at",
 ]

@@ -90,7 +90,8 @@ def geometry_from_dict(d: dict):
     for i, (p, v) in enumerate(zip(params, views)):
         rebuilt = p.to_view()
         if rebuilt.shape != v.shape:
-            raise ValueError(f"parameters[{i}].detector_shape {rebuilt.shape} disagrees with views[{i}].shape {v.shape}")
+            raise ValueError(f"parameters[{i}].detector_shape {rebuilt.shape} disagrees with "
+                             f"views[{i}].shape {v.shape}")
         diff = float((rebuilt.vector.detach() - v.vector.detach().to(rebuilt.dtype)).abs().max())
         if not math.isfinite(diff) or diff > _CONSISTENCY_TOL_MM:
             raise ValueError(

@@ -292,7 +292,8 @@ class ViewParameters:
             detector_tilt_u=math.radians(tu),
             detector_tilt_v=math.radians(tv),
             pixel_pitch=tuple(pair("pixel_pitch", [DEFAULT_PIXEL_PITCH, DEFAULT_PIXEL_PITCH])),
-            detector_shape=as_positive_int_pair(d.get("detector_shape", DEFAULT_DETECTOR_SHAPE), f"{where}.detector_shape"),
+            detector_shape=as_positive_int_pair(d.get("detector_shape", DEFAULT_DETECTOR_SHAPE),
+                                                f"{where}.detector_shape"),
             isocenter=tuple(as_vector3(d.get("isocenter", [0.0, 0.0, 0.0]), f"{where}.isocenter").tolist()),
         )
 

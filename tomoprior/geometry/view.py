@@ -230,7 +230,8 @@ class View:
         """Build a view from a 12-vector ``(source, detector_center, u, v)`` (ASTRA ``cone_vec`` row)."""
         vec = vector if isinstance(vector, torch.Tensor) else torch.as_tensor(vector, dtype=torch.float64)
         if vec.shape != (12,):
-            raise ValueError(f"a view vector has 12 numbers (source, detector_center, u, v), got shape {tuple(vec.shape)}")
+            raise ValueError("a view vector has 12 numbers (source, detector_center, u, v), "
+                             f"got shape {tuple(vec.shape)}")
         return cls(vec[0:3], vec[3:6], vec[6:9], vec[9:12], shape, name)
 
     def to_dict(self) -> dict:

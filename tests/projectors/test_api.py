@@ -19,10 +19,15 @@ def test_bad_volumes_raise_clear_errors(geom):
         tp.project(torch.zeros(12, 16, 14), geom)
     with pytest.raises(ValueError, match="volume must be float32 or float64"):
         tp.project(torch.zeros(12, 14, 16, dtype=torch.int32), geom)
-    bad = torch.zeros(12, 14, 16)
-    bad[3, 4, 5] = float("nan")
-    with pytest.raises(ValueError, match="volume contains NaN"):
-        tp.project(bad, geom)
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad = torch.zeros(12, 14, 16)
+        bad[3, 4, 5] = value
+        with pytest.raises(ValueError, match="volume contains NaN or infinite values"):
+            tp.project(bad, geom)
+        with pytest.raises(ValueError, match="projections contains NaN or infinite values"):
+            y = torch.zeros(2, 20, 20)
+            y[1, 7, 3] = value
+            tp.backproject(y, geom)
     with pytest.raises(ValueError, match=r"volume must be a torch\.Tensor or numpy array"):
         tp.project([[1.0]], geom)
     with pytest.raises(ValueError, match="geometry must be a tomoprior Geometry"):

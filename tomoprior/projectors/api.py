@@ -27,8 +27,11 @@ def _as_float_tensor(x, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
         raise ValueError(f"{name} must be float32 or float64, got {x.dtype}; convert with .float() or .double()")
-    if not bool(torch.isfinite(x.detach()).all()):
-        raise ValueError(f"{name} contains NaN or infinite values; clean it before projecting")
+    if x.numel():
+        # min and max propagate NaN and carry +-inf: a check without a full-size temporary
+        lo, hi = torch.aminmax(x.detach())
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or infinite values; clean it before projecting")
     return x
 
 

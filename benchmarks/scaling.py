@@ -1,0 +1,307 @@
+"""How projector time and memory grow with the problem: 64^3 .. 256^3 volumes, CPU.
+
+For each volume size ``N`` (default 64, 96, 128, 192, 256) the field of view stays the
+192 mm of the pediatric setup and the two views (PA + lateral) get ``2N x 2N`` pixels
+over the same 307.2 mm detector (128^2 .. 512^2): voxels and pixels shrink together, so
+rays grow as ``N^2`` and planes crossed per ray as ``N``, samples as ``N^3``.
+
+Timed, exactly as in ``benchmarks/projectors.py`` (one warm-up, then ``--repeats`` runs,
+wall and process CPU seconds), for the ``"numba"`` backend at every size and the
+``"torch"`` backend at a few (``--torch-sizes``): ``forward`` (``tp.project``), ``back``
+(``tp.backproject``) and ``fwd+bwd`` (autograd of ``(project(vol) * w).sum()`` wrt the
+volume).
+
+Also recorded per case:
+
+* samples: the volume samples the backend evaluates, from its own plan (``numba``: one
+  bilinear sample per ray and voxel plane of its dominant axis; ``torch``: trilinear
+  samples at half-voxel steps, padding included);
+* peak extra memory: growth of the resident set during one call, in a fresh process per
+  case (after a warm-up on a tiny problem), and the same minus the call's outputs
+  (projections, back-projection or gradient), i.e. the working memory the issue's
+  "<= 1 GiB beyond inputs and outputs" is about.
+
+A straight line ``time = a + b * samples`` is fitted (least squares, per backend and
+operation, on the medians) and its quality reported (R^2, worst relative residual). The
+script prints a table, writes JSON (atomically) and plots time against samples.
+
+Usage::
+
+    python benchmarks/scaling.py                          # about 5-10 min on 2 cores
+    python benchmarks/scaling.py --sizes 64,96 --torch-sizes 64 --no-memory   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the helpers of projectors.py (problem, timing, memory children)
+
+import projectors as bench  # noqa: E402
+
+import tomoprior as tp  # noqa: E402
+from tomoprior._atomic import atomic_path  # noqa: E402
+
+DEFAULT_OUT = HERE / "results" / "scaling.json"
+DEFAULT_FIGURE = HERE.parent / "docs" / "figures" / "projector_scaling.png"
+BYTES_PER_GIB = 2**30
+
+
+def count_samples(impl: str, geom) -> int | None:
+    """Volume samples one forward projection of ``impl`` evaluates (None if unknown)."""
+    if impl == "numba":
+        got = bench.numba_backend_samples(geom)
+    elif impl == "torch":
+        got = bench.torch_backend_samples(geom)
+    else:
+        return None
+    return got and got["evaluated"]
+
+
+def output_bytes(op: str, prob: bench.Problem) -> int:
+    """Bytes of what one call returns: projections (forward), a volume (back), and for
+    fwd+bwd the projections plus the volume gradient (float32)."""
+    proj = prob.rays * 4
+    vol = prob.volume.numel() * 4
+    return {"forward": proj, "back": vol, "fwd+bwd": proj + vol}[op]
+
+
+def fit_line(x, y) -> dict:
+    """Least-squares ``y = a + b x``; R^2 and the largest relative residual."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if len(x) < 2:
+        return {"a": None, "b": None, "r2": None, "max_rel_residual": None}
+    design = np.stack([np.ones_like(x), x], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+    pred = a + b * x
+    ss_res = float(np.sum((y - pred) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2)) or 1.0
+    return {"a": float(a), "b": float(b), "r2": 1.0 - ss_res / ss_tot,
+            "max_rel_residual": float(np.max(np.abs(y - pred) / y)),
+            "ns_per_sample": float(b) * 1e9, "samples_per_s": 1.0 / float(b) if b > 0 else None}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="64,96,128,192,256", help="volume sizes N (N^3 voxels, 2 x (2N)^2 pixels)")
+    p.add_argument("--torch-sizes", default="64,96,128", help="sizes at which the 'torch' backend is timed too "
+                   "('' for none)")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per numba case after one warm-up (default 7)")
+    p.add_argument("--torch-repeats", type=int, default=3, help="timed runs per torch case (default 3)")
+    p.add_argument("--budget", type=float, default=60.0, help="seconds one case's timed runs may take (default 60)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="peak memory in a fresh process per case (default on; Linux only)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results (default benchmarks/results/scaling.json)")
+    p.add_argument("--figure", default=str(DEFAULT_FIGURE),
+                   help="PNG plot (default docs/figures/projector_scaling.png; '' for none)")
+    args = p.parse_args(argv)
+    try:
+        args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+        args.torch_sizes = [int(s) for s in args.torch_sizes.split(",") if s.strip()]
+    except ValueError:
+        p.error("--sizes and --torch-sizes are comma-separated integers, e.g. 64,96,128")
+    if not args.sizes or min(args.sizes + args.torch_sizes or [2]) < 2:
+        p.error("--sizes needs at least one size, and every size must be >= 2")
+    if args.threads < 1 or args.repeats < 1 or args.torch_repeats < 1 or args.budget <= 0:
+        p.error("--threads, --repeats and --torch-repeats must be >= 1 and --budget > 0")
+    return args
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ["backend", "operation", "problem", "runs", "samples (M)", "median s", "min s", "max s", "cpu/wall",
+            "Msamples/s", "peak extra MB", "minus outputs MB"]
+
+    def num(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    body = [[r["impl"], r["op"], r["problem"], str(r["repeats"]), num(r["samples"] and r["samples"] / 1e6, ".1f"),
+             num(r["median_s"], ".4f"), num(r["min_s"], ".4f"), num(r["max_s"], ".4f"), num(r["cpu_per_wall"], ".2f"),
+             num(r["samples_per_s"] and r["samples_per_s"] / 1e6, ".0f"), num(r.get("peak_extra_mb"), ".0f"),
+             num(r.get("working_mb"), ".0f")] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    right = set(range(3, len(head)))
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if i in right else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *(line(b) for b in body)])
+
+
+def plot(rows: list[dict], fits: dict, path: str) -> None:
+    """Log-log time against samples, with the fitted lines; a small PNG written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8), dpi=100, sharex=True)
+    colors = {"forward": "tab:blue", "back": "tab:orange", "fwd+bwd": "tab:green"}
+    markers = {"numba": "o", "torch": "s"}
+    for ax, key, fit_key, title in ((axes[0], "wall", None, "wall time (median; bars min-max)"),
+                                    (axes[1], "cpu", "on_cpu", "process CPU time (median)")):
+        for (impl, op), fit in fits.items():
+            fit = fit if fit_key is None else fit[fit_key]
+            sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
+            if not sel:
+                continue
+            x = np.array([r["samples"] for r in sel], dtype=float)
+            style = dict(fmt=markers.get(impl, "^"), color=colors[op], ms=4, capsize=2, lw=0.8,
+                         mfc="none" if impl == "torch" else colors[op], label=f"{impl} {op}")
+            if key == "wall":
+                y = np.array([r["median_s"] for r in sel])
+                err = [y - np.array([r["min_s"] for r in sel]), np.array([r["max_s"] for r in sel]) - y]
+                ax.errorbar(x, y, yerr=err, **style)
+            else:
+                y = np.array([r["median_cpu_s"] for r in sel])
+                ax.errorbar(x, y, **style)
+            if fit["b"] is not None and fit["b"] > 0:
+                xs = np.geomspace(x.min(), x.max(), 50)
+                ax.plot(xs, np.maximum(fit["a"] + fit["b"] * xs, 1e-4), color=colors[op], lw=0.8,
+                        ls="--" if impl == "torch" else "-")
+        for r in rows:
+            if r["impl"] == "numba" and r["op"] == "forward":
+                y = r["median_s"] if key == "wall" else r["median_cpu_s"]
+                ax.annotate(f"{r['size']}$^3$", (r["samples"], y), textcoords="offset points",
+                            xytext=(-4, 6), fontsize=7, ha="right")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("samples per projection (rays x planes)", fontsize=8)
+        ax.set_ylabel("seconds per call", fontsize=8)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    axes[0].legend(fontsize=6, ncol=2, loc="upper left")
+    fig.suptitle("tomoprior projectors, CPU, 2 threads: 64$^3$ -> 2x128$^2$ .. 256$^3$ -> 2x512$^2$; "
+                 "lines: fits a + b samples", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    available = tp.projectors.available()
+    if "numba" not in available:
+        print(f"error: the 'numba' backend is not available here ({available})", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    machine = bench.machine_info(args.threads)
+    print(f"tomoprior {tp.__version__} projector scaling, {args.threads} thread(s); machine {machine['cpu']}, "
+          f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
+    warm = bench.Problem.build(8, 8)
+    for impl in ("numba", "torch"):
+        tp.project(warm.volume, warm.geom, backend=impl)  # compile / load the kernels first
+
+    rows: list[dict] = []
+    sizes = sorted(set(args.sizes) | set(args.torch_sizes))
+    for size in sizes:
+        det = 2 * size
+        prob = bench.Problem.build(size, det)
+        impls = [i for i, wanted in (("numba", size in args.sizes), ("torch", size in args.torch_sizes)) if wanted]
+        for impl in impls:
+            samples = count_samples(impl, prob.geom)
+            repeats = args.repeats if impl == "numba" else args.torch_repeats
+            for op in bench.OPERATIONS:
+                print(f"  {impl:<6} {op:<8} {prob.label:<18} ...", end="", flush=True)
+                res = bench.time_case(impl, op, prob, repeats, args.budget)
+                times = res["times_s"]
+                row = dict(res, impl=impl, op=op, size=size, det=det, problem=prob.label, rays=prob.rays,
+                           samples=samples, output_mb=output_bytes(op, prob) / 2**20,
+                           median_s=statistics.median(times), min_s=min(times), max_s=max(times))
+                row["cpu_per_wall"] = statistics.median(c / t for c, t in zip(res["cpu_s"], times) if t > 0)
+                row["median_cpu_s"] = statistics.median(res["cpu_s"])
+                row["samples_per_s"] = samples / row["median_s"] if samples else None
+                print(f" median {row['median_s']:.4f} s (min {row['min_s']:.4f}, max {row['max_s']:.4f})", flush=True)
+                rows.append(row)
+        del prob
+
+    if args.memory:
+        print("  peak memory (one fresh process per case) ...", flush=True)
+        for row in rows:
+            got = bench.measure_memory(row["impl"], row["op"], row["size"], row["det"], args.threads)
+            row["peak_extra_mb"] = got.get("peak_extra_mb")
+            if got.get("error"):
+                row["memory_error"] = got["error"]
+            if row["peak_extra_mb"] is not None:
+                row["working_mb"] = max(0.0, row["peak_extra_mb"] - row["output_mb"])
+
+    fits = {}
+    for impl in ("numba", "torch"):
+        for op in bench.OPERATIONS:
+            sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
+            if sel:
+                fit = fit_line([r["samples"] for r in sel], [r["median_s"] for r in sel])
+                fit_min = fit_line([r["samples"] for r in sel], [r["min_s"] for r in sel])
+                fit_cpu = fit_line([r["samples"] for r in sel], [r["median_cpu_s"] for r in sel])
+                fits[(impl, op)] = dict(fit, on_minima=fit_min, on_cpu=fit_cpu, sizes=[r["size"] for r in sel])
+
+    table = format_table(rows)
+    load_after = os.getloadavg()
+    elapsed = time.perf_counter() - started
+    print()
+    print(table)
+    print()
+    print("samples: volume samples one forward projection evaluates (rays x planes crossed for numba); "
+          "peak extra MB:\nresident-set growth during one call in a fresh process; minus outputs: the same "
+          "less the call's\noutputs (projections, back-projection, gradient), i.e. working memory.")
+    print("fit time = a + b * samples (least squares on the medians of wall time and of process CPU time;\n"
+          "CPU time is far less disturbed by other processes on a shared machine):")
+    for (impl, op), fit in fits.items():
+        if fit["b"] is None:
+            continue
+        for label, f in (("wall", fit), ("cpu ", fit["on_cpu"])):
+            rate = "-" if not f["samples_per_s"] else f"{f['samples_per_s'] / 1e6:.0f}"
+            print(f"  {impl:<6} {op:<8} {label}: a = {f['a'] * 1e3:7.2f} ms, b = {f['ns_per_sample']:.3f} ns/sample "
+                  f"({rate} Msamples/s), R^2 = {f['r2']:.4f}, worst residual "
+                  f"{100 * f['max_rel_residual']:.0f} % (sizes {fit['sizes']})")
+    big = [r for r in rows if r["impl"] == "numba" and r["size"] == 256 and r.get("working_mb") is not None]
+    for r in big:
+        ok = r["working_mb"] * 2**20 <= BYTES_PER_GIB
+        print(f"  256^3 -> 2x512^2 numba {r['op']}: {r['peak_extra_mb']:.0f} MB peak extra, "
+              f"{r['working_mb']:.0f} MB beyond outputs: {'within' if ok else 'OVER'} the 1 GiB limit")
+    print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; total {elapsed:.0f} s")
+
+    payload = {
+        "schema": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+        "machine": machine,
+        "settings": {"sizes": args.sizes, "torch_sizes": args.torch_sizes, "threads": args.threads,
+                     "repeats": args.repeats, "torch_repeats": args.torch_repeats, "budget_s": args.budget,
+                     "memory": args.memory, "field_of_view_mm": bench.FIELD_OF_VIEW_MM,
+                     "detector_width_mm": bench.DETECTOR_WIDTH_MM, "dtype": "float32"},
+        "results": rows,
+        "fits": {f"{impl}:{op}": fit for (impl, op), fit in fits.items()},
+        "load_average": {"before": list(load_before), "after": list(load_after)},
+        "elapsed_s": elapsed,
+        "table": table,
+    }
+    bench.write_json_atomic(Path(args.out), payload)
+    print(f"wrote {args.out}")
+    if args.figure:
+        plot(rows, fits, args.figure)
+        print(f"wrote {args.figure} ({os.path.getsize(args.figure) / 1024:.0f} kB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Command line: ``tomoprior <verb>`` (``info``, ``simulate``; more verbs arrive with their layers)."""
+"""Command line: ``tomoprior <verb>``: validate, calibrate, simulate, dataset, train, evaluate,
+reconstruct, info (also ``python -m tomoprior <verb>``)."""
 
 from .main import cli, main
 

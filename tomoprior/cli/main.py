@@ -9,8 +9,11 @@ import click
 from .._version import __version__
 from .calibrate import calibrate
 from .dataset import dataset
+from .evaluate import evaluate
 from .info import info
+from .reconstruct import reconstruct
 from .simulate import simulate
+from .train import train
 from .validate import validate
 
 
@@ -26,8 +29,11 @@ def cli() -> None:
 cli.add_command(validate)
 cli.add_command(calibrate)
 cli.add_command(dataset)
+cli.add_command(evaluate)
 cli.add_command(info)
 cli.add_command(simulate)
+cli.add_command(train)
+cli.add_command(reconstruct)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,305 @@
+"""``tomoprior evaluate``: score refiners on a dataset split, compare several in one run, and the
+miscalibration study (nominal-correct / miscalibrated / calibrated).
+
+Refiner specifications (``--refiner`` with ``--checkpoint``/``--config``, and each ``--compare``
+entry ``LABEL=SPEC``):
+
+- ``NAME``                       built from its default config (``refiners.load``)
+- ``NAME:key=value;key=value``   built with these config fields (values parsed as YAML scalars)
+- ``path/to/ckpt.pt``            ``Refiner.from_checkpoint`` (the refiner named in the file)
+- ``NAME@path/to/ckpt.pt``       the same, insisting the checkpoint holds a ``NAME`` refiner
+
+``bp-prior`` without an explicit ``normalization`` is evaluated as the chord-normalised prior
+(mean attenuation along each ray, 1/mm) with ``gain``/``offset`` fitted by least squares on the
+train split (``--no-fit-bp-prior`` keeps the config as given).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+CALIBRATIONS = ("residual", "exact", "bead")
+
+
+# --------------------------------------------------------------------------------------------
+# a real calibration for the "calibrated" arm (the cli layer may use tomoprior.calibration)
+def bead_cage_calibrator(phantom: str = "bead_cage", upsample: int = 3):
+    """A ``geometry_override`` callable for :func:`tomoprior.refiners.evaluation.evaluate` that
+    calibrates each sample's true geometry with ``tomoprior.calibration``.
+
+    For each sample: exact line integrals of the bead phantom (placed at the isocenter, in the
+    world frame) are computed with the true (perturbed) geometry on a detector read out
+    ``upsample`` times finer than the test X-rays (bead shadows of 1.5 mm are about one pixel
+    at 2.4 mm), beads are detected and the nine parameters per view are fitted starting from
+    the nominal geometry; the fitted parameters, read out at the X-rays' pixel size, are the
+    geometry handed to the refiner. The images are noise-free (pixelisation and partial volume
+    only), so this is the calibration's accuracy in the best case.
+    """
+    from ..calibration import bead_line_integrals, calibrate
+    from ..geometry import BiplanarGeometry
+    from ..geometry._tensor import pair_of_scalars
+
+    if isinstance(upsample, bool) or not isinstance(upsample, int) or upsample < 1:
+        raise ValueError(f"upsample must be a positive integer, got {upsample!r}")
+
+    def resample(params, factor_num, factor_den):
+        out = []
+        for p in params:
+            pr, pc = (float(x) for x in pair_of_scalars(p.pixel_pitch, "pixel_pitch"))
+            rows, cols = p.detector_shape
+            out.append(p.replace(pixel_pitch=(pr * factor_den / factor_num, pc * factor_den / factor_num),
+                                 detector_shape=(rows * factor_num // factor_den, cols * factor_num // factor_den)))
+        return out
+
+    def calibrate_bead_cage(true, nominal, seed):
+        if not isinstance(true, BiplanarGeometry) or not isinstance(nominal, BiplanarGeometry):
+            raise ValueError("bead calibration needs geometries with physical parameters (BiplanarGeometry)")
+        fine_true = BiplanarGeometry(true.grid, resample(true.parameters, upsample, 1))
+        fine_nominal = BiplanarGeometry(nominal.grid, resample(nominal.parameters, upsample, 1))
+        images = bead_line_integrals(phantom, fine_true)
+        res = calibrate(images.numpy(), phantom, fine_nominal, kind="line_integrals", seed=int(seed[1]))
+        params = []
+        for fitted, orig in zip(res.parameters, true.parameters):
+            params.append(fitted.replace(pixel_pitch=orig.pixel_pitch, detector_shape=orig.detector_shape))
+        return BiplanarGeometry(true.grid, params)
+
+    calibrate_bead_cage.__name__ = f"bead calibration ({phantom}, detector x{upsample} finer, tomoprior.calibration)"
+    return calibrate_bead_cage
+
+
+# --------------------------------------------------------------------------------------------
+def _parse_value(text: str):
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _parse_config(items, hint: str) -> dict:
+    out = {}
+    for item in items:
+        for part in filter(None, (p.strip() for p in item.split(";"))):
+            if "=" not in part:
+                raise click.BadParameter(f"{part!r} must be key=value (e.g. use_bim=false)", param_hint=hint)
+            k, v = (s.strip() for s in part.split("=", 1))
+            out[k] = _parse_value(v)
+    return out
+
+
+def build_refiner(spec: str, *, checkpoint=None, config: dict | None = None, hint: str = "--refiner"):
+    """Build or load a refiner from a CLI specification (see the module docstring).
+
+    Returns ``(refiner, checkpoint_path_or_None)``; errors are ``click.BadParameter`` with the
+    reason (unknown name listing the installed ones, a checkpoint of another refiner, ...).
+    """
+    from ..refiners import Refiner, RefinerPluginError, available, load
+
+    name, ckpt, cfg = spec.strip(), checkpoint, dict(config or {})
+    if "@" in name:
+        name, ckpt = (s.strip() for s in name.split("@", 1))
+    elif ":" in name and not Path(name).exists():
+        name, rest = name.split(":", 1)
+        cfg.update(_parse_config([rest], hint))
+    elif ckpt is None and (Path(name).is_file() or name.endswith((".pt", ".pth", ".ckpt"))):
+        name, ckpt = None, name
+    try:
+        if ckpt is not None:
+            if cfg:
+                raise click.BadParameter("config fields cannot be combined with a checkpoint (the checkpoint holds "
+                                         "the config)", param_hint=hint)
+            model = Refiner.from_checkpoint(ckpt)
+            if name is not None and type(model).name != name:
+                raise click.BadParameter(f"{ckpt} holds a {type(model).name!r} refiner, not {name!r}; pass "
+                                         f"--refiner {type(model).name} or another checkpoint", param_hint=hint)
+            return model, str(ckpt)
+        if name not in available():
+            raise click.BadParameter(f"unknown refiner {name!r}; installed: {', '.join(available())}",
+                                     param_hint=hint)
+        return load(name, **cfg), None
+    except (ValueError, TypeError, RefinerPluginError) as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
+
+
+def _compare_specs(values) -> list[tuple[str, str]]:
+    out = []
+    for value in values:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            if "=" not in part.split(":", 1)[0].split("@", 1)[0]:
+                raise click.BadParameter(f"{part!r} must be LABEL=SPEC, e.g. 'no-bim=run_nobim/best.pt' or "
+                                         "'bp-ray=bp-prior:normalization=ray'", param_hint="--compare")
+            label, spec = (s.strip() for s in part.split("=", 1))
+            if not label or not spec:
+                raise click.BadParameter(f"{part!r}: empty label or spec", param_hint="--compare")
+            out.append((label, spec))
+    labels = [lbl for lbl, _ in out]
+    if len(set(labels)) != len(labels):
+        raise click.BadParameter(f"labels must be unique, got {labels}", param_hint="--compare")
+    return out
+
+
+def _prepare_bp_prior(model, explicit_cfg: dict, data, fit: bool, max_fit: int, echo) -> None:
+    from ..refiners.bp_prior import BPPrior
+    from ..refiners.evaluation import fit_bp_prior
+
+    if not isinstance(model, BPPrior) or getattr(model, "checkpoint_extra", None) is not None:
+        return
+    if "normalization" not in explicit_cfg:
+        model.config.normalization = "chord"
+    if "clamp_min" not in explicit_cfg:
+        model.config.clamp_min = 0.0
+    if fit and not ({"gain", "offset"} & set(explicit_cfg)):
+        try:
+            fit_bp_prior(model, data, "train", max_samples=max_fit)
+        except ValueError as exc:
+            raise click.ClickException(f"fitting bp-prior on the train split: {exc}") from exc
+        echo(f"bp-prior: normalization={model.config.normalization}, gain={model.config.gain:.4f}, "
+             f"offset={model.config.offset:.5f} /mm fitted on up to {max_fit} train samples")
+
+
+@click.command()
+@click.option("--data", "data", required=True, type=click.Path(dir_okay=False), help="Dataset file (.h5).")
+@click.option("--refiner", "refiner_spec", required=True,
+              help="Refiner name (or NAME:key=v;..., a checkpoint path, NAME@checkpoint).")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="Weights for --refiner.")
+@click.option("--config", "config_items", multiple=True, help="Config field of --refiner, key=value (repeatable).")
+@click.option("--label", default=None, help="Display name of --refiner (default: its name).")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+@click.option("--compare", "compare", multiple=True,
+              help="More refiners in the same run: LABEL=SPEC[,LABEL=SPEC...] (repeatable).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Folder for the JSON and Markdown results.")
+@click.option("--miscalibration", default=None,
+              help="Also run the miscalibration study: 'paper' (sdd=10,offset=2,tilt=1) or sizes like "
+                   "'sdd=10,offset=2,tilt=1' (mm / deg, uniform +- per view).")
+@click.option("--calibration", "calibrations", default="residual", show_default=True,
+              help="Calibrated arm(s), comma-separated: residual (true geometry + SDD 1 mm, 0.2 px, 0.1 deg "
+                   "residual error), exact (true geometry), bead (fit the bead cage with tomoprior.calibration).")
+@click.option("--fit-bp-prior/--no-fit-bp-prior", default=True, show_default=True,
+              help="Fit bp-prior's gain/offset on the train split (chord normalisation) unless given.")
+@click.option("--fit-samples", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Train samples used to fit bp-prior.")
+@click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the perturbation draws.")
+@click.option("--max-samples", default=None, type=click.IntRange(min=1), help="Evaluate only this many samples.")
+@click.option("--output-to-mu", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Factor turning the refiners' outputs into 1/mm (default: from the checkpoint, else 1).")
+@click.option("--groups", default="all,normal,craniosynostosis", show_default=True,
+              help="Groups shown in the comparison tables (all, normal, craniosynostosis, variant:NAME).")
+@click.option("--quiet", is_flag=True, help="Only the tables.")
+def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare, out, miscalibration, calibrations,
+             fit_bp_prior, fit_samples, batch_size, device, seed, max_samples, output_to_mu, groups, quiet):
+    """Evaluate refiners on a dataset split: PSNR (X2CT-GAN MAX 4095 and PSCT-Net MAX 2500), 3D SSIM,
+    MAE, bone Dice, ASSD/HD95 (mm), projection consistency; normal vs craniosynostosis."""
+    from ..data import DatasetFile, GeometryPerturbation
+    from ..refiners.evaluation import PAPER_MISCALIBRATION, compare_markdown, miscalibration_study
+    from ..refiners.evaluation import evaluate as run_evaluate
+
+    echo = (lambda *a, **k: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    try:
+        with DatasetFile(data) as ds:
+            counts = {s: ds.splits().count(s) for s in ("train", "val", "test")}
+    except (ValueError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--data") from exc
+    if counts[split] == 0:
+        raise click.BadParameter(f"{data} has no sample in split {split!r} (samples per split: {counts})",
+                                 param_hint="--split")
+    main_cfg = _parse_config(config_items, "--config")
+    entries = [(label or refiner_spec.split(":")[0].split("@")[0], refiner_spec, checkpoint, main_cfg, "--refiner")]
+    entries += [(lbl, spec, None, {}, "--compare") for lbl, spec in _compare_specs(compare)]
+    if len({e[0] for e in entries}) != len(entries):
+        raise click.BadParameter("the --compare labels must differ from each other and from --label",
+                                 param_hint="--compare")
+    pert = None
+    if miscalibration:
+        try:
+            pert = PAPER_MISCALIBRATION if miscalibration.strip() == "paper" else \
+                GeometryPerturbation.parse(miscalibration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--miscalibration") from exc
+        if pert.is_zero:
+            raise click.BadParameter("the miscalibration is zero", param_hint="--miscalibration")
+    cal_modes = [c.strip() for c in calibrations.split(",") if c.strip()]
+    bad = [c for c in cal_modes if c not in CALIBRATIONS]
+    if bad or not cal_modes:
+        raise click.BadParameter(f"unknown calibration(s) {bad}; use {', '.join(CALIBRATIONS)}",
+                                 param_hint="--calibration")
+    group_list = [g.strip() for g in groups.split(",") if g.strip()]
+    out_dir = Path(out) if out else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    models = []
+    for lbl, spec, ckpt, cfg, hint in entries:
+        explicit = dict(cfg)
+        if ":" in spec and "@" not in spec and not Path(spec).exists():
+            explicit.update(_parse_config([spec.split(":", 1)[1]], hint))
+        model, ckpt_path = build_refiner(spec, checkpoint=ckpt, config=cfg, hint=hint)
+        _prepare_bp_prior(model, explicit, data, fit_bp_prior, fit_samples, echo)
+        n_params = sum(p.numel() for p in model.parameters())
+        if ckpt_path is None and n_params:
+            click.echo(f"warning: {lbl!r} has {n_params} parameters but no checkpoint: its weights are untrained "
+                       "(random); pass NAME@checkpoint.pt", err=True)
+        models.append((lbl, model, ckpt_path))
+
+    common = {"batch_size": batch_size, "device": device, "seed": seed, "max_samples": max_samples,
+              "output_to_mu": output_to_mu}
+    results, studies, summary = {}, {}, {"dataset": str(data), "split": split, "refiners": {}, "miscalibration": {}}
+    for lbl, model, ckpt_path in models:
+        t0 = time.perf_counter()
+        try:
+            res = run_evaluate(model, data, split, label=lbl, checkpoint=ckpt_path, **common)
+        except (ValueError, TypeError) as exc:
+            raise click.ClickException(f"evaluating {lbl!r}: {exc}") from exc
+        echo(f"{lbl}: {len(res.per_sample)} samples in {time.perf_counter() - t0:.1f} s")
+        results[lbl] = res
+        if out_dir is not None:
+            res.save(out_dir / f"{_safe(lbl)}.json")
+            summary["refiners"][lbl] = f"{_safe(lbl)}.json"
+        if pert is not None:
+            cal = [bead_cage_calibrator() if mode == "bead" else mode for mode in cal_modes]
+            t0 = time.perf_counter()
+            try:
+                st = miscalibration_study(model, data, split, perturbation=pert, calibration=cal, label=lbl,
+                                          checkpoint=ckpt_path, **common)
+            except (ValueError, TypeError) as exc:
+                raise click.ClickException(f"miscalibration study of {lbl!r}: {exc}") from exc
+            echo(f"{lbl}: miscalibration study in {time.perf_counter() - t0:.1f} s")
+            studies[lbl] = st
+            if out_dir is not None:
+                name = f"miscalibration_{_safe(lbl)}.json"
+                st.save(out_dir / name)
+                summary["miscalibration"][lbl] = name
+
+    md = [f"# tomoprior evaluate: `{data}`, split `{split}`", ""]
+    for g in group_list:
+        md += [f"## {g}", "", compare_markdown(results, group=g)]
+    if studies:
+        md += [f"## miscalibration study ({_pert_text(pert)}; refiner given the nominal geometry)", ""]
+        for lbl, st in studies.items():
+            md += [f"### {lbl}; calibrated: {st.calibration}", ""]
+            for g in group_list:
+                md += [f"{g}:", "", st.to_markdown(group=g)]
+            md += ["paired differences to nominal-correct (same skulls), all:", "", st.differences_markdown()]
+    text = "\n".join(md)
+    click.echo(text)
+    if out_dir is not None:
+        from .._atomic import write_text_atomic
+
+        write_text_atomic(out_dir / "results.md", text)
+        write_text_atomic(out_dir / "evaluation.json", json.dumps(summary, indent=1) + "\n")
+        echo(f"wrote {out_dir}/results.md, evaluation.json and one JSON per refiner/study")
+
+
+def _safe(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def _pert_text(p) -> str:
+    return (f"source-to-detector ±{p.source_to_detector_mm:g} mm, principal point ±{p.offset_mm:g} mm, "
+            f"tilts ±{p.tilt_deg:g} deg" + (f", in-plane rotation ±{p.rotation_deg:g} deg" if p.rotation_deg else "")
+            + (f", source-to-isocenter ±{p.source_to_isocenter_mm:g} mm" if p.source_to_isocenter_mm else ""))

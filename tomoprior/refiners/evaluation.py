@@ -1,0 +1,864 @@
+"""Evaluation of refiners on a dataset split, and the miscalibration study.
+
+:func:`evaluate` runs a refiner over the samples of one split of a tomoprior dataset file and
+scores every reconstruction against the stored volume; :func:`miscalibration_study` asks the
+seed paper's open question: how much worse do reconstructions get when the test X-rays come
+from a geometry miscalibrated by stated amounts while the refiner (and its prior) assume the
+nominal geometry, and how much of that calibrating recovers.
+
+Intensity conventions (volumes are linear attenuation in 1/mm; ``E`` = the phantom's effective
+energy, 60 keV for the procedural skulls, read from each sample's provenance):
+
+- ``HU = 1000 (mu / mu_water(E) - 1)`` (:func:`tomoprior.data.mu_to_hu`).
+- **X2CT-GAN (MAX 4095)**: ``clip(HU + 1024, 0, 4095)``; PSNR over the whole volume (one MSE)
+  with peak 4095; 3D SSIM with data range 4095.
+- **PSCT-Net (MAX 2500)**: PSCT-Net keeps bone only (HU > 200) scaled to [0, 1]. We take the
+  bone window ``b = clip(HU - 200, 0, 2500)`` (0 for everything that is not bone, a 2500-HU
+  window starting at the paper's bone threshold), so PSNR with MAX 2500 on ``b`` is exactly
+  PSNR with MAX 1 on the [0, 1] bone target ``b / 2500``; PSNR is slice-averaged over axial
+  slices (slices empty in both volumes are left out), SSIM is 3D with data range 2500. The
+  paper does not state its window's upper end in what we read: this is our choice, labelled.
+- MAE in HU (unclipped) and in 1/mm; bone Dice and surface distances (ASSD, HD95, mm, marching
+  cubes at the threshold) of ``mu > bone_threshold_mu`` (0.035 /mm, about 700 HU at 60 keV);
+  projection consistency = the prediction re-projected through the geometry the test X-rays
+  were really made with, compared with those X-rays (relative L2 and MAE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._atomic import write_text_atomic
+from ..data import DEFAULT_ENERGY_KEV, DatasetFile, GeometryPerturbation, TomopriorDataset, mu_to_hu, synthesize
+from ..data.h5 import SPLITS
+from ..geometry import BiplanarGeometry, Geometry
+from ..geometry._tensor import pair_of_scalars
+from ..metrics import DEFAULT_BONE_THRESHOLD_MU, dice, mae, projection_consistency, psnr, ssim, surface_distances
+from .base import Refiner
+from .prior import build_prior
+
+__all__ = [
+    "ARMS",
+    "CALIBRATION_RESIDUAL",
+    "METRICS",
+    "PAPER_MISCALIBRATION",
+    "EvaluationResult",
+    "MiscalibrationResult",
+    "compare_markdown",
+    "evaluate",
+    "fit_bp_prior",
+    "geometry_error_px",
+    "miscalibration_study",
+    "sample_metrics",
+    "to_bone_window",
+    "to_x2ctgan",
+]
+
+#: Metric keys, with their label and unit, in table order. ``higher`` says which way is better.
+METRICS: dict[str, dict] = {
+    "psnr_x2ctgan": {"label": "PSNR X2CT-GAN (MAX 4095, volume)", "unit": "dB", "higher": True},
+    "psnr_psctnet": {"label": "PSNR PSCT-Net (MAX 2500, bone, slice-avg)", "unit": "dB", "higher": True},
+    "ssim_x2ctgan": {"label": "SSIM 3D (HU+1024, range 4095)", "unit": "", "higher": True},
+    "ssim_psctnet": {"label": "SSIM 3D (bone window, range 2500)", "unit": "", "higher": True},
+    "mae_hu": {"label": "MAE", "unit": "HU", "higher": False},
+    "mae_mu": {"label": "MAE", "unit": "1/mm", "higher": False},
+    "dice_bone": {"label": "bone Dice", "unit": "", "higher": True},
+    "assd_mm": {"label": "bone ASSD", "unit": "mm", "higher": False},
+    "hd95_mm": {"label": "bone HD95", "unit": "mm", "higher": False},
+    "proj_rel_l2": {"label": "projection rel. L2", "unit": "", "higher": False},
+    "proj_mae": {"label": "projection MAE", "unit": "att. x mm", "higher": False},
+}
+#: Columns of the short tables (:meth:`EvaluationResult.to_markdown`).
+TABLE_METRICS = ("psnr_x2ctgan", "psnr_psctnet", "ssim_x2ctgan", "ssim_psctnet", "mae_hu", "dice_bone", "assd_mm",
+                 "hd95_mm", "proj_rel_l2")
+
+#: The seed paper's stated miscalibration: source-to-detector +-10 mm, principal point +-2 mm,
+#: detector tilts +-1 degree (uniform, independently per view).
+PAPER_MISCALIBRATION = GeometryPerturbation(source_to_detector_mm=10.0, offset_mm=2.0, tilt_deg=1.0)
+#: Residual error after a bead-phantom calibration, as sizes (uniform +-): source-to-detector
+#: 1 mm, principal point 0.2 detector pixels (converted to mm per view), tilts 0.1 degree.
+CALIBRATION_RESIDUAL = {"source_to_detector_mm": 1.0, "offset_px": 0.2, "tilt_deg": 0.1}
+#: Arms of :func:`miscalibration_study`.
+ARMS = ("nominal-correct", "miscalibrated", "calibrated")
+
+_X2CT_OFFSET, _X2CT_MAX = 1024.0, 4095.0
+_BONE_HU, _BONE_WINDOW = 200.0, 2500.0
+
+
+# --------------------------------------------------------------------------------------------
+# intensity conventions
+def to_x2ctgan(mu, energy_kev: float = DEFAULT_ENERGY_KEV) -> np.ndarray:
+    """Attenuation (1/mm) -> X2CT-GAN's CT values ``clip(HU + 1024, 0, 4095)``.
+
+    >>> float(to_x2ctgan(np.array([0.0]), 60)[0])  # air: -1000 HU
+    24.0
+    """
+    hu = mu_to_hu(np.asarray(mu, dtype=np.float64), energy_kev)
+    return np.clip(hu + _X2CT_OFFSET, 0.0, _X2CT_MAX)
+
+
+def to_bone_window(mu, energy_kev: float = DEFAULT_ENERGY_KEV) -> np.ndarray:
+    """Attenuation (1/mm) -> the PSCT-Net-style bone window ``clip(HU - 200, 0, 2500)`` (0 where
+    HU <= 200; divide by 2500 for the [0, 1] bone target).
+
+    >>> float(to_bone_window(np.array([0.02059]), 60)[0])  # water is not bone
+    0.0
+    """
+    hu = mu_to_hu(np.asarray(mu, dtype=np.float64), energy_kev)
+    return np.clip(hu - _BONE_HU, 0.0, _BONE_WINDOW)
+
+
+# --------------------------------------------------------------------------------------------
+# per-sample metrics
+@contextlib.contextmanager
+def _one_thread():
+    """Run the metrics with one intra-op thread: SSIM is hundreds of small separable
+    convolutions, which on a busy machine run 10-30x slower when torch threads contend."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometry | None = None,
+                   energy_kev: float = DEFAULT_ENERGY_KEV, bone_threshold_mu: float = DEFAULT_BONE_THRESHOLD_MU,
+                   surface_method: str = "mesh") -> dict:
+    """Every metric of :data:`METRICS` for one reconstruction.
+
+    Parameters
+    ----------
+    prediction, target : array ``(nz, ny, nx)``, attenuation in 1/mm
+    spacing : (sz, sy, sx) mm
+    xrays : ``(views, rows, cols)`` line integrals, optional
+        The X-rays the refiner was given; with ``geometry`` (the geometry that really made
+        them) gives the projection-consistency metrics (NaN without).
+    energy_kev : float
+        Effective energy of the HU conversion.
+    bone_threshold_mu : float
+        Bone threshold (1/mm) of Dice and the surface distances.
+
+    Returns
+    -------
+    dict of floats; PSNR is ``inf`` for identical volumes; ASSD/HD95 are NaN when either volume
+    has no bone (undefined), and the reason is in ``"notes"``.
+    """
+    p = np.asarray(prediction, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64)
+    if p.shape != t.shape or p.ndim != 3:
+        raise ValueError(f"prediction and target must be (nz, ny, nx) of the same shape, got {p.shape} and {t.shape}")
+    if not np.isfinite(p).all():
+        raise ValueError("the prediction contains NaN or infinite values")
+    px, tx = to_x2ctgan(p, energy_kev), to_x2ctgan(t, energy_kev)
+    pb, tb = to_bone_window(p, energy_kev), to_bone_window(t, energy_kev)
+    out = {
+        "psnr_x2ctgan": psnr(px, tx, _X2CT_MAX, reduction="volume"),
+        "psnr_psctnet": psnr(pb, tb, _BONE_WINDOW, reduction="slice", axis=0),
+        "ssim_x2ctgan": ssim(px, tx, _X2CT_MAX, mode="3d"),
+        "ssim_psctnet": ssim(pb, tb, _BONE_WINDOW, mode="3d"),
+        "mae_hu": mae(mu_to_hu(p, energy_kev), mu_to_hu(t, energy_kev)),
+        "mae_mu": mae(p, t),
+        "dice_bone": dice(p, t, threshold=bone_threshold_mu),
+    }
+    notes = []
+    try:
+        sd = surface_distances(p, t, spacing, threshold=bone_threshold_mu, method=surface_method)
+        out["assd_mm"], out["hd95_mm"] = sd["assd"], sd["hd95"]
+    except ValueError as exc:  # no bone in one volume: the distance is undefined, not zero
+        out["assd_mm"] = out["hd95_mm"] = math.nan
+        notes.append(f"surface distances undefined: {exc}")
+    if xrays is not None and geometry is not None:
+        pc = projection_consistency(torch.as_tensor(p), xrays, geometry)
+        out["proj_rel_l2"], out["proj_mae"] = pc["relative_l2"], pc["mae"]
+    else:
+        out["proj_rel_l2"] = out["proj_mae"] = math.nan
+    out["notes"] = notes
+    return out
+
+
+def geometry_error_px(assumed: Geometry, true: Geometry, *, points_per_axis: int = 8) -> dict:
+    """How far the assumed geometry puts points of the volume from where the true one does.
+
+    Points: a ``points_per_axis^3`` lattice filling the true grid's box. For each view, the
+    distance in detector pixels between the two projections of each point.
+
+    Returns
+    -------
+    dict ``mean_px`` (over views and points), ``max_px``, ``per_view_mean_px`` (list)
+    """
+    if assumed.num_views != true.num_views:
+        raise ValueError(f"assumed geometry has {assumed.num_views} views, the true one {true.num_views}")
+    lo, hi = (np.asarray(b, dtype=np.float64) for b in true.grid.bounds())
+    axes = [np.linspace(lo[k] + (hi[k] - lo[k]) / (2 * points_per_axis),
+                        hi[k] - (hi[k] - lo[k]) / (2 * points_per_axis), points_per_axis) for k in range(3)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    pts_t = torch.as_tensor(pts)
+    with torch.no_grad():
+        a = assumed.project_points(pts_t).detach().to(torch.float64)
+        b = true.project_points(pts_t).detach().to(torch.float64)
+    d = (a - b).norm(dim=-1)  # (views, n)
+    return {"mean_px": float(d.mean()), "max_px": float(d.max()), "per_view_mean_px": [float(x) for x in d.mean(1)]}
+
+
+# --------------------------------------------------------------------------------------------
+# aggregation and the result object
+def _aggregate(values: Sequence[float]) -> dict:
+    """mean, sample std (ddof 1; 0 for one value), n (defined values) and n_undefined (NaN)."""
+    arr = np.asarray([v for v in values], dtype=np.float64)
+    defined = arr[~np.isnan(arr)]
+    n = int(defined.size)
+    if n == 0:
+        return {"mean": math.nan, "std": math.nan, "n": 0, "n_undefined": int(arr.size)}
+    if np.isinf(defined).any():
+        mean = float(defined.mean())  # inf when any value is +inf (identical volumes)
+        std = math.nan if n > 1 else 0.0
+    else:
+        mean = float(defined.mean())
+        std = float(defined.std(ddof=1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n, "n_undefined": int(arr.size - n)}
+
+
+def _groups(per_sample: list[dict]) -> dict[str, list[dict]]:
+    groups = {"all": per_sample,
+              "normal": [s for s in per_sample if s["normal"]],
+              "craniosynostosis": [s for s in per_sample if not s["normal"]]}
+    for v in sorted({s["variant"] for s in per_sample}):
+        groups[f"variant:{v}"] = [s for s in per_sample if s["variant"] == v]
+    return groups
+
+
+def _json_safe(o):
+    if isinstance(o, float):
+        if math.isnan(o):
+            return None
+        if math.isinf(o):
+            return "inf" if o > 0 else "-inf"
+        return o
+    if isinstance(o, Mapping):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, (np.floating, np.integer, np.bool_)):
+        return _json_safe(o.item())
+    return o
+
+
+def _fmt(agg: dict, key: str) -> str:
+    m, s, n = agg["mean"], agg["std"], agg["n"]
+    if n == 0:
+        return "n/a"
+    digits = 3 if key.startswith(("ssim", "dice", "proj")) else (4 if key == "mae_mu" else 2)
+    if math.isinf(m):
+        return "inf"
+    text = f"{m:.{digits}f}"
+    if n > 1 and math.isfinite(s):
+        text += f" ± {s:.{digits}f}"
+    if agg.get("n_undefined"):
+        text += f" ({agg['n_undefined']} undef.)"
+    return text
+
+
+def _fmt_signed(agg: dict, key: str) -> str:
+    if agg["n"] == 0:
+        return "n/a"
+    digits = 3 if key.startswith(("ssim", "dice", "proj")) else (4 if key == "mae_mu" else 2)
+    text = f"{agg['mean']:+.{digits}f}"
+    if agg["n"] > 1 and math.isfinite(agg["std"]):
+        text += f" ± {agg['std']:.{digits}f}"
+    return text
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """Per-sample and aggregated metrics of one refiner on one split (see :data:`METRICS`).
+
+    Attributes
+    ----------
+    label : str
+        Display name (e.g. ``"psctnet"`` or ``"psctnet -BiM"``).
+    refiner : dict
+        ``name``, ``config`` (dict) and ``checkpoint`` (path or None).
+    dataset : str
+        Path of the dataset file.
+    split : str
+    settings : dict
+        What was evaluated: X-ray source, geometry given to the refiner, perturbation sizes,
+        seed, energy, bone threshold, conventions.
+    per_sample : list of dict
+        ``index``, ``variant``, ``normal``, ``age_years``, every metric, ``geometry_error_px``
+        and ``geometry_error`` (assumed vs true geometry, px), ``perturbation`` (the drawn
+        errors per view, or None), ``refiner_seconds`` (refiner time per sample), ``notes``.
+    aggregates : dict
+        group (``all``, ``normal``, ``craniosynostosis``, ``variant:<name>``) -> metric ->
+        ``{mean, std, n, n_undefined}``; std is the sample standard deviation (ddof 1).
+    """
+
+    label: str
+    refiner: dict
+    dataset: str
+    split: str
+    settings: dict
+    per_sample: list
+    aggregates: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.aggregates:
+            self.aggregates = self.compute_aggregates(self.per_sample)
+
+    @staticmethod
+    def compute_aggregates(per_sample: list[dict]) -> dict:
+        out = {}
+        for g, samples in _groups(per_sample).items():
+            out[g] = {k: _aggregate([s[k] for s in samples]) for k in (*METRICS, "geometry_error_px")}
+            out[g]["n_samples"] = len(samples)
+        return out
+
+    def metric(self, key: str, group: str = "all") -> float:
+        """Mean of ``key`` over ``group``."""
+        if key not in self.aggregates.get(group, {}):
+            raise ValueError(f"no metric {key!r} in group {group!r}; groups: {sorted(self.aggregates)}, "
+                             f"metrics: {list(METRICS)}")
+        return self.aggregates[group][key]["mean"]
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (``inf`` as the string ``"inf"``, NaN as null)."""
+        return _json_safe({
+            "label": self.label, "refiner": self.refiner, "dataset": self.dataset, "split": self.split,
+            "settings": self.settings, "metrics": METRICS, "aggregates": self.aggregates,
+            "per_sample": self.per_sample,
+        })
+
+    def save(self, path) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically. Returns the path."""
+        path = Path(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path) -> EvaluationResult:
+        """Read a file written by :meth:`save` (the aggregates are recomputed from the samples)."""
+        return cls._from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> EvaluationResult:
+        def back(v):
+            if v is None:
+                return math.nan
+            if v in ("inf", "-inf"):
+                return float(v)
+            return v
+        per = [{k: (back(v) if k in METRICS or k == "geometry_error_px" else v) for k, v in s.items()}
+               for s in d["per_sample"]]
+        return cls(d["label"], d["refiner"], d["dataset"], d["split"], d["settings"], per)
+
+    def to_markdown(self, metrics: Sequence[str] = TABLE_METRICS) -> str:
+        """A table: rows = groups (all, normal, craniosynostosis, each variant), mean ± std."""
+        head = "| group | n | " + " | ".join(_col(k) for k in metrics) + " |"
+        lines = [f"**{self.label}** on `{self.dataset}` split `{self.split}` "
+                 f"({self.settings.get('description', '')})", "", head,
+                 "|" + " --- |" * (len(metrics) + 2)]
+        for g, aggs in self.aggregates.items():
+            if aggs["n_samples"] == 0:
+                lines.append(f"| {g} | 0 | " + " | ".join("–" for _ in metrics) + " |")
+                continue
+            lines.append(f"| {g} | {aggs['n_samples']} | " + " | ".join(_fmt(aggs[k], k) for k in metrics) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _col(key: str) -> str:
+    info = METRICS.get(key, {"label": key, "unit": ""})
+    return info["label"] + (f" ({info['unit']})" if info["unit"] else "")
+
+
+def compare_markdown(results: Mapping[str, EvaluationResult] | Sequence[EvaluationResult], *, group: str = "all",
+                     metrics: Sequence[str] = TABLE_METRICS, row_header: str = "refiner") -> str:
+    """One table, one row per result (its label or the mapping key), for one group."""
+    items = list(results.items()) if isinstance(results, Mapping) else [(r.label, r) for r in results]
+    lines = [f"| {row_header} | n | " + " | ".join(_col(k) for k in metrics) + " |",
+             "|" + " --- |" * (len(metrics) + 2)]
+    for name, r in items:
+        aggs = r.aggregates.get(group)
+        if not aggs or aggs["n_samples"] == 0:
+            lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in metrics) + " |")
+            continue
+        lines.append(f"| {name} | {aggs['n_samples']} | " + " | ".join(_fmt(aggs[k], k) for k in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# data access
+def _open_split(dataset_or_path, split: str | None) -> tuple[Path, list[int]]:
+    if isinstance(dataset_or_path, TomopriorDataset):
+        return dataset_or_path.path, list(dataset_or_path.indices)
+    if not isinstance(dataset_or_path, (str, Path)):
+        raise TypeError(f"dataset_or_path must be a path to a tomoprior dataset file or a TomopriorDataset, got "
+                        f"{type(dataset_or_path).__name__}")
+    path = Path(dataset_or_path)
+    if not path.is_file():
+        raise ValueError(f"dataset file {path} does not exist; make one with `tomoprior dataset make`")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    with DatasetFile(path) as ds:
+        splits = ds.splits()
+    idx = [i for i, s in enumerate(splits) if split is None or s == split]
+    if not idx:
+        counts = {s: splits.count(s) for s in SPLITS}
+        raise ValueError(f"{path} has no sample in split {split!r} (samples per split: {counts}); "
+                         "choose another --split or regenerate the dataset with other --split fractions")
+    return path, idx
+
+
+def _energy(ds: DatasetFile, i: int, default: float) -> float:
+    try:
+        prov = ds.provenance(i)
+    except Exception:  # provenance is informative; a missing one falls back to the default energy
+        return default
+    e = (prov.get("phantom_parameters") or {}).get("energy_kev")
+    return float(e) if isinstance(e, (int, float)) and e > 0 else default
+
+
+def _sample_seed(seed: int, index: int, stream: int) -> list[int]:
+    """Entropy of one sample's draws: stream 0 the test-geometry perturbation, 1 the residual
+    calibration error, 2 a calibration callable."""
+    return [int(seed), int(index), int(stream)]
+
+
+def _residual_perturbation(geometry: BiplanarGeometry, size: Mapping) -> GeometryPerturbation:
+    pitch = min(float(x) for p in geometry.parameters for x in pair_of_scalars(p.pixel_pitch, "pixel_pitch"))
+    return GeometryPerturbation(source_to_detector_mm=float(size.get("source_to_detector_mm", 0.0)),
+                                offset_mm=float(size.get("offset_px", 0.0)) * pitch,
+                                tilt_deg=float(size.get("tilt_deg", 0.0)),
+                                rotation_deg=float(size.get("rotation_deg", 0.0)))
+
+
+def _output_to_mu(refiner: Refiner, output_to_mu: float | None) -> float:
+    if output_to_mu is not None:
+        val = float(output_to_mu)
+    else:
+        extra = getattr(refiner, "checkpoint_extra", None) or {}
+        val = 1.0
+        for key in ("output_to_mu", "output_scale_to_mu"):
+            if key in extra:
+                val = float(extra[key])
+                break
+        else:
+            if "target_scale" in extra:  # targets were multiplied by it for training
+                val = 1.0 / float(extra["target_scale"])
+    if not (math.isfinite(val) and val > 0):
+        raise ValueError(f"output_to_mu must be a positive finite factor, got {val!r}")
+    return val
+
+
+def _describe_refiner(refiner: Refiner, checkpoint) -> dict:
+    cfg = refiner.config
+    cfg_d = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
+    extra = getattr(refiner, "checkpoint_extra", None) or {}
+    return {"name": type(refiner).name, "config": _json_safe(cfg_d),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "checkpoint_extra": _json_safe({k: v for k, v in extra.items() if isinstance(v, (int, float, str, bool))})}
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+GeometryChoice = str | Geometry | Callable | None
+
+
+def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry_override: GeometryChoice = None,
+             perturbation: GeometryPerturbation | None = None, calibration_error=None, batch_size: int = 2,
+             device="cpu", seed: int = 0, label: str | None = None, checkpoint=None, energy_kev: float | None = None,
+             bone_threshold_mu: float = DEFAULT_BONE_THRESHOLD_MU, output_to_mu: float | None = None,
+             max_samples: int | None = None, resynthesize: bool = False, progress: bool = False) -> EvaluationResult:
+    """Run ``refiner`` on every sample of ``split`` and score it (see the module docstring).
+
+    Parameters
+    ----------
+    refiner : Refiner
+        Built (``refiners.load``) or loaded (``Refiner.from_checkpoint``); put in eval mode.
+    dataset_or_path : str, Path or TomopriorDataset
+        A tomoprior dataset file (``split`` selects the samples) or a dataset object (its own
+        split/indices are used).
+    split : {"train", "val", "test"}
+    geometry_override : None, "true", "nominal", Geometry or callable
+        The geometry handed to the refiner (and used for its prior). None / ``"true"``: the
+        geometry the test X-rays were really made with. ``"nominal"``: the sample's stored
+        nominal geometry (the X-rays may come from a perturbed one). A Geometry: that one for
+        every sample (its grid must match the volumes). A callable
+        ``f(true_geometry, nominal_geometry, seed) -> Geometry`` (``seed`` a list of ints,
+        entropy for ``numpy.random.default_rng``, per sample), e.g. a calibration procedure.
+    perturbation : GeometryPerturbation, optional
+        Re-synthesise the test X-rays from the stored volumes with the sample's nominal
+        geometry perturbed by these sizes (uniform +-, per view; seeded by ``seed`` and the
+        sample index, so every call with the same seed sees the same X-rays). The volumes
+        are never changed.
+    calibration_error : GeometryPerturbation or dict, optional
+        Only with ``geometry_override`` None/"true": hand the refiner the true geometry plus a
+        residual error of these sizes (a dict like :data:`CALIBRATION_RESIDUAL` gives the
+        offset in detector pixels), as a calibration of that accuracy would.
+    batch_size : int
+        Samples per refiner call (one geometry per sample).
+    device : str or torch.device
+    seed : int
+        Seed of the perturbation and residual-error draws.
+    label : str, optional
+        Display name (default: the refiner's registry name).
+    checkpoint : str or Path, optional
+        Recorded in the result (where the weights came from).
+    energy_kev : float, optional
+        Energy of the HU conversion; default: the phantom's (provenance), else 60 keV.
+    bone_threshold_mu : float
+        Bone threshold in 1/mm (Dice, ASSD, HD95).
+    output_to_mu : float, optional
+        Factor turning the refiner's output into 1/mm; default: from the checkpoint's
+        ``extra`` (``output_to_mu``, or ``1 / target_scale``), else 1.
+    max_samples : int, optional
+        Evaluate only the first ``max_samples`` samples of the split (quick looks).
+    resynthesize : bool
+        Without a perturbation, re-project the stored volumes with the stored geometry instead
+        of using the stored X-rays (so every arm of a study uses the same projector).
+    progress : bool
+        Print one line per batch.
+
+    Returns
+    -------
+    EvaluationResult
+
+    Raises
+    ------
+    TypeError, ValueError
+        A refiner that is not a :class:`Refiner`, a missing file or empty split, a geometry
+        whose grid does not match the volumes, a non-finite or wrongly shaped output.
+    """
+    if not isinstance(refiner, Refiner):
+        raise TypeError(f"refiner must be a tomoprior Refiner (refiners.load(name) or Refiner.from_checkpoint(path)), "
+                        f"got {type(refiner).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if perturbation is not None and not isinstance(perturbation, GeometryPerturbation):
+        raise TypeError("perturbation must be a tomoprior.data.GeometryPerturbation, "
+                        f"got {type(perturbation).__name__}")
+    if isinstance(geometry_override, str) and geometry_override not in ("true", "nominal"):
+        raise ValueError(f"geometry_override must be None, 'true', 'nominal', a Geometry or a callable, "
+                         f"got {geometry_override!r}")
+    if geometry_override is not None and not isinstance(geometry_override, (str, Geometry)) \
+            and not callable(geometry_override):
+        raise TypeError(f"geometry_override must be None, 'true', 'nominal', a Geometry or a callable, "
+                        f"got {type(geometry_override).__name__}")
+    if calibration_error is not None and geometry_override not in (None, "true"):
+        raise ValueError("calibration_error adds a residual error to the true geometry; it cannot be combined "
+                         f"with geometry_override={geometry_override!r}")
+    path, indices = _open_split(dataset_or_path, split)
+    if max_samples is not None:
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+            raise ValueError(f"max_samples must be a positive integer, got {max_samples!r}")
+        indices = indices[:max_samples]
+    scale = _output_to_mu(refiner, output_to_mu)
+    device = torch.device(device)
+    refiner = refiner.to(device).eval()
+
+    per_sample: list[dict] = []
+    t_start = time.perf_counter()
+    with DatasetFile(path) as ds:
+        for start in range(0, len(indices), batch_size):
+            batch = indices[start:start + batch_size]
+            items = [_prepare(ds, i, geometry_override, perturbation, calibration_error, seed, energy_kev,
+                              resynthesize) for i in batch]
+            t0 = time.perf_counter()
+            xr = torch.stack([it["xrays"] for it in items]).to(device)
+            geoms = [it["assumed"] for it in items]
+            geom_arg = geoms[0] if len(geoms) == 1 else geoms
+            with torch.no_grad():
+                prior = build_prior(xr, geom_arg)
+                out = refiner(xr, geom_arg, prior)
+            want = (len(items), 1, *items[0]["volume"].shape)
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"refiner {type(refiner).name!r} returned {got}, expected {want} (B, 1, nz, ny, nx) "
+                                 "on the dataset's grid; was it built for another volume shape?")
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError(f"refiner {type(refiner).name!r} returned NaN or infinite voxels for samples {batch}")
+            dt = (time.perf_counter() - t0) / len(items)
+            pred = (out[:, 0].detach().to("cpu", torch.float64) * scale).numpy()
+            for it, p in zip(items, pred):
+                with _one_thread():
+                    m = sample_metrics(p, it["volume"], it["spacing"], xrays=it["xrays"], geometry=it["true"],
+                                       energy_kev=it["energy_kev"], bone_threshold_mu=bone_threshold_mu)
+                rec = {"index": it["index"], "variant": it["variant"], "normal": it["normal"],
+                       "age_years": it["age_years"], **m, "geometry_error_px": it["geometry_error"]["mean_px"],
+                       "geometry_error": it["geometry_error"], "perturbation": it["drawn"],
+                       "refiner_seconds": dt}
+                per_sample.append(rec)
+            if progress:
+                print(f"  {type(refiner).name}: {len(per_sample)}/{len(indices)} samples", flush=True)
+    settings = {
+        "description": _describe_setting(geometry_override, perturbation, calibration_error, resynthesize),
+        "xrays": "re-synthesised" if (perturbation is not None or resynthesize) else "stored",
+        "geometry_given_to_refiner": _override_name(geometry_override, calibration_error),
+        "perturbation": dataclasses.asdict(perturbation) if perturbation is not None else None,
+        "calibration_error": (dict(calibration_error) if isinstance(calibration_error, Mapping) else
+                              dataclasses.asdict(calibration_error) if calibration_error is not None else None),
+        "seed": seed, "bone_threshold_mu": bone_threshold_mu, "output_to_mu": scale,
+        "energy_kev": energy_kev if energy_kev is not None else "from provenance (default 60)",
+        "conventions": {
+            "x2ctgan": "clip(HU + 1024, 0, 4095), PSNR over the volume with MAX 4095, 3D SSIM range 4095",
+            "psctnet": "bone window clip(HU - 200, 0, 2500) (= 2500 x the [0, 1] bone target), PSNR slice-averaged "
+                       "over axial slices with MAX 2500, 3D SSIM range 2500",
+            "hu": "HU = 1000 (mu / mu_water(E) - 1)",
+            "std": "sample standard deviation (ddof 1)",
+        },
+        "device": str(device), "batch_size": batch_size, "n_samples": len(per_sample),
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+    return EvaluationResult(label or type(refiner).name, _describe_refiner(refiner, checkpoint), str(path),
+                            split if not isinstance(dataset_or_path, TomopriorDataset) else str(dataset_or_path.split),
+                            settings, per_sample)
+
+
+def _override_name(go, cal) -> str:
+    if go is None or go == "true":
+        return "true (the geometry that made the X-rays)" + (" + residual calibration error" if cal is not None else "")
+    if isinstance(go, str):
+        return go
+    if isinstance(go, Geometry):
+        return "a fixed Geometry"
+    return getattr(go, "__name__", type(go).__name__)
+
+
+def _describe_setting(go, pert, cal, resynth) -> str:
+    xr = "stored X-rays" if pert is None and not resynth else (
+        "X-rays re-synthesised with the nominal geometry" if pert is None or pert.is_zero else
+        "X-rays re-synthesised with a perturbed geometry")
+    return f"{xr}; refiner given {_override_name(go, cal)}"
+
+
+def _prepare(ds: DatasetFile, i: int, go, pert, cal, seed, energy_kev, resynth) -> dict:
+    vol = ds.volume(i)
+    grid = ds.grid(i)
+    stored = ds.geometry(i)
+    nominal = ds.geometry(i, nominal=True)
+    labels = ds.labels(i)
+    drawn = None
+    if pert is not None or resynth:
+        base = nominal if pert is not None else stored
+        res = synthesize(torch.from_numpy(vol), base, perturbation=pert, seed=_sample_seed(seed, i, 0))
+        xrays, true = res.xrays, res.geometry
+        drawn = res.augmentation.get("perturbation", {}).get("drawn")
+    else:
+        xrays, true = torch.from_numpy(ds.xrays(i)), stored
+    if go is None or go == "true":
+        assumed = true
+        if cal is not None:
+            if not isinstance(true, BiplanarGeometry):
+                raise ValueError("calibration_error needs geometries with physical parameters (BiplanarGeometry)")
+            size = _residual_perturbation(true, cal) if isinstance(cal, Mapping) else cal
+            assumed, _ = size.sample(true, _sample_seed(seed, i, 1))
+    elif go == "nominal":
+        assumed = nominal
+    elif isinstance(go, Geometry):
+        assumed = go
+    else:
+        assumed = go(true, nominal, _sample_seed(seed, i, 2))
+        if not isinstance(assumed, Geometry):
+            raise TypeError(f"geometry_override callable must return a Geometry, got {type(assumed).__name__}")
+    if assumed.grid != grid:
+        if tuple(assumed.grid.shape) != tuple(grid.shape):
+            raise ValueError(f"the geometry given to the refiner has grid shape {assumed.grid.shape} but sample {i}'s "
+                             f"volume is {grid.shape}")
+        assumed = assumed.with_grid(grid)
+    if assumed.num_views != xrays.shape[0]:
+        raise ValueError(f"the geometry given to the refiner has {assumed.num_views} views, "
+                         f"the X-rays {xrays.shape[0]}")
+    return {"index": i, "volume": vol.astype(np.float64), "spacing": tuple(grid.spacing), "xrays": xrays.float(),
+            "true": true, "assumed": assumed, "nominal": nominal, "drawn": drawn,
+            "geometry_error": geometry_error_px(assumed, true),
+            "energy_kev": energy_kev if energy_kev is not None else _energy(ds, i, DEFAULT_ENERGY_KEV),
+            "variant": labels["variant"], "normal": bool(labels["normal"]), "age_years": float(labels["age_years"])}
+
+
+# --------------------------------------------------------------------------------------------
+# the miscalibration study
+@dataclasses.dataclass
+class MiscalibrationResult:
+    """The three arms of :func:`miscalibration_study`, each an :class:`EvaluationResult`."""
+
+    arms: dict
+    perturbation: dict
+    calibration: str
+
+    def to_dict(self) -> dict:
+        return _json_safe({"perturbation": self.perturbation, "calibration": self.calibration,
+                           "arms": {k: v.to_dict() for k, v in self.arms.items()}})
+
+    def save(self, path) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically. Returns the path."""
+        path = Path(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path) -> MiscalibrationResult:
+        """Read a file written by :meth:`save`."""
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        arms = {k: EvaluationResult._from_dict(v) for k, v in d["arms"].items()}
+        return cls(arms, d["perturbation"], d["calibration"])
+
+    def differences(self, reference: str = "nominal-correct", group: str = "all",
+                    metrics: Sequence[str] = TABLE_METRICS) -> dict:
+        """Paired differences ``arm - reference`` per sample (same volumes), aggregated.
+
+        Returns ``{arm: {metric: {mean, std, n, n_undefined}}}``; a sample counts when both
+        values are finite. Paired differences remove the spread between skulls, which
+        dominates the standard deviations of the plain tables.
+        """
+        if reference not in self.arms:
+            raise ValueError(f"reference must be one of {list(self.arms)}, got {reference!r}")
+        ref = {s["index"]: s for s in self.arms[reference].per_sample}
+        out = {}
+        for name, r in self.arms.items():
+            if name == reference:
+                continue
+            samples = [s for s in r.per_sample if s["index"] in ref]
+            if group != "all":
+                samples = [s for s in samples if s in _groups(r.per_sample).get(group, [])]
+            out[name] = {}
+            for k in metrics:
+                d = [s[k] - ref[s["index"]][k] for s in samples
+                     if math.isfinite(s[k]) and math.isfinite(ref[s["index"]][k])]
+                agg = _aggregate(d)
+                agg["n_undefined"] = len(samples) - len(d)
+                out[name][k] = agg
+        return out
+
+    def differences_markdown(self, reference: str = "nominal-correct", group: str = "all",
+                             metrics: Sequence[str] = TABLE_METRICS) -> str:
+        """:meth:`differences` as a table (mean ± std of ``arm - reference``)."""
+        diffs = self.differences(reference, group, metrics)
+        lines = [f"| arm - {reference} | " + " | ".join(_col(k) for k in metrics) + " |",
+                 "|" + " --- |" * (len(metrics) + 1)]
+        for name, d in diffs.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt_signed(d[k], k) for k in metrics) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_markdown(self, group: str = "all", metrics: Sequence[str] = TABLE_METRICS) -> str:
+        cols = ("geometry_error_px", *metrics)
+        lines = ["| arm | n | geometry error (px) | " + " | ".join(_col(k) for k in metrics) + " |",
+                 "|" + " --- |" * (len(cols) + 2)]
+        for name, r in self.arms.items():
+            aggs = r.aggregates[group]
+            if aggs["n_samples"] == 0:
+                lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in cols) + " |")
+                continue
+            lines.append(f"| {name} | {aggs['n_samples']} | " + " | ".join(_fmt(aggs[k], k) for k in cols) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def miscalibration_study(refiner: Refiner, dataset_or_path, split: str = "test", *,
+                         perturbation: GeometryPerturbation = PAPER_MISCALIBRATION, calibration="residual",
+                         calibration_error=None, seed: int = 0, **kwargs) -> MiscalibrationResult:
+    """How metrics degrade under a miscalibrated geometry and how much calibrating recovers.
+
+    Arms, all on X-rays re-synthesised from the stored volumes with the same projector (the
+    volumes are never changed):
+
+    - ``nominal-correct``: X-rays made with the nominal geometry, refiner given the nominal
+      geometry (the ideal case).
+    - ``miscalibrated``: X-rays made with the nominal geometry perturbed by ``perturbation``
+      (per sample and view, uniform +-, seeded by ``seed`` and the sample index), refiner
+      given the nominal geometry.
+    - ``calibrated``: the same X-rays, refiner given the geometry a calibration recovers:
+      ``"exact"`` the true (perturbed) geometry; ``"residual"`` the true geometry plus a
+      residual error of the size a bead calibration achieves (``calibration_error``, default
+      :data:`CALIBRATION_RESIDUAL`: SDD +-1 mm, principal point +-0.2 px, tilts +-0.1 deg); or
+      a callable ``f(true, nominal, seed) -> Geometry`` that runs a real calibration (the
+      CLI's ``--calibration bead`` fits the bead cage with ``tomoprior.calibration``).
+      ``calibration`` may be a list of these: one arm ``calibrated (<mode>)`` each.
+
+    ``**kwargs`` go to :func:`evaluate` (batch_size, device, label, energy_kev, ...).
+    """
+    if not isinstance(perturbation, GeometryPerturbation) or perturbation.is_zero:
+        raise ValueError("perturbation must be a non-zero GeometryPerturbation, e.g. PAPER_MISCALIBRATION")
+    for bad in ("geometry_override", "perturbation", "calibration_error", "resynthesize"):
+        if bad in kwargs:
+            raise ValueError(f"miscalibration_study sets {bad} itself; do not pass it")
+    modes = list(calibration) if isinstance(calibration, (list, tuple)) else [calibration]
+    if not modes:
+        raise ValueError("calibration must name at least one calibrated arm")
+    cal_arms = []
+    for mode in modes:
+        if mode == "exact":
+            cal_arms.append(("exact", {"geometry_override": "true"}, "exact (the true perturbed geometry)"))
+        elif mode == "residual":
+            err = CALIBRATION_RESIDUAL if calibration_error is None else calibration_error
+            cal_arms.append(("residual", {"geometry_override": None, "calibration_error": err},
+                             f"true geometry + residual calibration error {_json_safe(_size_dict(err))}"))
+        elif callable(mode):
+            name = getattr(mode, "__name__", "callable")
+            cal_arms.append((name.split(" ")[0], {"geometry_override": mode}, name))
+        else:
+            raise ValueError(f"calibration must be 'exact', 'residual', a callable or a list of them, got {mode!r}")
+    arms = {
+        "nominal-correct": evaluate(refiner, dataset_or_path, split, geometry_override="nominal",
+                                    perturbation=GeometryPerturbation(), seed=seed, **kwargs),
+        "miscalibrated": evaluate(refiner, dataset_or_path, split, geometry_override="nominal",
+                                  perturbation=perturbation, seed=seed, **kwargs),
+    }
+    for short, cal_kw, _ in cal_arms:
+        key = "calibrated" if len(cal_arms) == 1 else f"calibrated ({short})"
+        arms[key] = evaluate(refiner, dataset_or_path, split, perturbation=perturbation, seed=seed, **cal_kw, **kwargs)
+    return MiscalibrationResult(arms, dataclasses.asdict(perturbation), "; ".join(c[2] for c in cal_arms))
+
+
+def _size_dict(err) -> dict:
+    return dict(err) if isinstance(err, Mapping) else dataclasses.asdict(err)
+
+
+# --------------------------------------------------------------------------------------------
+def fit_bp_prior(refiner, dataset_or_path, split: str = "train", *, max_samples: int | None = 16,
+                 fit_offset: bool = True):
+    """Fit ``bp-prior``'s ``gain`` and ``offset`` by least squares over all voxels of (up to
+    ``max_samples``) samples of ``split`` against the stored volumes (1/mm): the closed form of
+    :meth:`BPPrior.calibrate`, accumulated sample by sample. Updates and returns the refiner.
+
+    Use it with ``normalization="chord"`` so the prior is already in 1/mm (mean attenuation
+    along each ray) and the fit is a small correction; the fitted values are in the config.
+    """
+    from .bp_prior import BPPrior
+
+    if not isinstance(refiner, BPPrior):
+        raise TypeError(f"fit_bp_prior fits the built-in bp-prior, got {type(refiner).__name__}")
+    path, indices = _open_split(dataset_or_path, split)
+    if max_samples is not None:
+        indices = indices[:max_samples]
+    cfg = refiner.config
+    saved = (cfg.gain, cfg.offset, cfg.clamp_min)
+    cfg.gain, cfg.offset, cfg.clamp_min = 1.0, 0.0, None
+    s = np.zeros(5)  # sum x, sum y, sum xx, sum xy, n
+    try:
+        with DatasetFile(path) as ds, torch.no_grad():
+            for i in indices:
+                g = ds.geometry(i)
+                x = refiner.reconstruct(torch.from_numpy(ds.xrays(i)), g).double().flatten().numpy()
+                y = ds.volume(i).astype(np.float64).ravel()
+                s += (x.sum(), y.sum(), (x * x).sum(), (x * y).sum(), x.size)
+    finally:
+        cfg.gain, cfg.offset, cfg.clamp_min = saved
+    sx, sy, sxx, sxy, n = s
+    if fit_offset:
+        det = n * sxx - sx * sx
+        if det <= 0:
+            raise ValueError("the prior is constant over the fitting samples; cannot fit a gain")
+        gain = (n * sxy - sx * sy) / det
+        offset = (sy - gain * sx) / n
+    else:
+        gain, offset = sxy / sxx, 0.0
+    cfg.gain, cfg.offset = float(gain), float(offset)
+    return refiner

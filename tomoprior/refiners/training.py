@@ -1,0 +1,828 @@
+"""A refiner-agnostic training loop: epochs over a tomoprior HDF5 dataset, Adam with a
+constant-then-linear learning-rate decay, validation metrics per epoch, atomic checkpoints
+that resume bit-for-bit, seeded determinism and DistributedDataParallel (``torchrun``).
+
+The loop knows nothing about a particular network. What is model-specific (extra modules
+such as a GAN discriminator, the optimisers, the loss and the update) comes from
+*training hooks* (:class:`TrainingHooks`), found in this order:
+
+1. a ``training_hooks`` attribute of the refiner class (a ``TrainingHooks`` subclass or
+   instance);
+2. a ``hooks`` module beside the refiner's top-level package (``psctnet.hooks`` for
+   ``psctnet.PSCTNet``) exposing ``training_hooks`` (a class or an instance);
+3. :class:`TrainingHooks` itself: one Adam over all parameters, L1 loss to the target.
+
+A refiner without trainable parameters but with a ``calibrate`` method (the built-in
+``bp-prior``) is "trained" by a closed-form least-squares fit of its ``gain`` and
+``offset`` over the training split (streamed, so any size); any other refiner without
+trainable parameters is rejected with a ``ValueError``.
+
+Usage::
+
+    from tomoprior.refiners.training import TrainConfig, train
+    cfg = TrainConfig(data="skulls.h5", refiner="psctnet", refiner_config={"preset": "tiny"},
+                      epochs=10, batch_size=2, out="run/")
+    summary = train(cfg)           # writes run/last.pt, run/best.pt, run/metrics.jsonl
+
+See ``docs/training.md`` for the checkpoint format and the resume semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._atomic import write_text_atomic
+from ..geometry.geometry import Geometry
+from .base import Refiner, read_checkpoint
+
+#: Version of the training-state layout inside ``checkpoint["extra"]``.
+TRAIN_STATE_VERSION = 1
+PAPER_LR = 2e-4
+PAPER_BETAS = (0.5, 0.99)
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (stored in each checkpoint).
+
+    Parameters
+    ----------
+    data : str
+        HDF5 dataset (``tomoprior dataset make``); its ``train`` split trains, ``val`` validates.
+    refiner : str
+        Registry name (``tomoprior.refiners.available()``).
+    refiner_config : dict
+        Config fields of the refiner (``{"preset": "tiny", "volume_shape": [32, 32, 32]}``
+        for PSCT-Net). A ``volume_shape`` field the user does not set is taken from the data.
+    out : str
+        Run folder: ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``config.json``.
+    epochs : int
+        Passes over the training split.
+    batch_size : int
+        Samples per optimiser step *per process* (the global batch is ``batch_size * world_size``).
+    max_steps : int or None
+        Stop after this many optimiser steps in total (also sets the length of the LR schedule).
+    lr, betas, weight_decay
+        Adam settings; ``None`` takes the refiner config's ``lr``/``betas``/``weight_decay`` if it
+        has them, else the paper's 2e-4 and (0.5, 0.99), weight decay 0.
+    decay_start : float in [0, 1]
+        Fraction of the total steps with a constant learning rate; then it decays linearly to
+        ``lr_end`` x lr at the last step (PSCT-Net / pix2pix: 0.5). 1.0 = constant.
+    lr_end : float
+        Final learning rate as a fraction of the initial one.
+    seed : int
+        Seeds the model initialisation, the data order (a function of seed and epoch only) and
+        every random number the step draws (dropout); restored on resume.
+    workers : int
+        DataLoader worker processes (the data order and results do not depend on it).
+    data_range : float or "auto"
+        Peak value for PSNR and SSIM in the volumes' units (attenuation per mm); ``"auto"``: the
+        largest voxel value of the validation targets, resolved once and stored.
+    save_every : int
+        Also write ``last.pt`` every this many steps inside an epoch (0: at epoch ends only).
+    deterministic : bool
+        ``torch.use_deterministic_algorithms(True, warn_only=True)`` and no cuDNN benchmark.
+    device : str
+        ``"auto"`` (CUDA when available, the local rank's GPU under torchrun), ``"cpu"``, ``"cuda"``.
+    progress : bool
+        tqdm progress bars (rank 0 only).
+    """
+
+    data: str
+    refiner: str = "psctnet"
+    refiner_config: dict = field(default_factory=dict)
+    out: str = "run"
+    epochs: int = 1
+    batch_size: int = 1
+    max_steps: int | None = None
+    lr: float | None = None
+    betas: tuple[float, float] | None = None
+    weight_decay: float | None = None
+    decay_start: float = 0.5
+    lr_end: float = 0.0
+    seed: int = 0
+    workers: int = 0
+    data_range: float | str = "auto"
+    save_every: int = 0
+    deterministic: bool = True
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.refiner_config, dict):
+            raise TypeError(f"refiner_config must be a dict of config fields, got {type(self.refiner_config).__name__}")
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
+        if not isinstance(self.save_every, int) or self.save_every < 0:
+            raise ValueError(f"save_every must be an integer >= 0 (0: at epoch ends only), got {self.save_every!r}")
+        if not 0.0 <= float(self.decay_start) <= 1.0:
+            raise ValueError(f"decay_start must be a fraction in [0, 1], got {self.decay_start!r}")
+        if not 0.0 <= float(self.lr_end) <= 1.0:
+            raise ValueError(f"lr_end must be a fraction in [0, 1] of the initial learning rate, got {self.lr_end!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be positive and finite, got {self.lr!r}")
+        if self.betas is not None:
+            b = tuple(float(x) for x in self.betas)
+            if len(b) != 2 or not all(0.0 <= x < 1.0 for x in b):
+                raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+            self.betas = b
+        if isinstance(self.data_range, str):
+            if self.data_range != "auto":
+                raise ValueError(f"data_range must be a positive number or 'auto', got {self.data_range!r}")
+        elif not (math.isfinite(float(self.data_range)) and float(self.data_range) > 0):
+            raise ValueError(f"data_range must be positive and finite, got {self.data_range!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["betas"] is not None:
+            d["betas"] = list(d["betas"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"TrainConfig has no field(s) {unknown}; fields are {sorted(names)}")
+        d = dict(d)
+        if d.get("betas") is not None:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+
+# -- batches and hooks -------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """One training or validation batch.
+
+    ``xrays`` ``(B, V, H, W)`` line integrals; ``target`` ``(B, 1, nz, ny, nx)`` attenuation per
+    mm; ``geometry`` one :class:`Geometry` when every sample shares it, else a list of B;
+    ``prior`` ``(B, 1, nz, ny, nx)`` from :func:`build_prior`; ``index`` rows in the file.
+    """
+
+    xrays: torch.Tensor
+    target: torch.Tensor
+    geometry: Geometry | list
+    prior: torch.Tensor
+    index: list[int]
+
+
+@dataclass
+class StepContext:
+    """What a training step works with.
+
+    ``model`` is the bare refiner (read its ``config`` here); ``forward`` is what to *call* for
+    the forward pass (the DistributedDataParallel wrapper under torchrun, else ``model``).
+    ``aux`` / ``aux_forward``: the same for auxiliary modules (e.g. a discriminator).
+    """
+
+    model: Refiner
+    forward: nn.Module
+    aux: dict[str, nn.Module]
+    aux_forward: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    step: int = 0
+    epoch: int = 0
+
+
+class TrainingHooks:
+    """The model-specific part of training. The default: L1 to the target, one Adam.
+
+    Subclass and override any of the three methods; expose the subclass as
+    ``RefinerClass.training_hooks`` or as ``training_hooks`` in ``<package>.hooks``.
+    """
+
+    def build_aux(self, model: Refiner) -> dict[str, nn.Module]:
+        """Auxiliary trainable modules saved with the checkpoint (e.g. ``{"discriminator": D}``)."""
+        return {}
+
+    def make_optimizers(self, model: Refiner, aux: dict[str, nn.Module], lr: float, betas: tuple[float, float],
+                        weight_decay: float) -> dict[str, torch.optim.Optimizer]:
+        """Named optimisers; each gets its own LR schedule."""
+        return {"model": torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)}
+
+    def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, float]:
+        """One update; return scalar statistics (``"loss"`` is shown in the progress bar)."""
+        opt = ctx.optimizers["model"]
+        ctx.forward.train()
+        opt.zero_grad(set_to_none=True)
+        out = ctx.forward(batch.xrays, batch.geometry, batch.prior)
+        loss = torch.nn.functional.l1_loss(out, batch.target)
+        loss.backward()
+        opt.step()
+        return {"loss": float(loss.detach())}
+
+
+def find_hooks(model: Refiner) -> TrainingHooks:
+    """The training hooks of ``model`` (see the module docstring for the search order)."""
+    cls = type(model)
+    hooks = getattr(cls, "training_hooks", None)
+    if hooks is None:
+        package = cls.__module__.split(".")[0]
+        if package != "tomoprior":
+            try:
+                mod = importlib.import_module(f"{package}.hooks")
+            except ModuleNotFoundError as exc:
+                if exc.name not in (package, f"{package}.hooks"):  # the hooks module itself fails to import
+                    raise
+                mod = None
+            hooks = getattr(mod, "training_hooks", None) if mod is not None else None
+    if hooks is None:
+        return TrainingHooks()
+    if isinstance(hooks, type):
+        hooks = hooks()
+    for name in ("build_aux", "make_optimizers", "training_step"):
+        if not callable(getattr(hooks, name, None)):
+            raise TypeError(f"training hooks {type(hooks).__name__} of {cls.__name__} lack a callable {name}()")
+    return hooks
+
+
+# -- learning-rate schedule ----------------------------------------------------------------------
+
+def lr_factor(step: int, total_steps: int, decay_start: float = 0.5, lr_end: float = 0.0) -> float:
+    """Learning-rate multiplier for optimiser step ``step`` (0-based) of ``total_steps``.
+
+    1 for the first ``ceil(decay_start * total_steps)`` steps, then a linear decay that would
+    reach ``lr_end`` one step after the last (so no step is wasted at a zero rate), as in
+    pix2pix / PSCT-Net (constant for the first half of training, then linear to zero).
+
+    >>> [round(lr_factor(s, 4), 3) for s in range(4)]
+    [1.0, 1.0, 0.667, 0.333]
+    >>> [round(lr_factor(s, 6, decay_start=0.5, lr_end=0.5), 3) for s in range(6)]
+    [1.0, 1.0, 1.0, 0.875, 0.75, 0.625]
+    """
+    start = math.ceil(decay_start * total_steps)
+    if step < start:
+        return 1.0
+    frac = min(1.0, (step - start + 1) / (total_steps - start + 1))
+    return 1.0 - frac * (1.0 - lr_end)
+
+
+# -- reproducibility -------------------------------------------------------------------------
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        # CUBLAS needs this for deterministic matmuls on CUDA; harmless on CPU
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def get_rng_state() -> dict:
+    """Python, NumPy, torch (and CUDA) RNG states as checkpoint-safe data (no pickled objects)."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "python": [*py_state, py_version],
+        "python_gauss": py_gauss,
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[-1], tuple(py[:-1]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_worker(worker_id: int) -> None:
+    # DataLoader seeds torch per worker from its generator; derive NumPy and random from it
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def file_sha256(path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file (the data file's identity in checkpoints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- distributed -------------------------------------------------------------------------------
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group torchrun describes (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``...).
+
+    Without those variables (a plain ``tomoprior train``) this is a no-op returning rank 0 of 1.
+    The backend is NCCL when training on CUDA, else gloo.
+    """
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return DistInfo()
+    dist = torch.distributed
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, False)
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    return DistInfo(rank, world, local, True)
+
+
+def _resolve_device(device: str, dist: DistInfo) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but CUDA is not available; use device='cpu' or 'auto'")
+        return torch.device("cuda", dist.local_rank)
+    return torch.device(device)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Shuffled indices that depend only on ``(seed, epoch)``, split between ranks.
+
+    The permutation is padded by wrapping around so every rank gets the same number of
+    samples (as ``DistributedSampler`` does); rank ``r`` takes positions ``r, r + W, ...``.
+    ``start`` skips the first samples of this rank's share (resume inside an epoch).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1, start: int = 0,
+                 shuffle: bool = True):
+        if n < 1:
+            raise ValueError("the split is empty; make a dataset with more samples or other split fractions")
+        g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+        perm = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
+        per_rank = math.ceil(n / world_size)
+        perm = (perm * math.ceil(per_rank * world_size / n))[: per_rank * world_size]
+        self.indices = perm[rank::world_size][start:]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _collate(items: list[dict]) -> dict:
+    from ..data import TomopriorDataset
+
+    return TomopriorDataset.collate(items)
+
+
+def _same_geometry(geoms: list[Geometry]) -> bool:
+    g0 = geoms[0]
+    v0 = g0.vectors
+    return all(g.grid == g0.grid and g.detector_shapes == g0.detector_shapes and torch.equal(g.vectors, v0)
+               for g in geoms[1:])
+
+
+def make_batch(raw: dict, device: torch.device) -> Batch:
+    """A :class:`Batch` (with the prior built through the exact geometries) from a collated
+    :class:`~tomoprior.data.TomopriorDataset` batch (``geometry_as="object"``)."""
+    from .prior import build_prior
+
+    xrays = raw["xrays"].to(device=device, dtype=torch.float32)
+    target = raw["volume"].to(device=device, dtype=torch.float32)[:, None]
+    geoms = list(raw["geometry"])
+    geometry = geoms[0] if _same_geometry(geoms) else geoms
+    with torch.no_grad():
+        prior = build_prior(xrays, geometry)
+    return Batch(xrays, target, geometry, prior, [int(i) for i in raw["index"]])
+
+
+def _loader(ds, sampler, batch_size: int, workers: int, seed: int, epoch: int):
+    g = torch.Generator().manual_seed(int(seed) * 7919 + int(epoch))
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=_collate,
+        worker_init_fn=_seed_worker, generator=g, persistent_workers=False,
+    )
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: Refiner, dataset, data_range: float, *, batch_size: int = 1, device="cpu",
+             workers: int = 0, progress: bool = False) -> dict[str, float]:
+    """Mean PSNR (dB), 3D SSIM and MAE (1/mm) of ``model`` over ``dataset`` (a
+    ``TomopriorDataset(..., geometry_as="object")``), per volume then averaged.
+
+    ``data_range`` is the PSNR/SSIM peak in the volumes' units (attenuation per mm).
+    """
+    from ..metrics import mae, psnr, ssim
+
+    was_training = model.training
+    model.eval()
+    sums = {"psnr": 0.0, "ssim": 0.0, "mae": 0.0}
+    n = 0
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=_collate)
+    it = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(loader, desc="val", leave=False, dynamic_ncols=True)
+    try:
+        for raw in it:
+            b = make_batch(raw, torch.device(device))
+            out = model(b.xrays, b.geometry, b.prior).float().cpu()
+            tgt = b.target.cpu()
+            for i in range(out.shape[0]):
+                sums["psnr"] += psnr(out[i, 0], tgt[i, 0], data_range)
+                sums["ssim"] += ssim(out[i, 0], tgt[i, 0], data_range)
+                sums["mae"] += mae(out[i, 0], tgt[i, 0])
+                n += 1
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("the validation split is empty; make a dataset with a val split (--split)")
+    return {k: v / n for k, v in sums.items()} | {"n": n}
+
+
+def _auto_data_range(dataset) -> float:
+    peak = 0.0
+    for i in range(len(dataset)):
+        peak = max(peak, float(dataset[i]["volume"].max()))
+    if not peak > 0:
+        raise ValueError("data_range='auto' found no positive voxel in the validation targets; give data_range")
+    return peak
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def build_model(cfg: TrainConfig, volume_shape: tuple[int, int, int]) -> Refiner:
+    """The refiner named by ``cfg.refiner`` with ``cfg.refiner_config``; a ``volume_shape``
+    config field not given is set to the data's grid."""
+    from .registry import get_class
+
+    cls = get_class(cfg.refiner)
+    rc = dict(cfg.refiner_config)
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    if "volume_shape" in fields and "volume_shape" not in rc:
+        rc["volume_shape"] = tuple(int(n) for n in volume_shape)
+    for k, v in list(rc.items()):
+        if isinstance(v, list):
+            rc[k] = tuple(v)
+    return cls(**rc)
+
+
+def _adam_settings(cfg: TrainConfig, model: Refiner) -> tuple[float, tuple[float, float], float]:
+    rc = model.config
+    lr = cfg.lr if cfg.lr is not None else float(getattr(rc, "lr", PAPER_LR))
+    betas = cfg.betas if cfg.betas is not None else tuple(float(b) for b in getattr(rc, "betas", PAPER_BETAS))
+    wd = cfg.weight_decay if cfg.weight_decay is not None else float(getattr(rc, "weight_decay", 0.0))
+    return lr, betas, wd
+
+
+class _JsonlLog:
+    """``metrics.jsonl``: rewritten atomically from the full history at every record, so it
+    always matches the last checkpoint (a resumed run drops records the checkpoint lacks)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, records: list[dict]) -> None:
+        write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Train ``cfg.refiner`` on ``cfg.data``; see :class:`TrainConfig` and ``docs/training.md``.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    resume : bool
+        Continue from ``<out>/last.pt`` (which must exist and come from the same data file);
+        the continued run gives the same weights as an uninterrupted one. Without ``resume``,
+        an existing ``last.pt`` in ``out`` is an error (never overwritten silently).
+
+    Returns
+    -------
+    dict with ``history`` (one record per epoch), ``best``, ``steps``, ``samples_per_s``,
+    ``out`` (the run folder) and ``last``/``best_path`` checkpoint paths.
+    """
+    from ..data import TomopriorDataset
+
+    data_path = Path(cfg.data)
+    if not data_path.is_file():
+        raise ValueError(f"data file {data_path} does not exist; make one with `tomoprior dataset make`")
+    out = Path(cfg.out)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+
+    dist = init_distributed(cfg.device)
+    try:
+        device = _resolve_device(cfg.device, dist)
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            if last_path.exists() and not resume:
+                raise ValueError(f"{last_path} exists; pass resume=True (--resume) to continue it, or another out")
+            if resume and not last_path.exists():
+                raise ValueError(f"resume requested but {last_path} does not exist")
+        _barrier(dist)
+
+        ckpt = read_checkpoint(last_path) if resume else None
+        data_hash = file_sha256(data_path)
+        if ckpt is not None:
+            extra = ckpt["extra"]
+            if extra.get("train_state_version") != TRAIN_STATE_VERSION:
+                raise ValueError(f"{last_path} was not written by tomoprior's training loop (no train state)")
+            saved = TrainConfig.from_dict(extra["train_config"])
+            if extra["data_sha256"] != data_hash:
+                raise ValueError(
+                    f"{data_path} differs from the data file {last_path} was trained on (SHA-256 "
+                    f"{extra['data_sha256'][:12]}... vs {data_hash[:12]}...); resume with the same file")
+            # the run's identity comes from the checkpoint; only the stop point, workers and
+            # progress bars may change on resume
+            cfg = dataclasses.replace(saved, epochs=cfg.epochs, max_steps=cfg.max_steps, workers=cfg.workers,
+                                      progress=cfg.progress, out=str(out), data=str(data_path))
+
+        seed_everything(cfg.seed, cfg.deterministic)
+        train_ds = TomopriorDataset(data_path, split="train", geometry_as="object")
+        val_ds = TomopriorDataset(data_path, split="val", geometry_as="object")
+        if len(train_ds) == 0:
+            raise ValueError(f"{data_path} has no 'train' samples")
+        if cfg.data_range == "auto":
+            cfg = dataclasses.replace(cfg, data_range=_auto_data_range(val_ds) if len(val_ds) else 1.0)
+
+        model = build_model(cfg, train_ds.volume_shape).to(device)
+        if not any(p.requires_grad for p in model.parameters()):
+            if callable(getattr(model, "calibrate", None)):
+                return _fit_closed_form(cfg, model, train_ds, val_ds, data_hash, dist, device)
+            raise ValueError(
+                f"refiner {cfg.refiner!r} has no trainable parameters and no calibrate() method: there is "
+                "nothing to train; use it directly (`tomoprior reconstruct --refiner ...`)")
+
+        hooks = find_hooks(model)
+        aux = {k: m.to(device) for k, m in hooks.build_aux(model).items()}
+        lr, betas, wd = _adam_settings(cfg, model)
+        optimizers = hooks.make_optimizers(model, aux, lr, betas, wd)
+
+        per_epoch = math.ceil(math.ceil(len(train_ds) / dist.world_size) / cfg.batch_size)
+        # the LR schedule spans all epochs; max_steps only stops early (a time budget), so a run
+        # stopped by max_steps and resumed follows the same schedule as an uninterrupted one
+        sched_total = per_epoch * cfg.epochs
+        total = sched_total if cfg.max_steps is None else min(cfg.max_steps, sched_total)
+        schedulers = {
+            k: torch.optim.lr_scheduler.LambdaLR(
+                o, lambda s, _t=sched_total: lr_factor(s, _t, cfg.decay_start, cfg.lr_end))
+            for k, o in optimizers.items()
+        }
+
+        step, epoch, in_epoch = 0, 0, 0
+        history: list[dict] = []
+        best: dict | None = None
+        if ckpt is not None:
+            extra = ckpt["extra"]
+            model.load_state_dict(ckpt["state_dict"])
+            for k, m in aux.items():
+                m.load_state_dict(extra["aux"][k])
+            for k, o in optimizers.items():
+                o.load_state_dict(extra["optimizers"][k])
+            for k, s in schedulers.items():
+                s.load_state_dict(extra["schedulers"][k])
+            step, epoch, in_epoch = int(extra["step"]), int(extra["epoch"]), int(extra["step_in_epoch"])
+            history = json.loads(extra["history"])
+            best = json.loads(extra["best"]) if extra.get("best") else None
+            set_rng_state(extra["rng"][dist.rank] if dist.rank < len(extra["rng"]) else extra["rng"][0])
+
+        forward, aux_forward = model, dict(aux)
+        if dist.enabled:
+            forward = _ddp(model, device)
+            aux_forward = {k: _ddp(m, device) for k, m in aux.items()}
+        ctx = StepContext(model, forward, aux, aux_forward, optimizers, step, epoch)
+        log = _JsonlLog(out / "metrics.jsonl")
+        if dist.is_main:
+            write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+            if history:
+                log.write(history)
+
+        state = _RunState(cfg, model, aux, optimizers, schedulers, data_hash, dist, last_path, best_path)
+        t_train, n_samples = 0.0, 0
+        progress = cfg.progress and dist.is_main
+        while epoch < cfg.epochs and step < total:
+            sampler = EpochSampler(len(train_ds), cfg.seed, epoch, dist.rank, dist.world_size,
+                                   start=in_epoch * cfg.batch_size)
+            loader = _loader(train_ds, sampler, cfg.batch_size, cfg.workers, cfg.seed, epoch)
+            bar = _bar(progress, per_epoch, in_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+            running: dict[str, float] = {}
+            n_run = 0
+            t_epoch = time.perf_counter()  # throughput includes data loading and the prior
+            for raw in loader:
+                if step >= total:
+                    break
+                batch = make_batch(raw, device)
+                ctx.step, ctx.epoch = step, epoch
+                stats = hooks.training_step(ctx, batch)
+                for s in schedulers.values():
+                    s.step()
+                n_samples += batch.xrays.shape[0] * dist.world_size
+                bad = [k for k, v in stats.items() if not math.isfinite(v) and k != "d_loss"]
+                if bad:
+                    raise FloatingPointError(f"non-finite training loss {bad} at step {step}: {stats}; lower the "
+                                             "learning rate or check the data")
+                step += 1
+                in_epoch += 1
+                n_run += 1
+                for k, v in stats.items():
+                    running[k] = running.get(k, 0.0) + v
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if math.isfinite(v)}, refresh=False)
+                    bar.update(1)
+                if cfg.save_every and step % cfg.save_every == 0 and in_epoch < per_epoch:
+                    state.save(step, epoch, in_epoch, history, best)
+            t_train += time.perf_counter() - t_epoch
+            if bar is not None:
+                bar.close()
+            if in_epoch < per_epoch:  # stopped by max_steps inside the epoch
+                state.save(step, epoch, in_epoch, history, best)
+                break
+            epoch += 1
+            in_epoch = 0
+            record = {"epoch": epoch, "step": step, "lr": schedulers[next(iter(schedulers))].get_last_lr()[0]}
+            record.update({f"train_{k}": v / max(1, n_run) for k, v in running.items()})
+            record["samples_per_s"] = n_samples / t_train if t_train > 0 else None
+            if dist.is_main and len(val_ds):
+                metrics = evaluate(model, val_ds, float(cfg.data_range), batch_size=cfg.batch_size, device=device,
+                                   progress=progress)
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+                record["data_range"] = float(cfg.data_range)
+            record["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            history.append(record)
+            is_best = "val_psnr" in record and (best is None or record["val_psnr"] > best["val_psnr"])
+            if is_best:
+                best = record
+            state.save(step, epoch, 0, history, best, best_too=is_best)
+            if dist.is_main:
+                log.write(history)
+        return {"history": history, "best": best, "steps": step, "epochs": epoch,
+                "samples_per_s": n_samples / t_train if t_train > 0 else None, "out": str(out),
+                "last": str(last_path), "best_path": str(best_path) if best_path.exists() else None}
+    finally:
+        if dist.initialized_here:
+            torch.distributed.destroy_process_group()
+
+
+class _RunState:
+    """Writes ``last.pt`` (and ``best.pt``) from the main process, gathering every rank's RNG state."""
+
+    def __init__(self, cfg, model, aux, optimizers, schedulers, data_hash, dist, last_path, best_path):
+        self.cfg, self.model, self.aux = cfg, model, aux
+        self.optimizers, self.schedulers = optimizers, schedulers
+        self.data_hash, self.dist = data_hash, dist
+        self.last_path, self.best_path = last_path, best_path
+
+    def save(self, step, epoch, in_epoch, history, best, best_too: bool = False) -> None:
+        rng = [get_rng_state()]
+        if self.dist.enabled and self.dist.world_size > 1:
+            gathered: list = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if self.dist.is_main:
+            extra = {
+                "train_state_version": TRAIN_STATE_VERSION,
+                "train_config": self.cfg.to_dict(),
+                "data_sha256": self.data_hash,
+                "epoch": epoch,               # completed epochs
+                "step": step,                 # completed optimiser steps
+                "step_in_epoch": in_epoch,    # steps done in the unfinished epoch
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "aux": {k: m.state_dict() for k, m in self.aux.items()},
+                "rng": rng,
+                "world_size": self.dist.world_size,
+                "history": json.dumps(history),
+                "best": json.dumps(best) if best else "",
+            }
+            self.model.save_checkpoint(self.last_path, **extra)
+            if best_too:
+                self.model.save_checkpoint(self.best_path, **extra)
+        _barrier(self.dist)
+
+
+def _barrier(dist: DistInfo) -> None:
+    if dist.enabled and dist.world_size > 1:
+        torch.distributed.barrier()
+
+
+def _ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not any(p.requires_grad for p in module.parameters()):
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=ids)
+
+
+def _bar(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stderr)
+
+
+# -- refiners without trainable parameters -----------------------------------------------------
+
+@torch.no_grad()
+def _fit_closed_form(cfg, model, train_ds, val_ds, data_hash, dist, device) -> dict:
+    """``bp-prior``: least-squares ``gain``, ``offset`` of ``target ~ gain * base + offset`` over
+    every voxel of the training split (normal equations accumulated batch by batch, float64)."""
+    c = model.config
+    if not all(hasattr(c, k) for k in ("gain", "offset")):
+        raise ValueError(f"refiner {cfg.refiner!r} has no trainable parameters and no gain/offset to fit")
+    saved_clamp = getattr(c, "clamp_min", None)
+    c.gain, c.offset = 1.0, 0.0
+    if hasattr(c, "clamp_min"):
+        c.clamp_min = None
+    s_b = s_bb = s_t = s_bt = 0.0
+    n = 0
+    loader = _loader(train_ds, EpochSampler(len(train_ds), cfg.seed, 0, shuffle=False), cfg.batch_size,
+                     cfg.workers, cfg.seed, 0)
+    t0 = time.perf_counter()
+    for raw in loader:
+        b = make_batch(raw, device)
+        base = model(b.xrays, b.geometry, b.prior).double().flatten()
+        t = b.target.double().flatten()
+        s_b += float(base.sum())
+        s_bb += float((base * base).sum())
+        s_t += float(t.sum())
+        s_bt += float((base * t).sum())
+        n += base.numel()
+    A = np.array([[s_bb, s_b], [s_b, n]])
+    gain, offset = np.linalg.solve(A, np.array([s_bt, s_t]))
+    c.gain, c.offset = float(gain), float(offset)
+    if hasattr(c, "clamp_min"):
+        c.clamp_min = saved_clamp
+    elapsed = time.perf_counter() - t0
+    record = {"epoch": 1, "step": 0, "fit": "closed_form", "gain": c.gain, "offset": c.offset,
+              "samples_per_s": len(train_ds) / elapsed if elapsed > 0 else None}
+    if len(val_ds):
+        record.update({f"val_{k}": v for k, v in evaluate(model, val_ds, float(cfg.data_range),
+                                                           batch_size=cfg.batch_size, device=device).items()})
+        record["data_range"] = float(cfg.data_range)
+    record["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out = Path(cfg.out)
+    if dist.is_main:
+        extra = {"train_state_version": TRAIN_STATE_VERSION, "train_config": cfg.to_dict(),
+                 "data_sha256": data_hash, "epoch": 1, "step": 0, "step_in_epoch": 0,
+                 "optimizers": {}, "schedulers": {}, "aux": {}, "rng": [get_rng_state()],
+                 "world_size": dist.world_size, "history": json.dumps([record]), "best": json.dumps(record)}
+        for p in (out / "last.pt", out / "best.pt"):
+            model.save_checkpoint(p, **extra)
+        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+        _JsonlLog(out / "metrics.jsonl").write([record])
+    return {"history": [record], "best": record, "steps": 0, "epochs": 1, "samples_per_s": record["samples_per_s"],
+            "out": str(out), "last": str(out / "last.pt"), "best_path": str(out / "best.pt")}
+

@@ -17,7 +17,6 @@ tilts) at their initial values.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import warnings
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from scipy.optimize import least_squares
 
+from .._threads import torch_threads
 from ..geometry import ViewParameters
 from ..geometry.view import _projection_matrix
 
@@ -263,16 +263,10 @@ class FitOutcome:
     names: list
 
 
-@contextlib.contextmanager
 def single_thread():
     """Run torch on one intra-op thread: the fit works on tensors of a few hundred numbers,
     where thread synchronisation costs more than it saves (4x slower on 2 busy cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return torch_threads(1)
 
 
 def fit_geometry(problem: FitProblem, *, max_nfev: int = 200, x0: np.ndarray | None = None,

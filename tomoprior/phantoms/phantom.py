@@ -595,13 +595,18 @@ def available() -> list[str]:
     >>> {"shepp_logan_3d", "shepp_logan_3d_modified"} <= set(available())
     True
     """
+    return names_with_schema(SCHEMA)
+
+
+def names_with_schema(schema: str) -> list[str]:
+    """Names of the YAML files on the phantom search path whose ``schema`` field is ``schema``."""
     names = []
     for name, path in _candidates().items():
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             continue  # unreadable files are reported when loaded by name, not here
-        if isinstance(data, dict) and data.get("schema") == SCHEMA:
+        if isinstance(data, dict) and data.get("schema") == schema:
             names.append(name)
     return sorted(names)
 

@@ -26,7 +26,6 @@ energy, 60 keV for the procedural skulls, read from each sample's provenance):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from .._atomic import write_text_atomic
+from .._threads import torch_threads
 from ..data import DEFAULT_ENERGY_KEV, DatasetFile, GeometryPerturbation, TomopriorDataset, mu_to_hu, synthesize
 from ..data.h5 import SPLITS
 from ..geometry import BiplanarGeometry, Geometry
@@ -119,16 +119,10 @@ def to_bone_window(mu, energy_kev: float = DEFAULT_ENERGY_KEV) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------
 # per-sample metrics
-@contextlib.contextmanager
 def _one_thread():
     """Run the metrics with one intra-op thread: SSIM is hundreds of small separable
     convolutions, which on a busy machine run 10-30x slower when torch threads contend."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+    return torch_threads(1)
 
 
 def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometry | None = None,

@@ -27,13 +27,13 @@ the soft tissue envelope are ellipsoids and capsules placed from the vault's lan
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ..._threads import torch_threads
 from ...geometry.grid import VolumeGrid
 from . import growth
 from .parameters import DEFAULT_CEPHALIC_INDEX, SUTURES, SkullParameters
@@ -72,17 +72,8 @@ EVAL_THREADS: int | None = 1
 _DTYPE = torch.float32
 
 
-@contextlib.contextmanager
 def _eval_threads():
-    before = torch.get_num_threads()
-    change = EVAL_THREADS is not None and EVAL_THREADS != before
-    if change:
-        torch.set_num_threads(EVAL_THREADS)
-    try:
-        yield
-    finally:
-        if change:
-            torch.set_num_threads(before)
+    return torch_threads(EVAL_THREADS)
 
 
 def default_grid(shape: int = 64, fov_mm: float = DEFAULT_FOV_MM) -> VolumeGrid:

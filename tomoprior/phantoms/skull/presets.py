@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from ..._atomic import write_text_atomic
-from ..phantom import _candidates, find
+from ..phantom import find, names_with_schema
 from .model import Skull
 from .parameters import SkullParameters
 
@@ -38,15 +38,7 @@ def available_presets() -> list[str]:
     >>> "skull_1y_normal" in available_presets()
     True
     """
-    names = []
-    for name, path in _candidates().items():
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(data, dict) and data.get("schema") == PRESET_SCHEMA:
-            names.append(name)
-    return sorted(names)
+    return names_with_schema(PRESET_SCHEMA)
 
 
 def preset_parameters(name_or_path) -> SkullParameters:

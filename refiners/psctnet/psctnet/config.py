@@ -11,9 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 _NORMS = ("batch", "instance", "group")
-_OUTPUT_ACTIVATIONS = ("relu", "sigmoid", "none")
+_OUTPUT_ACTIVATIONS = ("clamp", "softplus", "relu", "sigmoid", "none")
 _PROJ_MODES = ("drr", "axis_mean")
 _MAMBA_BACKENDS = ("auto", "mambapy", "mamba_ssm")
+#: fields added by issue 6 (a complete config dict without them predates the output scaling)
+_SCALE_FIELDS = frozenset({"target_scale", "init_output_mean"})
 
 
 @dataclass
@@ -76,7 +78,28 @@ class PSCTNetConfig:
         MV3D-C: per-view 3D decoders whose features are permuted into CT axis order,
         averaged, written back and concatenated to the main decoder at every level. Off:
         the lifted view features join the main branch at the bottleneck only.
-    output_activation : {"relu", "sigmoid", "none"}
+    output_activation : {"clamp", "softplus", "relu", "sigmoid", "none"}
+        Applied to the head in network units (before ``target_scale``). Default
+        ``"clamp"``: linear while training (every voxel passes its L1 and projection
+        gradient: the head cannot die, as the ReLU head of issue 6's collapsed run did with
+        99.6 % of its inputs negative) and clamped to >= 0 for inference (eval mode, or
+        no autograd, or :meth:`PSCTNet.reconstruct`; attenuation is non-negative).
+        ``"softplus"`` is non-negative in training too but learns the empty background
+        slowly (outputs near 0 need pre-activations far below 0: on one 32^3 skull, L1
+        0.0036 /mm after 41 Adam steps at 1e-3, against 0.0011 after 30 with ``"clamp"``;
+        all-zero 0.0027). ``"none"`` is linear in eval mode too.
+    target_scale : float
+        Attenuation in 1/mm per network unit: ``forward`` returns ``target_scale * head``,
+        so the network works in ~[0, 1] while its output is in physical units (1/mm).
+        Default 0.05 /mm, about the peak linear attenuation of cortical bone of the
+        synthetic skulls (``tomoprior dataset make``: max ~0.053 /mm). Stored in the config,
+        hence in every checkpoint. The losses (L1, projection, discriminator input) are
+        computed in network units (volumes divided by ``target_scale``), so the paper's loss
+        weights keep their balance for a [0, 1]-scaled target.
+    init_output_mean : float
+        Initial mean output in network units (the head's bias is set so that the untrained
+        network outputs about this; its weights are drawn small). Default 0.05: the mean of
+        a skull volume over a head-sized grid is a few percent of the bone peak.
     normalize_inputs : bool
         Divide each sample's X-rays and prior by their own maximum (scale invariance).
     channels_last_3d : bool
@@ -130,7 +153,9 @@ class PSCTNetConfig:
     # MV3D-C
     use_mv3dc: bool = True
     # output and input scaling
-    output_activation: str = "relu"
+    output_activation: str = "clamp"
+    target_scale: float = 0.05
+    init_output_mean: float = 0.05
     normalize_inputs: bool = True
     channels_last_3d: bool = True
     # discriminator
@@ -243,6 +268,14 @@ class PSCTNetConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"PSCTNetConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("target_scale", "init_output_mean"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
+                raise ValueError(f"PSCTNetConfig.{name} must be a finite number > 0, got {v!r}")
+        if self.output_activation == "sigmoid" and not self.init_output_mean < 1:
+            raise ValueError(
+                f"PSCTNetConfig.init_output_mean must be < 1 with a sigmoid output, got {self.init_output_mean!r}"
+            )
         for name in ("w_adv", "w_rec", "w_proj", "lr", "weight_decay"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
@@ -319,6 +352,10 @@ class PSCTNetConfig:
         unknown = sorted(set(d) - fields)
         if unknown:
             raise ValueError(f"unknown PSCTNetConfig field(s) {unknown} in the dict")
+        if "target_scale" not in d and set(d) >= fields - _SCALE_FIELDS:
+            # a complete config saved before target_scale existed: its network output 1/mm
+            # directly, so keep that meaning (the head's init does not matter for saved weights)
+            d = {**d, "target_scale": 1.0}
         return cls(**d)
 
 

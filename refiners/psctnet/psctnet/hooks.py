@@ -52,7 +52,8 @@ class PSCTNetHooks(TrainingHooks):
             opt_d = ctx.optimizers["discriminator"]
             opt_d.zero_grad(set_to_none=True)
             n = batch.target.shape[0]
-            scores = d_fwd(torch.cat([batch.target, output.detach()]), torch.cat([cond, cond]))
+            vols = torch.cat([batch.target, output.detach()]) / cfg.target_scale  # network units
+            scores = d_fwd(vols, torch.cat([cond, cond]))
             loss_d = lsgan_discriminator_loss(scores[:n], scores[n:])
             loss_d.backward()
             opt_d.step()

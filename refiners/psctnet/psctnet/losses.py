@@ -126,18 +126,26 @@ def generator_loss(
 ) -> dict[str, torch.Tensor]:
     """``{"total", "adv", "rec", "proj"}`` for the generator.
 
+    ``output`` and ``target`` are in 1/mm; ``rec`` and ``proj`` are reported and weighted
+    in network units (divided by ``config.target_scale``) and the discriminator sees
+    ``output / target_scale``, so for a target scaled to ~[0, 1] the paper's weights
+    (0.1, 10, 10) keep their meaning.
+
     ``adv`` is zero (and not weighted in) when no ``discriminator`` is given or
     ``config.w_adv == 0``; then ``prior`` is not needed.
     """
-    rec = F.l1_loss(output, target)
+    k = 1.0 / float(getattr(config, "target_scale", 1.0))  # 1/mm -> network units
+    rec = F.l1_loss(output, target) * k
     zero = output.new_zeros(())
     proj = (
-        projection_loss(output, target, geometry, config.proj_mode, target_projections) if config.w_proj > 0 else zero
+        projection_loss(output, target, geometry, config.proj_mode, target_projections) * k
+        if config.w_proj > 0
+        else zero
     )
     adv = zero
     if discriminator is not None and config.w_adv > 0:
         if prior is None:
             raise ValueError("the adversarial loss needs the prior the discriminator is conditioned on")
-        adv = lsgan_generator_loss(discriminator(output, prior))
+        adv = lsgan_generator_loss(discriminator(output * k, prior))
     total = config.w_adv * adv + config.w_rec * rec + config.w_proj * proj
     return {"total": total, "adv": adv.detach(), "rec": rec.detach(), "proj": proj.detach()}

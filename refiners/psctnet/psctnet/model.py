@@ -17,6 +17,8 @@ Only the main branch's output is supervised (as in the paper).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 from tomoprior import Geometry
@@ -150,6 +152,11 @@ class PSCTNet(Refiner):
             UpStage3D((cb, *dec)[lv], skips[lv] + (vw[lv] if cfg.use_mv3dc else 0), dec[lv], norm) for lv in range(S)
         )
         self.head = nn.Conv3d(dec[-1], 1, 1)
+        self._init_head()
+        # target_scale also travels in the state dict: a state dict without it predates the
+        # output scaling (its network output 1/mm directly), and loading it sets target_scale = 1
+        self.register_buffer("output_scale", torch.tensor(float(cfg.target_scale)))
+        self._register_load_state_dict_pre_hook(self._legacy_scale_hook)
         if cfg.channels_last_3d:
             for m in self.modules():
                 if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
@@ -157,6 +164,47 @@ class PSCTNet(Refiner):
                     m.register_forward_pre_hook(_channels_last_input)
 
     # -- helpers ------------------------------------------------------------------------
+    def _init_head(self) -> None:
+        """Small head weights (std ``0.5 / sqrt(fan_in)``, half PyTorch's default scale: the
+        output varies by a fraction of its mean, and gradients still reach the body at
+        full strength) and a bias that puts the untrained output at
+        ``config.init_output_mean`` network units (about the target's mean), so training
+        starts at the right scale instead of 10-20x too bright (issue 6)."""
+        cfg = self.config
+        m = float(cfg.init_output_mean)
+        if cfg.output_activation == "softplus":
+            bias = math.log(math.expm1(m))  # softplus^-1
+        elif cfg.output_activation == "sigmoid":
+            bias = math.log(m / (1.0 - m))
+        else:  # clamp, relu, none
+            bias = m
+        with torch.no_grad():
+            nn.init.normal_(self.head.weight, std=0.5 / math.sqrt(self.head.in_channels))
+            self.head.bias.fill_(bias)
+
+    def _legacy_scale_hook(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "output_scale"
+        if key not in state_dict:  # saved before issue 6's output scaling: 1/mm outputs
+            self.config.target_scale = 1.0
+        state_dict[key] = torch.tensor(float(self.config.target_scale))  # the config is authoritative
+
+    def to_network_units(self, volume: torch.Tensor) -> torch.Tensor:
+        """A volume in 1/mm divided by ``config.target_scale`` (the network's ~[0, 1] units)."""
+        return volume / self.config.target_scale
+
+    def head_activation(self, pre: torch.Tensor) -> torch.Tensor:
+        """The output activation on the head's pre-activations (network units)."""
+        act = self.config.output_activation
+        if act == "clamp":  # linear while training, clamped to >= 0 for inference
+            return pre if (self.training and torch.is_grad_enabled()) else pre.clamp_min(0.0)
+        if act == "softplus":
+            return F.softplus(pre)
+        if act == "relu":
+            return F.relu(pre)
+        if act == "sigmoid":
+            return torch.sigmoid(pre)
+        return pre
+
     def _check_inputs(self, xrays, geometry, prior) -> list:
         """Validate the inputs; return the per-sample list of geometries."""
         cfg = self.config
@@ -215,8 +263,11 @@ class PSCTNet(Refiner):
 
     # -- forward ------------------------------------------------------------------------
     def forward(self, xrays: torch.Tensor, geometry, prior: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruct ``(B, 1, nz, ny, nx)`` from ``xrays (B, V, H, W)`` (line integrals) and
-        the geometry that made them; ``prior`` defaults to ``build_prior(xrays, geometry)``."""
+        """Reconstruct ``(B, 1, nz, ny, nx)`` in 1/mm from ``xrays (B, V, H, W)`` (line
+        integrals) and the geometry that made them; ``prior`` defaults to
+        ``build_prior(xrays, geometry)``. The network itself predicts in units of
+        ``config.target_scale`` (~[0, 1]); the X-rays and the prior are divided by their
+        per-sample peak (``normalize_inputs``)."""
         cfg = self.config
         geoms = self._check_inputs(xrays, geometry, prior)
         if xrays.ndim == 5:
@@ -290,12 +341,13 @@ class PSCTNet(Refiner):
                 views = [self._cl(fr.to_view(avg)) for fr in frames]  # written back into every branch
                 extras.append(avg)
             x = up(x, extras)
-        out = self.head(x)
-        if cfg.output_activation == "relu":
-            out = F.relu(out)
-        elif cfg.output_activation == "sigmoid":
-            out = torch.sigmoid(out)
-        return out
+        return self.head_activation(self.head(x)) * cfg.target_scale
+
+    def reconstruct(self, xrays: torch.Tensor, geometry, *, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Inference (see :meth:`Refiner.reconstruct`); with the ``"clamp"`` head the result
+        is clamped to >= 0 whatever the module's train/eval mode."""
+        out = super().reconstruct(xrays, geometry, prior=prior)
+        return out.clamp_min(0.0) if self.config.output_activation == "clamp" else out
 
     @staticmethod
     def _fuse(views: list[torch.Tensor], frames: list[ViewFrame]) -> torch.Tensor:

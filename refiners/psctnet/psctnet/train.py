@@ -74,7 +74,8 @@ def train_step(
     if use_adv:
         discriminator.train()
         opt_d.zero_grad(set_to_none=True)
-        loss_d = lsgan_discriminator_loss(discriminator(target, cond), discriminator(output.detach(), cond))
+        k = 1.0 / cfg.target_scale  # the discriminator sees volumes in network units
+        loss_d = lsgan_discriminator_loss(discriminator(target * k, cond), discriminator(output.detach() * k, cond))
         loss_d.backward()
         opt_d.step()
         d_loss = float(loss_d.detach())

@@ -63,10 +63,12 @@ def test_generator_loss_is_the_weighted_sum(geom16):
     t, out = _target(), _target(shift=2) * 0.8
     prior = torch.rand_like(t)
     losses = generator_loss(out, t, geom16, cfg, disc, prior)
-    rec = (out - t).abs().mean()
-    proj = projection_loss(out, t, geom16)
-    adv = ((disc(out, prior) - 1) ** 2).mean()
+    k = 1.0 / cfg.target_scale  # the losses are taken in network units (volume / target_scale)
+    rec = (out - t).abs().mean() * k
+    proj = projection_loss(out, t, geom16) * k
+    adv = ((disc(out * k, prior) - 1) ** 2).mean()
     torch.testing.assert_close(losses["total"], 0.1 * adv + 10 * rec + 10 * proj)
+    torch.testing.assert_close(losses["rec"], rec)
     self_loss = generator_loss(t, t, geom16, cfg.replace(w_adv=0.0))
     assert float(self_loss["total"]) == 0.0 and float(self_loss["proj"]) == 0.0
 

@@ -21,10 +21,10 @@ def test_tiny_overfits_one_shepp_logan_sample(geom32):
     torch.manual_seed(0)
     volume = tp.phantoms.Phantom.load("shepp_logan_3d_modified").rasterize(geom.grid, supersample=1).float()
     xrays = tp.project(volume, geom)[None]  # (1, 2, 48, 48) line integrals
-    target = (volume / volume.max())[None, None]  # (1, 1, 32, 32, 32) in [0, 1]
+    target = (volume / volume.max())[None, None]  # (1, 1, 32, 32, 32) in [0, 1] (target_scale=1)
     prior = build_prior(xrays, geom)
     target_proj = tp.project(target, geom)
-    net = PSCTNet(preset="tiny", volume_shape=(32, 32, 32), xray_size=32, agp_dropout=0.0)
+    net = PSCTNet(preset="tiny", volume_shape=(32, 32, 32), xray_size=32, agp_dropout=0.0, target_scale=1.0)
     disc = PatchDiscriminator3D.from_config(net.config)
     opt_g, opt_d = make_optimizers(net, disc)
     history = []

@@ -17,7 +17,7 @@ from tomoprior.calibration import bead_design, bead_line_integrals, detect_beads
 def roi():
     """A 400 x 400 detector of 0.2 mm pixels (magnification 1.5) that sees ~8 cage beads
     whole, with exact line integrals (support body included)."""
-    params = tp.geometry.default_frontal(pixel_pitch=0.2, detector_shape=(400, 400), u0=78.0, v0=54.0)
+    params = tp.geometry.default_frontal(pixel_pitch=0.2, detector_shape=(400, 400), u0=-90.0, v0=84.0)
     geom = tp.Geometry(tp.geometry.DEFAULT_GRID, [params.to_view()])
     ph = tp.phantoms.load("bead_cage")
     p = bead_line_integrals(ph, geom)[0]

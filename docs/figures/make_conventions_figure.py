@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-import tomoprior as tp  # noqa: E402
-from tomoprior._atomic import atomic_path  # noqa: E402
+import tomoprior as tp
+from tomoprior._atomic import atomic_path
 
 COLOURS = {"frontal": "tab:blue", "lateral": "tab:orange"}
 

@@ -313,6 +313,20 @@ class _Fontanelle:
     lateral: float
 
 
+def _slabs(grid: VolumeGrid):
+    """Voxel centres of ``grid`` in z-slabs of at most :data:`CHUNK_POINTS` points (at least one
+    plane): yields ``(z0, z1, points)`` with ``points`` ``((z1 - z0) ny nx, 3)`` as ``(x, y, z)`` mm."""
+    x, y, z = (c.to(_DTYPE) for c in grid.axis_coordinates(dtype=torch.float64))
+    nz, ny, nx = grid.shape
+    slab = max(1, CHUNK_POINTS // (ny * nx))
+    yy, xx = torch.meshgrid(y, x, indexing="ij")
+    for z0 in range(0, nz, slab):
+        z1 = min(nz, z0 + slab)
+        m = z1 - z0
+        pts = torch.stack([xx.expand(m, ny, nx), yy.expand(m, ny, nx), z[z0:z1, None, None].expand(m, ny, nx)], -1)
+        yield z0, z1, pts.reshape(-1, 3)
+
+
 class Skull:
     """A procedural pediatric skull (normal or craniosynostosis) defined by implicit functions.
 
@@ -885,23 +899,16 @@ class Skull:
 
     def _rasterize_table(self, grid: VolumeGrid, k: int, table: Tensor) -> Tensor:
         """Voxel means of ``table[material]`` (refined where an interface is near)."""
-        x, y, z = (c.to(_DTYPE) for c in grid.axis_coordinates(dtype=torch.float64))
-        nz, ny, nx = grid.shape
+        _, ny, nx = grid.shape
         sz, sy, sx = grid.spacing
         half_diag = 0.5 * math.sqrt(sx * sx + sy * sy + sz * sz)
         out = torch.empty(grid.shape, dtype=_DTYPE)
         off = (torch.arange(k, dtype=_DTYPE) + 0.5) / k - 0.5
         oz, oy, ox = torch.meshgrid(off * sz, off * sy, off * sx, indexing="ij")
         sub = torch.stack([ox.reshape(-1), oy.reshape(-1), oz.reshape(-1)], -1)  # (k^3, 3)
-        slab = max(1, CHUNK_POINTS // (ny * nx))
-        yy, xx = torch.meshgrid(y, x, indexing="ij")
         with torch.no_grad(), _eval_threads():
-            for z0 in range(0, nz, slab):
-                z1 = min(nz, z0 + slab)
+            for z0, z1, pts in _slabs(grid):
                 m = z1 - z0
-                pts = torch.stack(
-                    [xx.expand(m, ny, nx), yy.expand(m, ny, nx), z[z0:z1, None, None].expand(m, ny, nx)], -1
-                ).reshape(-1, 3)
                 mat, near = self._evaluate(pts, need_near=k > 1)
                 val = table[mat]
                 if k > 1:
@@ -918,20 +925,13 @@ class Skull:
     def label_map(self, grid: VolumeGrid) -> Tensor:
         """Tissue labels (uint8, :data:`LABELS`) at the voxel centres of ``grid``, ``(nz, ny, nx)``."""
         _check_grid_and_k(grid, 1)
-        x, y, z = (c.to(_DTYPE) for c in grid.axis_coordinates(dtype=torch.float64))
-        nz, ny, nx = grid.shape
+        _, ny, nx = grid.shape
         out = torch.empty(grid.shape, dtype=torch.uint8)
-        slab = max(1, CHUNK_POINTS // (ny * nx))
-        yy, xx = torch.meshgrid(y, x, indexing="ij")
         with torch.no_grad(), _eval_threads():
-            for z0 in range(0, nz, slab):
-                z1 = min(nz, z0 + slab)
-                m = z1 - z0
-                pts = torch.stack(
-                    [xx.expand(m, ny, nx), yy.expand(m, ny, nx), z[z0:z1, None, None].expand(m, ny, nx)], -1
-                ).reshape(-1, 3)
-                out[z0:z1] = self._mat_label[self._evaluate(pts)[0]].reshape(m, ny, nx)
+            for z0, z1, pts in _slabs(grid):
+                out[z0:z1] = self._mat_label[self._evaluate(pts)[0]].reshape(z1 - z0, ny, nx)
         return out
+
 
     def bone_fraction(self, grid: VolumeGrid, supersample: int = 2) -> Tensor:
         """Fraction (float32, 0-1) of each voxel's sub-samples that are bone, ``(nz, ny, nx)``."""

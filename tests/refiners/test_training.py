@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from tomoprior import data, refiners
+from tomoprior import data, metrics, refiners
 from tomoprior.refiners import Refiner, backproject_features
 from tomoprior.refiners.training import (
     EpochSampler,
@@ -24,8 +24,10 @@ from tomoprior.refiners.training import (
     TrainingHooks,
     _collate,
     evaluate,
+    export_weights,
     file_sha256,
     find_hooks,
+    is_better,
     lr_factor,
     make_batch,
     train,
@@ -131,6 +133,21 @@ def test_config_validation_names_the_field():
         TrainConfig(data="x.h5", data_range=-1.0)
     with pytest.raises(ValueError, match="no field"):
         TrainConfig.from_dict({"data": "x.h5", "bogus": 1})
+    with pytest.raises(ValueError, match="select must be one of"):
+        TrainConfig(data="x.h5", select="loss")
+    with pytest.raises(ValueError, match="bone_threshold"):
+        TrainConfig(data="x.h5", bone_threshold=0.0)
+
+
+def test_best_checkpoint_selection_by_each_metric():
+    a = {"val_psnr": 30.0, "val_ssim": 0.9, "val_mae": 0.002, "val_dice": 0.10}
+    b = {"val_psnr": 29.0, "val_ssim": 0.8, "val_mae": 0.001, "val_dice": 0.30}
+    assert is_better(a, None) and is_better(a, None, "dice")
+    assert is_better(a, b, "psnr") and not is_better(b, a, "psnr")
+    assert is_better(a, b, "ssim") and not is_better(a, b, "mae")  # lower MAE wins
+    assert is_better(b, a, "dice") and not is_better(a, b, "dice")
+    assert not is_better(a, a, "dice")  # ties keep the earlier checkpoint
+    assert not is_better({"epoch": 1}, None, "dice")  # no validation record: nothing to compare
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -143,7 +160,8 @@ def test_train_writes_checkpoints_metrics_and_reloads(tiny_h5, tiny_refiner, tmp
     assert len(lines) == 1
     rec = json.loads(lines[0])
     assert rec["epoch"] == 1 and rec["step"] == 2  # 4 train samples, batch 2 -> 2 steps
-    assert rec["val_n"] == 1 and all(np.isfinite(rec[k]) for k in ("val_psnr", "val_ssim", "val_mae"))
+    assert rec["val_n"] == 1 and all(np.isfinite(rec[k]) for k in ("val_psnr", "val_ssim", "val_mae", "val_dice"))
+    assert 0.0 <= rec["val_dice"] <= 1.0
     # the data range ('auto') is the largest validation voxel, stated in every record
     val = data.TomopriorDataset(tiny_h5, split="val")
     assert rec["data_range"] == pytest.approx(max(float(val[i]["volume"].max()) for i in range(len(val))))
@@ -160,6 +178,26 @@ def test_train_writes_checkpoints_metrics_and_reloads(tiny_h5, tiny_refiner, tmp
     # an existing run is never overwritten silently
     with pytest.raises(ValueError, match="resume"):
         train(_cfg(tiny_h5, out, epochs=1))
+
+
+def test_select_dice_picks_the_epoch_with_the_best_validation_dice(tiny_h5, tiny_refiner, tmp_path):
+    out = tmp_path / "run_dice"
+    # a low bone threshold so the tiny network's output crosses it and Dice varies by epoch
+    train(_cfg(tiny_h5, out, epochs=3, select="dice", bone_threshold=0.005))
+    hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    dices = [h["val_dice"] for h in hist]
+    want = hist[int(np.argmax(dices))]["epoch"]  # argmax: the first of equal maxima
+    _, extra = _state(out / "best.pt")
+    assert extra["epoch"] == want
+    # the validation Dice is the metrics module's Dice of the stored model's output
+    model = Refiner.from_checkpoint(out / "best.pt").eval()
+    vds = data.TomopriorDataset(tiny_h5, split="val", geometry_as="object")
+    item = vds[0]
+    with torch.no_grad():
+        x = item["xrays"][None]
+        pred = model(x, item["geometry"], refiners.build_prior(x, item["geometry"]))[0, 0]
+    ref = metrics.dice(pred, item["volume"].reshape(pred.shape), threshold=0.005)
+    assert hist[want - 1]["val_dice"] == pytest.approx(ref, abs=1e-9)
 
 
 def test_resume_after_interruption_equals_uninterrupted(tiny_h5, tiny_refiner, tmp_path):
@@ -341,3 +379,24 @@ def test_torchrun_two_processes_gloo(tiny_h5, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, extra = _state(out / "last.pt")
     assert extra["world_size"] == 2 and extra["step"] == 2 and len(extra["rng"]) == 2
+
+
+def test_export_weights_keeps_the_model_and_drops_resume_state(tiny_h5, tiny_refiner, tmp_path):
+    out = tmp_path / "run_export"
+    train(_cfg(tiny_h5, out, epochs=1))
+    dst = export_weights(out / "last.pt", tmp_path / "shipped.pt", provenance={"command": "tomoprior train ...",
+                                                                               "seed": 0})
+    full, small = refiners.read_checkpoint(out / "last.pt"), refiners.read_checkpoint(dst)
+    assert set(small["extra"]) == {"train_config", "data_sha256", "epoch", "step", "best", "history", "world_size",
+                                   "provenance"}
+    assert "optimizers" in full["extra"] and "optimizers" not in small["extra"]
+    assert small["extra"]["provenance"] == {"command": "tomoprior train ...", "seed": 0}
+    for k, v in full["state_dict"].items():
+        assert torch.equal(small["state_dict"][k], v)
+    assert dst.stat().st_size < (out / "last.pt").stat().st_size
+    a, b = Refiner.from_checkpoint(out / "last.pt"), Refiner.from_checkpoint(dst)
+    assert b.checkpoint_extra["provenance"]["seed"] == 0 and a.name == b.name
+    with pytest.raises(ValueError, match="JSON"):
+        export_weights(out / "last.pt", tmp_path / "bad.pt", provenance={"x": object()})
+    with pytest.raises(ValueError, match="differ"):
+        export_weights(dst, dst)

@@ -66,9 +66,13 @@ def _parse_set(items: tuple[str, ...]) -> dict:
 @click.option("--nondeterministic", is_flag=True, help="Allow nondeterministic kernels (faster on GPU).")
 @click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
               help="Launch this many processes with torchrun (DistributedDataParallel; gloo on CPU).")
+@click.option("--select", default="psnr", show_default=True, type=click.Choice(["psnr", "ssim", "mae", "dice"]),
+              help="Validation metric that picks best.pt (dice: bone Dice at --bone-threshold).")
+@click.option("--bone-threshold", default=0.035, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Bone threshold in 1/mm for the validation Dice.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(refiner, data, preset, overrides, epochs, batch_size, out, seed, resume, workers, max_steps, lr, betas,
-          decay_start, lr_end, data_range, save_every, device, nondeterministic, nproc, quiet):
+          decay_start, lr_end, data_range, save_every, device, nondeterministic, nproc, select, bone_threshold, quiet):
     """Train a refiner: Adam, constant-then-linear LR decay, validation PSNR/SSIM/MAE per epoch,
     atomic checkpoints OUT/last.pt and OUT/best.pt that resume exactly."""
     if nproc > 1:
@@ -98,13 +102,14 @@ def train(refiner, data, preset, overrides, epochs, batch_size, out, seed, resum
         cfg = TrainConfig(data=data, refiner=refiner, refiner_config=rc, out=out, epochs=epochs,
                           batch_size=batch_size, max_steps=max_steps, lr=lr, betas=beta_pair, decay_start=decay_start,
                           lr_end=lr_end, seed=seed, workers=workers, data_range=data_range, save_every=save_every,
-                          deterministic=not nondeterministic, device=device, progress=not quiet)
+                          deterministic=not nondeterministic, device=device, progress=not quiet,
+                          select=select, bone_threshold=bone_threshold)
         summary = run_training(cfg, resume=resume)
     except (ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from exc
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"] or {}
-        keys = ("epoch", "val_psnr", "val_ssim", "val_mae", "data_range")
+        keys = ("epoch", "val_psnr", "val_ssim", "val_mae", "val_dice", "data_range")
         click.echo(json.dumps({"steps": summary["steps"], "epochs": summary["epochs"],
                                "samples_per_s": summary["samples_per_s"],
                                "best": {k: best[k] for k in keys if k in best}, "out": summary["out"]}))

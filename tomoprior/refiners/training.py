@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._atomic import write_text_atomic
+from .._atomic import atomic_path, write_text_atomic
 from ..geometry.geometry import Geometry
 from .base import Refiner, read_checkpoint
 
@@ -58,6 +58,20 @@ PAPER_BETAS = (0.5, 0.99)
 
 
 # -- configuration ---------------------------------------------------------------------------
+
+#: Validation metrics that can pick ``best.pt``: +1 higher is better, -1 lower is better.
+SELECT_METRICS = {"psnr": 1, "ssim": 1, "mae": -1, "dice": 1}
+
+
+def is_better(record: dict, best: dict | None, select: str = "psnr") -> bool:
+    """Whether the epoch ``record`` beats ``best`` in the validation metric ``select``."""
+    key = f"val_{select}"
+    if key not in record or record[key] is None:
+        return False
+    if best is None or best.get(key) is None:
+        return True
+    return SELECT_METRICS[select] * (record[key] - best[key]) > 0
+
 
 @dataclass
 class TrainConfig:
@@ -104,6 +118,14 @@ class TrainConfig:
         ``"auto"`` (CUDA when available, the local rank's GPU under torchrun), ``"cpu"``, ``"cuda"``.
     progress : bool
         tqdm progress bars (rank 0 only).
+    select : {"psnr", "ssim", "mae", "dice"}
+        Validation metric that picks ``best.pt`` (higher PSNR / SSIM / bone Dice, lower MAE;
+        ties go to the later epoch only if strictly better). ``"dice"`` rewards bone: PSNR
+        and MAE are dominated by air and soft tissue, so a checkpoint with blurred, faint
+        bone can win them.
+    bone_threshold : float
+        Bone threshold in 1/mm for the validation Dice (default 0.035 /mm, about 700 HU at
+        60 keV; the same as ``tomoprior evaluate``).
     """
 
     data: str
@@ -125,6 +147,8 @@ class TrainConfig:
     deterministic: bool = True
     device: str = "auto"
     progress: bool = True
+    select: str = "psnr"
+    bone_threshold: float = 0.035
 
     def __post_init__(self):
         if not isinstance(self.refiner_config, dict):
@@ -155,6 +179,13 @@ class TrainConfig:
                 raise ValueError(f"data_range must be a positive number or 'auto', got {self.data_range!r}")
         elif not (math.isfinite(float(self.data_range)) and float(self.data_range) > 0):
             raise ValueError(f"data_range must be positive and finite, got {self.data_range!r}")
+        if self.select not in SELECT_METRICS:
+            raise ValueError(f"select must be one of {tuple(SELECT_METRICS)} (the validation metric that picks "
+                             f"best.pt), got {self.select!r}")
+        if not (isinstance(self.bone_threshold, (int, float)) and math.isfinite(self.bone_threshold)
+                and self.bone_threshold > 0):
+            raise ValueError(f"bone_threshold must be a positive number in 1/mm (e.g. 0.035), "
+                             f"got {self.bone_threshold!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -455,17 +486,19 @@ def _loader(ds, sampler, batch_size: int, workers: int, seed: int, epoch: int):
 
 @torch.no_grad()
 def evaluate(model: Refiner, dataset, data_range: float, *, batch_size: int = 1, device="cpu",
-             workers: int = 0, progress: bool = False) -> dict[str, float]:
-    """Mean PSNR (dB), 3D SSIM and MAE (1/mm) of ``model`` over ``dataset`` (a
+             workers: int = 0, progress: bool = False, bone_threshold: float = 0.035) -> dict[str, float]:
+    """Mean PSNR (dB), 3D SSIM, MAE (1/mm) and bone Dice of ``model`` over ``dataset`` (a
     ``TomopriorDataset(..., geometry_as="object")``), per volume then averaged.
 
-    ``data_range`` is the PSNR/SSIM peak in the volumes' units (attenuation per mm).
+    ``data_range`` is the PSNR/SSIM peak in the volumes' units (attenuation per mm);
+    ``bone_threshold`` (1/mm) defines bone for the Dice (a sample without bone in either
+    volume counts as Dice 1 if both are empty, else 0).
     """
-    from ..metrics import mae, psnr, ssim
+    from ..metrics import dice, mae, psnr, ssim
 
     was_training = model.training
     model.eval()
-    sums = {"psnr": 0.0, "ssim": 0.0, "mae": 0.0}
+    sums = {"psnr": 0.0, "ssim": 0.0, "mae": 0.0, "dice": 0.0}
     n = 0
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=_collate)
@@ -483,12 +516,19 @@ def evaluate(model: Refiner, dataset, data_range: float, *, batch_size: int = 1,
                 sums["psnr"] += psnr(out[i, 0], tgt[i, 0], data_range)
                 sums["ssim"] += ssim(out[i, 0], tgt[i, 0], data_range)
                 sums["mae"] += mae(out[i, 0], tgt[i, 0])
+                sums["dice"] += _dice_or_empty(dice, out[i, 0], tgt[i, 0], bone_threshold)
                 n += 1
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("the validation split is empty; make a dataset with a val split (--split)")
     return {k: v / n for k, v in sums.items()} | {"n": n}
+
+
+def _dice_or_empty(dice, out, tgt, threshold: float) -> float:
+    if not bool((out > threshold).any()) and not bool((tgt > threshold).any()):
+        return 1.0
+    return float(dice(out, tgt, threshold))
 
 
 def _auto_data_range(dataset) -> float:
@@ -695,12 +735,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             record["samples_per_s"] = n_samples / t_train if t_train > 0 else None
             if dist.is_main and len(val_ds):
                 metrics = evaluate(model, val_ds, float(cfg.data_range), batch_size=cfg.batch_size, device=device,
-                                   progress=progress)
+                                   progress=progress, bone_threshold=float(cfg.bone_threshold))
                 record.update({f"val_{k}": v for k, v in metrics.items()})
                 record["data_range"] = float(cfg.data_range)
             record["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             history.append(record)
-            is_best = "val_psnr" in record and (best is None or record["val_psnr"] > best["val_psnr"])
+            is_best = is_better(record, best, cfg.select)
             if is_best:
                 best = record
             state.save(step, epoch, 0, history, best, best_too=is_best)
@@ -749,6 +789,45 @@ class _RunState:
             if best_too:
                 self.model.save_checkpoint(self.best_path, **extra)
         _barrier(self.dist)
+
+
+#: ``extra`` entries of a training checkpoint kept by :func:`export_weights` (the rest is
+#: resume state: optimisers, schedulers, the discriminator, RNG states).
+EXPORT_KEEP = ("train_config", "data_sha256", "epoch", "step", "best", "history", "world_size")
+
+
+def export_weights(checkpoint, out, *, provenance: dict | None = None, keep=EXPORT_KEEP) -> Path:
+    """Write a weights-only copy of a training checkpoint for inference or shipping.
+
+    Keeps the refiner's name, config and weights and the ``extra`` entries in ``keep``
+    (training config, data hash, epoch, step, validation history); drops what only resuming
+    needs (optimiser and scheduler states, auxiliary networks such as a discriminator, RNG
+    states), which is most of the file. ``provenance`` (JSON-like: strings, numbers, lists,
+    dicts) is stored as ``extra["provenance"]``, e.g. the training and data commands. The
+    copy loads with :meth:`Refiner.from_checkpoint`; it cannot be resumed. Written atomically.
+
+    Returns the output path.
+    """
+    from .base import read_checkpoint
+
+    src = read_checkpoint(checkpoint)
+    if provenance is not None:
+        try:
+            json.dumps(provenance)
+        except TypeError as exc:
+            raise ValueError(f"provenance must be JSON-serialisable (strings, numbers, lists, dicts): {exc}") from exc
+    out = Path(out)
+    if out.resolve() == Path(checkpoint).resolve():
+        raise ValueError("out must differ from checkpoint (export writes a new, smaller file)")
+    extra = {k: v for k, v in src.get("extra", {}).items() if k in tuple(keep)}
+    if provenance is not None:
+        extra["provenance"] = json.loads(json.dumps(provenance))  # plain containers only (weights_only loads)
+    payload = {k: v for k, v in src.items() if k != "extra"}
+    payload["extra"] = extra
+    payload["state_dict"] = {k: v.detach().clone().contiguous() for k, v in src["state_dict"].items()}
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    return out
 
 
 def _barrier(dist: DistInfo) -> None:

@@ -75,6 +75,7 @@ class PSCTNetHooks(TrainingHooks):
             "adv": float(losses["adv"]),
             "rec": float(losses["rec"]),
             "proj": float(losses["proj"]),
+            "bone": float(losses["bone"]),
             "d_loss": d_loss,
         }
 

@@ -124,7 +124,7 @@ def generator_loss(
     prior: torch.Tensor | None = None,
     target_projections: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``{"total", "adv", "rec", "proj"}`` for the generator.
+    """``{"total", "adv", "rec", "proj", "bone"}`` for the generator.
 
     ``output`` and ``target`` are in 1/mm; ``rec`` and ``proj`` are reported and weighted
     in network units (divided by ``config.target_scale``) and the discriminator sees
@@ -132,7 +132,8 @@ def generator_loss(
     (0.1, 10, 10) keep their meaning.
 
     ``adv`` is zero (and not weighted in) when no ``discriminator`` is given or
-    ``config.w_adv == 0``; then ``prior`` is not needed.
+    ``config.w_adv == 0``; then ``prior`` is not needed. ``bone`` (weighted by
+    ``config.w_bone``, default 0) is :func:`bone_loss`.
     """
     k = 1.0 / float(getattr(config, "target_scale", 1.0))  # 1/mm -> network units
     rec = F.l1_loss(output, target) * k
@@ -142,10 +143,30 @@ def generator_loss(
         if config.w_proj > 0
         else zero
     )
+    w_bone = float(getattr(config, "w_bone", 0.0))
+    bone = bone_loss(output, target, float(getattr(config, "bone_threshold", 0.035))) * k if w_bone > 0 else zero
     adv = zero
     if discriminator is not None and config.w_adv > 0:
         if prior is None:
             raise ValueError("the adversarial loss needs the prior the discriminator is conditioned on")
         adv = lsgan_generator_loss(discriminator(output * k, prior))
-    total = config.w_adv * adv + config.w_rec * rec + config.w_proj * proj
-    return {"total": total, "adv": adv.detach(), "rec": rec.detach(), "proj": proj.detach()}
+    total = config.w_adv * adv + config.w_rec * rec + config.w_proj * proj + w_bone * bone
+    return {"total": total, "adv": adv.detach(), "rec": rec.detach(), "proj": proj.detach(), "bone": bone.detach()}
+
+
+def bone_loss(output: torch.Tensor, target: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Mean ``|output - target|`` over the target's bone voxels (``target > threshold``).
+
+    Averaged per sample over that sample's bone voxels, then over the samples that have
+    bone (a batch without bone gives 0). Same units as ``output``.
+    """
+    if output.shape != target.shape:
+        raise ValueError(f"output {tuple(output.shape)} and target {tuple(target.shape)} must have the same shape")
+    mask = (target > threshold).to(output.dtype)
+    dims = tuple(range(1, output.ndim))
+    count = mask.sum(dim=dims)
+    err = ((output - target).abs() * mask).sum(dim=dims)
+    has = count > 0
+    if not bool(has.any()):
+        return output.new_zeros(())
+    return (err[has] / count[has]).mean()

@@ -97,5 +97,6 @@ def train_step(
         "adv": float(losses["adv"]),
         "rec": float(losses["rec"]),
         "proj": float(losses["proj"]),
+        "bone": float(losses["bone"]),
         "d_loss": d_loss,
     }

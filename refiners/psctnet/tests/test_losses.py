@@ -8,7 +8,7 @@ import tomoprior as tp
 import torch
 
 from psctnet import PatchDiscriminator3D, PSCTNet, PSCTNetConfig, generator_loss, projection_loss
-from psctnet.losses import lsgan_discriminator_loss, lsgan_generator_loss
+from psctnet.losses import bone_loss, lsgan_discriminator_loss, lsgan_generator_loss
 
 
 def _target(n=16, shift=0):
@@ -122,3 +122,36 @@ def test_projection_loss_per_sample_geometries(geom16):
     torch.testing.assert_close(got, projection_loss(o, t, geom16))
     with pytest.raises(ValueError, match="geometries"):
         projection_loss(o, t, [geom16])
+
+
+def test_bone_loss_averages_over_target_bone_only():
+    t = torch.zeros(2, 1, 4, 4, 4)
+    t[0, 0, 0, 0, :2] = 0.05  # two bone voxels in sample 0, none in sample 1
+    out = t.clone()
+    out[0, 0, 0, 0, 0] = 0.03  # error 0.02 on one of the two bone voxels
+    out[0, 0, 3, 3, 3] = 0.5  # a false positive outside the target's bone: not this term's business
+    out[1] += 0.01
+    assert float(bone_loss(out, t, 0.035)) == pytest.approx(0.01)  # (0.02 + 0) / 2, sample 1 has no bone
+    assert float(bone_loss(t, t, 0.035)) == 0.0
+    assert float(bone_loss(out[1:], t[1:], 0.035)) == 0.0  # a batch without bone contributes nothing
+    with pytest.raises(ValueError, match="same shape"):
+        bone_loss(out, t[:1], 0.035)
+
+
+def test_generator_loss_adds_the_weighted_bone_term(geom16):
+    cfg = PSCTNetConfig.preset(
+        "tiny", volume_shape=(16, 16, 16), xray_size=16, enc3d_widths=(8, 16, 16), enc2d_widths=(8, 8, 16)
+    )
+    assert cfg.w_bone == 0.0  # off by default: the paper's loss
+    t = _target() * 0.05
+    out = _target(shift=2) * 0.04
+    base = generator_loss(out, t, geom16, cfg.replace(w_adv=0.0))
+    with_bone = generator_loss(out, t, geom16, cfg.replace(w_adv=0.0, w_bone=2.0))
+    expected = bone_loss(out, t, cfg.bone_threshold) / cfg.target_scale
+    assert float(base["bone"]) == 0.0 and float(expected) > 0
+    torch.testing.assert_close(with_bone["bone"], expected)
+    torch.testing.assert_close(with_bone["total"], base["total"] + 2.0 * expected)
+    with pytest.raises(ValueError, match="w_bone"):
+        cfg.replace(w_bone=-1.0)
+    with pytest.raises(ValueError, match="bone_threshold"):
+        cfg.replace(bone_threshold=0.0)

@@ -11,12 +11,13 @@ hard-coded, so a right lateral or an AP frontal gets the right permutation and f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 #: The smallest |cosine| between a frame axis and its nearest world axis that is accepted
-#: (about 35 degrees off-axis); MV3D-C permutes axes, so oblique views cannot use it.
+#: (about 37 degrees off-axis); the view frames permute axes, so oblique views cannot use them.
 MIN_AXIS_COSINE = 0.8
 
 
@@ -72,8 +73,9 @@ def view_frame(view) -> ViewFrame:
     Raises
     ------
     ValueError
-        If a frame axis is further than about 35 degrees from every world axis, or two
-        frame axes snap to the same world axis (an oblique view; MV3D-C cannot permute it).
+        If a frame axis is further than about 37 degrees (``acos(MIN_AXIS_COSINE)``) from
+        every world axis, or two frame axes snap to the same world axis (an oblique view: the
+        view branches, their fusion and MV3D-C permute axes and cannot represent it).
     """
     normal = view.normal.detach().double().cpu()  # toward the source
     u = view.u.detach().double().cpu()
@@ -83,9 +85,15 @@ def view_frame(view) -> ViewFrame:
     for name, vec in zip(("depth (beam)", "row (v)", "column (u)"), axes):
         w = int(torch.argmax(vec.abs()))
         if float(vec.abs()[w]) < MIN_AXIS_COSINE:
+            angle = math.degrees(math.acos(min(1.0, float(vec.abs()[w]))))
             raise ValueError(
-                f"view {view.name or ''}: its {name} axis {vec.tolist()} is not close to any world axis; MV3D-C "
-                "permutes feature axes and needs views roughly aligned with x, y, z (set use_mv3dc=False)"
+                f"view {view.name or ''}: its {name} axis {[round(float(c), 4) for c in vec]} is {angle:.1f} degrees "
+                f"from the nearest volume axis (limit {math.degrees(math.acos(MIN_AXIS_COSINE)):.1f}). PSCT-Net keeps "
+                "each view's 3D features in a frame snapped to the volume axes (the lifting, the view fusion and "
+                "MV3D-C all use it, so no config flag removes this). Express the geometry in a world frame whose "
+                "axes follow the acquisition (rotate every view's source, detector, u and v by one rotation so each "
+                "view is within ~37 degrees of x, y or z; the volume is then reconstructed in that frame), or use a "
+                "refiner without view frames such as bp-prior"
             )
         ct_dims.append(2 - w)  # world x, y, z -> CT dims 2, 1, 0
         flips.append(bool(vec[w] < 0))

@@ -94,8 +94,11 @@ def test_non_cubic_frame_shapes(geom32):
 
 def test_oblique_view_is_rejected():
     geom = _geometry((0, 45))
-    with pytest.raises(ValueError, match="use_mv3dc=False"):
+    with pytest.raises(ValueError, match=r"45\.0 degrees from the nearest volume axis.*no config flag") as info:
         view_frame(geom.views[1])
+    assert "use_mv3dc" not in str(info.value)  # the flag does not lift the restriction: never suggest it
+    # 30 degrees off the axes is accepted and snaps to the nearest axis
+    assert view_frame(_geometry((0, 60)).views[1]).depth_axis == view_frame(_geometry((0, 90)).views[1]).depth_axis
 
 
 def test_agp_query_positions_project_where_the_voxels_are(geom32):

@@ -22,6 +22,11 @@ energy, 60 keV for the procedural skulls, read from each sample's provenance):
   cubes at the threshold) of ``mu > bone_threshold_mu`` (0.035 /mm, about 700 HU at 60 keV);
   projection consistency = the prediction re-projected through the geometry the test X-rays
   were really made with, compared with those X-rays (relative L2 and MAE).
+- A refiner whose output never reaches 0.035 /mm (a smooth back-projection, an under-trained
+  network) has Dice 0 and undefined surface distances there. :func:`fit_bone_threshold` fits
+  the prediction's own bone level on training samples (maximum mean Dice against the targets'
+  ``mu > 0.035 /mm``), and ``evaluate(..., pred_bone_threshold_mu=...)`` scores the bone metrics
+  at that level; the targets keep theirs. Results say which level each refiner used.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from .prior import build_prior
 
 __all__ = [
     "ARMS",
+    "BONE_THRESHOLD_CANDIDATES",
     "CALIBRATION_RESIDUAL",
     "METRICS",
     "PAPER_MISCALIBRATION",
@@ -55,6 +61,7 @@ __all__ = [
     "MiscalibrationResult",
     "compare_markdown",
     "evaluate",
+    "fit_bone_threshold",
     "fit_bp_prior",
     "geometry_error_px",
     "miscalibration_study",
@@ -127,7 +134,7 @@ def _one_thread():
 
 def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometry | None = None,
                    energy_kev: float = DEFAULT_ENERGY_KEV, bone_threshold_mu: float = DEFAULT_BONE_THRESHOLD_MU,
-                   surface_method: str = "mesh") -> dict:
+                   surface_method: str = "mesh", pred_bone_threshold_mu: float | None = None) -> dict:
     """Every metric of :data:`METRICS` for one reconstruction.
 
     Parameters
@@ -140,12 +147,28 @@ def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometr
     energy_kev : float
         Effective energy of the HU conversion.
     bone_threshold_mu : float
-        Bone threshold (1/mm) of Dice and the surface distances.
+        Bone threshold (1/mm) of Dice and the surface distances: the target's bone is
+        ``target > bone_threshold_mu``, and so is the prediction's unless
+        ``pred_bone_threshold_mu`` is given.
+    pred_bone_threshold_mu : float, optional
+        The prediction's own bone iso-level (1/mm, positive, finite), e.g. fitted on training
+        samples by :func:`fit_bone_threshold` for a refiner whose output is systematically too
+        low or too high. Dice compares ``prediction > pred_bone_threshold_mu`` with ``target >
+        bone_threshold_mu``, ASSD/HD95 the prediction's iso-surface at
+        ``pred_bone_threshold_mu`` with the target's at ``bone_threshold_mu``. Only the bone
+        metrics change; PSNR, SSIM, MAE and projection consistency never use it. None (default):
+        the same level as the target (bitwise the plain computation).
 
     Returns
     -------
     dict of floats; PSNR is ``inf`` for identical volumes; ASSD/HD95 are NaN when either volume
     has no bone (undefined), and the reason is in ``"notes"``.
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, a non-finite prediction, a ``pred_bone_threshold_mu`` that is not a
+        positive finite number.
     """
     p = np.asarray(prediction, dtype=np.float64)
     t = np.asarray(target, dtype=np.float64)
@@ -153,6 +176,8 @@ def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometr
         raise ValueError(f"prediction and target must be (nz, ny, nx) of the same shape, got {p.shape} and {t.shape}")
     if not np.isfinite(p).all():
         raise ValueError("the prediction contains NaN or infinite values")
+    if pred_bone_threshold_mu is not None:
+        pred_bone_threshold_mu = _positive_level(pred_bone_threshold_mu, "pred_bone_threshold_mu")
     px, tx = to_x2ctgan(p, energy_kev), to_x2ctgan(t, energy_kev)
     pb, tb = to_bone_window(p, energy_kev), to_bone_window(t, energy_kev)
     out = {
@@ -162,15 +187,28 @@ def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometr
         "ssim_psctnet": ssim(pb, tb, _BONE_WINDOW, mode="3d"),
         "mae_hu": mae(mu_to_hu(p, energy_kev), mu_to_hu(t, energy_kev)),
         "mae_mu": mae(p, t),
-        "dice_bone": dice(p, t, threshold=bone_threshold_mu),
     }
+    if pred_bone_threshold_mu is None:
+        out["dice_bone"] = dice(p, t, threshold=bone_threshold_mu)
+        p_bone, note_level = p, ""
+    else:
+        out["dice_bone"] = dice(p > pred_bone_threshold_mu, t > bone_threshold_mu)
+        # surface_distances meshes both volumes at one level. Marching cubes only sees where
+        # ``value - level`` changes sign and interpolates linearly between voxel centres, so a
+        # monotone affine map of the values moves the iso-surface of level a onto that of level
+        # b exactly when it maps a to b. A scaling by bone / pred does so in the interior; a
+        # shift by (bone - pred) does so everywhere, including the cells against the constant
+        # border padding of tomoprior.metrics.bone (``min(volume, level) - 1``, which moves with
+        # a shift but not with a scaling), hence the shift. Only the bone metrics see this copy.
+        p_bone = p + (float(bone_threshold_mu) - pred_bone_threshold_mu)
+        note_level = f" (prediction bone level {pred_bone_threshold_mu:.6g} /mm)"
     notes = []
     try:
-        sd = surface_distances(p, t, spacing, threshold=bone_threshold_mu, method=surface_method)
+        sd = surface_distances(p_bone, t, spacing, threshold=bone_threshold_mu, method=surface_method)
         out["assd_mm"], out["hd95_mm"] = sd["assd"], sd["hd95"]
     except ValueError as exc:  # no bone in one volume: the distance is undefined, not zero
         out["assd_mm"] = out["hd95_mm"] = math.nan
-        notes.append(f"surface distances undefined: {exc}")
+        notes.append(f"surface distances undefined{note_level}: {exc}")
     if xrays is not None and geometry is not None:
         pc = projection_consistency(torch.as_tensor(p), xrays, geometry)
         out["proj_rel_l2"], out["proj_mae"] = pc["relative_l2"], pc["mae"]
@@ -178,6 +216,16 @@ def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometr
         out["proj_rel_l2"] = out["proj_mae"] = math.nan
     out["notes"] = notes
     return out
+
+
+def _positive_level(value, name: str) -> float:
+    """``value`` as a positive finite float (1/mm), else a ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a positive number in 1/mm (e.g. 0.02), got {value!r}")
+    val = float(value)
+    if not (math.isfinite(val) and val > 0):
+        raise ValueError(f"{name} must be a positive finite attenuation in 1/mm (e.g. 0.02), got {value!r}")
+    return val
 
 
 def geometry_error_px(assumed: Geometry, true: Geometry, *, points_per_axis: int = 8) -> dict:
@@ -358,8 +406,10 @@ class EvaluationResult:
     def to_markdown(self, metrics: Sequence[str] = TABLE_METRICS) -> str:
         """A table: rows = groups (all, normal, craniosynostosis, each variant), mean ± std."""
         head = "| group | n | " + " | ".join(_col(k) for k in metrics) + " |"
+        levels = self.settings.get("pred_bone_threshold_mu")
+        levels = f"; {self.settings.get('bone_levels', '')}" if levels is not None else ""
         lines = [f"**{self.label}** on `{self.dataset}` split `{self.split}` "
-                 f"({self.settings.get('description', '')})", "", head,
+                 f"({self.settings.get('description', '')}{levels})", "", head,
                  "|" + " --- |" * (len(metrics) + 2)]
         for g, aggs in self.aggregates.items():
             if aggs["n_samples"] == 0:
@@ -471,7 +521,8 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
              perturbation: GeometryPerturbation | None = None, calibration_error=None, batch_size: int = 2,
              device="cpu", seed: int = 0, label: str | None = None, checkpoint=None, energy_kev: float | None = None,
              bone_threshold_mu: float = DEFAULT_BONE_THRESHOLD_MU, output_to_mu: float | None = None,
-             max_samples: int | None = None, resynthesize: bool = False, progress: bool = False) -> EvaluationResult:
+             max_samples: int | None = None, resynthesize: bool = False, progress: bool = False,
+             pred_bone_threshold_mu: float | None = None) -> EvaluationResult:
     """Run ``refiner`` on every sample of ``split`` and score it (see the module docstring).
 
     Parameters
@@ -510,7 +561,12 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
     energy_kev : float, optional
         Energy of the HU conversion; default: the phantom's (provenance), else 60 keV.
     bone_threshold_mu : float
-        Bone threshold in 1/mm (Dice, ASSD, HD95).
+        Bone threshold in 1/mm (Dice, ASSD, HD95) of the targets, and of the predictions unless
+        ``pred_bone_threshold_mu`` is given.
+    pred_bone_threshold_mu : float, optional
+        The predictions' own bone iso-level in 1/mm (see :func:`sample_metrics`), typically
+        ``fit_bone_threshold(refiner, path, "train")["threshold_mu"]``: fitted on training
+        samples, never on the split evaluated here. Recorded in ``settings``.
     output_to_mu : float, optional
         Factor turning the refiner's output into 1/mm; default: from the checkpoint's
         ``extra`` (``output_to_mu``, or ``1 / target_scale``), else 1.
@@ -550,10 +606,11 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
     if calibration_error is not None and geometry_override not in (None, "true"):
         raise ValueError("calibration_error adds a residual error to the true geometry; it cannot be combined "
                          f"with geometry_override={geometry_override!r}")
+    if pred_bone_threshold_mu is not None:
+        pred_bone_threshold_mu = _positive_level(pred_bone_threshold_mu, "pred_bone_threshold_mu")
     path, indices = _open_split(dataset_or_path, split)
     if max_samples is not None:
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"max_samples must be a positive integer, got {max_samples!r}")
+        _check_max_samples(max_samples)
         indices = indices[:max_samples]
     scale = _output_to_mu(refiner, output_to_mu)
     device = torch.device(device)
@@ -567,25 +624,13 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
             items = [_prepare(ds, i, geometry_override, perturbation, calibration_error, seed, energy_kev,
                               resynthesize) for i in batch]
             t0 = time.perf_counter()
-            xr = torch.stack([it["xrays"] for it in items]).to(device)
-            geoms = [it["assumed"] for it in items]
-            geom_arg = geoms[0] if len(geoms) == 1 else geoms
-            with torch.no_grad():
-                prior = build_prior(xr, geom_arg)
-                out = refiner(xr, geom_arg, prior)
-            want = (len(items), 1, *items[0]["volume"].shape)
-            if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
-                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"refiner {type(refiner).name!r} returned {got}, expected {want} (B, 1, nz, ny, nx) "
-                                 "on the dataset's grid; was it built for another volume shape?")
-            if not bool(torch.isfinite(out).all()):
-                raise ValueError(f"refiner {type(refiner).name!r} returned NaN or infinite voxels for samples {batch}")
+            pred = _run_refiner(refiner, items, device, scale)
             dt = (time.perf_counter() - t0) / len(items)
-            pred = (out[:, 0].detach().to("cpu", torch.float64) * scale).numpy()
             for it, p in zip(items, pred):
                 with _one_thread():
                     m = sample_metrics(p, it["volume"], it["spacing"], xrays=it["xrays"], geometry=it["true"],
-                                       energy_kev=it["energy_kev"], bone_threshold_mu=bone_threshold_mu)
+                                       energy_kev=it["energy_kev"], bone_threshold_mu=bone_threshold_mu,
+                                       pred_bone_threshold_mu=pred_bone_threshold_mu)
                 rec = {"index": it["index"], "variant": it["variant"], "normal": it["normal"],
                        "age_years": it["age_years"], **m, "geometry_error_px": it["geometry_error"]["mean_px"],
                        "geometry_error": it["geometry_error"], "perturbation": it["drawn"],
@@ -600,7 +645,8 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
         "perturbation": dataclasses.asdict(perturbation) if perturbation is not None else None,
         "calibration_error": (dict(calibration_error) if isinstance(calibration_error, Mapping) else
                               dataclasses.asdict(calibration_error) if calibration_error is not None else None),
-        "seed": seed, "bone_threshold_mu": bone_threshold_mu, "output_to_mu": scale,
+        "seed": seed, "bone_threshold_mu": bone_threshold_mu, "pred_bone_threshold_mu": pred_bone_threshold_mu,
+        "bone_levels": _bone_levels_text(bone_threshold_mu, pred_bone_threshold_mu), "output_to_mu": scale,
         "energy_kev": energy_kev if energy_kev is not None else "from provenance (default 60)",
         "conventions": {
             "x2ctgan": "clip(HU + 1024, 0, 4095), PSNR over the volume with MAX 4095, 3D SSIM range 4095",
@@ -615,6 +661,39 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
     return EvaluationResult(label or type(refiner).name, _describe_refiner(refiner, checkpoint), str(path),
                             split if not isinstance(dataset_or_path, TomopriorDataset) else str(dataset_or_path.split),
                             settings, per_sample)
+
+
+def _check_max_samples(max_samples) -> None:
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
+        raise ValueError(f"max_samples must be a positive integer, got {max_samples!r}")
+
+
+def _run_refiner(refiner: Refiner, items: list[dict], device: torch.device, scale: float) -> np.ndarray:
+    """The refiner's reconstructions of a batch of :func:`_prepare` items, in 1/mm, float64
+    ``(B, nz, ny, nx)`` on the CPU; checks the output's shape and finiteness."""
+    xr = torch.stack([it["xrays"] for it in items]).to(device)
+    geoms = [it["assumed"] for it in items]
+    geom_arg = geoms[0] if len(geoms) == 1 else geoms
+    with torch.no_grad():
+        prior = build_prior(xr, geom_arg)
+        out = refiner(xr, geom_arg, prior)
+    want = (len(items), 1, *items[0]["volume"].shape)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"refiner {type(refiner).name!r} returned {got}, expected {want} (B, 1, nz, ny, nx) "
+                         "on the dataset's grid; was it built for another volume shape?")
+    if not bool(torch.isfinite(out).all()):
+        batch = [it["index"] for it in items]
+        raise ValueError(f"refiner {type(refiner).name!r} returned NaN or infinite voxels for samples {batch}")
+    return (out[:, 0].detach().to("cpu", torch.float64) * scale).numpy()
+
+
+def _bone_levels_text(bone_threshold_mu: float, pred_bone_threshold_mu: float | None) -> str:
+    if pred_bone_threshold_mu is None:
+        return (f"bone = mu > {bone_threshold_mu:g} /mm in both the prediction and the target "
+                "(Dice, ASSD, HD95)")
+    return (f"prediction bone = mu > {pred_bone_threshold_mu:.6g} /mm (its own iso-level), target bone = "
+            f"mu > {bone_threshold_mu:g} /mm (Dice, ASSD, HD95); the other metrics do not use a threshold")
 
 
 def _override_name(go, cal) -> str:
@@ -776,7 +855,8 @@ def miscalibration_study(refiner: Refiner, dataset_or_path, split: str = "test",
       CLI's ``--calibration bead`` fits the bead cage with ``tomoprior.calibration``).
       ``calibration`` may be a list of these: one arm ``calibrated (<mode>)`` each.
 
-    ``**kwargs`` go to :func:`evaluate` (batch_size, device, label, energy_kev, ...).
+    ``**kwargs`` go to :func:`evaluate` (batch_size, device, label, energy_kev,
+    ``pred_bone_threshold_mu``, ...), the same for every arm.
     """
     if not isinstance(perturbation, GeometryPerturbation) or perturbation.is_zero:
         raise ValueError("perturbation must be a non-zero GeometryPerturbation, e.g. PAPER_MISCALIBRATION")
@@ -856,3 +936,136 @@ def fit_bp_prior(refiner, dataset_or_path, split: str = "train", *, max_samples:
         gain, offset = sxy / sxx, 0.0
     cfg.gain, cfg.offset = float(gain), float(offset)
     return refiner
+
+
+# --------------------------------------------------------------------------------------------
+#: Default candidate prediction bone levels of :func:`fit_bone_threshold` (1/mm): 60 levels
+#: geometrically spaced from 0.002 to 0.08 /mm (about 6.5 % apart), to which the target
+#: threshold itself is added.
+BONE_THRESHOLD_CANDIDATES = np.geomspace(0.002, 0.08, 60)
+_DICE_TIE = 1e-12
+
+
+def _dice_curve(pred: np.ndarray, target_bone: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Dice of ``pred > t`` against the boolean ``target_bone`` for every ``t`` of
+    ``thresholds`` (sorted ascending), by counting with sorted values instead of thresholding
+    the volume once per level. Two empty masks give 1, as :func:`tomoprior.metrics.dice`."""
+    flat = np.sort(pred, axis=None)
+    in_bone = np.sort(pred[target_bone], axis=None)
+    n_pred = flat.size - np.searchsorted(flat, thresholds, side="right")  # |pred > t|
+    n_both = in_bone.size - np.searchsorted(in_bone, thresholds, side="right")  # |pred > t and target bone|
+    total = n_pred + in_bone.size
+    return np.where(total > 0, 2.0 * n_both / np.maximum(total, 1), 1.0)
+
+
+def fit_bone_threshold(refiner: Refiner, dataset_or_path, split: str = "train", *, max_samples: int | None = 16,
+                       thresholds=None, bone_threshold_mu: float = DEFAULT_BONE_THRESHOLD_MU,
+                       output_to_mu: float | None = None, batch_size: int = 1, device="cpu") -> dict:
+    """The prediction bone level (1/mm) that maximises a refiner's mean bone Dice on training samples.
+
+    A smooth or under-trained reconstruction may never reach the bone threshold of the targets
+    (0.035 /mm): its Dice is then 0 and its surface distances undefined at that level, though
+    its bone may be in the right place. Giving each refiner its own iso-level for the prediction
+    (the targets keep ``bone_threshold_mu``) makes the bone metrics comparable; fit it here on
+    the ``train`` split and pass ``result["threshold_mu"]`` as ``pred_bone_threshold_mu`` to
+    :func:`evaluate` on the test split. Never fit it on the split you report.
+
+    The refiner is run as :func:`evaluate` runs it with the defaults: the stored X-rays, the
+    geometry that made them (for the refiner and its prior), ``output_to_mu`` applied. For each
+    candidate level ``t`` the Dice of ``prediction > t`` against ``target > bone_threshold_mu``
+    is averaged over the samples.
+
+    Parameters
+    ----------
+    refiner : Refiner
+    dataset_or_path : str, Path or TomopriorDataset
+        A tomoprior dataset file (``split`` selects the samples) or a dataset object (its own
+        samples are used).
+    split : {"train", "val"}
+        Where to fit (default ``"train"``). ``"test"`` is refused: the level would be tuned on
+        the data being reported.
+    max_samples : int or None
+        Use the first ``max_samples`` samples of the split (None: all).
+    thresholds : sequence of float, optional
+        Candidate prediction levels in 1/mm (positive, finite); default
+        :data:`BONE_THRESHOLD_CANDIDATES` (60 geometric levels, 0.002-0.08 /mm).
+        ``bone_threshold_mu`` is always added.
+    bone_threshold_mu : float
+        The targets' bone threshold in 1/mm.
+    output_to_mu : float, optional
+        Factor turning the refiner's output into 1/mm (as in :func:`evaluate`).
+    batch_size : int
+        Samples per refiner call.
+    device : str or torch.device
+
+    Returns
+    -------
+    dict
+        ``threshold_mu`` (the best level, 1/mm), ``dice`` (mean train Dice at it),
+        ``dice_at_default`` (mean Dice at ``bone_threshold_mu``), ``bone_threshold_mu`` (the
+        targets' level), ``split``, ``n_samples``, ``indices`` (the samples used), ``curve``
+        (list of ``(threshold_mu, mean_dice)``, ascending), ``note`` (None, or why the default
+        was kept). Ties (within 1e-12) go to the level closest to ``bone_threshold_mu``; when
+        no candidate gives any overlap (mean Dice 0 at every level) ``threshold_mu`` is
+        ``bone_threshold_mu`` and ``note`` says so.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not a Refiner, a missing file or empty split, bad ``thresholds``, ``max_samples``,
+        ``batch_size`` or ``bone_threshold_mu``, a wrongly shaped or non-finite output.
+    """
+    if not isinstance(refiner, Refiner):
+        raise TypeError(f"refiner must be a tomoprior Refiner (refiners.load(name) or Refiner.from_checkpoint(path)), "
+                        f"got {type(refiner).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    t0 = _positive_level(bone_threshold_mu, "bone_threshold_mu")
+    if thresholds is None:
+        cand = BONE_THRESHOLD_CANDIDATES
+    else:
+        try:
+            cand = np.asarray(thresholds, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"thresholds must be a sequence of levels in 1/mm, got {thresholds!r}") from exc
+        if cand.ndim != 1 or cand.size == 0:
+            raise ValueError(f"thresholds must be a non-empty 1-D sequence of levels in 1/mm, got shape {cand.shape}")
+        if not (np.isfinite(cand).all() and (cand > 0).all()):
+            raise ValueError("thresholds must be positive finite levels in 1/mm, got "
+                             f"{[float(c) for c in cand if not (math.isfinite(c) and c > 0)]}")
+    cand = np.unique(np.append(cand, t0))  # sorted, the target level exactly included
+    fit_split = dataset_or_path.split if isinstance(dataset_or_path, TomopriorDataset) else split
+    if fit_split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val' (a dataset object: of that split), got {fit_split!r}: a "
+                         "bone level fitted on the test samples would tune the metric on the data being reported")
+    path, indices = _open_split(dataset_or_path, split)
+    if max_samples is not None:
+        _check_max_samples(max_samples)
+        indices = indices[:max_samples]
+    scale = _output_to_mu(refiner, output_to_mu)
+    device = torch.device(device)
+    refiner = refiner.to(device).eval()
+
+    total = np.zeros(cand.size)
+    with DatasetFile(path) as ds:
+        for start in range(0, len(indices), batch_size):
+            items = [_prepare(ds, i, None, None, None, 0, DEFAULT_ENERGY_KEV, False)
+                     for i in indices[start:start + batch_size]]
+            pred = _run_refiner(refiner, items, device, scale)
+            for it, p in zip(items, pred):
+                total += _dice_curve(p, it["volume"] > t0, cand)
+    mean = total / len(indices)
+    k0 = int(np.flatnonzero(cand == t0)[0])
+    best_dice = float(mean.max())
+    note = None
+    if best_dice <= 0.0:
+        k = k0
+        note = (f"no candidate level between {cand[0]:.4g} and {cand[-1]:.4g} /mm gives any overlap with the "
+                f"targets' bone on {len(indices)} {split} samples; kept {t0:g} /mm")
+    else:
+        ties = np.flatnonzero(mean >= best_dice - _DICE_TIE)
+        k = int(ties[np.argmin(np.abs(cand[ties] - t0))])
+    return {"threshold_mu": float(cand[k]), "dice": float(mean[k]), "dice_at_default": float(mean[k0]),
+            "bone_threshold_mu": t0, "split": fit_split, "n_samples": len(indices),
+            "indices": [int(i) for i in indices],
+            "curve": [(float(t), float(d)) for t, d in zip(cand, mean)], "note": note}

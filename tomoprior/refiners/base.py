@@ -155,6 +155,13 @@ class Refiner(torch.nn.Module):
         return path
 
     @classmethod
+    def demo_checkpoint(cls) -> Path | None:
+        """Path of small pretrained weights shipped with the refiner's package for demos
+        (``tomoprior reconstruct --demo``, ``--checkpoint demo``), or None (the default:
+        no shipped weights). A plugin overrides this to point at its package data."""
+        return None
+
+    @classmethod
     def from_checkpoint(cls, path, map_location="cpu", *, strict: bool = True) -> Refiner:
         """Rebuild a refiner from :meth:`save_checkpoint` output.
 

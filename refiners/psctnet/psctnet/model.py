@@ -18,6 +18,7 @@ Only the main branch's output is supervised (as in the paper).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own idiom
@@ -68,6 +69,18 @@ class PSCTNet(Refiner):
 
     name = "psctnet"
     config_class = PSCTNetConfig
+
+    #: File name of the shipped demo weights inside ``psctnet/weights`` (see :meth:`demo_checkpoint`).
+    DEMO_WEIGHTS = "psctnet_tiny_demo.pt"
+
+    @classmethod
+    def demo_checkpoint(cls) -> Path | None:
+        """The small ``tiny``-preset checkpoint shipped with the plugin (64^3 grid of 3.75 mm,
+        two 128^2 views of 2.4 mm pixels: the geometry of ``tomoprior dataset make --grid 64``),
+        trained by ``tomoprior train``; its ``checkpoint_extra["provenance"]`` records the
+        training and data commands, seeds and validation metrics. None if it is missing."""
+        path = Path(__file__).parent / "weights" / cls.DEMO_WEIGHTS
+        return path if path.is_file() else None
 
     def __init__(self, config: PSCTNetConfig | dict | None = None, *, preset: str | None = None, **overrides):
         if config is not None and preset is not None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from scipy import stats
 
 from tomoprior import data, refiners
 from tomoprior.cli.evaluate import evaluate as evaluate_cmd
@@ -16,10 +17,13 @@ from tomoprior.data import DatasetFile, GeometryPerturbation, mu_to_hu
 from tomoprior.refiners import Refiner
 from tomoprior.refiners.evaluation import (
     CALIBRATION_RESIDUAL,
+    METRICS,
     EvaluationResult,
     evaluate,
     fit_bp_prior,
     miscalibration_study,
+    paired_comparison,
+    paired_markdown,
     sample_metrics,
     to_bone_window,
     to_x2ctgan,
@@ -284,3 +288,44 @@ def test_paired_differences(tiny):
     assert "| miscalibrated |" in st.differences_markdown()
     with pytest.raises(ValueError, match="reference"):
         st.differences(reference="nope")
+
+
+def test_paired_comparison_against_scipy_and_direction(tiny):
+    good = evaluate(refiners.load("bp-prior", normalization="chord"), tiny, label="chord")
+    bad = evaluate(ConstantRefiner(value=0.03), tiny, label="const")
+    pc = paired_comparison(good, bad)
+    n = len(good.per_sample)
+    for m in ("psnr_x2ctgan", "mae_hu", "ssim_x2ctgan"):
+        a = np.array([s[m] for s in good.per_sample])
+        b = np.array([s[m] for s in bad.per_sample])
+        r = pc[m]
+        assert r["n"] == n and r["mean_diff"] == pytest.approx((a - b).mean())
+        assert r["se"] == pytest.approx((a - b).std(ddof=1) / np.sqrt(n))
+        assert r["p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+        higher = METRICS[m]["higher"]
+        assert r["a_better"] == pytest.approx(np.mean((a - b) > 0 if higher else (a - b) < 0))
+    # MAE: lower is better, so "better" flips with the sign of the difference
+    assert (pc["mae_hu"]["mean_diff"] < 0) == (pc["mae_hu"]["a_better"] > 0.5)
+    # undefined surface distances (no bone) drop out of the pairs instead of poisoning them
+    assert pc["assd_mm"]["n"] == 0 and np.isnan(pc["assd_mm"]["mean_diff"])
+    # the reverse comparison mirrors the differences
+    back = paired_comparison(bad, good)
+    assert back["psnr_x2ctgan"]["mean_diff"] == pytest.approx(-pc["psnr_x2ctgan"]["mean_diff"])
+    md = paired_markdown(good, bad)
+    assert "| chord - const |" in md and "Wilcoxon p" in md
+    with pytest.raises(ValueError, match="different samples"):
+        paired_comparison(good, evaluate(ConstantRefiner(), tiny, max_samples=1))
+    with pytest.raises(ValueError, match="unknown metric"):
+        paired_comparison(good, bad, metrics=("psnr",))
+
+
+def test_cli_paired_table(tiny, tmp_path):
+    r = CliRunner().invoke(evaluate_cmd, ["--data", str(tiny), "--refiner", "bp-prior", "--fit-samples", "2",
+                                          "--compare", "raw=bp-prior:normalization=ray", "--paired", "bp-prior",
+                                          "--out", str(tmp_path / "o"), "--quiet"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "paired per-skull comparisons of bp-prior" in r.output and "| bp-prior - raw |" in r.output
+    summary = json.loads((tmp_path / "o" / "evaluation.json").read_text())
+    assert set(summary["paired"]) == {"raw"} and summary["paired"]["raw"]["psnr_x2ctgan"]["n"] == 3
+    r = CliRunner().invoke(evaluate_cmd, ["--data", str(tiny), "--refiner", "bp-prior", "--paired", "nope"])
+    assert r.exit_code != 0 and "--paired" in r.output

@@ -199,14 +199,23 @@ def _prepare_bp_prior(model, explicit_cfg: dict, data, fit: bool, max_fit: int, 
               help="Factor turning the refiners' outputs into 1/mm (default: from the checkpoint, else 1).")
 @click.option("--groups", default="all,normal,craniosynostosis", show_default=True,
               help="Groups shown in the comparison tables (all, normal, craniosynostosis, variant:NAME).")
+@click.option("--paired", "paired_label", default=None,
+              help="Label of one refiner to compare skull by skull with every other one (mean and median "
+                   "difference, fraction of skulls where it is better, Wilcoxon signed-rank p).")
 @click.option("--quiet", is_flag=True, help="Only the tables.")
 def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare, out, miscalibration, calibrations,
              fit_bp_prior, fit_bone_threshold, fit_samples, batch_size, device, seed, max_samples, output_to_mu, groups,
-             quiet):
+             paired_label, quiet):
     """Evaluate refiners on a dataset split: PSNR (X2CT-GAN MAX 4095 and PSCT-Net MAX 2500), 3D SSIM,
     MAE, bone Dice, ASSD/HD95 (mm), projection consistency; normal vs craniosynostosis."""
     from ..data import DatasetFile, GeometryPerturbation
-    from ..refiners.evaluation import PAPER_MISCALIBRATION, compare_markdown, miscalibration_study
+    from ..refiners.evaluation import (
+        PAPER_MISCALIBRATION,
+        compare_markdown,
+        miscalibration_study,
+        paired_comparison,
+        paired_markdown,
+    )
     from ..refiners.evaluation import evaluate as run_evaluate
     from ..refiners.evaluation import fit_bone_threshold as run_fit_bone_threshold
 
@@ -231,6 +240,9 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
     if len({e[0] for e in entries}) != len(entries):
         raise click.BadParameter("the --compare labels must differ from each other and from --label",
                                  param_hint="--compare")
+    if paired_label is not None and paired_label not in {e[0] for e in entries}:
+        raise click.BadParameter(f"{paired_label!r} is not one of the evaluated labels {[e[0] for e in entries]}",
+                                 param_hint="--paired")
     pert = None
     if miscalibration:
         try:
@@ -321,6 +333,14 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
     shown_results = {shown[lbl]: res for lbl, res in results.items()}
     for g in group_list:
         md += [f"## {g}", "", compare_markdown(shown_results, group=g)]
+    if paired_label is not None:
+        summary["paired"] = {}
+        md += [f"## paired per-skull comparisons of {paired_label} (same skulls; a minus b)", ""]
+        for other, res in results.items():
+            if other == paired_label:
+                continue
+            md += [paired_markdown(results[paired_label], res)]
+            summary["paired"][other] = paired_comparison(results[paired_label], res)
     if studies:
         md += [f"## miscalibration study ({_pert_text(pert)}; refiner given the nominal geometry)", ""]
         for lbl, st in studies.items():

@@ -56,6 +56,7 @@ __all__ = [
     "BONE_THRESHOLD_CANDIDATES",
     "CALIBRATION_RESIDUAL",
     "METRICS",
+    "PAIRED_METRICS",
     "PAPER_MISCALIBRATION",
     "EvaluationResult",
     "MiscalibrationResult",
@@ -65,6 +66,8 @@ __all__ = [
     "fit_bp_prior",
     "geometry_error_px",
     "miscalibration_study",
+    "paired_comparison",
+    "paired_markdown",
     "sample_metrics",
     "to_bone_window",
     "to_x2ctgan",
@@ -436,6 +439,69 @@ def compare_markdown(results: Mapping[str, EvaluationResult] | Sequence[Evaluati
             lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in metrics) + " |")
             continue
         lines.append(f"| {name} | {aggs['n_samples']} | " + " | ".join(_fmt(aggs[k], k) for k in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+PAIRED_METRICS = ("psnr_x2ctgan", "ssim_x2ctgan", "mae_hu", "dice_bone", "assd_mm", "hd95_mm", "proj_rel_l2")
+
+
+def paired_comparison(a: EvaluationResult, b: EvaluationResult, *, metrics: Sequence[str] = PAIRED_METRICS,
+                      group: str = "all") -> dict[str, dict]:
+    """Paired per-sample comparison of two results on the same samples (``a`` minus ``b``).
+
+    For each metric: ``n`` (samples where both values are finite; undefined surface
+    distances drop out), ``mean_diff`` and its standard error ``se`` (ddof 1), ``median_diff``,
+    ``a_better`` (fraction of those samples where ``a`` is strictly better, by the metric's
+    direction in :data:`METRICS`), and ``p`` of the two-sided Wilcoxon signed-rank test
+    (``scipy.stats.wilcoxon``; NaN for fewer than 2 pairs or all differences zero). Samples are
+    matched by dataset index; ``group`` as in the aggregates (``all``, ``normal``, ...).
+
+    Raises
+    ------
+    ValueError
+        If the two results do not hold the same samples, or a metric is unknown.
+    """
+    from scipy import stats
+
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    ga, gb = _groups(a.per_sample).get(group, []), _groups(b.per_sample).get(group, [])
+    ia, ib = {r["index"]: r for r in ga}, {r["index"]: r for r in gb}
+    if set(ia) != set(ib):
+        raise ValueError(f"{a.label!r} and {b.label!r} were evaluated on different samples of group {group!r}; "
+                         "a paired comparison needs the same split and samples")
+    keys = sorted(ia)
+    out: dict[str, dict] = {}
+    for m in metrics:
+        va = np.array([float(ia[k][m]) for k in keys])
+        vb = np.array([float(ib[k][m]) for k in keys])
+        ok = np.isfinite(va) & np.isfinite(vb)
+        d = va[ok] - vb[ok]
+        n = int(d.size)
+        sign = 1.0 if METRICS[m]["higher"] else -1.0
+        p = math.nan
+        if n >= 2 and np.any(d != 0):
+            p = float(stats.wilcoxon(va[ok], vb[ok]).pvalue)
+        out[m] = {"n": n, "mean_diff": float(d.mean()) if n else math.nan,
+                  "se": float(d.std(ddof=1) / math.sqrt(n)) if n >= 2 else math.nan,
+                  "median_diff": float(np.median(d)) if n else math.nan,
+                  "a_better": float(np.mean(sign * d > 0)) if n else math.nan, "p": p}
+    return out
+
+
+def paired_markdown(a: EvaluationResult, b: EvaluationResult, *, metrics: Sequence[str] = PAIRED_METRICS,
+                    group: str = "all") -> str:
+    """:func:`paired_comparison` as a Markdown table (one row per metric)."""
+    pc = paired_comparison(a, b, metrics=metrics, group=group)
+    lines = [f"| {a.label} - {b.label} | n | mean ± SE | median | {a.label} better in | Wilcoxon p |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for m, r in pc.items():
+        nd = 3 if "ssim" in m or "dice" in m or "proj" in m else 2
+        unit = f" ({METRICS[m]['unit']})" if METRICS[m]["unit"] else ""
+        p = "n/a" if not math.isfinite(r["p"]) else f"{r['p']:.2g}"
+        lines.append(f"| {_col(m).split(' (')[0]}{unit} | {r['n']} | {r['mean_diff']:+.{nd}f} ± {r['se']:.{nd}f} | "
+                     f"{r['median_diff']:+.{nd}f} | {100 * r['a_better']:.0f} % | {p} |")
     return "\n".join(lines) + "\n"
 
 

@@ -108,7 +108,8 @@ def test_train_step_updates_both_networks(geom16):
     g0 = [p.detach().clone() for p in net.parameters()]
     d0 = [p.detach().clone() for p in disc.parameters()]
     stats = train_step(net, disc, opt_g, opt_d, xrays, target, geom16)
-    assert set(stats) == {"g_total", "adv", "rec", "proj", "d_loss"}
+    assert set(stats) == {"g_total", "adv", "rec", "proj", "bone", "d_loss"}
+    assert stats["bone"] == 0.0  # w_bone is 0 by default (the paper's loss)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert any(not torch.equal(a, b) for a, b in zip(g0, net.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(d0, disc.parameters()))

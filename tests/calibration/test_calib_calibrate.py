@@ -177,7 +177,7 @@ def test_non_converging_fit_says_so_and_returns_best(cage):
     true, init = true_and_initial(0)
     res = calibrate(noisy_points(true, cage.positions, 0.1, 0), "bead_cage", init, max_nfev=1)
     assert not res.converged
-    assert "did not converge" in res.message
+    assert "did NOT converge" in res.message and "1 evaluations" in res.message
     assert all(len(r) > 0 for r in res.residuals) and math.isfinite(res.rms_px)
 
 

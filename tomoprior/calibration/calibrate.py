@@ -14,7 +14,7 @@ from .correspondence import coarse_shifts, match_points
 from .design import BeadDesign, bead_design
 from .detection import Detections, detect_beads
 from .fit import ANGLES, FIELDS, POSE_NAMES, FitProblem, fit_geometry, rotation_from_vector
-from .result import CalibrationResult
+from .result import CalibrationFailure, CalibrationResult
 
 __all__ = ["calibrate", "triangulate"]
 
@@ -23,6 +23,13 @@ __all__ = ["calibrate", "triangulate"]
 MIN_BEADS = 8
 #: Matching iterations (fit -> re-project -> re-match) per view.
 MATCH_ITERATIONS = 8
+#: Final correspondence gate: this many times the median residual length of the robust
+#: single-view fit (about 6 sigma per axis for Gaussian centroid noise), but at least
+#: :data:`FINAL_GATE_MIN_PX`. A blob farther than that from every predicted bead stays
+#: unmatched; one closer than the floor to an occluded bead's prediction cannot be told
+#: from the bead by position alone.
+FINAL_GATE_MEDIANS = 5.0
+FINAL_GATE_MIN_PX = 1.5
 
 
 def _initial_parameters(initial_geometry) -> tuple[list, object]:
@@ -200,12 +207,13 @@ def _match_view(params, world, det, gate0, max_nfev):
         out = fit_geometry(prob, max_nfev=max_nfev, tol=1e-8, loss="cauchy", f_scale=1.0, x0=start)
         cur = out.parameters[0]
         r = np.concatenate(out.residuals)
-        rms = float(np.sqrt(np.mean(r**2))) if r.size else 0.0
         pred = _project(cur, world)
-        n_in = int(np.sum(np.all((pred > -0.5) & (pred < np.array(params.detector_shape[::-1]) - 0.5), axis=1)))
-        # shrink the gate only once (nearly) every bead in the field of view is matched
-        if len(di) >= min(n_in, len(pts)) - 2:
-            gate = float(min(gate0, max(6.0 * rms, 1.5)))
+        if len(fields) == len(FIELDS):
+            # gate from a robust scale of the residual lengths (their median): wrong matches
+            # (a stray blob next to an occluded bead) have large residuals under the robust
+            # fit and must not widen the gate that would let them stay matched
+            med = float(np.median(np.hypot(r[:, 0], r[:, 1]))) if r.size else 0.0
+            gate = float(min(gate0, max(FINAL_GATE_MEDIANS * med, FINAL_GATE_MIN_PX)))
         di, dj = match_points(pred, pts, gate)
         key = (tuple(di), tuple(dj))
         if key == prev:
@@ -215,22 +223,36 @@ def _match_view(params, world, det, gate0, max_nfev):
 
 
 def _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev, outlier_sigma, min_beads):
-    """Joint least-squares fit of all views plus one round of outlier rejection."""
+    """Joint least-squares fit of all views plus one round of outlier rejection.
+
+    Returns ``(problem, outcome, inlier observations, limit_px, rejected)``: ``limit_px`` is
+    the residual length beyond which a match counts as an outlier (the same limit is applied
+    to held-out beads, so every statistic is computed over one inlier set) and
+    ``rejected[v]`` the design indices dropped from view ``v``.
+    """
     problem = FitProblem.build(start, design.positions, obs, gauge=gauge, fit_fields=fit_fields, pose=pose0)
     outcome = fit_geometry(problem, max_nfev=max_nfev)
     lengths = [np.hypot(r[:, 0], r[:, 1]) for r in outcome.residuals]
-    limit = max(outlier_sigma * outcome.sigma * math.sqrt(2), 1.0)
-    if any((ln > limit).any() for ln in lengths):
+    limit = outlier_limit(outcome.sigma, outlier_sigma)
+    rejected = [idx[ln > limit] for (idx, _), ln in zip(obs, lengths)]
+    if any(len(r) for r in rejected):
         obs = [(idx[ln <= limit], pts[ln <= limit]) for (idx, pts), ln in zip(obs, lengths)]
         for i, (idx, _) in enumerate(obs):
             if len(idx) < min_beads:
-                raise ValueError(
+                raise CalibrationFailure(
                     f"view {i}: only {len(idx)} beads remain after rejecting residuals > {limit:.2f} px; need "
-                    f"{min_beads}. The correspondence or the detections are probably wrong"
+                    f"{min_beads}. The correspondence or the detections are probably wrong", view=i,
+                    matched=len(idx), needed=min_beads,
                 )
         problem = FitProblem.build(start, design.positions, obs, gauge=gauge, fit_fields=fit_fields, pose=pose0)
         outcome = fit_geometry(problem, x0=outcome.x, max_nfev=max_nfev)
-    return problem, outcome, obs
+    return problem, outcome, obs, limit, rejected
+
+
+def outlier_limit(sigma_px: float, outlier_sigma: float) -> float:
+    """Residual length (px) beyond which a match is an outlier: ``outlier_sigma`` residual
+    sigmas of a 2D residual vector (``sqrt(2) sigma`` per bead), at least 1 px."""
+    return max(outlier_sigma * float(sigma_px) * math.sqrt(2), 1.0)
 
 
 def triangulate(parameters: Sequence[ViewParameters], observations: Sequence[np.ndarray]) -> np.ndarray:
@@ -402,10 +424,11 @@ def calibrate(
     for i, (p, det) in enumerate(zip(params, dets)):
         where = f"view {i} ({p.name!r})"
         if len(det) < min_beads:
-            raise ValueError(
+            raise CalibrationFailure(
                 f"{where}: found only {len(det)} bead(s) (need >= {min_beads} of the {len(design)} in "
                 f"{design.name!r}) at (col, row) px: {_fmt_points(det.positions)}. Check exposure, kind='raw' vs "
-                "'line_integrals', expected_radius_px or the detection threshold"
+                "'line_integrals', expected_radius_px or the detection threshold", view=i, view_name=p.name,
+                matched=0, detected=len(det), needed=min_beads,
             )
         pred = _project(p, world)
         finite = pred[np.all(np.isfinite(pred), axis=1)]
@@ -416,11 +439,11 @@ def calibrate(
         p_fit, di, dj = _match_view(p, world, det, gate0, 50)
         n_train = int(train_mask[di].sum())
         if n_train < min_beads:
-            raise ValueError(
+            raise CalibrationFailure(
                 f"{where}: only {len(di)} of {len(det)} detected beads could be matched to the design "
                 f"({n_train} for the fit; need >= {min_beads}). Detected at (col, row) px: "
                 f"{_fmt_points(det.positions)}. Check the initial geometry (angles, distances, principal point) "
-                "and the phantom name"
+                "and the phantom name", view=i, view_name=p.name, matched=len(di), detected=len(det), needed=min_beads,
             )
         matched.append((p_fit, di, dj))
 
@@ -432,18 +455,26 @@ def calibrate(
         start[0] = start[0].replace(**{f: getattr(params[0], f) for f in
                                        ("primary_angle", "secondary_angle", "source_to_isocenter",
                                         "detector_rotation", "detector_tilt_u", "detector_tilt_v")})
-    problem, outcome, obs = _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev, outlier_sigma,
-                                       min_beads)
+    problem, outcome, obs, limit, rejected = _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev,
+                                                        outlier_sigma, min_beads)
     fitted, pose = outcome.parameters, outcome.pose
     world_fit = problem.world_points(torch.as_tensor(pose)).detach().numpy()
     residuals = list(outcome.residuals)
     residual_ids = [tuple(design.ids[k] for k in idx) for idx, _ in obs]
-    h_res, h_ids = [], []
+    h_res, h_ids, h_rejected = [], [], []
+    # one inlier set for every statistic: the fit's inliers plus the held-out matches within
+    # the fit's outlier limit (a held-out bead matched to a stray blob must not count as a
+    # geometry error, nor enter the triangulation)
+    inliers = []
+    for v, ((_, di, dj), (idx_fit, _)) in enumerate(zip(matched, obs)):
+        keep = np.isin(di, idx_fit) | ~train_mask[di]
+        inliers.append((di[keep], dj[keep]))
     if kfold:
         # k-fold cross-validation: each fold is predicted by a fit that never saw it
         folds = np.random.default_rng(seed).permutation(len(design)) % kfold
         h_res = [np.zeros((0, 2)) for _ in params]
         h_ids = [() for _ in params]
+        h_rejected = [() for _ in params]
         for f in range(kfold):
             keep = [folds[idx] != f for idx, _ in obs]
             obs_f = [(idx[k], pts[k]) for (idx, pts), k in zip(obs, keep)]
@@ -457,11 +488,15 @@ def calibrate(
                 h_res[v] = np.concatenate([h_res[v], pred - pts[~k]])
                 h_ids[v] = h_ids[v] + tuple(design.ids[j] for j in idx[~k])
     else:
-        for v, ((_, di, dj), det) in enumerate(zip(matched, dets)):
+        for v, ((di, dj), det) in enumerate(zip(inliers, dets)):
             hm = ~train_mask[di]
-            pred = _project(fitted[v], world_fit[di[hm]])
-            h_res.append(pred - det.positions[dj[hm]])
-            h_ids.append(tuple(design.ids[k] for k in di[hm]))
+            r = _project(fitted[v], world_fit[di[hm]]) - det.positions[dj[hm]]
+            ok = np.hypot(r[:, 0], r[:, 1]) <= limit
+            h_res.append(r[ok])
+            h_ids.append(tuple(design.ids[k] for k in di[hm][ok]))
+            h_rejected.append(tuple(design.ids[k] for k in di[hm][~ok]))
+            drop = np.isin(di, di[hm][~ok])
+            inliers[v] = (di[~drop], dj[~drop])
     all_r = np.concatenate(residuals)
     rms = float(np.sqrt(np.mean(np.sum(all_r**2, axis=1))))
     per_view = [float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) for r in residuals]
@@ -469,12 +504,12 @@ def calibrate(
     hr = np.concatenate(h_res) if h_res else np.zeros((0, 2))
     h_rms = float(np.sqrt(np.mean(np.sum(hr**2, axis=1)))) if len(hr) else float("nan")
 
-    # -- triangulation: beads matched in at least two views ----------------------------------
+    # -- triangulation: inlier beads matched in at least two views ----------------------------
     tri_err: dict = {}
     tri_rms = float("nan")
     if len(params) >= 2:
         table = np.full((len(params), len(design), 2), np.nan)
-        for v, ((_, di, dj), det) in enumerate(zip(matched, dets)):
+        for v, ((di, dj), det) in enumerate(zip(inliers, dets)):
             table[v, di] = det.positions[dj]
         seen = np.sum(np.all(np.isfinite(table), axis=2), axis=0) >= 2
         if seen.any():
@@ -495,5 +530,8 @@ def calibrate(
         pose=pose, pose_uncertainty=pose_std, gauge=gauge, converged=outcome.converged, message=outcome.message,
         sigma_px=outcome.sigma, condition_number=outcome.condition, covariance=outcome.covariance,
         parameter_names=[f"view{i}.{f}" if i >= 0 else f for i, f in outcome.names], detections=dets,
-        phantom=design.name, nfev=outcome.nfev,
+        phantom=design.name, nfev=outcome.nfev, initial_parameters=list(params), n_design=len(design),
+        matches=[(design_index.copy(), detection_index.copy()) for design_index, detection_index in inliers],
+        rejected_ids=[tuple(design.ids[k] for k in r) for r in rejected], heldout_rejected_ids=h_rejected,
+        outlier_limit_px=limit, design_ids=tuple(design.ids), solver_message=outcome.solver_message,
     )

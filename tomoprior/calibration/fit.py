@@ -261,6 +261,7 @@ class FitOutcome:
     nfev: int
     condition: float
     names: list
+    solver_message: str = ""
 
 
 def single_thread():
@@ -311,8 +312,22 @@ def fit_geometry(problem: FitProblem, *, max_nfev: int = 200, x0: np.ndarray | N
     preds = problem.predict(torch.as_tensor(x, dtype=torch.float64))
     res = [(pr.detach().numpy() - obs) for pr, (_, obs) in zip(preds, problem.observations)]
     converged = bool(sol.success and sol.status > 0 and np.all(np.isfinite(r)) and float(np.abs(r).max()) < 1e5)
-    message = str(sol.message)
-    if not converged:
-        message = f"the geometry fit did not converge after {sol.nfev} evaluations ({sol.message}); " \
-                  "the result is the best estimate found, check its residuals"
-    return FitOutcome(x, params, pose, res, cov, sigma, converged, message, int(sol.nfev), cond, problem.names())
+    if converged:
+        message = f"the fit converged after {sol.nfev} evaluations: {_STATUS_WORDS.get(sol.status, 'it stopped')}"
+    elif sol.status == 0:
+        message = (f"the fit did NOT converge: it stopped at the limit of {sol.nfev} evaluations; the result is the "
+                   "best estimate found, check its residuals")
+    else:
+        message = (f"the fit did NOT converge after {sol.nfev} evaluations (residuals not finite or huge); the "
+                   "result is the best estimate found, check its residuals")
+    return FitOutcome(x, params, pose, res, cov, sigma, converged, message, int(sol.nfev), cond, problem.names(),
+                      str(sol.message))
+
+
+#: SciPy least_squares termination status -> plain words.
+_STATUS_WORDS = {
+    1: "the gradient vanished (a minimum of the reprojection error)",
+    2: "further steps no longer reduce the reprojection error",
+    3: "the parameters stopped changing",
+    4: "the parameters stopped changing and further steps no longer reduce the reprojection error",
+}

@@ -13,7 +13,30 @@ import yaml
 from .._atomic import write_text_atomic
 from ..geometry import ViewParameters
 
-__all__ = ["CalibrationResult"]
+__all__ = ["CalibrationFailure", "CalibrationResult"]
+
+
+class CalibrationFailure(ValueError):
+    """The calibration ran on readable input but cannot produce a trustworthy fit: too few
+    beads detected or matched in a view, or too few left after outlier rejection.
+
+    A QA run reports this as FAIL (exit code 1), not as bad input. The message says how many
+    beads were found and where; the attributes give the same for programs.
+
+    Attributes
+    ----------
+    view : int or None
+        Index of the view that failed.
+    view_name : str or None
+    matched, detected, needed : int or None
+        Beads matched to the design, blobs detected, and the minimum needed, in that view.
+    """
+
+    def __init__(self, message: str, *, view: int | None = None, view_name: str | None = None,
+                 matched: int | None = None, detected: int | None = None, needed: int | None = None):
+        super().__init__(message)
+        self.view, self.view_name = view, view_name
+        self.matched, self.detected, self.needed = matched, detected, needed
 
 
 def _f(x) -> float | None:
@@ -72,6 +95,27 @@ class CalibrationResult:
         In the fit's internal units (radians, mm).
     detections : list of Detections
     phantom : str
+    nfev : int
+        Function evaluations of the final fit.
+    initial_parameters : list of ViewParameters
+        The starting geometry the fit began from (for the plausibility check).
+    n_design : int
+        Beads in the phantom design.
+    matches : list of (ndarray, ndarray)
+        Per view, the final inlier correspondence: design bead indices and the indices of the
+        detections (rows of ``detections[v].positions``) they were matched to. Fit, held-out
+        and triangulation statistics are all computed over exactly these pairs.
+    rejected_ids : list of tuple of str
+        Per view, beads matched at first but dropped by the fit's outlier rejection.
+    heldout_rejected_ids : list of tuple of str
+        Per view, held-out beads whose residual exceeded the same outlier limit (a wrong
+        match, e.g. a stray blob next to an occluded bead); excluded from every statistic.
+    outlier_limit_px : float
+        The residual length beyond which a match is an outlier.
+    design_ids : tuple of str
+        Bead ids of the design, in design order (indices of :attr:`matches`).
+    solver_message : str
+        The least-squares solver's own termination message (:attr:`message` says it in words).
     """
 
     geometry: object
@@ -99,6 +143,14 @@ class CalibrationResult:
     detections: list = field(default_factory=list)
     phantom: str = ""
     nfev: int = 0
+    initial_parameters: list = field(default_factory=list)
+    n_design: int = 0
+    matches: list = field(default_factory=list)
+    rejected_ids: list = field(default_factory=list)
+    heldout_rejected_ids: list = field(default_factory=list)
+    outlier_limit_px: float = float("nan")
+    design_ids: tuple = ()
+    solver_message: str = ""
 
     @property
     def heldout_geometric_rms_px(self) -> float:
@@ -153,6 +205,10 @@ class CalibrationResult:
                 "heldout_residuals_px": np.asarray(self.heldout_residuals[i]).tolist(),
                 "heldout_ids": list(self.heldout_ids[i]),
                 "n_detections": len(self.detections[i]) if self.detections else None,
+                "rejected_ids": list(self.rejected_ids[i]) if self.rejected_ids else [],
+                "heldout_rejected_ids": list(self.heldout_rejected_ids[i]) if self.heldout_rejected_ids else [],
+                "initial_parameters": (self.initial_parameters[i].to_dict()
+                                       if len(self.initial_parameters) > i else None),
             })
         return {
             "schema": "tomoprior.calibration",
@@ -161,6 +217,9 @@ class CalibrationResult:
             "gauge": self.gauge,
             "converged": bool(self.converged),
             "message": self.message,
+            "solver_message": self.solver_message,
+            "n_design": int(self.n_design),
+            "outlier_limit_px": _f(self.outlier_limit_px),
             "rms_px": _f(self.rms_px),
             "heldout_rms_px": _f(self.heldout_rms_px),
             "heldout_geometric_rms_px": _f(self.heldout_geometric_rms_px),

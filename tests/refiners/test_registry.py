@@ -130,13 +130,16 @@ def test_checkpoint_errors(tmp_path, tiny):
     ckpt = model.checkpoint_dict()
     ckpt["config"]["depth"] = 7
     future = tmp_path / "future.pt"
-    torch.save(ckpt, future)
+    torch.save(ckpt, future)  # edited without re-sealing: the config checksum catches it
+    with pytest.raises(refiners.CheckpointError, match="name and config do not match their SHA-256"):
+        Refiner.from_checkpoint(future)
+    refiners.write_checkpoint(ckpt, future)  # a deliberate edit, sealed: the unknown field is named
     with pytest.raises(ValueError, match=r"no field\(s\) \['depth'\]"):
         Refiner.from_checkpoint(future)
     ckpt = model.checkpoint_dict()
     ckpt["name"] = "unknown-refiner"
     lost = tmp_path / "lost.pt"
-    torch.save(ckpt, lost)
+    refiners.write_checkpoint(ckpt, lost)
     with pytest.raises(ValueError, match="unknown refiner 'unknown-refiner'"):
         Refiner.from_checkpoint(lost)
 

@@ -10,7 +10,24 @@ by ray coverage). See ``docs/refiners.md``.
     volume = model(xrays, geom, prior)          # (B, 1, nz, ny, nx)
 """
 
-from .base import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Refiner, RefinerConfig, read_checkpoint
+from .base import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    CheckpointWarning,
+    ConfigTypeError,
+    Refiner,
+    RefinerConfig,
+    check_config_types,
+    check_finite_weights,
+    config_sha256,
+    read_checkpoint,
+    seal_checkpoint,
+    upgrade_checkpoint,
+    verify_zip_records,
+    weights_sha256,
+    write_checkpoint,
+)
 from .bp_prior import BPPrior, BPPriorConfig
 from .consistency import ConsistencyReport, check_prior_consistency
 from .prior import GeometryPrior, backproject_features, build_prior, fuse_views, ray_chord_lengths
@@ -30,6 +47,9 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BPPrior",
     "BPPriorConfig",
+    "CheckpointError",
+    "CheckpointWarning",
+    "ConfigTypeError",
     "ConsistencyReport",
     "GeometryPrior",
     "Refiner",
@@ -38,12 +58,20 @@ __all__ = [
     "available",
     "backproject_features",
     "build_prior",
+    "check_config_types",
+    "check_finite_weights",
     "check_prior_consistency",
+    "config_sha256",
     "fuse_views",
     "get_class",
     "load",
     "ray_chord_lengths",
     "read_checkpoint",
     "register",
+    "seal_checkpoint",
     "unregister",
+    "upgrade_checkpoint",
+    "verify_zip_records",
+    "weights_sha256",
+    "write_checkpoint",
 ]

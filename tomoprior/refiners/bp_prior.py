@@ -3,11 +3,12 @@ affine calibration ``gain * prior + offset``). The baseline every learned refine
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .base import Refiner
+from .base import Refiner, check_config_types
 from .prior import build_prior
 from .registry import _builtin
 
@@ -37,12 +38,14 @@ class BPPriorConfig:
     clamp_min: float | None = None
 
     def __post_init__(self):
+        check_config_types(self)
         if self.normalization not in _NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {self.normalization!r}")
-        for key in ("gain", "offset"):
+            raise ValueError(f"BPPriorConfig.normalization must be one of {_NORMALIZATIONS}, "
+                             f"got {self.normalization!r}")
+        for key in ("gain", "offset", "clamp_min"):
             val = getattr(self, key)
-            if not isinstance(val, (int, float)) or val != val or val in (float("inf"), float("-inf")):
-                raise ValueError(f"{key} must be a finite number, got {val!r}")
+            if val is not None and not math.isfinite(val):
+                raise ValueError(f"BPPriorConfig.{key} must be a finite number, got {val!r}")
 
 
 @_builtin

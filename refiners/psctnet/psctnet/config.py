@@ -8,7 +8,10 @@ ablation is a config change (``PSCTNetConfig.preset("tiny", use_bim=False)``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
+
+from tomoprior.refiners.base import check_config_types
 
 _NORMS = ("batch", "instance", "group")
 _OUTPUT_ACTIVATIONS = ("clamp", "softplus", "relu", "sigmoid", "none")
@@ -197,6 +200,8 @@ class PSCTNetConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 setattr(self, name, tuple(value))
+        # types first (use_bim='banana' must not be taken as True), then values
+        check_config_types(self)
         self._validate()
 
     # -- validation ---------------------------------------------------------------------
@@ -268,7 +273,7 @@ class PSCTNetConfig:
             raise ValueError(
                 f"PSCTNetConfig.agp_dim ({self.agp_dim}) must be divisible by agp_heads ({self.agp_heads})"
             )
-        if not 0.0 <= float(self.agp_dropout) < 1.0:
+        if not 0.0 <= self.agp_dropout < 1.0:
             raise ValueError(f"PSCTNetConfig.agp_dropout must be in [0, 1), got {self.agp_dropout!r}")
         for name, allowed in (
             ("norm", _NORMS),
@@ -286,14 +291,14 @@ class PSCTNetConfig:
             raise ValueError(
                 f"PSCTNetConfig.init_output_mean must be < 1 with a sigmoid output, got {self.init_output_mean!r}"
             )
-        if not isinstance(self.bone_threshold, (int, float)) or not 0 < self.bone_threshold < float("inf"):
+        if not 0 < self.bone_threshold < math.inf:
             raise ValueError(f"PSCTNetConfig.bone_threshold must be a finite number > 0 (1/mm), "
                              f"got {self.bone_threshold!r}")
         for name in ("w_adv", "w_rec", "w_proj", "w_bone", "lr", "weight_decay"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0 or v == float("inf"):
                 raise ValueError(f"PSCTNetConfig.{name} must be a finite number >= 0, got {v!r}")
-        if len(self.betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in self.betas):
+        if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"PSCTNetConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
 
     # -- derived ------------------------------------------------------------------------
@@ -359,6 +364,9 @@ class PSCTNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PSCTNetConfig:
+        """A config from :meth:`to_dict` output (lists for tuples accepted). A complete dict
+        saved before ``target_scale`` existed gets ``target_scale = 1`` (its network output
+        1/mm directly)."""
         if not isinstance(d, dict):
             raise ValueError(f"a PSCTNetConfig dict is needed, got {type(d).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -167,7 +167,7 @@ class PSCTNet(Refiner):
         self.head = nn.Conv3d(dec[-1], 1, 1)
         self._init_head()
         # target_scale also travels in the state dict: a state dict without it predates the
-        # output scaling (its network output 1/mm directly), and loading it sets target_scale = 1
+        # output scaling (its network output 1/mm directly; see _legacy_scale_hook)
         self.register_buffer("output_scale", torch.tensor(float(cfg.target_scale)))
         self._register_load_state_dict_pre_hook(self._legacy_scale_hook)
         if cfg.channels_last_3d:
@@ -196,10 +196,18 @@ class PSCTNet(Refiner):
             self.head.bias.fill_(bias)
 
     def _legacy_scale_hook(self, state_dict, prefix, *args, **kwargs):
+        """Keep ``output_scale`` equal to ``config.target_scale`` (the config is authoritative).
+
+        A state dict without ``output_scale`` predates the output scaling (its network output
+        1/mm directly); it is accepted only when the config says so too (``target_scale == 1``,
+        which :meth:`PSCTNetConfig.from_dict` sets for such old configs). Otherwise the key
+        stays missing, and a strict load reports it instead of silently rescaling the output
+        by ``1 / target_scale`` (20x at the default 0.05).
+        """
         key = prefix + "output_scale"
-        if key not in state_dict:  # saved before issue 6's output scaling: 1/mm outputs
-            self.config.target_scale = 1.0
-        state_dict[key] = torch.tensor(float(self.config.target_scale))  # the config is authoritative
+        if key not in state_dict and float(self.config.target_scale) != 1.0:
+            return
+        state_dict[key] = torch.tensor(float(self.config.target_scale))
 
     def to_network_units(self, volume: torch.Tensor) -> torch.Tensor:
         """A volume in 1/mm divided by ``config.target_scale`` (the network's ~[0, 1] units)."""

@@ -12,7 +12,7 @@ import tomoprior as tp
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 from tomoprior.phantoms.skull.model import default_grid, make_skull
-from tomoprior.refiners import build_prior
+from tomoprior.refiners import CheckpointError, CheckpointWarning, build_prior
 
 from psctnet import PSCTNet, PSCTNetConfig
 from psctnet.train import make_optimizers, train_step
@@ -153,8 +153,36 @@ def test_checkpoints_saved_before_target_scale_load_with_scale_one(tmp_path, sku
     assert PSCTNet.from_checkpoint(path).config.target_scale == 0.05
     ckpt = torch.load(path, weights_only=False)
     del ckpt["config"]["target_scale"], ckpt["config"]["init_output_mean"], ckpt["state_dict"]["output_scale"]
+    # what tomoprior wrote then: checkpoint format 1, no checksums
+    ckpt["format_version"] = 1
+    del ckpt["weights_sha256"], ckpt["config_sha256"]
     torch.save(ckpt, tmp_path / "old.pt")
-    old = PSCTNet.from_checkpoint(tmp_path / "old.pt").eval()
+    with pytest.warns(CheckpointWarning, match="format-1"):
+        old = PSCTNet.from_checkpoint(tmp_path / "old.pt").eval()
     assert old.config.target_scale == 1.0
     with torch.no_grad():
         torch.testing.assert_close(old(xrays, geom), net(xrays, geom) / 0.05, rtol=1e-4, atol=1e-6)
+
+
+def test_missing_output_scale_with_a_scaled_config_is_an_error_not_a_legacy_file(tmp_path):
+    """Issue 11: a state dict without ``output_scale`` but a config with ``target_scale`` is
+    damaged, not old: it used to load as a legacy file and give outputs 20x too large."""
+    net = _net()
+    ckpt = net.checkpoint_dict()
+    del ckpt["state_dict"]["output_scale"]
+    ckpt["format_version"] = 1
+    del ckpt["weights_sha256"], ckpt["config_sha256"]
+    torch.save(ckpt, tmp_path / "cut.pt")
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="missing 1 key.*'output_scale'"):
+        PSCTNet.from_checkpoint(tmp_path / "cut.pt")
+    # the same edit on a current (checksummed) file is caught by the weights' SHA-256
+    ckpt = net.checkpoint_dict()
+    del ckpt["state_dict"]["output_scale"]
+    torch.save(ckpt, tmp_path / "cut2.pt")
+    with pytest.raises(CheckpointError, match="weights do not match their SHA-256"):
+        PSCTNet.from_checkpoint(tmp_path / "cut2.pt")
+    # and an explicit load_state_dict does not rescale silently either
+    sd = net.state_dict()
+    del sd["output_scale"]
+    with pytest.raises(RuntimeError, match="output_scale"):
+        _net().load_state_dict(sd)

@@ -87,7 +87,7 @@ def brief(value, limit: int = QUOTE_LIMIT) -> str:
 
 
 def _cut(text: str, limit: int = QUOTE_LIMIT) -> str:
-    text = " ".join(str(text).split())
+    text = " ".join(str(text).split()).replace(' in "<unicode string>",', " at")
     if "integer string conversion" in text:  # Python's own hint (set_int_max_str_digits) is no fix for a file
         text = "an integer has thousands of digits"
     return text if len(text) <= limit else text[: limit - 3] + "..."

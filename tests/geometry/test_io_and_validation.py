@@ -183,8 +183,9 @@ def test_unreadable_files(tmp_path):
         tp.Geometry.load(tmp_path / "g.txt")
     bad = tmp_path / "broken.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="cannot parse geometry JSON"):
+    with pytest.raises(ValueError, match="not valid JSON") as info:
         tp.Geometry.load(bad)
+    assert str(bad) in str(info.value)
 
 
 def test_writes_are_atomic(tmp_path):

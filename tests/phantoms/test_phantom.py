@@ -412,7 +412,7 @@ def test_invalid_files_name_the_field(edit, message):
 def test_invalid_yaml_file_names_the_file(tmp_path):
     bad = tmp_path / "broken.yaml"
     bad.write_text("schema: [unclosed\n")
-    with pytest.raises(ValueError, match=r"broken\.yaml: not valid YAML"):
+    with pytest.raises(ValueError, match=r"broken\.yaml is not valid YAML"):
         Phantom.load(bad)
     d = _valid()
     d["shapes"][3]["semi_axes"][1] = 0

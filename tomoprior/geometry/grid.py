@@ -7,7 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._yaml import brief
 from ._tensor import as_finite_float_triple, as_positive_float_triple, as_positive_int_triple
+
+#: Largest extent or centre coordinate of a grid, mm (1000 km): larger numbers are typos
+#: and would overflow the ray arithmetic.
+MAX_EXTENT_MM = 1e9
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,14 @@ class VolumeGrid:
         object.__setattr__(self, "shape", as_positive_int_triple(self.shape, "grid.shape"))
         object.__setattr__(self, "spacing", as_positive_float_triple(self.spacing, "grid.spacing"))
         object.__setattr__(self, "center", as_finite_float_triple(self.center, "grid.center"))
+        for i, (n, sp) in enumerate(zip(self.shape, self.spacing)):
+            if n * sp > MAX_EXTENT_MM:
+                raise ValueError(f"grid: axis {'zyx'[i]} spans {n} x {sp:.4g} mm = {n * sp:.3g} mm, beyond the "
+                                 f"{MAX_EXTENT_MM:.0e} mm a grid may span; check the units (millimetres)")
+        for i, c in enumerate(self.center):
+            if abs(c) > MAX_EXTENT_MM:
+                raise ValueError(f"grid.center[{i}] = {c:.3g} mm is beyond the {MAX_EXTENT_MM:.0e} mm a geometry "
+                                 "may use; check the units (millimetres)")
 
     # -- sizes ------------------------------------------------------------------------
     @property
@@ -149,16 +162,30 @@ class VolumeGrid:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "grid") -> VolumeGrid:
+        """A grid from its file form ``{shape, spacing, center}``.
+
+        ``shape`` and ``spacing`` are required (a voxel size is never guessed); ``center``
+        defaults to the origin (the isocenter), as the file format documents.
+
+        Raises
+        ------
+        ValueError
+            A missing or unknown field or a bad value; the message names it (``where.field``).
+        """
         if not isinstance(d, dict):
             raise ValueError(f"{where} must be a mapping with shape, spacing and center, got {type(d).__name__}")
         unknown = set(d) - {"shape", "spacing", "center"}
         if unknown:
-            raise ValueError(f"{where} has unknown field(s) {sorted(unknown)}; expected shape, spacing, center")
+            raise ValueError(f"{where} has unknown field(s) {brief(sorted(map(str, unknown)))}; "
+                             "expected shape, spacing, center")
         if "shape" not in d:
             raise ValueError(f"{where}.shape is missing (three positive integers nz, ny, nx)")
+        if "spacing" not in d:
+            raise ValueError(f"{where}.spacing is missing: add the voxel size in mm as [sz, sy, sx], "
+                             "e.g. spacing: [1.5, 1.5, 1.5]")
         return cls(
             shape=as_positive_int_triple(d["shape"], f"{where}.shape"),
-            spacing=as_positive_float_triple(d.get("spacing", (1.0, 1.0, 1.0)), f"{where}.spacing"),
+            spacing=as_positive_float_triple(d["spacing"], f"{where}.spacing"),
             center=as_finite_float_triple(d.get("center", (0.0, 0.0, 0.0)), f"{where}.center"),
         )
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from .._atomic import write_text_atomic
+from .._yaml import DocumentError, brief, load_json, load_yaml
 from .grid import VolumeGrid
 from .parameters import ViewParameters
 from .view import View
@@ -52,32 +53,42 @@ def geometry_to_dict(geom) -> dict:
 
 
 def geometry_from_dict(d: dict):
+    """Build a :class:`Geometry` (or :class:`BiplanarGeometry`) from a file's content.
+
+    Raises
+    ------
+    ValueError
+        A wrong schema or version, unknown or missing fields, wrong types, non-finite or
+        absurd numbers; the message names the field (``views[1].source``) and quotes at
+        most a few hundred characters of the offending value.
+    """
     from .geometry import BiplanarGeometry, Geometry
 
     if not isinstance(d, dict):
         raise ValueError(f"a geometry file must hold a mapping at the top level, got {type(d).__name__}")
     if d.get("schema") != SCHEMA:
-        raise ValueError(f"schema must be {SCHEMA!r}, got {d.get('schema')!r}; is this a tomoprior geometry file?")
+        raise ValueError(f"schema must be {SCHEMA!r}, got {brief(d.get('schema'))}; is this a tomoprior geometry file?")
     version = d.get("schema_version")
-    if version != SCHEMA_VERSION:
+    # bool is an int in Python: `schema_version: true` must not pass for 1
+    if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
         raise ValueError(
-            f"schema_version {version!r} is not supported (this tomoprior reads version {SCHEMA_VERSION}); "
+            f"schema_version {brief(version)} is not supported (this tomoprior reads version {SCHEMA_VERSION}); "
             "upgrade tomoprior or re-export the file"
         )
     unknown = set(d) - _TOP_KEYS
     if unknown:
-        raise ValueError(f"unknown top-level field(s) {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
+        raise ValueError(f"unknown top-level field(s) {brief(sorted(map(str, unknown)))}; expected {sorted(_TOP_KEYS)}")
     units = d.get("units", {"length": "mm"})
     if not isinstance(units, dict) or units.get("length", "mm") != "mm":
-        raise ValueError(f"units.length must be 'mm', got {units!r}")
+        raise ValueError(f"units.length must be 'mm', got {brief(units)}")
     if units.get("angle", "deg") != "deg":
-        raise ValueError(f"units.angle must be 'deg', got {units.get('angle')!r}")
+        raise ValueError(f"units.angle must be 'deg', got {brief(units.get('angle'))}")
     if "grid" not in d:
         raise ValueError("grid is missing (shape, spacing, center)")
     grid = VolumeGrid.from_dict(d["grid"], "grid")
     raw_views = d.get("views")
     if not isinstance(raw_views, list) or not raw_views:
-        raise ValueError("views must be a non-empty list of views")
+        raise ValueError(f"views must be a non-empty list of views, got {brief(raw_views)}")
     views = [View.from_dict(v, f"views[{i}]") for i, v in enumerate(raw_views)]
     if "parameters" not in d or d["parameters"] is None:
         return Geometry(grid, views)
@@ -109,7 +120,7 @@ def _format_of(path: Path) -> str:
         return "yaml"
     if suffix == ".json":
         return "json"
-    raise ValueError(f"geometry files end in .yaml, .yml or .json, got {path.name!r}")
+    raise ValueError(f"geometry files end in .yaml, .yml or .json, got {brief(path.name)}; rename the file")
 
 
 def dumps(geom, fmt: str = "yaml") -> str:
@@ -122,13 +133,27 @@ def dumps(geom, fmt: str = "yaml") -> str:
     raise ValueError(f"fmt must be 'yaml' or 'json', got {fmt!r}")
 
 
-def loads(text: str, fmt: str = "yaml"):
-    """Parse geometry file text (YAML or JSON)."""
+def loads(text: str, fmt: str = "yaml", *, source: str | None = None):
+    """Parse geometry file text (YAML or JSON).
+
+    ``source`` (e.g. the file path) prefixes error messages. Raises ValueError (with the
+    field or the parser's complaint) for anything that is not a valid geometry.
+    """
+    if fmt not in ("yaml", "json"):
+        raise ValueError(f"fmt must be 'yaml' or 'json', got {brief(fmt)}")
+    what = f"geometry {fmt.upper()}" if source is None else "geometry file"
     try:
-        d = yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot parse geometry {fmt.upper()}: {exc}") from exc
-    return geometry_from_dict(d)
+        d = load_yaml(text, what=what) if fmt == "yaml" else load_json(text, what=what)
+    except DocumentError as exc:
+        if source is None:
+            raise
+        raise ValueError(str(exc).replace("<text>", source, 1)) from None
+    try:
+        return geometry_from_dict(d)
+    except ValueError as exc:
+        if source is None:
+            raise
+        raise ValueError(f"geometry file {source}: {exc}") from None
 
 
 def save_geometry(geom, path) -> None:
@@ -137,8 +162,12 @@ def save_geometry(geom, path) -> None:
 
 
 def load_geometry(path):
+    """Read a geometry file (``.yaml``/``.yml``/``.json``); errors name the file and the field."""
     path = Path(path)
     fmt = _format_of(path)
-    if not path.is_file():
-        raise ValueError(f"geometry file {str(path)!r} does not exist")
-    return loads(path.read_text(encoding="utf-8"), fmt)
+    what = "geometry file"
+    d = load_yaml(path, what=what) if fmt == "yaml" else load_json(path, what=what)
+    try:
+        return geometry_from_dict(d)
+    except ValueError as exc:
+        raise ValueError(f"geometry file {path}: {exc}") from None

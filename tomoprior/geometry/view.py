@@ -6,12 +6,16 @@ import warnings
 
 import torch
 
+from .._yaml import brief
 from ._tensor import as_positive_int_pair, as_vector3, common_float_dtype
 
 #: Relative tolerance below which u and v count as parallel (|u_hat x v_hat| < this).
 PARALLEL_TOL = 1e-9
 #: Distance in mm below which the source counts as lying on the detector plane.
 ON_PLANE_TOL_MM = 1e-6
+#: Largest coordinate or vector component accepted, mm (1000 km): larger numbers are typos
+#: and would overflow the ray arithmetic.
+MAX_COORD_MM = 1e9
 
 
 class View:
@@ -53,14 +57,14 @@ class View:
     """
 
     def __init__(self, source, detector_center, u, v, shape, name: str | None = None):
-        label = f"view {name!r}" if name else "view"
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"view name must be a string, got {brief(name)}")
+        label = f"view {brief(name, 60)}" if name else "view"
         s = as_vector3(source, f"{label}: source")
         c = as_vector3(detector_center, f"{label}: detector_center")
         uu = as_vector3(u, f"{label}: u")
         vv = as_vector3(v, f"{label}: v")
         self.shape = as_positive_int_pair(shape, f"{label}: shape (rows, cols)")
-        if name is not None and not isinstance(name, str):
-            raise ValueError(f"view name must be a string, got {name!r}")
         self.name = name
         dtype = common_float_dtype(s, c, uu, vv)
         device = s.device
@@ -70,6 +74,12 @@ class View:
         self._validate(label)
 
     def _validate(self, label: str) -> None:
+        for field, t in (("source", self.source), ("detector_center", self.detector_center), ("u", self.u),
+                         ("v", self.v)):
+            big = float(t.detach().double().abs().max())
+            if big > MAX_COORD_MM:
+                raise ValueError(f"{label}: {field} has a component of {big:.3g} mm, beyond the {MAX_COORD_MM:.0e} mm "
+                                 "a geometry may use; check the units (millimetres) and the number")
         u = self.u.detach().double()
         v = self.v.detach().double()
         nu, nv = torch.linalg.norm(u), torch.linalg.norm(v)
@@ -254,11 +264,14 @@ class View:
         allowed = {"name", "source", "detector_center", "u", "v", "shape"}
         unknown = set(d) - allowed
         if unknown:
-            raise ValueError(f"{where} has unknown field(s) {sorted(unknown)}; expected {sorted(allowed)}")
+            raise ValueError(f"{where} has unknown field(s) {brief(sorted(map(str, unknown)))}; "
+                             f"expected {sorted(allowed)}")
         for key in ("source", "detector_center", "u", "v", "shape"):
             if key not in d:
                 raise ValueError(f"{where}.{key} is missing")
         name = d.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"{where}.name must be a string, got {brief(name)}")
         return cls(
             as_vector3(d["source"], f"{where}.source"),
             as_vector3(d["detector_center"], f"{where}.detector_center"),

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from .._atomic import write_text_atomic
+from .._yaml import DocumentError, brief, load_yaml
 from ..geometry.grid import VolumeGrid
 from ..geometry.view import View
 from .shapes import Shape, _number, shape_from_dict
@@ -103,7 +104,7 @@ class Phantom:
             ("reference", reference),
         ):
             if not isinstance(value, str):
-                raise ValueError(f"{field} must be a string, got {value!r}")
+                raise ValueError(f"{field} must be a string, got {brief(value)}")
         self.name = name
         self.description = description
         self.density_unit = density_unit
@@ -234,7 +235,7 @@ class Phantom:
         chosen = []
         for item in views:
             if isinstance(item, bool):
-                raise ValueError(f"views must be indices or View objects, got {item!r}")
+                raise ValueError(f"views must be indices or View objects, got {brief(item)}")
             if isinstance(item, int):
                 if not -len(all_views) <= item < len(all_views):
                     raise ValueError(f"views index {item} is out of range for a geometry with {len(all_views)} views")
@@ -242,7 +243,7 @@ class Phantom:
             elif hasattr(item, "pixel_rays"):
                 chosen.append(item)
             else:
-                raise ValueError(f"views must be indices or View objects, got {item!r}")
+                raise ValueError(f"views must be indices or View objects, got {brief(item)}")
         return chosen
 
     def _view_integrals(self, view, chunk_size: int) -> Tensor:
@@ -398,12 +399,12 @@ class Phantom:
             )
         unknown = set(d) - set(TOP_LEVEL_KEYS)
         if unknown:
-            raise ValueError(f"{pre}unknown key(s) {sorted(unknown)}; allowed: {list(TOP_LEVEL_KEYS)}")
+            raise ValueError(f"{pre}unknown key(s) {brief(sorted(map(str, unknown)))}; allowed: {list(TOP_LEVEL_KEYS)}")
         if d.get("schema") != SCHEMA:
-            raise ValueError(f"{pre}schema must be {SCHEMA!r}, got {d.get('schema')!r}")
+            raise ValueError(f"{pre}schema must be {SCHEMA!r}, got {brief(d.get('schema'))}")
         version = d.get("schema_version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(f"{pre}schema_version must be a positive integer, got {version!r}")
+            raise ValueError(f"{pre}schema_version must be a positive integer, got {brief(version)}")
         if version > SCHEMA_VERSION:
             raise ValueError(
                 f"{pre}schema_version {version} is newer than this tomoprior reads "
@@ -413,7 +414,7 @@ class Phantom:
         for key in ("name", "description", "reference"):
             value = d.get(key, default_name if key == "name" else "")
             if not isinstance(value, str):
-                raise ValueError(f"{pre}{key} must be a string, got {value!r}")
+                raise ValueError(f"{pre}{key} must be a string, got {brief(value)}")
             meta[key] = value
         if not meta["name"]:
             raise ValueError(f"{pre}name must not be empty")
@@ -421,7 +422,7 @@ class Phantom:
         density_scale = _number(d.get("density_scale", 1.0), f"{pre}density_scale", positive=True)
         shapes = d.get("shapes")
         if not isinstance(shapes, list) or not shapes:
-            raise ValueError(f"{pre}shapes must be a non-empty list of shapes, got {shapes!r}")
+            raise ValueError(f"{pre}shapes must be a non-empty list of shapes, got {brief(shapes)}")
         built = [shape_from_dict(s, where=f"{pre}shapes[{i}]") for i, s in enumerate(shapes)]
         return cls(built, density_unit=density_unit, density_scale=density_scale, **meta)
 
@@ -463,10 +464,7 @@ class Phantom:
         (10, 0.1, '1/mm')
         """
         path = find(name_or_path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml(path, what="phantom file")
         phantom = cls.from_dict(data, where=str(path), default_name=path.stem)
         if density_scale is not None:
             phantom = phantom.with_density_scale(density_scale)
@@ -478,16 +476,17 @@ class Phantom:
 
 def _parse_units(units, pre: str) -> str:
     if not isinstance(units, dict):
-        raise ValueError(f"{pre}units must be a mapping {{length: mm, density: <unit>}}, got {units!r}")
+        raise ValueError(f"{pre}units must be a mapping {{length: mm, density: <unit>}}, got {brief(units)}")
     unknown = set(units) - set(UNIT_KEYS)
     if unknown:
-        raise ValueError(f"{pre}units has unknown key(s) {sorted(unknown)}; allowed: {list(UNIT_KEYS)}")
+        raise ValueError(f"{pre}units has unknown key(s) {brief(sorted(map(str, unknown)))}; "
+                         f"allowed: {list(UNIT_KEYS)}")
     length = units.get("length", "mm")
     if length != "mm":
-        raise ValueError(f"{pre}units.length must be 'mm' (tomoprior works in millimetres), got {length!r}")
+        raise ValueError(f"{pre}units.length must be 'mm' (tomoprior works in millimetres), got {brief(length)}")
     density = units.get("density", "1/mm")
     if not isinstance(density, str) or not density:
-        raise ValueError(f"{pre}units.density must be a non-empty string such as '1/mm', got {density!r}")
+        raise ValueError(f"{pre}units.density must be a non-empty string such as '1/mm', got {brief(density)}")
     return density
 
 
@@ -497,7 +496,7 @@ def _check_supersample(supersample) -> int:
             supersample = int(supersample.__index__())
         else:
             raise ValueError(
-                f"supersample must be a positive integer (sub-samples per voxel and axis), got {supersample!r}"
+                f"supersample must be a positive integer (sub-samples per voxel and axis), got {brief(supersample)}"
             )
     if supersample < 1:
         raise ValueError(f"supersample must be a positive integer (sub-samples per voxel and axis), got {supersample}")
@@ -579,7 +578,11 @@ def search_path() -> list[Path]:
 def _candidates() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for folder in search_path():
-        for path in sorted(folder.iterdir()):
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            continue  # an unreadable folder on the search path holds no phantoms for us
+        for path in entries:
             if path.suffix in (".yaml", ".yml") and path.is_file():
                 found.setdefault(path.stem, path)  # earlier folders win
     return found
@@ -603,8 +606,8 @@ def names_with_schema(schema: str) -> list[str]:
     names = []
     for name, path in _candidates().items():
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
+            data = load_yaml(path, what="phantom file")
+        except DocumentError:
             continue  # unreadable files are reported when loaded by name, not here
         if isinstance(data, dict) and data.get("schema") == schema:
             names.append(name)
@@ -624,16 +627,19 @@ def find(name_or_path) -> Path:
         and ("/" in name_or_path or os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")))
     ):
         path = Path(name_or_path).expanduser()
+        if path.is_dir():
+            raise ValueError(f"phantom file {path} is a folder; give the path of a phantom .yaml file")
         if not path.is_file():
-            raise ValueError(f"phantom file {path} does not exist")
+            raise ValueError(f"phantom file {path} does not exist; give a phantom name (see `tomoprior info`) "
+                             "or the path of a phantom .yaml file")
         return path
     if not isinstance(name_or_path, str) or not name_or_path:
-        raise ValueError(f"a phantom is given by name or path, got {name_or_path!r}")
+        raise ValueError(f"a phantom is given by name or path, got {brief(name_or_path)}")
     path = _candidates().get(name_or_path)
     if path is None:
         folders = ", ".join(str(f) for f in search_path()) or "(none exist)"
         raise ValueError(
-            f"unknown phantom {name_or_path!r}; available: {', '.join(available()) or '(none)'}. "
+            f"unknown phantom {brief(name_or_path)}; available: {', '.join(available()) or '(none)'}. "
             f"Searched {folders}; add folders with {ENV_VAR} or give a path to a .yaml file"
         )
     return path

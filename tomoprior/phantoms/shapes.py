@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .._yaml import brief
+
 Tensor = torch.Tensor
 
 #: Tolerance on ``R^T R = I`` and ``det R = 1`` when a rotation matrix is given.
@@ -50,14 +52,14 @@ def _tensor(value, name: str, shape: tuple[int, ...]) -> Tensor:
         try:
             t = torch.as_tensor(value, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{name} must be {_describe(shape)}, got {value!r}") from exc
+            raise ValueError(f"{name} must be {_describe(shape)}, got {brief(value)}") from exc
     if tuple(t.shape) != shape:
         if t.numel() == 1 and shape == ():
             t = t.reshape(())
         else:
             raise ValueError(f"{name} must be {_describe(shape)}, got shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t.detach()).all()):
-        raise ValueError(f"{name} must be finite, got {t.detach().tolist()}")
+        raise ValueError(f"{name} must be finite, got {brief(t.detach().tolist())}")
     return t
 
 
@@ -74,7 +76,7 @@ def _positive(t: Tensor, name: str) -> Tensor:
     for i, v in enumerate(flat.tolist()):
         if not v > 0:
             label = name if t.ndim == 0 else f"{name}[{i}]"
-            raise ValueError(f"{label} must be > 0, got {v!r}")
+            raise ValueError(f"{label} must be > 0, got {brief(v)}")
     return t
 
 
@@ -203,10 +205,10 @@ class Shape:
         self.density = _tensor(density, f"{owner}.density", ())
         self.angles, self.rotation = _orientation(angles, rotation, owner)
         if label is not None and not isinstance(label, str):
-            raise ValueError(f"{owner}.label must be a string, got {label!r}")
+            raise ValueError(f"{owner}.label must be a string, got {brief(label)}")
         self.label = label
         if material is not None and (not isinstance(material, str) or not material):
-            raise ValueError(f"{owner}.material must be a non-empty string such as 'steel', got {material!r}")
+            raise ValueError(f"{owner}.material must be a non-empty string such as 'steel', got {brief(material)}")
         self.material = material
 
     # -- frames ------------------------------------------------------------------------------
@@ -718,18 +720,18 @@ SHAPE_KEYS: dict[str, tuple[set[str], set[str]]] = {
 
 def _number(value, field: str, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{field} must be a number, got {value!r}")
+        raise ValueError(f"{field} must be a number, got {brief(value)}")
     v = float(value)
     if not math.isfinite(v):
-        raise ValueError(f"{field} must be finite, got {value!r}")
+        raise ValueError(f"{field} must be finite, got {brief(value)}")
     if positive and not v > 0:
-        raise ValueError(f"{field} must be > 0, got {value!r}")
+        raise ValueError(f"{field} must be > 0, got {brief(value)}")
     return v
 
 
 def _numbers(value, n: int, field: str, *, positive: bool = False, what: str = "numbers") -> list[float]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{field} must be a list of {n} {what}, got {value!r}")
+        raise ValueError(f"{field} must be a list of {n} {what}, got {brief(value)}")
     if len(value) != n:
         raise ValueError(f"{field} must have {n} entries ({what}), got {len(value)}")
     return [_number(v, f"{field}[{i}]", positive=positive) for i, v in enumerate(value)]
@@ -761,23 +763,24 @@ def shape_from_dict(d: dict, where: str = "shape") -> Shape:
     if not isinstance(d, dict):
         raise ValueError(f"{where} must be a mapping with a type, got {type(d).__name__}")
     kind = d.get("type")
-    if kind not in SHAPE_KEYS:
-        raise ValueError(f"{where}.type must be one of {sorted(SHAPE_KEYS)}, got {kind!r}")
+    if not isinstance(kind, str) or kind not in SHAPE_KEYS:
+        raise ValueError(f"{where}.type must be one of {sorted(SHAPE_KEYS)}, got {brief(kind)}")
     required, optional = SHAPE_KEYS[kind]
     unknown = set(d) - required - optional - {"type"}
     if unknown:
         raise ValueError(
-            f"{where} ({kind}) has unknown key(s) {sorted(unknown)}; allowed: {sorted(required | optional)}"
+            f"{where} ({kind}) has unknown key(s) {brief(sorted(map(str, unknown)))}; "
+            f"allowed: {sorted(required | optional)}"
         )
     missing = required - set(d)
     if missing:
         raise ValueError(f"{where} ({kind}) is missing {sorted(missing)}")
     label = d.get("label")
     if label is not None and not isinstance(label, str):
-        raise ValueError(f"{where}.label must be a string, got {label!r}")
+        raise ValueError(f"{where}.label must be a string, got {brief(label)}")
     material = d.get("material")
     if material is not None and (not isinstance(material, str) or not material):
-        raise ValueError(f"{where}.material must be a non-empty string such as 'steel', got {material!r}")
+        raise ValueError(f"{where}.material must be a non-empty string such as 'steel', got {brief(material)}")
     center = _numbers(d["center"], 3, f"{where}.center", what="numbers x, y, z in mm")
     density = _number(d["density"], f"{where}.density")
     orientation = _orientation_from_dict(d, where)
@@ -808,7 +811,7 @@ def _orientation_from_dict(d: dict, where: str) -> dict:
     if "rotation" in d:
         rows = d["rotation"]
         if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or len(rows) != 3:
-            raise ValueError(f"{where}.rotation must be a 3x3 nested list, got {rows!r}")
+            raise ValueError(f"{where}.rotation must be a 3x3 nested list, got {brief(rows)}")
         R = [_numbers(row, 3, f"{where}.rotation[{i}]") for i, row in enumerate(rows)]
         _check_rotation(torch.tensor(R, dtype=torch.float64), f"{where}.rotation")
         return {"rotation": R}

@@ -115,7 +115,11 @@ def test_train_bp_prior_then_reconstruct_with_checkpoint(tiny_h5, sample, tmp_pa
     assert torch.allclose(vol.data, model.reconstruct(x, sample["geom"])[0, 0], atol=1e-6)
     res = CliRunner().invoke(reconstruct, [*sample["xrays"], "--geometry", sample["geometry"], "--refiner",
                                            "psctnet", "--checkpoint", str(run / "best.pt"), "--out", str(out)])
-    assert res.exit_code != 0 and "holds a 'bp-prior' refiner" in res.output
+    assert res.exit_code == 2 and "already exist" in res.output and "--overwrite" in res.output
+    res = CliRunner().invoke(reconstruct, [*sample["xrays"], "--geometry", sample["geometry"], "--refiner",
+                                           "psctnet", "--checkpoint", str(run / "best.pt"), "--out", str(out),
+                                           "--overwrite"])
+    assert res.exit_code == 2 and "holds a 'bp-prior' refiner" in res.output
 
 
 def test_train_psctnet_cli_one_epoch_resume_and_reconstruct(tiny_h5, sample, tmp_path):

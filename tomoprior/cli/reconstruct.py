@@ -3,24 +3,87 @@ of orthogonal slices (see ``docs/training.md``).
 
 Input images, one per view in the geometry's view order:
 
-- ``.npy``: line integrals (attenuation x mm), a 2D float array ``(rows, cols)``, used as is.
+- ``.npy``: line integrals (attenuation x mm), a 2D real array ``(rows, cols)``, used as is.
 - ``.png``, ``.tif``/``.tiff``: transmitted intensities (``--image-kind intensity``, the
   default), converted to line integrals ``p = -ln(max(I, 1e-6 I0) / I0)`` with ``I0`` the
   unattenuated intensity (``--i0``; default: the image's own maximum, i.e. it assumes some
   pixel saw the open beam). RGB(A) images are averaged to grey. With
   ``--image-kind line-integrals`` the pixel values are used as line integrals directly
   (e.g. a 32-bit float TIFF).
+
+Each image must have its view's detector shape (``--resample`` resamples it, with a note) and
+hold plausible line integrals: finite, not below ``-1 %`` of the image's largest magnitude
+(negative values mean the sign or the ``I0`` is wrong), at most :data:`MAX_LINE_INTEGRAL`.
+
+Outputs: the NIfTI, its PNG (and with ``--demo`` the phantom's PNG) are written together or
+not at all (temporaries beside the targets, renamed at the end); existing files are refused
+unless ``--overwrite``. Errors exit with code 2 and one message naming the input and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import click
 import numpy as np
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+#: Largest accepted line integral (attenuation x mm): exp(-1000) is far below any detector's
+#: dynamic range, so larger values are not line integrals (raw counts, wrong units).
+MAX_LINE_INTEGRAL = 1000.0
+#: Negative line integrals down to this fraction of the image's largest magnitude are noise
+#: (e.g. a noisy open-beam pixel brighter than I0) and are kept; below it the input is refused.
+NEGATIVE_TOLERANCE = 0.01
+
+
+class ReconstructError(click.ClickException):
+    """Bad usage, unreadable input or an output that cannot be written: exit code 2."""
+
+    exit_code = 2
+
+
+def _load_pixels(path: Path) -> np.ndarray:
+    """The raw pixel array of ``path`` (.npy, .png, .tif/.tiff); ValueError naming the file
+    for anything unreadable (empty, truncated, not the format its suffix says)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", *_IMAGE_SUFFIXES):
+        raise ValueError(f"{path}: unsupported X-ray format {suffix!r}; use .npy (line integrals), .png or .tif")
+    if not path.exists():
+        raise ValueError(f"{path}: no such file")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give an image file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes); an interrupted copy or export? write the image again")
+    fix = {".npy": "save it with numpy.save(path, array) (a 2D real array)",
+           ".png": "export it again as a PNG (8/16-bit grey)",
+           ".tif": "export it again as a TIFF (grey, integer or float)",
+           ".tiff": "export it again as a TIFF (grey, integer or float)"}[suffix]
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode == "P":  # palette: look the colours up
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                im.load()
+                return np.asarray(im)
+        import tifffile
+
+        return tifffile.imread(path)
+    except Exception as exc:  # readers raise many types (EOFError, OSError, SyntaxError, ...) for bad files
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"{path}: cannot read the {suffix} file ({type(exc).__name__}: {detail}); it is truncated, "
+                         f"damaged or not a {suffix} file: {fix}") from exc
 
 
 def read_xray(path, *, image_kind: str = "auto", i0: float | None = None) -> np.ndarray:
@@ -28,61 +91,194 @@ def read_xray(path, *, image_kind: str = "auto", i0: float | None = None) -> np.
 
     ``image_kind``: ``"auto"`` (.npy: line integrals; PNG/TIFF: intensities), ``"intensity"``
     or ``"line-integrals"``; ``i0``: open-beam intensity for intensities (default: the maximum).
+
+    Raises
+    ------
+    ValueError
+        Naming the file and the fix: unreadable, not 2D, not real numbers, non-finite pixels,
+        a non-positive or non-finite ``I0``, line integrals below ``-1 %`` of the image's peak
+        (wrong sign or ``I0`` too small) or above :data:`MAX_LINE_INTEGRAL`.
     """
     if image_kind not in ("auto", "intensity", "line-integrals"):
         raise ValueError(f"image_kind must be 'auto', 'intensity' or 'line-integrals', got {image_kind!r}")
+    if i0 is not None and (isinstance(i0, bool) or not isinstance(i0, (int, float, np.number))
+                           or not np.isfinite(i0) or not i0 > 0):
+        raise ValueError(f"i0 (the open-beam intensity, --i0) must be a finite number > 0, got {i0!r}")
     path = Path(path)
+    arr = np.asarray(_load_pixels(path))
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        kind = "line-integrals" if image_kind == "auto" else image_kind
-    elif suffix in _IMAGE_SUFFIXES:
-        import skimage.io
-
-        arr = skimage.io.imread(str(path))
-        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-            arr = arr[..., :3].astype(np.float64).mean(axis=-1)
-        kind = "intensity" if image_kind == "auto" else image_kind
-    else:
-        raise ValueError(f"{path}: unsupported X-ray format {suffix!r}; use .npy (line integrals), .png or .tif")
-    arr = np.asarray(arr)
+    kind = image_kind if image_kind != "auto" else ("line-integrals" if suffix == ".npy" else "intensity")
+    if arr.dtype.kind not in "iuf":
+        what = {"b": "boolean", "c": "complex", "O": "Python objects", "U": "text", "S": "bytes",
+                "V": "structured records", "M": "dates", "m": "time spans"}.get(arr.dtype.kind, str(arr.dtype))
+        raise ValueError(f"{path}: pixel type {arr.dtype} ({what}) is not an X-ray image; give real numbers "
+                         "(integers or floats)")
+    if suffix != ".npy" and arr.ndim == 3 and arr.shape[-1] in (2, 3, 4):
+        # grey + alpha, RGB, RGBA: average the colour channels, drop alpha
+        arr = arr[..., :1] if arr.shape[-1] == 2 else arr[..., :3]
+        arr = arr.astype(np.float64).mean(axis=-1)
     if arr.ndim != 2:
         raise ValueError(f"{path}: expected a 2D image (rows, cols), got shape {arr.shape}")
+    if min(arr.shape) < 2:
+        raise ValueError(f"{path}: an image of {arr.shape} pixels cannot be an X-ray; give the whole detector image")
+    integer_npy = suffix == ".npy" and arr.dtype.kind in "iu" and kind == "line-integrals"
     arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: contains NaN or infinite values")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        rr, cc = np.nonzero(bad)
+        where = [(int(r), int(c)) for r, c in zip(rr[:3], cc[:3])]
+        raise ValueError(f"{path}: {int(bad.sum())} pixel(s) are NaN or infinite, e.g. at (row, col) {where}; fix "
+                         "or mask them before reconstructing")
+    ref = None
     if kind == "intensity":
         ref = float(arr.max()) if i0 is None else float(i0)
         if not ref > 0:
-            raise ValueError(f"{path}: the open-beam intensity I0 must be positive (got {ref}); pass --i0")
+            raise ValueError(f"{path}: the open-beam intensity I0 must be positive (the image's maximum is {ref:g}); "
+                             "is this an image of intensities? pass --i0, or --image-kind line-integrals")
+        if float(arr.min()) < -NEGATIVE_TOLERANCE * ref:
+            raise ValueError(f"{path}: intensities down to {float(arr.min()):g} (I0 {ref:g}); transmitted intensities "
+                             "are >= 0: subtract the dark image correctly, or pass --image-kind line-integrals")
         arr = -np.log(np.maximum(arr, 1e-6 * ref) / ref)
+    elif integer_npy:
+        warnings.warn(f"{path}: integer pixel values read as line integrals; if they are detector counts, pass "
+                      "--image-kind intensity", UserWarning, stacklevel=2)
+    peak = float(np.abs(arr).max())
+    low = float(arr.min())
+    if low < -NEGATIVE_TOLERANCE * peak:
+        n = int((arr < -NEGATIVE_TOLERANCE * peak).sum())
+        if kind == "intensity":
+            raise ValueError(f"{path}: {n} pixel(s) are brighter than the open-beam intensity I0 = {ref:g} (line "
+                             f"integrals down to {low:.3g}); give the open-beam intensity (at least the brightest "
+                             "pixel) with --i0, or omit --i0")
+        raise ValueError(f"{path}: {n} line integral(s) are negative (down to {low:.3g}; largest magnitude "
+                         f"{peak:.3g}); line integrals (attenuation x mm) are >= 0. Was the sign flipped (log(I/I0) "
+                         "instead of -log(I/I0))? Or are these intensities? Then pass --image-kind intensity")
+    if float(arr.max()) > MAX_LINE_INTEGRAL:
+        raise ValueError(f"{path}: line integrals up to {float(arr.max()):.3g}, above {MAX_LINE_INTEGRAL:g} "
+                         "(attenuation x mm); these are not line integrals (raw detector counts? pass --image-kind "
+                         "intensity) or not in 1/mm x mm")
+    if peak == 0.0:
+        warnings.warn(f"{path}: the image holds no attenuation at all (every line integral is 0)", UserWarning,
+                      stacklevel=2)
     return arr.astype(np.float32)
 
 
-def orthogonal_slices_png(volume: np.ndarray, path, *, title: str = "") -> None:
-    """Write the three central orthogonal slices of ``volume (nz, ny, nx)`` side by side
-    (axial, coronal, sagittal; LPS array order, so image left = patient right) atomically."""
+def _render_slices_png(volume: np.ndarray, path, *, title: str = "") -> None:
+    """Render the three central orthogonal slices of ``volume (nz, ny, nx)`` to ``path`` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .._atomic import atomic_path
-
     nz, ny, nx = volume.shape
     vmax = float(np.percentile(volume, 99.9)) or 1.0
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
-    for ax, (img, name) in zip(axes, [(volume[nz // 2], "axial (z)"), (volume[:, ny // 2, :], "coronal (y)"),
-                                      (volume[:, :, nx // 2], "sagittal (x)")]):
-        ax.imshow(img, cmap="gray", vmin=0, vmax=vmax, origin="lower" if name != "axial (z)" else "upper")
-        ax.set_title(name, fontsize=9)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    try:
+        for ax, (img, name) in zip(axes, [(volume[nz // 2], "axial (z)"), (volume[:, ny // 2, :], "coronal (y)"),
+                                          (volume[:, :, nx // 2], "sagittal (x)")]):
+            ax.imshow(img, cmap="gray", vmin=0, vmax=vmax, origin="lower" if name != "axial (z)" else "upper")
+            ax.set_title(name, fontsize=9)
+            ax.axis("off")
+        if title:
+            fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+
+
+def orthogonal_slices_png(volume: np.ndarray, path, *, title: str = "") -> None:
+    """Write the three central orthogonal slices of ``volume (nz, ny, nx)`` side by side
+    (axial, coronal, sagittal; LPS array order, so image left = patient right) atomically."""
+    from .._atomic import atomic_path
+
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+        _render_slices_png(volume, tmp, title=title)
+
+
+def _nifti_image(volume: np.ndarray, grid):
+    """``volume (nz, ny, nx)`` on ``grid`` as a NIfTI image with the RAS affine, sform and
+    qform code 1, as :func:`tomoprior.data.save_nifti` writes it."""
+    import nibabel as nib
+
+    arr = np.ascontiguousarray(volume.transpose(2, 1, 0)).astype(np.float32)  # (nz, ny, nx) -> (x, y, z)
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ grid.affine()  # LPS -> RAS
+    img = nib.Nifti1Image(arr, ras)
+    img.set_sform(ras, code=1)
+    img.set_qform(ras, code=1)
+    return img
+
+
+class _Outputs:
+    """Files written together or not at all.
+
+    :meth:`stage` gives a hidden temporary beside each target (named as
+    :mod:`tomoprior._atomic` names them, so a later write removes it if this process is
+    killed); :meth:`commit` renames all of them onto their targets with SIGTERM/SIGINT/SIGHUP
+    held back, and on a failed rename moves the already renamed ones back (or removes them
+    when there was no previous file). Leaving the ``with`` block without a commit deletes the
+    temporaries: previous files stay untouched.
+    """
+
+    def __init__(self):
+        self.staged: list[tuple[Path, Path]] = []
+
+    def __enter__(self):
+        return self
+
+    def stage(self, target: Path, suffix: str) -> Path:
+        from .._atomic import remove_stale_temporaries, temporary_prefix
+
+        remove_stale_temporaries(target)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(target), suffix=suffix, dir=target.parent)
+        os.close(fd)
+        self.staged.append((Path(tmp), target))
+        return Path(tmp)
+
+    def commit(self) -> None:
+        from .._atomic import temporary_prefix
+
+        blocked = {signal.SIGTERM, signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])}
+        can_block = hasattr(signal, "pthread_sigmask")
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if can_block else None
+        umask = os.umask(0)
+        os.umask(umask)
+        done: list[tuple[Path, Path | None]] = []  # (target, backup of its previous file)
+        try:
+            for tmp, target in self.staged:
+                os.chmod(tmp, 0o666 & ~umask)
+                backup = None
+                if target.exists():
+                    backup = target.parent / f"{temporary_prefix(target)}{secrets.token_hex(4)}.previous"
+                    try:
+                        os.link(target, backup)
+                    except OSError:
+                        backup = None
+                os.replace(tmp, target)
+                done.append((target, backup))
+        except BaseException:
+            for target, backup in reversed(done):
+                with contextlib.suppress(OSError):
+                    if backup is not None:
+                        os.replace(backup, target)
+                    else:
+                        target.unlink()
+            raise
+        finally:
+            for _, backup in done:
+                if backup is not None:
+                    with contextlib.suppress(OSError):
+                        backup.unlink()
+            self.staged = [(t, g) for t, g in self.staged if t.exists()]
+            if can_block:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+    def __exit__(self, *exc):
+        for tmp, _ in self.staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        self.staged = []
+        return False
 
 
 DEMO_HELP = ("Reconstruct the built-in procedural skull phantom instead of files: its two X-rays are simulated "
@@ -128,6 +324,90 @@ def demo_sample(*, variant: str = "normal", age_years: float = 1.0, seed: int = 
             "labels": s.labels}
 
 
+def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``image`` resampled to ``shape`` (area averaging when shrinking, bilinear when growing;
+    pixel edges aligned: the image spans the same detector area)."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 - torch's own idiom
+
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    shrink = shape[0] <= image.shape[0] and shape[1] <= image.shape[1]
+    out = F.interpolate(t, size=tuple(shape), mode="area") if shrink else \
+        F.interpolate(t, size=tuple(shape), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def _read_inputs(paths, geometry_path, image_kind, i0, resample, note) -> tuple:
+    """Geometry and X-rays ``(1, V, rows, cols)`` float32 tensor from the files (ValueError on bad input)."""
+    import torch
+
+    from ..geometry.geometry import Geometry
+
+    try:
+        geom = Geometry.load(geometry_path)
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        raise ValueError(f"--geometry {geometry_path}: {exc}") from exc
+    if len(paths) != geom.num_views:
+        raise ValueError(f"the geometry has {geom.num_views} views but {len(paths)} X-ray file(s) were given; "
+                         "give one per view, in the geometry's view order")
+    images = []
+    for v, (p, view) in enumerate(zip(paths, geom.views)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            im = read_xray(p, image_kind=image_kind, i0=i0)
+        for w in caught:
+            note(f"warning: {w.message}")
+        det = tuple(int(n) for n in view.shape)
+        if im.shape != det:
+            ar_img, ar_det = im.shape[1] / im.shape[0], det[1] / det[0]
+            if abs(ar_img / ar_det - 1) > 0.01:
+                raise ValueError(f"{p}: image of {im.shape} pixels does not have the aspect ratio of its detector "
+                                 f"{det} (view {v} of {geometry_path}); an image must span the whole detector")
+            if not resample:
+                raise ValueError(f"{p}: image of {im.shape} pixels, but view {v} of {geometry_path} has a detector of "
+                                 f"{det} pixels; resample the image to the detector, or pass --resample to let "
+                                 "tomoprior do it")
+            note(f"note: {p}: resampled from {im.shape} to the detector's {det} pixels (--resample)")
+            im = _resample(im, det)
+        images.append(im)
+    return geom, torch.from_numpy(np.stack(images))[None]
+
+
+def _output_paths(out: str, png_path: str | None, demo: bool) -> dict[str, Path]:
+    """The files this run writes: ``{"nifti", "png"[, "phantom_png"]}`` (ValueError on a bad name)."""
+    out_p = Path(out)
+    if not (out_p.name.endswith(".nii.gz") or out_p.name.endswith(".nii")) or out_p.name in (".nii", ".nii.gz"):
+        raise click.BadParameter(f"the output must end in .nii.gz or .nii, got {out_p.name!r}", param_hint="--out")
+    png = Path(png_path) if png_path else out_p.with_name(out_p.name.removesuffix(".gz").removesuffix(".nii") + ".png")
+    if png.suffix.lower() != ".png":
+        raise click.BadParameter(f"the slice image must end in .png, got {png.name!r}", param_hint="--png")
+    paths = {"nifti": out_p, "png": png}
+    if demo:
+        paths["phantom_png"] = png.with_name(png.stem + "_phantom.png")
+    if len({p.resolve() for p in paths.values()}) != len(paths):
+        raise click.BadParameter(f"--out and --png name the same file(s): {sorted(str(p) for p in paths.values())}",
+                                 param_hint="--png")
+    return paths
+
+
+def _check_outputs(paths: dict[str, Path], overwrite: bool) -> None:
+    """Folders exist and are writable; targets are not folders; existing files need --overwrite."""
+    from .._atomic import check_writable
+
+    for key, p in paths.items():
+        hint = "--out" if key == "nifti" else "--png"
+        if p.is_dir():
+            raise click.BadParameter(f"{p} is a folder; give a file name", param_hint=hint)
+        try:
+            check_writable(p.parent, what="output")
+        except (ValueError, OSError) as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from exc
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise click.BadParameter(f"{', '.join(existing)} already exist(s); pass --overwrite to replace, or choose "
+                                 "another --out", param_hint="--out")
+
+
 @click.command()
 @click.argument("more_xrays", nargs=-1, type=click.Path(exists=True, dir_okay=False))
 @click.option("--xrays", "xrays", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -144,18 +424,22 @@ def demo_sample(*, variant: str = "normal", age_years: float = 1.0, seed: int = 
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .nii.gz (or .nii).")
 @click.option("--png", "png_path", default=None, type=click.Path(dir_okay=False),
               help="Orthogonal-slice PNG [default: OUT with .png].")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files (refused otherwise).")
 @click.option("--image-kind", type=click.Choice(["auto", "intensity", "line-integrals"]), default="auto",
               show_default=True, help="How PNG/TIFF pixels are read (auto: intensity; .npy: line integrals).")
 @click.option("--i0", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Open-beam intensity for intensity images [default: each image's maximum].")
+@click.option("--resample", is_flag=True,
+              help="Resample images whose pixel count differs from their view's detector (same aspect ratio) to "
+                   "the detector; without it such images are refused.")
 @click.option("--demo", is_flag=True, help=DEMO_HELP)
 @click.option("--demo-variant", default="normal", show_default=True,
               help="Skull variant of --demo (normal, sagittal, metopic, unicoronal, bicoronal, lambdoid).")
 @click.option("--demo-age", default=1.0, show_default=True, type=float, help="Age in years of the --demo skull.")
 @click.option("--demo-seed", default=0, show_default=True, type=int, help="Anatomy seed of the --demo skull.")
-@click.option("--device", default="cpu", show_default=True)
-def reconstruct(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_path, image_kind, i0, demo,
-                demo_variant, demo_age, demo_seed, device):
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+def reconstruct(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_path, overwrite, image_kind, i0,
+                resample, demo, demo_variant, demo_age, demo_seed, device):
     """Reconstruct a volume from X-rays and their geometry with a refiner; write NIfTI + PNG.
 
     The NIfTI holds attenuation in 1/mm on the geometry's grid with a RAS affine (LPS grid
@@ -164,21 +448,41 @@ def reconstruct(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out
 
     Out of the box: ``tomoprior reconstruct --demo --out demo.nii.gz`` (PSCT-Net with its
     shipped weights on the built-in skull phantom; prints PSNR/SSIM/Dice against it).
+
+    Exit codes: 0 written; 2 bad usage, unreadable input or unwritable output (nothing is
+    written then, and existing files are untouched).
     """
+    from .._atomic import Terminated, signals_as_exceptions
+
+    try:
+        with signals_as_exceptions():
+            report = _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_path, overwrite,
+                          image_kind, i0, resample, demo, demo_variant, demo_age, demo_seed, device)
+    except Terminated as exc:
+        click.echo(f"tomoprior reconstruct: {exc}; nothing was written", err=True)
+        sys.exit(128 + exc.signum)
+    click.echo(json.dumps(report))
+
+
+def _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_path, overwrite, image_kind, i0,
+         resample, demo, demo_variant, demo_age, demo_seed, device) -> dict:
     import torch
 
     from .. import refiners
-    from ..data import Volume, save_nifti
-    from ..geometry.geometry import Geometry
+    from .._atomic import disk_full_error, is_disk_full
     from .train import _parse_set
 
+    def note(msg):
+        click.echo(msg, err=True)
+
+    try:
+        dev = refiners.resolve_device(device, option="--device")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
     paths = list(xrays) + list(more_xrays)
-    out = Path(out)
-    if not (out.name.endswith(".nii.gz") or out.name.endswith(".nii")):
-        raise click.BadParameter(f"the output must end in .nii.gz or .nii, got {out.name}", param_hint="--out")
-    if not out.parent.exists():
-        raise click.BadParameter(f"the folder {out.parent} does not exist", param_hint="--out")
-    truth = None
+    outputs = _output_paths(out, png_path, demo)
+    _check_outputs(outputs, overwrite)
+    truth = case = None
     try:
         if demo:
             if paths or geometry is not None:
@@ -194,62 +498,73 @@ def reconstruct(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out
                 raise ValueError("--refiner is required (e.g. --refiner bp-prior), or run --demo")
             if geometry is None:
                 raise ValueError("--geometry is required: the geometry that made the X-rays (or run --demo)")
-            geom = Geometry.load(geometry)
-            if len(paths) != geom.num_views:
-                raise ValueError(f"the geometry has {geom.num_views} views but {len(paths)} X-ray file(s) were given; "
-                                 "give one per view, in the geometry's view order")
-            images = [read_xray(p, image_kind=image_kind, i0=i0) for p in paths]
-            shapes = {im.shape for im in images}
-            if len(shapes) != 1:
-                raise ValueError(f"the X-rays have different shapes {sorted(shapes)}; resample them to one size")
-            for p, im, v in zip(paths, images, geom.views):
-                ar_img, ar_det = im.shape[1] / im.shape[0], v.shape[1] / v.shape[0]
-                if abs(ar_img / ar_det - 1) > 0.01:
-                    raise ValueError(f"{p}: image of {im.shape} pixels does not have the aspect ratio of its "
-                                     f"detector {tuple(v.shape)}; an image must span the whole detector")
-            x = torch.from_numpy(np.stack(images))[None]
+            geom, x = _read_inputs(paths, geometry, image_kind, i0, resample, note)
         checkpoint = resolve_checkpoint(refiner, checkpoint)
         if checkpoint is not None:
             if overrides:
                 raise ValueError("--set applies without --checkpoint (the checkpoint holds the config)")
-            model = refiners.Refiner.from_checkpoint(checkpoint, map_location=device)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", refiners.CheckpointWarning)
+                model = refiners.Refiner.from_checkpoint(checkpoint, map_location="cpu")
+            for w in caught:
+                note(f"warning: {w.message}")
             if model.name != refiner:
-                raise ValueError(f"{checkpoint} holds a {model.name!r} refiner, not {refiner!r}")
+                raise ValueError(f"{checkpoint} holds a {model.name!r} refiner, not {refiner!r}; pass --refiner "
+                                 f"{model.name}")
         else:
             cfg = _parse_set(overrides)
             if refiner == "bp-prior":
                 cfg.setdefault("normalization", "chord")
             model = refiners.load(refiner, **cfg)
             if any(p.requires_grad for p in model.parameters()):
-                click.echo(f"warning: {refiner} has trainable parameters but no --checkpoint was given; "
-                           "using untrained weights", err=True)
-        model = model.to(device).eval()
+                note(f"warning: {refiner} has trainable parameters but no --checkpoint was given; using untrained "
+                     "weights")
+        model = model.to(dev).eval()
         with torch.no_grad():
-            vol = model.reconstruct(x.to(device), geom)[0, 0].float().cpu()
+            vol = model.reconstruct(x.to(dev), geom)[0, 0].float().cpu()
         if not bool(torch.isfinite(vol).all()):
-            raise ValueError("the refiner produced NaN or infinite values")
-        save_nifti(Volume(vol, geom.grid, "mu_per_mm", {"refiner": refiner}), out)
-        png = Path(png_path) if png_path else out.with_name(out.name.removesuffix(".gz").removesuffix(".nii") + ".png")
-        orthogonal_slices_png(vol.numpy(), png, title=f"{refiner}: attenuation (1/mm)")
-        report = {"out": str(out), "png": str(png), "shape": list(vol.shape), "min": float(vol.min()),
-                  "max": float(vol.max()), "refiner": refiner, "checkpoint": checkpoint}
-        if truth is not None:
-            report.update(_demo_report(vol, truth, case, png))
-    except (ValueError, TypeError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(json.dumps(report))
+            raise ValueError(f"the refiner {refiner!r} produced NaN or infinite values from these inputs "
+                             f"({int((~torch.isfinite(vol)).sum())} voxels); nothing was written")
+    except click.ClickException:
+        raise
+    except (ValueError, TypeError, ImportError) as exc:  # ImportError: RefinerPluginError of a broken plugin
+        raise ReconstructError(str(exc)) from exc
+
+    volume = vol.numpy()
+    report = {"out": str(outputs["nifti"]), "png": str(outputs["png"]), "shape": list(vol.shape),
+              "min": float(vol.min()), "max": float(vol.max()), "refiner": refiner, "checkpoint": checkpoint}
+    if truth is not None:
+        report.update(_demo_metrics(vol, truth, case))
+        report["phantom_png"] = str(outputs["phantom_png"])
+    target = outputs["nifti"]
+    try:
+        with _Outputs() as staged:
+            nii = staged.stage(target, ".nii.gz" if target.name.endswith(".gz") else ".nii")
+            _nifti_image(volume, geom.grid).to_filename(str(nii))
+            target = outputs["png"]
+            _render_slices_png(volume, staged.stage(target, ".png"), title=f"{refiner}: attenuation (1/mm)")
+            if truth is not None:
+                target = outputs["phantom_png"]
+                _render_slices_png(truth.double().numpy(), staged.stage(target, ".png"),
+                                   title=f"phantom ({case['labels']['variant']}, {case['labels']['age_years']:.1f} y): "
+                                         "attenuation (1/mm)")
+            target = outputs["nifti"]
+            staged.commit()
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise ReconstructError(str(disk_full_error(target, exc))) from exc
+        raise ReconstructError(f"cannot write {target}: {exc.strerror or exc}; nothing was written (choose a "
+                               "writable folder)") from exc
+    return report
 
 
-def _demo_report(vol, truth, case, png: Path) -> dict:
-    """Metrics of a --demo reconstruction against the phantom, and a PNG of the phantom."""
+def _demo_metrics(vol, truth, case) -> dict:
+    """Metrics of a --demo reconstruction against the phantom."""
     from ..refiners.evaluation import sample_metrics
 
     t = truth.double().numpy()
     m = sample_metrics(vol.double().numpy(), t, case["spacing"], xrays=case["xrays"], geometry=case["geometry"])
-    truth_png = png.with_name(png.stem + "_phantom.png")
-    orthogonal_slices_png(t, truth_png, title=f"phantom ({case['labels']['variant']}, "
-                                              f"{case['labels']['age_years']:.1f} y): attenuation (1/mm)")
     keys = ("psnr_x2ctgan", "psnr_psctnet", "ssim_x2ctgan", "mae_hu", "dice_bone", "assd_mm", "hd95_mm",
             "proj_rel_l2")
-    return {"phantom": {k: case["labels"][k] for k in ("variant", "age_years")}, "phantom_png": str(truth_png),
+    return {"phantom": {k: case["labels"][k] for k in ("variant", "age_years")},
             "metrics": {k: (None if m[k] != m[k] else round(float(m[k]), 4)) for k in keys}}

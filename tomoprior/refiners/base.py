@@ -646,3 +646,45 @@ def _geometry_list(geometry, batch: int) -> list[Geometry]:
                 raise TypeError(f"geometry[{i}] must be a tomoprior Geometry, got {type(g).__name__}")
         return geoms
     raise TypeError(f"geometry must be a tomoprior Geometry or a list of B Geometries, got {type(geometry).__name__}")
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+def resolve_device(device="cpu", *, option: str = "device") -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``, ``"auto"`` (CUDA when available, else
+    the CPU) or a ``torch.device`` -> a ``torch.device`` that exists on this machine.
+
+    Raises
+    ------
+    ValueError
+        Naming ``option`` (e.g. ``--device``) and the fix: not a device name, CUDA (or the
+        GPU index) not available, MPS not available.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        text = device.strip().lower()
+        if text == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(text)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"{option} {device!r} is not a device; use cpu, cuda, cuda:N or auto") from exc
+    else:
+        raise ValueError(f"{option} must be a device name such as 'cpu' or 'cuda', got {type(device).__name__}")
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {device!s}: CUDA is not available on this machine (no GPU, or a CPU-only "
+                             "torch build); use cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {device!s}: there are only {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        return dev
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{option} {device!s}: Apple MPS is not available on this machine; use cpu")
+        return dev
+    raise ValueError(f"{option} {device!s}: refiners run on cpu, cuda[:N] or mps, not {dev.type!r}")

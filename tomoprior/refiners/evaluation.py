@@ -48,7 +48,7 @@ from ..data.h5 import SPLITS
 from ..geometry import BiplanarGeometry, Geometry
 from ..geometry._tensor import pair_of_scalars
 from ..metrics import DEFAULT_BONE_THRESHOLD_MU, dice, mae, projection_consistency, psnr, ssim, surface_distances
-from .base import Refiner
+from .base import Refiner, check_finite_weights, resolve_device
 from .prior import build_prior
 
 __all__ = [
@@ -273,6 +273,23 @@ def _aggregate(values: Sequence[float]) -> dict:
     return {"mean": mean, "std": std, "n": n, "n_undefined": int(arr.size - n)}
 
 
+#: The groups of every result; ``variant:NAME`` (NAME a skull variant) adds one per variant.
+GROUPS = ("all", "normal", "craniosynostosis")
+
+
+def check_group(group) -> str:
+    """``group`` if it names a group of the results (``all``, ``normal``, ``craniosynostosis``
+    or ``variant:NAME`` with NAME a skull variant); else ``ValueError`` listing the valid ones.
+    A valid variant group with no sample in a result shows as ``n = 0``."""
+    from ..data.synthetic import available_variants
+
+    variants = available_variants("skull")
+    valid = [*GROUPS, *(f"variant:{v}" for v in variants)]
+    if isinstance(group, str) and group.strip() in valid:
+        return group.strip()
+    raise ValueError(f"unknown group {group!r}; valid groups: {', '.join(valid)}")
+
+
 def _groups(per_sample: list[dict]) -> dict[str, list[dict]]:
     groups = {"all": per_sample,
               "normal": [s for s in per_sample if s["normal"]],
@@ -370,6 +387,7 @@ class EvaluationResult:
 
     def metric(self, key: str, group: str = "all") -> float:
         """Mean of ``key`` over ``group``."""
+        check_group(group)
         if key not in self.aggregates.get(group, {}):
             raise ValueError(f"no metric {key!r} in group {group!r}; groups: {sorted(self.aggregates)}, "
                              f"metrics: {list(METRICS)}")
@@ -429,7 +447,9 @@ def _col(key: str) -> str:
 
 def compare_markdown(results: Mapping[str, EvaluationResult] | Sequence[EvaluationResult], *, group: str = "all",
                      metrics: Sequence[str] = TABLE_METRICS, row_header: str = "refiner") -> str:
-    """One table, one row per result (its label or the mapping key), for one group."""
+    """One table, one row per result (its label or the mapping key), for one group
+    (:func:`check_group`; an unknown group is a ``ValueError``, not an empty table)."""
+    group = check_group(group)
     items = list(results.items()) if isinstance(results, Mapping) else [(r.label, r) for r in results]
     lines = [f"| {row_header} | n | " + " | ".join(_col(k) for k in metrics) + " |",
              "|" + " --- |" * (len(metrics) + 2)]
@@ -466,6 +486,7 @@ def paired_comparison(a: EvaluationResult, b: EvaluationResult, *, metrics: Sequ
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    group = check_group(group)
     ga, gb = _groups(a.per_sample).get(group, []), _groups(b.per_sample).get(group, [])
     ia, ib = {r["index"]: r for r in ga}, {r["index"]: r for r in gb}
     if set(ia) != set(ib):
@@ -618,6 +639,8 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
     batch_size : int
         Samples per refiner call (one geometry per sample).
     device : str or torch.device
+        ``"cpu"``, ``"cuda[:N]"``, ``"auto"`` (:func:`~tomoprior.refiners.resolve_device`: an
+        unavailable device is a ``ValueError`` naming it, before any work).
     seed : int
         Seed of the perturbation and residual-error draws.
     label : str, optional
@@ -652,7 +675,8 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
     ------
     TypeError, ValueError
         A refiner that is not a :class:`Refiner`, a missing file or empty split, a geometry
-        whose grid does not match the volumes, a non-finite or wrongly shaped output.
+        whose grid does not match the volumes, a non-finite or wrongly shaped output, an
+        unavailable ``device``, non-finite weights (``CheckpointError``, naming ``checkpoint``).
     """
     if not isinstance(refiner, Refiner):
         raise TypeError(f"refiner must be a tomoprior Refiner (refiners.load(name) or Refiner.from_checkpoint(path)), "
@@ -679,7 +703,8 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
         _check_max_samples(max_samples)
         indices = indices[:max_samples]
     scale = _output_to_mu(refiner, output_to_mu)
-    device = torch.device(device)
+    device = resolve_device(device)
+    check_finite_weights(refiner, _refiner_where(refiner, checkpoint))
     refiner = refiner.to(device).eval()
 
     per_sample: list[dict] = []
@@ -727,6 +752,12 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
     return EvaluationResult(label or type(refiner).name, _describe_refiner(refiner, checkpoint), str(path),
                             split if not isinstance(dataset_or_path, TomopriorDataset) else str(dataset_or_path.split),
                             settings, per_sample)
+
+
+def _refiner_where(refiner: Refiner, checkpoint) -> str:
+    """How an error names a refiner: its name and, when known, its checkpoint file."""
+    where = f"refiner {type(refiner).name!r}"
+    return f"{where} (checkpoint {checkpoint})" if checkpoint else where
 
 
 def _check_max_samples(max_samples) -> None:
@@ -858,6 +889,7 @@ class MiscalibrationResult:
         values are finite. Paired differences remove the spread between skulls, which
         dominates the standard deviations of the plain tables.
         """
+        group = check_group(group)
         if reference not in self.arms:
             raise ValueError(f"reference must be one of {list(self.arms)}, got {reference!r}")
         ref = {s["index"]: s for s in self.arms[reference].per_sample}
@@ -891,9 +923,10 @@ class MiscalibrationResult:
         cols = ("geometry_error_px", *metrics)
         lines = ["| arm | n | geometry error (px) | " + " | ".join(_col(k) for k in metrics) + " |",
                  "|" + " --- |" * (len(cols) + 2)]
+        group = check_group(group)
         for name, r in self.arms.items():
-            aggs = r.aggregates[group]
-            if aggs["n_samples"] == 0:
+            aggs = r.aggregates.get(group)
+            if not aggs or aggs["n_samples"] == 0:
                 lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in cols) + " |")
                 continue
             lines.append(f"| {name} | {aggs['n_samples']} | " + " | ".join(_fmt(aggs[k], k) for k in cols) + " |")
@@ -1063,6 +1096,8 @@ def fit_bone_threshold(refiner: Refiner, dataset_or_path, split: str = "train", 
     batch_size : int
         Samples per refiner call.
     device : str or torch.device
+        ``"cpu"``, ``"cuda[:N]"``, ``"auto"`` (:func:`~tomoprior.refiners.resolve_device`: an
+        unavailable device is a ``ValueError`` naming it, before any work).
 
     Returns
     -------
@@ -1079,7 +1114,8 @@ def fit_bone_threshold(refiner: Refiner, dataset_or_path, split: str = "train", 
     ------
     TypeError, ValueError
         Not a Refiner, a missing file or empty split, bad ``thresholds``, ``max_samples``,
-        ``batch_size`` or ``bone_threshold_mu``, a wrongly shaped or non-finite output.
+        ``batch_size`` or ``bone_threshold_mu``, a wrongly shaped or non-finite output, an
+        unavailable ``device``, non-finite weights.
     """
     if not isinstance(refiner, Refiner):
         raise TypeError(f"refiner must be a tomoprior Refiner (refiners.load(name) or Refiner.from_checkpoint(path)), "
@@ -1109,7 +1145,8 @@ def fit_bone_threshold(refiner: Refiner, dataset_or_path, split: str = "train", 
         _check_max_samples(max_samples)
         indices = indices[:max_samples]
     scale = _output_to_mu(refiner, output_to_mu)
-    device = torch.device(device)
+    device = resolve_device(device)
+    check_finite_weights(refiner, _refiner_where(refiner, None))
     refiner = refiner.to(device).eval()
 
     total = np.zeros(cand.size)

@@ -1,12 +1,53 @@
-"""``tomoprior dataset``: make a synthetic skull dataset (``make``) and summarise one (``info``)."""
+"""``tomoprior dataset``: make a synthetic skull dataset (``make``) and summarise one (``info``).
+
+Exit codes: 0 success; 1 ``info --verify`` found NaN/inf or invalid entries; 2 bad usage, an
+unreadable input or an unwritable output (read-only folder, full disk); 128 + N when
+stopped by signal N (SIGINT 130, SIGTERM 143) -- then no output file was written or changed.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
 import click
+
+
+class DataError(click.ClickException):
+    """Bad usage, unreadable input or unwritable output: message on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+class BadData(click.ClickException):
+    """The command ran but the data fails its check (``info --verify``): exit code 1."""
+
+    exit_code = 1
+
+
+def interrupted(signum: int, message: str) -> click.exceptions.Exit:
+    """Report a stop by signal ``signum`` on stderr; returns the exit (code 128 + signum) to raise."""
+    click.echo(f"interrupted by {signal.Signals(signum).name}: {message}", err=True)
+    return click.exceptions.Exit(128 + int(signum))
+
+
+def prepare_output_file(out, what: str = "--out") -> None:
+    """Before any work: ``out``'s folder exists and is writable, ``out`` is not a folder, and
+    temporaries of ``out`` left by a killed run are removed (noted on stderr)."""
+    from .._atomic import check_writable, remove_stale_temporaries
+
+    out = Path(out)
+    if out.is_dir():
+        raise DataError(f"{what} {out} is a folder; give a file path such as {out / 'data.h5'}")
+    try:
+        check_writable(out.parent, what=f"{what}")
+    except (OSError, ValueError) as exc:
+        raise DataError(str(exc)) from exc
+    for p, size in remove_stale_temporaries(out):
+        click.echo(f"note: removed {p.name} ({size / 1e6:.1f} MB), a temporary of {out.name} left by an interrupted "
+                   "run", err=True)
 
 VARIANTS_HELP = ("comma-separated variants (default: all of the phantom's: normal, sagittal, metopic, unicoronal, "
                  "bicoronal, lambdoid for the skull)")
@@ -85,9 +126,10 @@ def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, 
         try:
             with DatasetFile(out) as existing:
                 start = len(existing)
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, OSError) as exc:
             raise click.BadParameter(str(exc), param_hint="--out") from exc
-    elif Path(out).exists():
+    prepare_output_file(out)
+    if not append and Path(out).exists():
         click.echo(f"note: {out} exists and will be replaced when the new file is complete", err=True)
     try:
         specs = make_specs(
@@ -98,16 +140,24 @@ def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, 
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    from .._atomic import Terminated, signals_as_exceptions
+
     t0 = time.perf_counter()
+    kept = f"{out} is unchanged" if Path(out).exists() else f"{out} was not written"
     try:
-        if engine == "dask":
-            generate_dask(specs, out, scheduler="processes" if workers > 1 else "synchronous",
-                          partitions=max(workers, 1) * 2, compression=compression, num_workers=workers)
-        else:
-            generate(specs, out, workers=workers, mode="a" if append else "w", compression=compression,
-                     progress=not quiet)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+        with signals_as_exceptions():
+            if engine == "dask":
+                generate_dask(specs, out, scheduler="processes" if workers > 1 else "synchronous",
+                              partitions=max(workers, 1) * 2, compression=compression, num_workers=workers)
+            else:
+                generate(specs, out, workers=workers, mode="a" if append else "w", compression=compression,
+                         progress=not quiet)
+    except KeyboardInterrupt:
+        raise interrupted(signal.SIGINT, f"{kept}; no temporary file left") from None
+    except Terminated as exc:
+        raise interrupted(exc.signum, f"{kept}; no temporary file left") from None
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{exc}" if str(out) in str(exc) else f"{out}: {exc}") from exc
     dt = time.perf_counter() - t0
     size = Path(out).stat().st_size
     click.echo(f"wrote {n} samples to {out} in {dt:.1f} s ({n / dt:.2f} samples/s, {size / 1e6:.2f} MB, "
@@ -117,17 +167,26 @@ def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, 
 @dataset.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def info(file, as_json):
+@click.option("--verify", is_flag=True,
+              help="Read every chunk of every sample: report NaN/inf values (exit 1) and unreadable or damaged "
+                   "chunks (exit 2).")
+def info(file, as_json, verify):
     """Summarise a dataset FILE: schema, counts per split and variant, shapes and sizes."""
     from ..data import DatasetFile
 
+    report = None
     try:
         with DatasetFile(file) as ds:
             s = ds.summary()
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from exc
+            if verify:
+                report = ds.verify()
+    except (ValueError, OSError) as exc:
+        raise DataError(str(exc)) from exc
+    if report is not None:
+        s["verify"] = report
     if as_json:
         click.echo(json.dumps(s, indent=2, default=str))
+        _verify_exit(report, file, quiet=True)
         return
     a = s["attrs"]
     click.echo(f"{s['path']}: {s['schema']}, {s['n_samples']} samples, written by tomoprior "
@@ -143,3 +202,29 @@ def info(file, as_json):
         click.echo(f"{v:<12} {c['train']:>6} {c['val']:>6} {c['test']:>6} {sum(c.values()):>6}")
     p = s["per_split"]
     click.echo(f"{'all':<12} {p['train']:>6} {p['val']:>6} {p['test']:>6} {s['n_samples']:>6}")
+    if report is None:
+        click.echo("values not checked (--verify reads every sample and reports NaN, inf and damaged chunks)")
+    _verify_exit(report, file, quiet=False)
+
+
+def _verify_exit(report: dict | None, file, quiet: bool) -> None:
+    """Print the verification (unless ``quiet``) and raise the exit it calls for."""
+    if report is None:
+        return
+    if not quiet:
+        for r in report["unreadable"]:
+            click.echo(f"unreadable: {r['error']}")
+        for r in report["nonfinite"]:
+            click.echo(f"not finite: sample {r['sample']} /{r['array']}: {r['nan']} NaN, {r['inf']} inf")
+        for r in report["invalid"]:
+            click.echo(f"invalid: {r['error']}")
+        if report["ok"]:
+            click.echo(f"verified: read all {report['n_samples']} samples; every value is finite and every entry "
+                       "parses")
+    if report["unreadable"]:
+        raise DataError(f"{file}: {len(report['unreadable'])} chunk(s) or entries cannot be read (damaged file); "
+                        "regenerate it or copy it again from a good source")
+    if not report["ok"]:
+        n = len({r["sample"] for r in report["nonfinite"] + report["invalid"]})
+        raise BadData(f"{file}: {n} sample(s) hold NaN/inf values or invalid entries (listed above); "
+                      "regenerate them or leave them out")

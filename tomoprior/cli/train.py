@@ -4,16 +4,57 @@ Multi-process (DistributedDataParallel) training::
 
     torchrun --nproc_per_node 2 -m tomoprior.cli.train --refiner psctnet --data skulls.h5 --out run/
     tomoprior train --nproc 2 ...        # the same, launched for you
+
+Exit codes: 0 trained; 1 the run diverged (NaN/inf loss or weights: lower --lr); 2 bad
+usage, unreadable or unsuitable data, an unwritable run folder or a full disk; 128 + N when
+stopped by signal N (SIGTERM 143, Ctrl-C 130): the first signal stops after the current step
+and writes OUT/last.pt (continue with --resume), a second one stops at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import click
+
+from .dataset import DataError, interrupted
+
+
+class TrainingFailed(click.ClickException):
+    """The run started but failed (diverged): exit code 1."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def _graceful_stop(state: dict):
+    """SIGTERM / SIGINT: the first asks the loop to stop after the current step (``state``
+    records the signal), a second raises at once. Not under torchrun (its agent signals every
+    rank; ranks must stop at the same step)."""
+    from .._atomic import Terminated
+
+    if "WORLD_SIZE" in os.environ:
+        yield
+        return
+
+    def handler(signum, frame):
+        if state.get("signum") is not None:
+            raise Terminated(signum)
+        state["signum"] = signum
+        click.echo(f"\n{signal.Signals(signum).name}: stopping after the current step and saving last.pt "
+                   "(send it again to stop at once)", err=True)
+
+    saved = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
 
 
 def _parse_set(items: tuple[str, ...]) -> dict:
@@ -80,7 +121,8 @@ def train(refiner, data, preset, overrides, epochs, batch_size, out, seed, resum
             raise click.BadParameter("--nproc inside a torchrun launch; drop --nproc", param_hint="--nproc")
         _launch(nproc)
         return
-    from ..refiners.training import TrainConfig
+    from .._atomic import Terminated
+    from ..refiners.training import TrainConfig, TrainingDivergedError
     from ..refiners.training import train as run_training
 
     rc = _parse_set(overrides)
@@ -98,15 +140,26 @@ def train(refiner, data, preset, overrides, epochs, batch_size, out, seed, resum
         except ValueError as exc:
             raise click.BadParameter(f"a number in 1/mm or 'auto', got {data_range!r}",
                                      param_hint="--data-range") from exc
+    stop: dict = {}
     try:
         cfg = TrainConfig(data=data, refiner=refiner, refiner_config=rc, out=out, epochs=epochs,
                           batch_size=batch_size, max_steps=max_steps, lr=lr, betas=beta_pair, decay_start=decay_start,
                           lr_end=lr_end, seed=seed, workers=workers, data_range=data_range, save_every=save_every,
                           deterministic=not nondeterministic, device=device, progress=not quiet,
                           select=select, bone_threshold=bone_threshold)
-        summary = run_training(cfg, resume=resume)
-    except (ValueError, TypeError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        with _graceful_stop(stop):
+            summary = run_training(cfg, resume=resume, should_stop=lambda: stop.get("signum") is not None)
+    except TrainingDivergedError as exc:
+        raise TrainingFailed(str(exc)) from exc
+    except (KeyboardInterrupt, Terminated) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        raise interrupted(signum, f"stopped at once; {out}/last.pt holds the last saved step (if any); continue "
+                                  "with --resume") from None
+    except (ValueError, TypeError, OSError) as exc:
+        raise DataError(str(exc)) from exc
+    if summary.get("stopped"):
+        raise interrupted(stop["signum"], f"stopped after step {summary['steps']}; {out}/last.pt holds it; continue "
+                                          "with the same command and --resume")
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best"] or {}
         keys = ("epoch", "val_psnr", "val_ssim", "val_mae", "val_dice", "data_range")

@@ -61,6 +61,9 @@ class TomopriorDataset(Dataset):
         batch with ``collate_fn=TomopriorDataset.collate``.
     transform : callable, optional
         Applied to each item dict.
+    check_finite : bool
+        Raise :class:`~tomoprior.data.DatasetFormatError` naming the file and the sample when
+        its volume or X-rays hold NaN or infinity (default), instead of handing them on.
 
     Items
     -----
@@ -71,7 +74,7 @@ class TomopriorDataset(Dataset):
     """
 
     def __init__(self, path, split: str | None = None, *, split_seed: int | None = None, fractions=(0.8, 0.1, 0.1),
-                 geometry_as: str = "yaml", transform=None):
+                 geometry_as: str = "yaml", transform=None, check_finite: bool = True):
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
         if geometry_as not in ("yaml", "object"):
@@ -80,6 +83,7 @@ class TomopriorDataset(Dataset):
         self.split = split
         self.geometry_as = geometry_as
         self.transform = transform
+        self.check_finite = bool(check_finite)
         with DatasetFile(self.path) as ds:  # validate once, up front, in the parent process
             splits = ds.splits() if split_seed is None else assign_splits(len(ds), split_seed, fractions)
             self.variants = ds.variants()
@@ -112,9 +116,12 @@ class TomopriorDataset(Dataset):
         geom = ds.geometry(i)
         grid = ds.grid(i)
         labels = ds.labels(i)
+        volume, xrays = ds.volume(i), ds.xrays(i)
+        if self.check_finite:
+            ds.check_finite(i, {"volume": volume, "X-rays": xrays})
         item = {
-            "volume": torch.from_numpy(ds.volume(i)),
-            "xrays": torch.from_numpy(ds.xrays(i)),
+            "volume": torch.from_numpy(volume),
+            "xrays": torch.from_numpy(xrays),
             "vectors": geom.vectors.detach().to(torch.float64),
             "spacing": torch.tensor(grid.spacing, dtype=torch.float64),
             "center": torch.tensor(grid.center, dtype=torch.float64),

@@ -23,16 +23,24 @@ Layout (schema ``tomoprior.dataset``, version 1; ``N`` samples, every array's fi
                                                     augmentation draws, time
 
 Crash safety: every write goes to a temporary file beside the target that is renamed over
-it only after the writer closed cleanly (:mod:`tomoprior._atomic`). Appending copies the
+it only after the writer closed cleanly (:mod:`tomoprior._atomic`; a temporary left by a
+killed writer is removed by the next write of the same target). Appending copies the
 existing file to the temporary file first and appends there. HDF5 has no journal: a crash
 while modifying a file in place can corrupt its metadata (B-trees, free-space, the
 superblock) and lose *all* samples, not only the new ones, so tomoprior never modifies a
 dataset in place. The price is one file copy per append session (seconds for a few GB);
 append many samples per session (the writer accepts any number).
+
+Faults: the writer checks the free space before each sample and writes without a chunk
+cache, so a full disk surfaces at once as :class:`~tomoprior._atomic.DiskFullError` naming
+the file and the space needed (never a crash of the HDF5 library), the temporary is deleted
+and any previous file is untouched. Volume and X-ray chunks carry a Fletcher-32 checksum,
+so a damaged chunk is reported on read (:meth:`DatasetFile.verify` reads them all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -43,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import atomic_path
+from .._atomic import DiskFullError, atomic_path, disk_free, disk_full_error, is_disk_full
 from .._version import __version__
 from ..geometry import Geometry, VolumeGrid
 from ..geometry.io import dumps as geometry_dumps
@@ -53,6 +61,8 @@ SCHEMA = "tomoprior.dataset"
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
 COMPRESSIONS = ("gzip", "lzf", "none")
+#: Free space kept for HDF5 metadata and the commit on top of a sample's raw size (bytes).
+SPACE_MARGIN = 1 << 18
 
 _STR_DATASETS = ("geometry", "nominal_geometry", "labels/variant", "split", "provenance")
 _REQUIRED = ("volume", "xrays", "grid/spacing", "grid/center", "labels/age_years", "labels/normal",
@@ -108,7 +118,8 @@ class DatasetWriter:
     """Write (``mode="w"``) or append to (``mode="a"``) a dataset file, atomically.
 
     Use as a context manager; the target appears (or is replaced) only when the block exits
-    without an exception. On an exception the target is untouched.
+    without an exception. On an exception the target is untouched and the temporary file is
+    deleted.
 
     >>> # with DatasetWriter("skulls.h5") as w:
     >>> #     w.append(sample)
@@ -122,19 +133,40 @@ class DatasetWriter:
         Per-sample chunks; gzip (level 4, with byte shuffle) is smaller, lzf faster.
     attrs : dict, optional
         Extra root attributes (numbers or strings), e.g. ``xray_kind``.
+    expected_samples : int, optional
+        How many samples the caller will append. With it, a disk that cannot hold them is
+        reported after the first sample (from the bytes per sample so far) instead of when
+        it is full.
+
+    Raises
+    ------
+    DiskFullError
+        (an ``OSError``, errno ``ENOSPC``) the disk cannot hold the file; the message names
+        the file, the space needed and the space free.
+    OSError
+        The folder cannot be written.
     """
 
-    def __init__(self, path, *, mode: str = "w", compression: str = "gzip", attrs: dict | None = None):
+    def __init__(self, path, *, mode: str = "w", compression: str = "gzip", attrs: dict | None = None,
+                 expected_samples: int | None = None):
         if mode not in ("w", "a"):
             raise ValueError(f"mode must be 'w' (new file) or 'a' (append), got {mode!r}")
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+        if expected_samples is not None and (isinstance(expected_samples, bool)
+                                             or not isinstance(expected_samples, (int, np.integer))
+                                             or expected_samples < 1):
+            raise ValueError(f"expected_samples must be a positive integer or None, got {expected_samples!r}")
         self.path = Path(path)
         self.mode = mode
         self.compression = compression
         self.attrs = dict(attrs or {})
+        self.expected_samples = None if expected_samples is None else int(expected_samples)
         self._cm = None
         self._file = None
+        self._failed: BaseException | None = None
+        self._start_bytes = 0
+        self._appended = 0
         self.n = 0
 
     # -- context management ---------------------------------------------------------------
@@ -151,15 +183,25 @@ class DatasetWriter:
                 if key in self.attrs and key in old and str(self.attrs[key]) != str(old[key]):
                     raise ValueError(f"cannot append to {self.path}: its {key} is {old[key]!r} but the new samples' is "
                                      f"{self.attrs[key]!r}; write them to another file")
+            # appending copies the file first: it must fit twice
+            self._require_space(self.path.stat().st_size + SPACE_MARGIN, "a copy of the file to append to")
         self._cm = atomic_path(self.path)
         tmp = self._tmp = self._cm.__enter__()
         try:
+            # no chunk cache: each sample's chunks reach the disk when written, so a write
+            # error (a full disk) is raised by that write, while HDF5 can still close the file;
+            # buffered in the cache it would surface at close, where HDF5 cannot recover
             if self.mode == "a":
-                shutil.copyfile(self.path, tmp)
-                self._file = h5py.File(tmp, "a")
+                try:
+                    shutil.copyfile(self.path, tmp)
+                except OSError as exc:
+                    if is_disk_full(exc):
+                        raise disk_full_error(self.path, exc, self.path.stat().st_size + SPACE_MARGIN) from exc
+                    raise
+                self._file = h5py.File(tmp, "a", rdcc_nbytes=0)
                 self.n = int(self._file.attrs["n_samples"])
             else:
-                self._file = h5py.File(tmp, "w")
+                self._file = h5py.File(tmp, "w", rdcc_nbytes=0)
                 f = self._file
                 f.attrs["schema"] = SCHEMA
                 f.attrs["schema_version"] = SCHEMA_VERSION
@@ -172,6 +214,8 @@ class DatasetWriter:
                 self._file.attrs[k] = v
             # readers of the temporary file must not mistake it for a complete one
             self._file.attrs["n_samples"] = -1
+            self._file.flush()
+            self._start_bytes = _size(tmp)
         except BaseException as exc:
             self._abort(exc)
             raise
@@ -182,16 +226,23 @@ class DatasetWriter:
             self._abort(exc)
             return
         try:
+            if self._failed is not None:  # the caller caught a write error inside the block
+                raise self._failed
             f = self._file
             if self.n == 0:
                 raise ValueError(f"no sample was written to {self.path}; nothing to save")
             f.attrs["modified_utc"] = _now()
             f.attrs["n_samples"] = self.n  # the commit marker, written last
-            f.flush()
-            f.close()
-            self._file = None
-            with open(self._tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            try:
+                f.flush()
+                f.close()
+                self._file = None
+                with open(self._tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            except (OSError, RuntimeError) as err:
+                if is_disk_full(err):
+                    raise disk_full_error(self.path, err, SPACE_MARGIN) from err
+                raise
         except BaseException as err:
             self._abort(err)
             raise
@@ -199,15 +250,44 @@ class DatasetWriter:
 
     def _abort(self, exc) -> None:
         if self._file is not None:
+            # the temporary is discarded: empty it first, which frees its space, so HDF5 can
+            # write the metadata it still holds when closing even on a full disk
+            with contextlib.suppress(OSError):
+                os.truncate(self._tmp, 0)
             try:
                 self._file.close()
+            except Exception:
+                pass
             finally:
                 self._file = None
         if self._cm is not None:
+            cm, self._cm = self._cm, None
             try:
-                self._cm.__exit__(type(exc), exc, None)
+                cm.__exit__(type(exc), exc, None)
             except BaseException:
                 pass
+
+    def _require_space(self, needed: int, what: str, reason: str | None = None) -> None:
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        free = disk_free(folder)
+        if free is not None and free < needed:
+            msg = (f"not enough disk space for {self.path}: {reason or what} needs about {needed / 1e6:.1f} MB, "
+                   f"{free / 1e6:.1f} MB free in {folder}. Free some space or write to another disk; any previous "
+                   "file is unchanged")
+            raise DiskFullError(msg)
+
+    def _check_projection(self) -> None:
+        """After a sample: will the remaining ``expected_samples`` fit, at the bytes per
+        sample written so far?"""
+        if self.expected_samples is None or self._appended == 0:
+            return
+        remaining = self.expected_samples - self._appended
+        if remaining <= 0:
+            return
+        per = max(0, _size(self._tmp) - self._start_bytes) / self._appended
+        need = int(per * remaining) + SPACE_MARGIN
+        self._require_space(need, "", f"the remaining {remaining} of {self.expected_samples} samples "
+                                      f"({per / 1e6:.2f} MB each so far)")
 
     # -- writing ----------------------------------------------------------------------------
     def append(self, sample: Sample) -> int:
@@ -239,14 +319,33 @@ class DatasetWriter:
         })
 
     def _append_row(self, row: dict) -> int:
-        f = self._file
-        if "volume" not in f:
-            self._create(np.shape(row["volume"]), np.shape(row["xrays"]))
-        i = self.n
-        for name in _REQUIRED:
-            f[name].resize(i + 1, axis=0)
-            f[name][i] = row[name]
+        if self._failed is not None:
+            raise RuntimeError(f"an earlier write to {self.path} failed ({self._failed}); leave the with block")
+        raw = sum(np.asarray(v).nbytes if not isinstance(v, str) else len(v.encode()) for v in row.values())
+        try:
+            self._require_space(raw + SPACE_MARGIN, "one more sample")
+            f = self._file
+            if "volume" not in f:
+                self._create(np.shape(row["volume"]), np.shape(row["xrays"]))
+            i = self.n
+            for name in _REQUIRED:
+                f[name].resize(i + 1, axis=0)
+                f[name][i] = row[name]
+        except (OSError, RuntimeError) as exc:
+            self._failed = exc
+            if isinstance(exc, DiskFullError):
+                raise
+            if is_disk_full(exc):
+                raise disk_full_error(self.path, exc, raw + SPACE_MARGIN) from exc
+            raise OSError(f"cannot write sample {self.n} to {self.path} (temporary {self._tmp.name}): {exc}") \
+                from exc
         self.n = i + 1
+        self._appended += 1
+        try:
+            self._check_projection()
+        except DiskFullError as exc:
+            self._failed = exc
+            raise
         return i
 
     def append_from(self, source: DatasetFile, i: int) -> int:
@@ -267,10 +366,11 @@ class DatasetWriter:
         comp = {} if self.compression == "none" else (
             {"compression": "gzip", "compression_opts": 4, "shuffle": True} if self.compression == "gzip"
             else {"compression": "lzf", "shuffle": True})
+        # Fletcher-32 checksums: a damaged chunk is an error on read, not silently wrong values
         f.create_dataset("volume", shape=(0, *vshape), maxshape=(None, *vshape), dtype="float32",
-                         chunks=(1, *vshape), **comp)
+                         chunks=(1, *vshape), fletcher32=True, **comp)
         f.create_dataset("xrays", shape=(0, *xshape), maxshape=(None, *xshape), dtype="float32",
-                         chunks=(1, *xshape), **comp)
+                         chunks=(1, *xshape), fletcher32=True, **comp)
         for name in ("grid/spacing", "grid/center"):
             f.create_dataset(name, shape=(0, 3), maxshape=(None, 3), dtype="float64", chunks=(256, 3))
         for name in ("labels/age_years", "labels/cephalic_index"):
@@ -279,6 +379,13 @@ class DatasetWriter:
         for name in _STR_DATASETS:
             f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_str_dtype(), chunks=(64,),
                              **({} if self.compression == "none" else {"compression": "gzip"}))
+
+
+def _size(path) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _json_default(o):
@@ -384,6 +491,14 @@ class DatasetFile:
             if f["volume"].ndim != 4 or f["xrays"].ndim != 4:
                 raise DatasetFormatError(f"{p}: /volume must be (N, nz, ny, nx) and /xrays (N, views, rows, cols); got "
                                          f"{f['volume'].shape} and {f['xrays'].shape}")
+            for name in ("volume", "xrays", "grid/spacing", "grid/center", "labels/age_years",
+                         "labels/cephalic_index"):
+                if f[name].dtype.kind != "f":
+                    raise DatasetFormatError(f"{p}: /{name} must hold floating-point numbers, got dtype "
+                                             f"{f[name].dtype}")
+            if min(f["volume"].shape[1:]) < 1 or min(f["xrays"].shape[1:]) < 1:
+                raise DatasetFormatError(f"{p}: empty volume or X-ray shape {f['volume'].shape[1:]}, "
+                                         f"{f['xrays'].shape[1:]}")
             for name in ("grid/spacing", "grid/center"):
                 if f[name].shape != (n, 3):
                     raise DatasetFormatError(f"{p}: /{name} must be ({n}, 3), got {f[name].shape}")
@@ -425,11 +540,15 @@ class DatasetFile:
         return [s.decode() if isinstance(s, bytes) else str(s) for s in self._file[name][()]]
 
     def _guard(self, what: str, fn):
+        if self._file is None:
+            raise ValueError(f"{self.path} is closed; open it again with DatasetFile(path)")
         try:
             return fn()
-        except OSError as exc:
-            raise DatasetFormatError(f"{self.path}: cannot read {what} (the file is truncated or damaged): {exc}") \
-                from exc
+        except DatasetFormatError:
+            raise
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DatasetFormatError(f"{self.path}: cannot read {what} (the file is truncated or damaged): "
+                                     f"{_first_line(exc)}") from exc
 
     def _index(self, i: int) -> int:
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
@@ -448,7 +567,12 @@ class DatasetFile:
     def grid(self, i: int) -> VolumeGrid:
         i = self._index(i)
         sp, c = self._guard("the grid", lambda: (self._file["grid/spacing"][i], self._file["grid/center"][i]))
-        return VolumeGrid(shape=self.volume_shape, spacing=tuple(sp), center=tuple(c))
+        try:
+            return VolumeGrid(shape=self.volume_shape, spacing=tuple(float(x) for x in sp),
+                              center=tuple(float(x) for x in c))
+        except (ValueError, TypeError) as exc:
+            raise DatasetFormatError(f"{self.path}: sample {i} has an invalid grid (spacing {tuple(sp)}, center "
+                                     f"{tuple(c)}): {exc}") from exc
 
     def geometry_text(self, i: int, nominal: bool = False) -> str:
         i = self._index(i)
@@ -458,10 +582,11 @@ class DatasetFile:
 
     def geometry(self, i: int, nominal: bool = False) -> Geometry:
         """The geometry of sample ``i`` (validated by the geometry schema)."""
+        text = self.geometry_text(i, nominal)
         try:
-            g = geometry_loads(self.geometry_text(i, nominal))
-        except ValueError as exc:
-            raise DatasetFormatError(f"{self.path}: sample {i} has an invalid geometry: {exc}") from exc
+            g = geometry_loads(text)
+        except Exception as exc:  # any failure to parse stored text means a damaged file
+            raise DatasetFormatError(f"{self.path}: sample {i} has an invalid geometry: {_first_line(exc)}") from exc
         if g.grid.shape != self.volume_shape or g.projection_shape != self.xray_shape:
             raise DatasetFormatError(f"{self.path}: sample {i}'s geometry (grid {g.grid.shape}, projections "
                                      f"{g.projection_shape}) does not match the arrays {self.volume_shape}, "
@@ -469,12 +594,26 @@ class DatasetFile:
         return g
 
     def volume(self, i: int) -> np.ndarray:
+        """Sample ``i``'s volume ``(nz, ny, nx)`` float32, as stored (not checked for NaN:
+        see :meth:`read`, :meth:`verify`)."""
         i = self._index(i)
         return self._guard(f"sample {i}'s volume", lambda: self._file["volume"][i])
 
     def xrays(self, i: int) -> np.ndarray:
+        """Sample ``i``'s X-rays ``(views, rows, cols)`` float32, as stored."""
         i = self._index(i)
         return self._guard(f"sample {i}'s X-rays", lambda: self._file["xrays"][i])
+
+    def check_finite(self, i: int, arrays: dict[str, np.ndarray]) -> None:
+        """Raise :class:`DatasetFormatError` naming the file and sample ``i`` when one of
+        ``arrays`` (name -> array) holds NaN or infinity."""
+        for name, a in arrays.items():
+            bad = _nonfinite(a)
+            if bad:
+                raise DatasetFormatError(
+                    f"{self.path}: sample {i}'s {name} holds {bad['nan']} NaN and {bad['inf']} infinite value(s); "
+                    "the data is damaged, not the model: regenerate the file or leave the sample out "
+                    "(`tomoprior dataset info --verify FILE` lists every bad sample)")
 
     def labels(self, i: int) -> dict:
         i = self._index(i)
@@ -493,17 +632,26 @@ class DatasetFile:
     def provenance(self, i: int) -> dict:
         i = self._index(i)
         s = self._guard("/provenance", lambda: self._file["provenance"][i])
-        return json.loads(s.decode() if isinstance(s, bytes) else s)
+        try:
+            d = json.loads(s.decode() if isinstance(s, bytes) else str(s))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DatasetFormatError(f"{self.path}: sample {i}'s /provenance is not valid JSON: {exc}") from exc
+        if not isinstance(d, dict):
+            raise DatasetFormatError(f"{self.path}: sample {i}'s /provenance must be a JSON object, got "
+                                     f"{type(d).__name__}")
+        return d
 
     def read(self, i: int) -> Sample:
-        """Sample ``i`` with every part validated."""
+        """Sample ``i`` with every part validated (NaN or infinite values are an error)."""
         i = self._index(i)
         geom = self.geometry(i)
         grid = self.grid(i)
         if geom.grid != grid:
             raise DatasetFormatError(f"{self.path}: sample {i}'s geometry grid {geom.grid} differs from /grid {grid}")
         split = self._guard("/split", lambda: self._file["split"][i])
-        return Sample(volume=torch.from_numpy(self.volume(i)), grid=grid, xrays=torch.from_numpy(self.xrays(i)),
+        vol, xr = self.volume(i), self.xrays(i)
+        self.check_finite(i, {"volume": vol, "X-rays": xr})
+        return Sample(volume=torch.from_numpy(vol), grid=grid, xrays=torch.from_numpy(xr),
                       geometry=geom, labels=self.labels(i), provenance=self.provenance(i),
                       nominal_geometry=self.geometry(i, nominal=True),
                       split=split.decode() if isinstance(split, bytes) else str(split))
@@ -532,6 +680,71 @@ class DatasetFile:
             "raw_bytes_per_sample": 4 * (int(np.prod(self.volume_shape)) + int(np.prod(self.xray_shape))),
             "attrs": attrs,
         }
+
+
+    def verify(self, *, geometry: bool = True, progress=None) -> dict:
+        """Read every chunk of every sample and report what is wrong, per sample.
+
+        Parameters
+        ----------
+        geometry : bool
+            Also parse every sample's geometries (about 30 ms each).
+        progress : callable, optional
+            Called with the sample index after each sample.
+
+        Returns
+        -------
+        dict with ``path``, ``n_samples``, ``unreadable`` (list of ``{"sample", "array",
+        "error"}``: a chunk that cannot be read or fails its checksum), ``nonfinite`` (list of
+        ``{"sample", "array", "nan", "inf"}``), ``invalid`` (list of ``{"sample", "what",
+        "error"}``: labels, grid or geometry that do not parse), and ``ok`` (nothing wrong).
+        """
+        unreadable, nonfinite, invalid = [], [], []
+        f = self._file
+        for name in ("grid/spacing", "grid/center", "labels/age_years", "labels/normal", "labels/cephalic_index",
+                     *_STR_DATASETS):
+            try:
+                self._guard(f"/{name}", lambda name=name: f[name][()])
+            except DatasetFormatError as exc:
+                unreadable.append({"sample": None, "array": name, "error": str(exc)})
+        for i in range(self.n):
+            for name, label in (("volume", "volume"), ("xrays", "X-rays")):
+                try:
+                    a = self._guard(f"sample {i}'s {label}", lambda name=name, i=i: f[name][i])
+                except DatasetFormatError as exc:
+                    unreadable.append({"sample": i, "array": name, "error": str(exc)})
+                    continue
+                bad = _nonfinite(a)
+                if bad:
+                    nonfinite.append({"sample": i, "array": name, **bad})
+            checks = [("grid", self.grid), ("labels", self.labels), ("provenance", self.provenance)]
+            if geometry:
+                checks += [("geometry", self.geometry), ("nominal geometry", lambda j: self.geometry(j, True))]
+            for what, fn in checks:
+                try:
+                    fn(i)
+                except DatasetFormatError as exc:
+                    if isinstance(exc.__cause__, OSError):  # the bytes could not be read
+                        unreadable.append({"sample": i, "array": what, "error": str(exc)})
+                    else:  # read, but not valid
+                        invalid.append({"sample": i, "what": what, "error": str(exc)})
+            if progress is not None:
+                progress(i)
+        return {"path": str(self.path), "n_samples": self.n, "unreadable": unreadable, "nonfinite": nonfinite,
+                "invalid": invalid, "ok": not (unreadable or nonfinite or invalid)}
+
+
+def _nonfinite(a: np.ndarray) -> dict | None:
+    """``{"nan": count, "inf": count}`` of a float array, or None when all values are finite."""
+    a = np.asarray(a)
+    if a.dtype.kind != "f" or np.isfinite(a).all():
+        return None
+    return {"nan": int(np.isnan(a).sum()), "inf": int(np.isinf(a).sum())}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def merge(inputs, out, *, compression: str | None = None) -> Path:

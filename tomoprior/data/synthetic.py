@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing as mp
+import os
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._atomic import temporary_prefix
 from ..geometry import DEFAULT_GRID, BiplanarGeometry, VolumeGrid
 from .dataset import assign_splits
 from .drr import GeometryPerturbation, IntensityAugmentation, synthesize
@@ -213,13 +217,38 @@ def generate_sample(spec: SampleSpec) -> Sample:
                   nominal_geometry=drr.nominal_geometry, split=spec.split)
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int | None = None) -> None:
+    """Initialise a pool worker: one torch thread; Ctrl-C is the parent's to handle (it stops
+    the pool); and the worker dies with its parent, even a parent killed by SIGKILL."""
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is None:
+        return
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            # PR_SET_PDEATHSIG = 1: the kernel sends SIGTERM when the parent dies
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="tomoprior-parent-watch").start()
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 1.0) -> None:
+    # portable fallback of PR_SET_PDEATHSIG: an orphan is re-parented, so its parent PID changes
+    while True:
+        time.sleep(interval_s)
+        if os.getppid() != parent_pid:
+            os._exit(1)
 
 
 def iter_samples(specs: Sequence[SampleSpec], workers: int = 1) -> Iterable[Sample]:
     """Samples in spec order, made in this process (``workers <= 1``) or by a pool of
-    ``workers`` spawned processes (spawn: safe with torch and h5py, same on every OS)."""
+    ``workers`` spawned processes (spawn: safe with torch and h5py, same on every OS).
+
+    Close the iterator (``contextlib.closing``) to stop the pool at once when the consumer
+    fails; workers also exit when this process dies."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
     if workers <= 1 or len(specs) <= 1:
@@ -227,7 +256,7 @@ def iter_samples(specs: Sequence[SampleSpec], workers: int = 1) -> Iterable[Samp
             yield generate_sample(spec)
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(specs)), initializer=_init_worker) as pool:
+    with ctx.Pool(min(workers, len(specs)), initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         yield from pool.imap(generate_sample, specs, chunksize=1)
 
 
@@ -235,7 +264,9 @@ def generate(specs: Sequence[SampleSpec], out, *, workers: int = 1, mode: str = 
              progress: bool = False) -> Path:
     """Generate ``specs`` into the dataset file ``out`` (atomically; ``mode="a"`` appends).
 
-    Returns the path. Nothing is written if any sample fails.
+    Returns the path. Nothing is written if any sample fails, the disk fills up
+    (:class:`~tomoprior._atomic.DiskFullError`) or the process is interrupted; the worker
+    processes stop with it.
     """
     specs = list(specs)
     if not specs:
@@ -249,8 +280,9 @@ def generate(specs: Sequence[SampleSpec], out, *, workers: int = 1, mode: str = 
              "xray_units": "attenuation x mm" if specs[0].kind == "line_integrals" else "raw detector counts",
              "phantom": specs[0].phantom}
     try:
-        with DatasetWriter(out, mode=mode, compression=compression, attrs=attrs) as w:
-            for sample in iter_samples(specs, workers):
+        with DatasetWriter(out, mode=mode, compression=compression, attrs=attrs, expected_samples=len(specs)) as w, \
+                contextlib.closing(iter_samples(specs, workers)) as samples:
+            for sample in samples:
                 w.append(sample)
                 if bar is not None:
                     bar.update(1)
@@ -291,8 +323,9 @@ def generate_dask(specs: Sequence[SampleSpec], out, *, partitions: int | None = 
         raise ValueError("no sample to generate")
     parts = partitions or max(1, math.ceil(len(specs) / 10))
     with contextlib.ExitStack() as stack:
-        folder = shard_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="tomoprior-shards-",
-                                                                              dir=Path(out).parent))
+        # named like an atomic temporary of ``out``: removed as stale if this process is killed
+        folder = shard_dir or stack.enter_context(tempfile.TemporaryDirectory(
+            prefix=temporary_prefix(out), suffix=".shards", dir=Path(out).parent))
         bag = db.from_sequence(specs, npartitions=min(parts, len(specs)))
         shards = bag.map_partitions(lambda ss: [_write_shard(ss, str(folder), compression)])
         kw = {"num_workers": num_workers} if num_workers and scheduler in ("processes", "threads") else {}

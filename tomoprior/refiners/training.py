@@ -29,6 +29,7 @@ See ``docs/training.md`` for the checkpoint format and the resume semantics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -508,7 +509,7 @@ def evaluate(model: Refiner, dataset, data_range: float, *, batch_size: int = 1,
 
         it = tqdm(loader, desc="val", leave=False, dynamic_ncols=True)
     try:
-        for raw in it:
+        for raw in _clean_loader_errors(it):
             b = make_batch(raw, torch.device(device))
             out = model(b.xrays, b.geometry, b.prior).float().cpu()
             tgt = b.target.cpu()
@@ -577,7 +578,12 @@ class _JsonlLog:
         write_text_atomic(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+class TrainingDivergedError(FloatingPointError):
+    """The training loss or the weights became NaN or infinite (too high a learning rate,
+    usually). ``last.pt`` keeps the last finite state; nothing non-finite is saved."""
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, should_stop=None) -> dict[str, Any]:
     """Train ``cfg.refiner`` on ``cfg.data``; see :class:`TrainConfig` and ``docs/training.md``.
 
     Parameters
@@ -585,14 +591,32 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     cfg : TrainConfig
     resume : bool
         Continue from ``<out>/last.pt`` (which must exist and come from the same data file);
-        the continued run gives the same weights as an uninterrupted one. Without ``resume``,
-        an existing ``last.pt`` in ``out`` is an error (never overwritten silently).
+        the continued run gives the same weights and the same logged metrics as an
+        uninterrupted one. Without ``resume``, an existing ``last.pt`` in ``out`` is an error
+        (never overwritten silently).
+    should_stop : callable, optional
+        Polled after every optimiser step; when it returns True the loop writes ``last.pt``
+        (exactly resumable) and returns with ``stopped=True`` (``tomoprior train`` sets it on
+        SIGTERM / Ctrl-C).
 
     Returns
     -------
     dict with ``history`` (one record per epoch), ``best``, ``steps``, ``samples_per_s``,
-    ``out`` (the run folder) and ``last``/``best_path`` checkpoint paths.
+    ``out`` (the run folder), ``last``/``best_path`` checkpoint paths and ``stopped``.
+
+    Raises
+    ------
+    ValueError
+        Bad configuration or data: no ``train`` or no ``val`` samples (the iterative loop
+        needs validation to choose ``best.pt``), a sample with NaN/inf values (named), a
+        refiner that cannot run on the data's volume and detector sizes (checked by one
+        forward pass before training; the message says what fits).
+    TrainingDivergedError
+        The loss or the weights stopped being finite.
+    OSError
+        The run folder cannot be written or the disk is full (``DiskFullError``).
     """
+    from .._atomic import NotWritableError, check_writable
     from ..data import TomopriorDataset
 
     data_path = Path(cfg.data)
@@ -600,12 +624,28 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         raise ValueError(f"data file {data_path} does not exist; make one with `tomoprior dataset make`")
     out = Path(cfg.out)
     last_path, best_path = out / "last.pt", out / "best.pt"
+    created_out = False
 
     dist = init_distributed(cfg.device)
     try:
         device = _resolve_device(cfg.device, dist)
+        # the data first: a bad file should not leave an empty run folder behind
+        train_ds = TomopriorDataset(data_path, split="train", geometry_as="object")
+        val_ds = TomopriorDataset(data_path, split="val", geometry_as="object")
+        if len(train_ds) == 0:
+            raise ValueError(f"{data_path} has no 'train' samples; make the dataset with a train fraction "
+                             "(`tomoprior dataset make --split 0.8,0.1,0.1`)")
         if dist.is_main:
-            out.mkdir(parents=True, exist_ok=True)
+            if out.exists() and not out.is_dir():
+                raise ValueError(f"the run folder {out} is a file; give a folder (--out)")
+            if not out.exists():
+                try:
+                    out.mkdir(parents=True)
+                except OSError as exc:
+                    raise NotWritableError(f"cannot create the run folder {out} ({exc.strerror or exc}); choose a "
+                                           "writable --out", exc.errno) from exc
+                created_out = True
+            check_writable(out, what="run (--out)")
             if last_path.exists() and not resume:
                 raise ValueError(f"{last_path} exists; pass resume=True (--resume) to continue it, or another out")
             if resume and not last_path.exists():
@@ -629,10 +669,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                                       progress=cfg.progress, out=str(out), data=str(data_path))
 
         seed_everything(cfg.seed, cfg.deterministic)
-        train_ds = TomopriorDataset(data_path, split="train", geometry_as="object")
-        val_ds = TomopriorDataset(data_path, split="val", geometry_as="object")
-        if len(train_ds) == 0:
-            raise ValueError(f"{data_path} has no 'train' samples")
         if cfg.data_range == "auto":
             cfg = dataclasses.replace(cfg, data_range=_auto_data_range(val_ds) if len(val_ds) else 1.0)
 
@@ -643,6 +679,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             raise ValueError(
                 f"refiner {cfg.refiner!r} has no trainable parameters and no calibrate() method: there is "
                 "nothing to train; use it directly (`tomoprior reconstruct --refiner ...`)")
+        if len(val_ds) == 0:
+            # best.pt is chosen on the validation metric; without validation it would be
+            # missing or arbitrary, and the run's quality unknown
+            raise ValueError(
+                f"{data_path} has no 'val' samples: training needs a validation split to report its quality and "
+                f"choose best.pt. Make the dataset with a val fraction (`tomoprior dataset make --split "
+                f"0.8,0.1,0.1`; with few samples, a fraction that rounds to at least one) or append samples")
 
         hooks = find_hooks(model)
         aux = {k: m.to(device) for k, m in hooks.build_aux(model).items()}
@@ -663,6 +706,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         step, epoch, in_epoch = 0, 0, 0
         history: list[dict] = []
         best: dict | None = None
+        running: dict[str, float] = {}
+        n_run = 0
         if ckpt is not None:
             extra = ckpt["extra"]
             model.load_state_dict(ckpt["state_dict"])
@@ -675,7 +720,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             step, epoch, in_epoch = int(extra["step"]), int(extra["epoch"]), int(extra["step_in_epoch"])
             history = json.loads(extra["history"])
             best = json.loads(extra["best"]) if extra.get("best") else None
+            if in_epoch and extra.get("epoch_running"):  # the unfinished epoch's statistics so far
+                saved_run = json.loads(extra["epoch_running"])
+                running, n_run = {k: float(v) for k, v in saved_run["sums"].items()}, int(saved_run["n"])
             set_rng_state(extra["rng"][dist.rank] if dist.rank < len(extra["rng"]) else extra["rng"][0])
+
+        check_fits(cfg, model, train_ds, data_path, dist.world_size, device)
 
         forward, aux_forward = model, dict(aux)
         if dist.enabled:
@@ -691,15 +741,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         state = _RunState(cfg, model, aux, optimizers, schedulers, data_hash, dist, last_path, best_path)
         t_train, n_samples = 0.0, 0
         progress = cfg.progress and dist.is_main
+        stopped = False
         while epoch < cfg.epochs and step < total:
             sampler = EpochSampler(len(train_ds), cfg.seed, epoch, dist.rank, dist.world_size,
                                    start=in_epoch * cfg.batch_size)
             loader = _loader(train_ds, sampler, cfg.batch_size, cfg.workers, cfg.seed, epoch)
             bar = _bar(progress, per_epoch, in_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
-            running: dict[str, float] = {}
-            n_run = 0
             t_epoch = time.perf_counter()  # throughput includes data loading and the prior
-            for raw in loader:
+            for raw in _clean_loader_errors(loader):
                 if step >= total:
                     break
                 batch = make_batch(raw, device)
@@ -708,10 +757,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 for s in schedulers.values():
                     s.step()
                 n_samples += batch.xrays.shape[0] * dist.world_size
-                bad = [k for k, v in stats.items() if not math.isfinite(v) and k != "d_loss"]
-                if bad:
-                    raise FloatingPointError(f"non-finite training loss {bad} at step {step}: {stats}; lower the "
-                                             "learning rate or check the data")
+                _check_diverged(stats, model, aux, cfg, lr, step, epoch, batch.index)
                 step += 1
                 in_epoch += 1
                 n_run += 1
@@ -720,19 +766,23 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if math.isfinite(v)}, refresh=False)
                     bar.update(1)
+                if should_stop is not None and should_stop() and in_epoch < per_epoch:
+                    stopped = True
+                    break
                 if cfg.save_every and step % cfg.save_every == 0 and in_epoch < per_epoch:
-                    state.save(step, epoch, in_epoch, history, best)
+                    state.save(step, epoch, in_epoch, history, best, running=(running, n_run))
             t_train += time.perf_counter() - t_epoch
             if bar is not None:
                 bar.close()
-            if in_epoch < per_epoch:  # stopped by max_steps inside the epoch
-                state.save(step, epoch, in_epoch, history, best)
+            if in_epoch < per_epoch:  # stopped by max_steps or should_stop inside the epoch
+                state.save(step, epoch, in_epoch, history, best, running=(running, n_run))
                 break
             epoch += 1
             in_epoch = 0
             record = {"epoch": epoch, "step": step, "lr": schedulers[next(iter(schedulers))].get_last_lr()[0]}
             record.update({f"train_{k}": v / max(1, n_run) for k, v in running.items()})
             record["samples_per_s"] = n_samples / t_train if t_train > 0 else None
+            running, n_run = {}, 0
             if dist.is_main and len(val_ds):
                 metrics = evaluate(model, val_ds, float(cfg.data_range), batch_size=cfg.batch_size, device=device,
                                    progress=progress, bone_threshold=float(cfg.bone_threshold))
@@ -746,12 +796,131 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             state.save(step, epoch, 0, history, best, best_too=is_best)
             if dist.is_main:
                 log.write(history)
+            if should_stop is not None and should_stop() and epoch < cfg.epochs and step < total:
+                stopped = True
+                break
         return {"history": history, "best": best, "steps": step, "epochs": epoch,
                 "samples_per_s": n_samples / t_train if t_train > 0 else None, "out": str(out),
-                "last": str(last_path), "best_path": str(best_path) if best_path.exists() else None}
+                "last": str(last_path), "best_path": str(best_path) if best_path.exists() else None,
+                "stopped": stopped}
+    except BaseException:
+        if created_out:  # a run that failed before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
+
+
+def _check_diverged(stats: dict, model, aux: dict, cfg: TrainConfig, lr: float, step: int, epoch: int,
+                    index: list[int]) -> None:
+    """Raise :class:`TrainingDivergedError` when a statistic of the step (but a GAN's
+    discriminator loss) or a weight is NaN or infinite."""
+    bad = [k for k, v in stats.items() if not math.isfinite(v) and k != "d_loss"]
+    what = f"the training loss ({', '.join(f'{k}={stats[k]}' for k in bad)})" if bad else None
+    if what is None:
+        for name, module in (("the refiner", model), *((f"the {k}", m) for k, m in aux.items())):
+            if any(p.is_floating_point() and not bool(torch.isfinite(p).all()) for p in module.parameters()):
+                what = f"the weights of {name}"
+                break
+    if what is None:
+        return
+    raise TrainingDivergedError(
+        f"training diverged at step {step + 1} (epoch {epoch + 1}, samples {index} of {cfg.data}): {what} became NaN "
+        f"or infinite with learning rate {lr:g}. Lower the learning rate (--lr; the refiner's default is "
+        f"{_default_lr(cfg):g}); the data were checked and are finite. Nothing non-finite was saved")
+
+
+def _default_lr(cfg: TrainConfig) -> float:
+    return float(cfg.refiner_config.get("lr", PAPER_LR)) if isinstance(cfg.refiner_config, dict) else PAPER_LR
+
+
+def _clean_loader_errors(loader):
+    """Iterate ``loader``; a :class:`DatasetFormatError` raised in a DataLoader worker
+    process arrives with the worker's traceback pasted into its message: keep the message."""
+    from ..data import DatasetFormatError
+
+    it = iter(loader)
+    while True:
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except DatasetFormatError as exc:
+            text = str(exc)
+            if "Traceback (most recent call last)" not in text:
+                raise
+            last = [line for line in text.strip().splitlines() if line.strip()][-1]
+            msg = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+            raise DatasetFormatError(msg) from None
+        yield raw
+
+
+def check_fits(cfg: TrainConfig, model: Refiner, train_ds, data_path, world_size: int = 1,
+               device="cpu") -> None:
+    """Check, before training, that the refiner runs on the data's volume and detector sizes.
+
+    One forward pass in training mode on the smallest batch the epoch will hold (batch-norm
+    layers need more than one value per channel there), with every buffer and RNG state
+    restored afterwards, so the run is unchanged. Raises ``ValueError`` naming the refiner,
+    its preset, the data's shapes and what would fit.
+    """
+    rc = model.config
+    vshape, xshape = tuple(train_ds.volume_shape), tuple(train_ds.xray_shape)
+    preset = cfg.refiner_config.get("preset") if isinstance(cfg.refiner_config, dict) else None
+    who = f"refiner {cfg.refiner!r}" + (f" with preset {preset!r}" if preset else "")
+    want = getattr(rc, "volume_shape", None)
+    if want is not None and tuple(int(n) for n in want) != vshape:
+        raise ValueError(f"{who} is configured for volumes {tuple(want)} but {data_path} holds {vshape}; drop the "
+                         "volume_shape setting (it is taken from the data) or make data on that grid "
+                         f"(`tomoprior dataset make --grid {int(want[0])}`)")
+    n_local = math.ceil(len(train_ds) / world_size)
+    size = min(cfg.batch_size, n_local % cfg.batch_size or cfg.batch_size)
+    batch = make_batch(_collate([train_ds[i] for i in range(size)]), torch.device(device))
+    buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+    rng = get_rng_state()
+    was_training = model.training
+    try:
+        model.train()
+        with torch.no_grad():
+            out = model(batch.xrays, batch.geometry, batch.prior)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        hint = ""
+        if "more than 1 value per channel" in str(exc):
+            hint = _batchnorm_hint(rc, vshape, size)
+        raise ValueError(f"{who} cannot train on {data_path}: volumes {vshape}, X-rays {xshape} (views, rows, "
+                         f"cols), batches of {size}: {_first_line(exc)}.{hint}") from exc
+    finally:
+        with torch.no_grad():
+            for k, b in model.named_buffers():
+                b.copy_(buffers[k])
+        set_rng_state(rng)
+        model.train(was_training)
+    if tuple(out.shape) != tuple(batch.target.shape):
+        raise ValueError(f"{who} returns volumes of shape {tuple(out.shape)} for targets of shape "
+                         f"{tuple(batch.target.shape)} from {data_path}; its volume_shape must match the data")
+
+
+def _batchnorm_hint(rc, vshape, batch: int) -> str:
+    bottleneck = getattr(rc, "bottleneck_shape", None)
+    text = " A batch-norm layer sees a single value per channel: the network shrinks these volumes"
+    if bottleneck is not None:
+        text += f" to a {'x'.join(str(n) for n in bottleneck)} bottleneck"
+        factor = max(1, vshape[0] // max(1, int(bottleneck[0])))
+        grid = 2 * factor
+        text += (f". Use a dataset with at least {grid} voxels per axis (`tomoprior dataset make --grid {grid}`), "
+                 "a preset made for small grids (--preset tiny)")
+    else:
+        text += ". Use a dataset on a larger grid, a smaller network"
+    text += (f", or a larger --batch-size (now {batch} in the smallest batch; the last batch of an epoch holds the "
+             "remainder)")
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _RunState:
@@ -763,7 +932,10 @@ class _RunState:
         self.data_hash, self.dist = data_hash, dist
         self.last_path, self.best_path = last_path, best_path
 
-    def save(self, step, epoch, in_epoch, history, best, best_too: bool = False) -> None:
+    def save(self, step, epoch, in_epoch, history, best, best_too: bool = False, running=None) -> None:
+        """Write ``last.pt`` (and ``best.pt`` if ``best_too``). ``running`` = ``(sums, n)``: the
+        unfinished epoch's statistic sums and step count, so a resumed run logs the same
+        epoch means as an uninterrupted one."""
         rng = [get_rng_state()]
         if self.dist.enabled and self.dist.world_size > 1:
             gathered: list = [None] * self.dist.world_size
@@ -784,11 +956,35 @@ class _RunState:
                 "world_size": self.dist.world_size,
                 "history": json.dumps(history),
                 "best": json.dumps(best) if best else "",
+                # repr-exact floats: the resumed epoch's mean is bit-identical
+                "epoch_running": json.dumps({"sums": running[0], "n": running[1]}) if running and in_epoch else "",
             }
-            self.model.save_checkpoint(self.last_path, **extra)
+            self._write(self.last_path, extra)
             if best_too:
-                self.model.save_checkpoint(self.best_path, **extra)
+                self._write(self.best_path, extra)
         _barrier(self.dist)
+
+    def _write(self, path: Path, extra: dict) -> None:
+        from .._atomic import DiskFullError, disk_full_error, is_disk_full
+
+        try:
+            self.model.save_checkpoint(path, **extra)
+        except DiskFullError:
+            raise
+        except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+            if isinstance(exc, RuntimeError) and "write" not in str(exc).lower():
+                raise
+            if is_disk_full(exc) or _disk_nearly_full(path):
+                raise disk_full_error(path, exc) from exc
+            raise OSError(f"cannot write the checkpoint {path}: {_first_line(exc)}; the previous one is "
+                          "unchanged") from exc
+
+
+def _disk_nearly_full(path: Path, below: int = 16 << 20) -> bool:
+    from .._atomic import disk_free
+
+    free = disk_free(path.parent)
+    return free is not None and free < below
 
 
 #: ``extra`` entries of a training checkpoint kept by :func:`export_weights` (the rest is
@@ -870,7 +1066,7 @@ def _fit_closed_form(cfg, model, train_ds, val_ds, data_hash, dist, device) -> d
     loader = _loader(train_ds, EpochSampler(len(train_ds), cfg.seed, 0, shuffle=False), cfg.batch_size,
                      cfg.workers, cfg.seed, 0)
     t0 = time.perf_counter()
-    for raw in loader:
+    for raw in _clean_loader_errors(loader):
         b = make_batch(raw, device)
         base = model(b.xrays, b.geometry, b.prior).double().flatten()
         t = b.target.double().flatten()

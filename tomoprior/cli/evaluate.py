@@ -23,13 +23,21 @@ refiner used and the fits (level, train Dice, Dice curve) are in the JSON files.
 from __future__ import annotations
 
 import json
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
 import yaml
 
 CALIBRATIONS = ("residual", "exact", "bead")
+
+
+class EvaluateError(click.ClickException):
+    """Bad usage, unreadable input (data, checkpoints) or an unwritable ``--out``: exit code 2."""
+
+    exit_code = 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +111,7 @@ def build_refiner(spec: str, *, checkpoint=None, config: dict | None = None, hin
     Returns ``(refiner, checkpoint_path_or_None)``; errors are ``click.BadParameter`` with the
     reason (unknown name listing the installed ones, a checkpoint of another refiner, ...).
     """
-    from ..refiners import Refiner, RefinerPluginError, available, load
+    from ..refiners import CheckpointWarning, Refiner, RefinerPluginError, available, load
 
     name, ckpt, cfg = spec.strip(), checkpoint, dict(config or {})
     if "@" in name:
@@ -118,7 +126,11 @@ def build_refiner(spec: str, *, checkpoint=None, config: dict | None = None, hin
             if cfg:
                 raise click.BadParameter("config fields cannot be combined with a checkpoint (the checkpoint holds "
                                          "the config)", param_hint=hint)
-            model = Refiner.from_checkpoint(ckpt)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", CheckpointWarning)
+                model = Refiner.from_checkpoint(ckpt)
+            for w in caught:
+                click.echo(f"warning: {w.message}", err=True)
             if name is not None and type(model).name != name:
                 raise click.BadParameter(f"{ckpt} holds a {type(model).name!r} refiner, not {name!r}; pass "
                                          f"--refiner {type(model).name} or another checkpoint", param_hint=hint)
@@ -162,7 +174,7 @@ def _prepare_bp_prior(model, explicit_cfg: dict, data, fit: bool, max_fit: int, 
         try:
             fit_bp_prior(model, data, "train", max_samples=max_fit)
         except ValueError as exc:
-            raise click.ClickException(f"fitting bp-prior on the train split: {exc}") from exc
+            raise EvaluateError(f"fitting bp-prior on the train split: {exc}") from exc
         echo(f"bp-prior: normalization={model.config.normalization}, gain={model.config.gain:.4f}, "
              f"offset={model.config.offset:.5f} /mm fitted on up to {max_fit} train samples")
 
@@ -192,7 +204,7 @@ def _prepare_bp_prior(model, explicit_cfg: dict, data, fit: bool, max_fit: int, 
 @click.option("--fit-samples", default=16, show_default=True, type=click.IntRange(min=1),
               help="Train samples used to fit bp-prior (and the bone levels with --fit-bone-threshold).")
 @click.option("--batch-size", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the perturbation draws.")
 @click.option("--max-samples", default=None, type=click.IntRange(min=1), help="Evaluate only this many samples.")
 @click.option("--output-to-mu", default=None, type=click.FloatRange(min=0, min_open=True),
@@ -207,10 +219,33 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
              fit_bp_prior, fit_bone_threshold, fit_samples, batch_size, device, seed, max_samples, output_to_mu, groups,
              paired_label, quiet):
     """Evaluate refiners on a dataset split: PSNR (X2CT-GAN MAX 4095 and PSCT-Net MAX 2500), 3D SSIM,
-    MAE, bone Dice, ASSD/HD95 (mm), projection consistency; normal vs craniosynostosis."""
+    MAE, bone Dice, ASSD/HD95 (mm), projection consistency; normal vs craniosynostosis.
+
+    Exit codes: 0 evaluated; 2 bad usage, unreadable data or checkpoint, non-finite weights or
+    outputs, or an unwritable --out (checked before any evaluation).
+    """
+    from .._atomic import Terminated, signals_as_exceptions
+
+    try:
+        with signals_as_exceptions():
+            _evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare, out, miscalibration,
+                      calibrations, fit_bp_prior, fit_bone_threshold, fit_samples, batch_size, device, seed,
+                      max_samples, output_to_mu, groups, paired_label, quiet)
+    except Terminated as exc:
+        click.echo(f"tomoprior evaluate: {exc}; result files already written are complete, the others were not "
+                   "written", err=True)
+        sys.exit(128 + exc.signum)
+
+
+def _evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare, out, miscalibration, calibrations,
+              fit_bp_prior, fit_bone_threshold, fit_samples, batch_size, device, seed, max_samples, output_to_mu,
+              groups, paired_label, quiet):
+    from .._atomic import check_writable, disk_full_error, is_disk_full, write_text_atomic
     from ..data import DatasetFile, GeometryPerturbation
+    from ..refiners import resolve_device
     from ..refiners.evaluation import (
         PAPER_MISCALIBRATION,
+        check_group,
         compare_markdown,
         miscalibration_study,
         paired_comparison,
@@ -220,6 +255,18 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
     from ..refiners.evaluation import fit_bone_threshold as run_fit_bone_threshold
 
     echo = (lambda *a, **k: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    try:
+        resolve_device(device, option="--device")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
+    group_list = [g.strip() for g in groups.split(",") if g.strip()]
+    if not group_list:
+        raise click.BadParameter("give at least one group (all, normal, craniosynostosis, variant:NAME)",
+                                 param_hint="--groups")
+    try:
+        group_list = [check_group(g) for g in group_list]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--groups") from exc
     try:
         with DatasetFile(data) as ds:
             counts = {s: ds.splits().count(s) for s in ("train", "val", "test")}
@@ -257,10 +304,25 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
     if bad or not cal_modes:
         raise click.BadParameter(f"unknown calibration(s) {bad}; use {', '.join(CALIBRATIONS)}",
                                  param_hint="--calibration")
-    group_list = [g.strip() for g in groups.split(",") if g.strip()]
     out_dir = Path(out) if out else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is not None:  # before any evaluation: a run must not fail at its end for want of a folder
+        if out_dir.exists() and not out_dir.is_dir():
+            raise click.BadParameter(f"{out_dir} is a file; give a folder for the results", param_hint="--out")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            check_writable(out_dir, what="--out")
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"cannot write results to {out_dir}: {getattr(exc, 'strerror', None) or exc}; "
+                                     "choose a writable folder", param_hint="--out") from exc
+
+    def save(obj, path: Path) -> None:
+        try:
+            obj.save(path) if not isinstance(obj, str) else write_text_atomic(path, obj)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise EvaluateError(str(disk_full_error(path, exc))) from exc
+            raise EvaluateError(f"cannot write {path}: {exc.strerror or exc}; the files written before it are "
+                                "complete, this one was not written") from exc
 
     models = []
     for lbl, spec, ckpt, cfg, hint in entries:
@@ -289,7 +351,7 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
                 fit = run_fit_bone_threshold(model, data, "train", max_samples=fit_samples, output_to_mu=output_to_mu,
                                              batch_size=batch_size, device=device)
             except (ValueError, TypeError) as exc:
-                raise click.ClickException(f"fitting the bone level of {lbl!r} on the train split: {exc}") from exc
+                raise EvaluateError(f"fitting the bone level of {lbl!r} on the train split: {exc}") from exc
             fits[lbl], level = fit, fit["threshold_mu"]
             summary["bone_threshold_fits"][lbl] = fit
             echo(f"{lbl}: prediction bone level {level:.4g} /mm (train Dice {fit['dice']:.3f}; "
@@ -301,13 +363,13 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
             res = run_evaluate(model, data, split, label=lbl, checkpoint=ckpt_path, pred_bone_threshold_mu=level,
                                **common)
         except (ValueError, TypeError) as exc:
-            raise click.ClickException(f"evaluating {lbl!r}: {exc}") from exc
+            raise EvaluateError(f"evaluating {lbl!r}: {exc}") from exc
         echo(f"{lbl}: {len(res.per_sample)} samples in {time.perf_counter() - t0:.1f} s")
         if lbl in fits:
             res.settings["bone_threshold_fit"] = fits[lbl]
         results[lbl] = res
         if out_dir is not None:
-            res.save(out_dir / f"{_safe(lbl)}.json")
+            save(res, out_dir / f"{_safe(lbl)}.json")
             summary["refiners"][lbl] = f"{_safe(lbl)}.json"
         if pert is not None:
             cal = [bead_cage_calibrator() if mode == "bead" else mode for mode in cal_modes]
@@ -316,7 +378,7 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
                 st = miscalibration_study(model, data, split, perturbation=pert, calibration=cal, label=lbl,
                                           checkpoint=ckpt_path, pred_bone_threshold_mu=level, **common)
             except (ValueError, TypeError) as exc:
-                raise click.ClickException(f"miscalibration study of {lbl!r}: {exc}") from exc
+                raise EvaluateError(f"miscalibration study of {lbl!r}: {exc}") from exc
             echo(f"{lbl}: miscalibration study in {time.perf_counter() - t0:.1f} s")
             if lbl in fits:
                 for arm in st.arms.values():
@@ -324,7 +386,7 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
             studies[lbl] = st
             if out_dir is not None:
                 name = f"miscalibration_{_safe(lbl)}.json"
-                st.save(out_dir / name)
+                save(st, out_dir / name)
                 summary["miscalibration"][lbl] = name
 
     md = [f"# tomoprior evaluate: `{data}`, split `{split}`", ""]
@@ -351,10 +413,8 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
     text = "\n".join(md)
     click.echo(text)
     if out_dir is not None:
-        from .._atomic import write_text_atomic
-
-        write_text_atomic(out_dir / "results.md", text)
-        write_text_atomic(out_dir / "evaluation.json", json.dumps(summary, indent=1) + "\n")
+        save(text, out_dir / "results.md")
+        save(json.dumps(summary, indent=1) + "\n", out_dir / "evaluation.json")
         echo(f"wrote {out_dir}/results.md, evaluation.json and one JSON per refiner/study")
 
 

@@ -325,6 +325,10 @@ def verify_zip_records(path) -> bool:
     """
     path = Path(path)
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":  # a zip archive without its directory: cut short
+                raise CheckpointError(f"{path} is truncated (a zip archive whose end is missing: an interrupted "
+                                      "copy, download or write); copy it again or use another checkpoint")
         return False
     try:
         with zipfile.ZipFile(path) as zf:
@@ -338,7 +342,7 @@ def verify_zip_records(path) -> bool:
             f"{path} is damaged: {exc} (bytes changed after it was written: a bad copy, download or disk); "
             "copy or download it again"
         ) from exc
-    except (EOFError, OSError, zlib.error) as exc:
+    except Exception as exc:  # EOFError, OSError, zlib.error, UnicodeDecodeError of a damaged name, ...
         raise CheckpointError(f"{path} is truncated or damaged ({type(exc).__name__}: {exc}); copy it again") from exc
     return True
 

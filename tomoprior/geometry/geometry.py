@@ -39,7 +39,10 @@ class Geometry:
     Warns
     -----
     GeometryWarning
-        If no ray of a view passes through the volume box.
+        If no ray of a view passes through the volume box (it lies behind the source,
+        beyond the detector, or outside the cone), or if a detector plane cuts through the
+        box. Rays run from the source to the pixel only, in every projector and in the
+        phantoms' exact line integrals, so nothing beyond a detector is ever projected.
 
     Examples
     --------
@@ -66,7 +69,6 @@ class Geometry:
 
     def _validate(self) -> None:
         lo, hi = (np.asarray(b) for b in self.grid.bounds())
-        corners = self.grid.corners()
         for i, view in enumerate(self.views):
             label = f"views[{i}]" + (f" ({view.name})" if view.name else "")
             s = view.source.detach().double().cpu().numpy()
@@ -75,13 +77,22 @@ class Geometry:
                     f"{label}: the source {s.tolist()} lies inside the volume box {lo.tolist()}..{hi.tolist()} mm; "
                     "an X-ray source must be outside the reconstructed volume"
                 )
-            if not _view_sees_box(view, corners):
-                warnings.warn(
-                    f"{label}: no ray of this view passes through the volume box "
-                    f"{lo.tolist()}..{hi.tolist()} mm; its projection will be all zeros",
-                    GeometryWarning,
-                    stacklevel=3,
-                )
+            relation = volume_relation(view, self.grid)
+            box = f"{lo.tolist()}..{hi.tolist()} mm"
+            message = {
+                "behind_source": f"the volume box {box} lies behind the source (on the side away from the "
+                                 "detector): no ray reaches it and its projection will be all zeros",
+                "beyond_detector": f"the detector lies between the source and the volume box {box}: rays end at "
+                                   "the detector, none reaches the volume and its projection will be all zeros; "
+                                   "move the detector behind the volume",
+                "cut_by_detector": f"the detector plane cuts through the volume box {box}: rays end at the "
+                                   "detector, so the part of the volume beyond it is not projected; move the "
+                                   "detector behind the volume",
+                "misses": f"no ray of this view passes through the volume box {box}; its projection will be "
+                          "all zeros",
+            }.get(relation)
+            if message is not None:
+                warnings.warn(f"{label}: {message}", GeometryWarning, stacklevel=3)
 
     # -- basic properties ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -281,30 +292,53 @@ class BiplanarGeometry(Geometry):
         return Geometry(self.grid, [v.to(dtype=dtype, device=device) for v in self.views])
 
 
-def _view_sees_box(view: View, corners: np.ndarray) -> bool:
-    """Whether some ray of ``view`` may pass through the box with the given corners.
+def volume_relation(view: View, grid: VolumeGrid) -> str:
+    """Where the volume box lies for one view; rays run from the source to the detector only.
 
-    Conservative test: the box must be (partly) on the detector side of the source, and
-    the bounding rectangle of its projected corners must overlap the detector.
+    Returns
+    -------
+    str
+        ``"sees"``: some ray may cross the box (conservative); ``"behind_source"``: the box
+        is entirely on the side of the source away from the detector; ``"beyond_detector"``:
+        entirely beyond the detector plane; ``"cut_by_detector"``: the detector plane passes
+        through the box (the part beyond it is not projected); ``"misses"``: the box is in
+        front of the detector but its image falls outside the detector.
     """
+    return _relation(view, grid.corners())
+
+
+def _view_sees_box(view: View, corners: np.ndarray) -> bool:
+    """Whether some ray of ``view`` (source to pixel) may pass through the box with the given
+    corners ``(8, 3)``; conservative."""
+    return _relation(view, corners) in ("sees", "cut_by_detector")
+
+
+def _relation(view: View, corners: np.ndarray) -> str:
     vec = view.vector.detach().double().cpu()
     s, c = vec[0:3].numpy(), vec[3:6].numpy()
     n = np.cross(vec[6:9].numpy(), vec[9:12].numpy())
     n = n / np.linalg.norm(n)
     toward_det = n if np.dot(c - s, n) > 0 else -n
+    det_depth = float(np.dot(c - s, toward_det))
     depth = (corners - s) @ toward_det
     if np.all(depth <= 0):
-        return False
+        return "behind_source"
+    if np.all(depth >= det_depth):
+        return "beyond_detector"
+    if np.any(depth > det_depth):
+        return "cut_by_detector"
     if np.any(depth <= 0):
         # the box straddles the source plane: its image is unbounded, assume it is seen
-        return True
+        return "sees"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pix = _project_points(vec, view.shape, torch.as_tensor(corners), warn=False).numpy()
     rows, cols = view.shape
     cmin, rmin = pix.min(axis=0)
     cmax, rmax = pix.max(axis=0)
-    return bool(cmax >= -0.5 and cmin <= cols - 0.5 and rmax >= -0.5 and rmin <= rows - 0.5)
+    if cmax >= -0.5 and cmin <= cols - 0.5 and rmax >= -0.5 and rmin <= rows - 0.5:
+        return "sees"
+    return "misses"
 
 
 def magnification_at(view: View, point=(0.0, 0.0, 0.0)) -> float:
@@ -330,5 +364,6 @@ __all__ = [
     "GeometryWarning",
     "isocenter_pixel_size",
     "magnification_at",
+    "volume_relation",
 ]
 

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from .._atomic import write_text_atomic
+from .._memory import check_memory
 from .._yaml import DocumentError, brief, load_yaml
 from ..geometry.grid import VolumeGrid
 from ..geometry.view import View
@@ -151,16 +152,21 @@ class Phantom:
             out = out + rho * s.contains(p).to(out.dtype)
         return out
 
-    def line_integrals_rays(self, origins, directions, chunk_size: int = DEFAULT_CHUNK_RAYS) -> Tensor:
-        """Exact line integrals along arbitrary rays (whole lines, ``t`` over all reals).
+    def line_integrals_rays(self, origins, directions, chunk_size: int = DEFAULT_CHUNK_RAYS, *,
+                            segment: bool = False) -> Tensor:
+        """Exact line integrals along arbitrary rays: whole lines (``t`` over all reals) or,
+        with ``segment=True``, the segments ``origin + t * direction``, ``0 <= t <= 1``.
 
         Parameters
         ----------
         origins, directions : array-like or Tensor, shape ``(..., 3)``
-            Broadcastable world points and direction vectors in mm; the length of a
-            direction does not matter.
+            Broadcastable world points and direction vectors in mm; for whole lines the
+            length of a direction does not matter, for segments it is the segment.
         chunk_size : int, optional
             Rays evaluated at once (bounds memory).
+        segment : bool, optional
+            Integrate from the origin (an X-ray source) to ``origin + direction`` (its
+            detector pixel) only. Default False: the whole line.
 
         Returns
         -------
@@ -178,20 +184,25 @@ class Phantom:
         batch = torch.broadcast_shapes(o.shape[:-1], d.shape[:-1])
         n = math.prod(batch)
         if n <= chunk_size:
-            return self._sum_rays(o, d, batch)
+            return self._sum_rays(o, d, batch, segment)
         o = o.expand(*batch, 3).reshape(n, 3)
         d = d.expand(*batch, 3).reshape(n, 3)
         parts = [
-            self._sum_rays(o[i : i + chunk_size], d[i : i + chunk_size], (min(chunk_size, n - i),))
+            self._sum_rays(o[i : i + chunk_size], d[i : i + chunk_size], (min(chunk_size, n - i),), segment)
             for i in range(0, n, chunk_size)
         ]
         return torch.cat(parts).reshape(batch)
 
-    def _sum_rays(self, o: Tensor, d: Tensor, batch) -> Tensor:
+    def _sum_rays(self, o: Tensor, d: Tensor, batch, segment: bool = False) -> Tensor:
         dtype = torch.promote_types(torch.promote_types(o.dtype, d.dtype), torch.float64)
         total = torch.zeros(batch, dtype=dtype, device=o.device)
         for s in self.shapes:
-            total = total + self.density_scale * s.line_integrals(o, d)
+            if segment:
+                lengths = s.segment_lengths(o, d)
+                term = s.density.to(dtype=lengths.dtype, device=lengths.device) * lengths
+            else:
+                term = s.line_integrals(o, d)
+            total = total + self.density_scale * term
         return total
 
     def line_integrals(self, geom, views=None, chunk_size: int = DEFAULT_CHUNK_RAYS) -> Tensor | tuple[Tensor, ...]:
@@ -211,15 +222,24 @@ class Phantom:
         -------
         Tensor ``(views, rows, cols)`` or tuple of Tensors ``(rows, cols)``
             Line integrals in ``density_unit * mm`` (dimensionless for 1/mm) along the ray
-            from the source through each pixel centre, float64. A tuple when the selected
-            views have different detector shapes. Differentiable in the view vectors.
+            from the source to each pixel centre (nothing behind the source or beyond the
+            detector counts, as in the projectors), float64. A tuple when the selected views
+            have different detector shapes. Differentiable in the view vectors.
 
         Raises
         ------
         ValueError
             A view index out of range.
+        InsufficientMemoryError (a ValueError)
+            The detectors are too large for the available memory (checked before the work
+            starts; the message says how much is needed).
         """
         selected = self._select_views(geom, views)
+        pixels = sum(int(v.shape[0]) * int(v.shape[1]) for v in selected)
+        # the images (float64) and their stacked copy, plus about 20 (chunk, 3) float64 temporaries
+        check_memory(2 * 8 * pixels + 20 * 3 * 8 * DEFAULT_CHUNK_RAYS,
+                     f"the exact line integrals of {len(selected)} view(s) with {pixels:,} pixels in all (float64)",
+                     "bin the detector (fewer, larger pixels) or select fewer views")
         images = [self._view_integrals(v, chunk_size) for v in selected]
         if len({tuple(im.shape) for im in images}) == 1:
             return torch.stack(images)
@@ -258,7 +278,8 @@ class Phantom:
             r = torch.arange(r0, r1, dtype=dtype, device=device)[:, None].expand(r1 - r0, cols)
             c = col_index[None, :].expand(r1 - r0, cols)
             origins, directions = view.pixel_rays(rows=r, cols=c)
-            parts.append(self.line_integrals_rays(origins, directions, chunk_size=max(chunk_size, cols)))
+            parts.append(self.line_integrals_rays(origins, directions, chunk_size=max(chunk_size, cols),
+                                                  segment=True))
         return torch.cat(parts, dim=0)
 
     # -- rasterisation -----------------------------------------------------------------------
@@ -292,7 +313,9 @@ class Phantom:
         Raises
         ------
         ValueError
-            ``supersample`` is not a positive integer.
+            ``supersample`` is not a positive integer, ``grid`` or ``dtype`` has the wrong type.
+        InsufficientMemoryError (a ValueError)
+            The grid is too large for the available memory (checked before allocating).
 
         Notes
         -----
@@ -305,6 +328,16 @@ class Phantom:
         few hundred MB at most.
         """
         k = _check_supersample(supersample)
+        if not isinstance(grid, VolumeGrid):
+            raise ValueError(f"grid must be a tomoprior VolumeGrid, got {type(grid).__name__}")
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"dtype must be a torch floating dtype such as torch.float32, got {brief(dtype)}")
+        itemsize = torch.finfo(dtype).bits // 8
+        nz, ny, nx = grid.shape
+        check_memory(grid.num_voxels * (8 + itemsize) + 16 * 8 * RASTER_CHUNK_ELEMENTS,
+                     f"rasterising the phantom on a {nz} x {ny} x {nx} grid (float64 accumulation, "
+                     f"{str(dtype).replace('torch.', '')} result)",
+                     "use a smaller grid (fewer voxels, e.g. a smaller --grid) or a coarser spacing")
         out = torch.zeros(grid.shape, dtype=torch.float64, device=device)
         with torch.no_grad():
             for shape, rho in zip(self.shapes, self._densities()):

@@ -292,6 +292,46 @@ class Shape:
         p, d = self._as_rays(origins, directions)
         return self._path_lengths_local(p, d)
 
+    def segment_lengths(self, origins, directions) -> Tensor:
+        """Length in mm of the part of the segment ``origin + t * direction``, ``0 <= t <= 1``,
+        inside the shape: an X-ray from its source (``origin``) to a detector pixel
+        (``origin + direction``). Nothing behind the source or beyond the pixel counts.
+
+        Parameters
+        ----------
+        origins, directions : array-like or Tensor, shape ``(..., 3)``
+            Broadcastable world points (sources) and vectors from them to the segment ends
+            (pixels), mm.
+
+        Returns
+        -------
+        Tensor, shape ``(...)``
+            Lengths in mm; equal to :meth:`path_lengths` (to the last bits) whenever the
+            whole chord lies within the segment, the usual case.
+
+        Examples
+        --------
+        >>> s = Sphere(center=(0, 0, 0), radius=5.0)
+        >>> float(s.segment_lengths([0.0, 0.0, -50.0], [0.0, 0.0, 100.0]))   # the whole chord
+        10.0
+        >>> round(float(s.segment_lengths([0.0, 0.0, -50.0], [0.0, 0.0, 52.0])), 9)   # ends at z = 2
+        7.0
+        >>> float(s.segment_lengths([0.0, 0.0, -50.0], [0.0, 0.0, -100.0]))  # points away
+        0.0
+        """
+        p, d = self._as_rays(origins, directions)
+        chord = self._path_lengths_local(p, d)
+        t_in, t_out = self._interval_local(p, d)
+        d2 = (d * d).sum(-1)
+        hit = (t_out > t_in) & (d2 > 0)
+        whole = hit & (t_in >= 0) & (t_out <= 1)
+        lo = torch.clamp(_safe(hit, t_in, 0.0), min=0.0)
+        hi = torch.clamp(_safe(hit, t_out, 0.0), max=1.0)
+        part = hit & ~whole & (hi > lo)
+        clipped = _safe(part, hi - lo, 0.0) * torch.sqrt(_safe(part, d2))
+        zero = torch.zeros_like(chord)
+        return torch.where(whole, chord, torch.where(part, clipped, zero))
+
     def line_integrals(self, origins, directions) -> Tensor:
         """Exact line integrals ``density * chord length`` of rays, shape ``(...)``.
 

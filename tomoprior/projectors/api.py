@@ -7,11 +7,66 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .._memory import InsufficientMemoryError, check_memory
 from ..geometry.geometry import Geometry
 from .base import Backend, BackprojectFunction, OperatorSpec, ProjectFunction
 from .registry import get_backend
 
 _FLOATS = (torch.float32, torch.float64)
+_FLOAT_NAMES = ("torch.float32", "torch.float64", "float32", "float64")
+_SIZE_FIX = ("bin the detector (fewer, larger pixels: ViewParameters.binned or --binning), use a coarser grid "
+             "or fewer views, or process the batch in parts")
+
+
+def _job(geometry: Geometry, batch: int, dtype, be: Backend, adjoint: bool) -> str:
+    """Plain-words description of a projection job, for error messages."""
+    nz, ny, nx = geometry.grid.shape
+    shapes = geometry.detector_shapes
+    if len(set(shapes)) == 1:
+        det = f"{len(shapes)} view(s) of {shapes[0][0]} x {shapes[0][1]} pixels"
+    else:
+        det = f"{len(shapes)} views of up to {max(r * c for r, c in shapes)} pixels"
+    verb, prep = ("back-projecting", "from") if adjoint else ("projecting", "into")
+    kind = str(dtype).replace("torch.", "")
+    return f"{verb} a {nz} x {ny} x {nx} volume {prep} {det} ({kind}, batch {batch}, backend {be.name})"
+
+
+def _check_size(geometry: Geometry, batch: int, dtype, be: Backend, adjoint: bool) -> None:
+    itemsize = torch.finfo(dtype).bits // 8
+    need = be.memory_estimate(geometry.grid, geometry.detector_shapes, max(batch, 1), itemsize, adjoint=adjoint)
+    check_memory(need, _job(geometry, batch, dtype, be, adjoint), _SIZE_FIX)
+
+
+def _run(fn, geometry: Geometry, batch: int, dtype, be: Backend, adjoint: bool):
+    """Call ``fn()``; an allocation failure the estimate did not foresee becomes a clear error."""
+    try:
+        return fn()
+    except InsufficientMemoryError:
+        raise
+    except MemoryError:
+        pass
+    except RuntimeError as exc:
+        text = str(exc).lower()
+        if "alloc" not in text and "out of memory" not in text:
+            raise
+    raise InsufficientMemoryError(
+        f"{_job(geometry, batch, dtype, be, adjoint)} ran out of memory; {_SIZE_FIX}", 0, 0) from None
+
+
+def _check_overflow(out: torch.Tensor, source: torch.Tensor, what: str) -> None:
+    """Finite input but non-finite output: the sums overflowed the dtype. Say so instead of
+    handing back ``inf``."""
+    if not out.numel():
+        return
+    lo, hi = torch.aminmax(out.detach())
+    if bool(torch.isfinite(lo) & torch.isfinite(hi)):
+        return
+    peak = float(source.detach().abs().max()) if source.numel() else 0.0
+    kind = str(out.dtype).replace("torch.", "")
+    fix = ("compute in float64 (.double()) or rescale the input" if out.dtype == torch.float32
+           else "rescale the input")
+    raise ValueError(f"{what} overflowed {kind} (the input is finite, largest |value| {peak:.3g}, but the sums "
+                     f"exceed {torch.finfo(out.dtype).max:.3g}); {fix}")
 
 
 def _check_geometry(geometry) -> Geometry:
@@ -80,6 +135,16 @@ def project(volume, geometry: Geometry, backend: str | Backend = "auto", *, prog
         Line integrals (attenuation x mm), same dtype and device as ``volume``. If the views
         have different detector shapes, a tuple of per-view tensors ``(..., rows_i, cols_i)``.
 
+    Raises
+    ------
+    ValueError
+        Wrong types, shapes or dtypes, NaN or infinite input, or sums that overflow the
+        dtype (compute in float64 or rescale); the message names the argument.
+    InsufficientMemoryError (a ValueError and a MemoryError)
+        The job needs more memory than is available (estimated before allocating; see
+        :mod:`tomoprior._memory` for the ``TOMOPRIOR_MEMORY_LIMIT`` override); the message
+        gives the number and how to need less.
+
     Examples
     --------
     >>> import torch, tomoprior as tp
@@ -97,15 +162,19 @@ def project(volume, geometry: Geometry, backend: str | Backend = "auto", *, prog
         )
     be = get_backend(backend, volume.device, **options)
     lead = volume.shape[:-3]
+    batch = int(np.prod(lead)) if len(lead) else 1
+    _check_size(geometry, batch, volume.dtype, be, adjoint=False)
     vol = volume.reshape(-1, *grid.shape).contiguous()
     vectors = _vectors(geometry, vol.device)
     shapes = geometry.detector_shapes
     bar = _progress(progress, be.num_chunks(grid, shapes, vectors) if progress else 0, f"project ({be.name})")
     try:
-        flat = ProjectFunction.apply(vol, vectors, OperatorSpec(be, grid, shapes, bar))
+        flat = _run(lambda: ProjectFunction.apply(vol, vectors, OperatorSpec(be, grid, shapes, bar)),
+                    geometry, batch, volume.dtype, be, adjoint=False)
     finally:
         if bar is not None:
             bar.close()
+    _check_overflow(flat, vol, "the projection")
     return _split_views(flat, lead, shapes, geometry.uniform_detector)
 
 
@@ -125,19 +194,39 @@ def backproject(projections, geometry: Geometry, backend: str | Backend = "auto"
     Tensor, shape ``(..., nz, ny, nx)``
         ``P^T y``, so that ``<P x, y> = <x, P^T y>``. Units: projection units x mm. This is
         not normalised by ray coverage (see the refiners' geometry prior for that).
+
+    Raises
+    ------
+    ValueError, InsufficientMemoryError
+        As for :func:`project`.
     """
     geometry = _check_geometry(geometry)
     shapes = geometry.detector_shapes
-    flat, lead = _join_views(projections, shapes, geometry.uniform_detector)
+    first = projections if isinstance(projections, (np.ndarray, torch.Tensor)) else None
+    if first is None and isinstance(projections, Sequence) and projections:
+        first = projections[0]
+    if isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim >= 2 and str(first.dtype) in _FLOAT_NAMES:
+        # size check before the inputs are validated and joined (which copies them)
+        lead_dims = first.shape[:-3] if first is projections else first.shape[:-2]
+        dtype = torch.float64 if str(first.dtype).endswith("64") else torch.float32
+        device = first.device if isinstance(first, torch.Tensor) else "cpu"
+        early = get_backend(backend, device, **options)
+        _check_size(geometry, int(np.prod(lead_dims)) if len(lead_dims) else 1, dtype, early, adjoint=True)
+    flat, lead = _run(lambda: _join_views(projections, shapes, geometry.uniform_detector), geometry, 1,
+                      torch.float32, get_backend(backend, "cpu", **options), adjoint=True)
     be = get_backend(backend, flat.device, **options)
+    batch = flat.shape[0]
+    _check_size(geometry, batch, flat.dtype, be, adjoint=True)
     vectors = _vectors(geometry, flat.device)
     bar = _progress(progress, be.num_chunks(geometry.grid, shapes, vectors) if progress else 0,
                     f"backproject ({be.name})")
     try:
-        vol = BackprojectFunction.apply(flat, vectors, OperatorSpec(be, geometry.grid, shapes, bar))
+        vol = _run(lambda: BackprojectFunction.apply(flat, vectors, OperatorSpec(be, geometry.grid, shapes, bar)),
+                   geometry, batch, flat.dtype, be, adjoint=True)
     finally:
         if bar is not None:
             bar.close()
+    _check_overflow(vol, flat, "the back-projection")
     return vol.reshape(*lead, *geometry.grid.shape)
 
 

@@ -101,7 +101,22 @@ class AstraBackend(Backend):
         proj_geom = astra.create_proj_geom("cone_vec", shape[0], shape[1], vectors)
         return astra.create_projector("cuda3d", proj_geom, grid_to_astra(grid))
 
+    @staticmethod
+    def _check_clipping(grid: VolumeGrid, shapes, vectors) -> None:
+        """ASTRA integrates whole lines through the volume; tomoprior's rays end at the
+        detector. Refuse geometries where that differs, before any ASTRA call."""
+        from ..geometry.geometry import volume_relation
+        from ..geometry.view import View
+
+        for i, shape in enumerate(shapes):
+            view = View.from_vector(vectors[i].detach().double().cpu(), shape)
+            if volume_relation(view, grid) in ("cut_by_detector", "beyond_detector", "behind_source"):
+                raise ValueError(f"view {i}: the volume is not entirely between the source and the detector; "
+                                 "ASTRA would integrate beyond the detector or behind the source. Use "
+                                 "backend='numba' or 'torch' (rays end at the detector) or move the detector")
+
     def forward(self, volume, grid, shapes, vectors, progress=None):
+        self._check_clipping(grid, shapes, vectors)
         astra = _astra()
         total = sum(r * c for r, c in shapes)
         out = volume.new_zeros((volume.shape[0], total))
@@ -124,6 +139,7 @@ class AstraBackend(Backend):
         return out
 
     def adjoint(self, projections, grid, shapes, vectors, progress=None):
+        self._check_clipping(grid, shapes, vectors)
         astra = _astra()
         out = projections.new_zeros((projections.shape[0], *grid.shape))
         offsets = self._offsets(shapes)

@@ -65,6 +65,29 @@ class Backend:
         """Settings that change the numbers (recorded in reports and benchmarks)."""
         return {"backend": self.name}
 
+    #: Bytes of planning data per detector pixel of the largest view (per-pixel ray
+    #: arrays built at once for a whole view) and per pixel of all views (kept chunk lists).
+    plan_bytes_per_view_pixel = 320
+    plan_bytes_per_pixel = 24
+
+    def chunk_memory(self, batch: int, itemsize: int) -> int:
+        """Bytes of working memory of one chunk (samples, coordinates, gathered values)."""
+        return 256 * 2**20
+
+    def memory_estimate(self, grid: VolumeGrid, shapes, batch: int, itemsize: int, *, adjoint: bool) -> int:
+        """Estimated peak bytes of one :meth:`forward` (or :meth:`adjoint` if ``adjoint``) call.
+
+        Counts the result, a contiguous copy of the input, the planning arrays and the
+        chunk temporaries; :func:`~tomoprior.project` refuses a call that cannot fit
+        before it allocates anything. Subclasses with other memory use override it.
+        """
+        pixels = sum(int(r) * int(c) for r, c in shapes)
+        largest = max(int(r) * int(c) for r, c in shapes)
+        voxels = grid.num_voxels
+        data = batch * (pixels + voxels) * itemsize
+        plan = self.plan_bytes_per_view_pixel * largest + self.plan_bytes_per_pixel * pixels
+        return data + plan + self.chunk_memory(batch, itemsize)
+
     # -- drivers (shared) -----------------------------------------------------------------
     def plans(self, grid: VolumeGrid, shapes, vectors: torch.Tensor) -> list[ViewPlan]:
         plans, offset = [], 0

@@ -2,7 +2,7 @@
 
 Model
 -----
-Joseph (1982), for cone beams. Each ray ``source + t (pixel - source)``, ``t >= 0``, is
+Joseph (1982), for cone beams. Each ray ``source + t (pixel - source)``, ``0 <= t <= 1``, is
 written in voxel-index coordinates (voxel centres at integers) and assigned its
 *dominant axis* ``a``: the axis along which it advances most voxels per unit length. The
 ray crosses every voxel-centre plane ``k = 0 .. n_a - 1`` of that axis once; in each plane
@@ -27,7 +27,7 @@ Kernels
 -------
 * ray set-up (parallel over rays): dominant axis, the two in-plane coordinates as affine
   functions of the plane index, ``dl``, and the range of planes where the ray meets the
-  interpolant's support (and lies on the detector side of the source);
+  interpolant's support and lies between the source and the pixel;
 * forward (parallel over blocks of detector rows, dynamically scheduled): one ray at a
   time, plane by plane; neighbouring rays of a row read neighbouring voxels, so a block
   works from cache;
@@ -263,11 +263,14 @@ def _setup_ray(vectors, rows, cols, offsets, origin, spacing, nxyz, rp, dl, ray)
     q0 = s_i[cc] - s_i[a] * dq
     kmin = 0.0
     kmax = float(nxyz[a] - 1)
-    # the ray starts at the source: only planes on the detector side count
+    # the ray is the segment from the source to its pixel: only planes between them count
+    # (nothing behind the source, nothing beyond the detector)
     if da > 0:
         kmin = max(kmin, math.ceil(s_i[a]))
+        kmax = min(kmax, math.floor(s_i[a] + da))
     else:
         kmax = min(kmax, math.floor(s_i[a]))
+        kmin = max(kmin, math.ceil(s_i[a] + da))
     kmin, kmax = _plane_range(p0, dp, nxyz[b], kmin, kmax)
     kmin, kmax = _plane_range(q0, dq, nxyz[cc], kmin, kmax)
     if kmin > kmax:
@@ -536,6 +539,9 @@ class _RayTable:
     groups: tuple  # per axis x, y, z: int64 indices of the hitting rays of that dominant axis
 
 
+#: Bytes per ray of the table and its set-up temporaries (rp: 80, dl: 8, groups: 8, masks).
+_TABLE_BYTES_PER_RAY = 112
+
 # The last geometry's table: a forward followed by its backward (or an iterative solver)
 # sets it up once. It holds about 100 bytes per detector pixel.
 _LAST_TABLE: dict = {}
@@ -637,6 +643,11 @@ class NumbaBackend(Backend):
     def describe(self) -> dict:
         return {"backend": self.name, "model": "Joseph: bilinear in each voxel plane of the dominant axis",
                 "vector_grad": "torch backend (trilinear ray marching, step 0.5)"}
+
+    def memory_estimate(self, grid, shapes, batch, itemsize, *, adjoint):
+        """Result and input copy plus the ray table (about 110 bytes per detector pixel)."""
+        pixels = sum(int(r) * int(c) for r, c in shapes)
+        return batch * (pixels + grid.num_voxels) * itemsize + _TABLE_BYTES_PER_RAY * pixels
 
     def forward(self, volume, grid, shapes, vectors, progress=None) -> torch.Tensor:
         """All views' line integrals, ``(B, nz, ny, nx) -> (B, total_pixels)``; no autograd."""

@@ -6,12 +6,14 @@ The volume is the trilinear interpolant of the voxel values at the voxel centres
 beyond the outermost centres (it falls linearly to zero over the half voxel outside the
 box edge). Each ray is sampled on a lattice of step ``step * min(spacing)`` mm anchored
 at the point of the ray closest to the grid centre, restricted to the support of the
-interpolant (the box grown by half a voxel), and the line integral is the sum of the
-samples times the step (midpoint rule).
+interpolant (the box grown by half a voxel) and to the segment from the source to the
+pixel (nothing behind the source or beyond the detector counts), and the line integral is
+the sum of the samples times the step (midpoint rule).
 
 Anchoring the lattice at a smooth function of the geometry (and not at the entry point)
 keeps the projection continuous in the view vectors: a sample that enters or leaves the
-support does so where the interpolant is zero. Gradients with respect to the source and
+support does so where the interpolant is zero (except where a detector cuts through the
+volume, a geometry that :class:`~tomoprior.Geometry` warns about). Gradients with respect to the source and
 detector vectors are therefore meaningful, which calibration and pose refinement need.
 
 Axes with a single voxel are the exception: there the interpolant is constant across the
@@ -49,6 +51,7 @@ class _Chunk:
     k_first: torch.Tensor  # (R,) float64: lattice index of each ray's first sample
     count: torch.Tensor  # (R,) long: samples per ray
     max_count: int
+    clipped: bool = False  # some ray ends at its pixel inside the support: mask samples past it
 
 
 def _grid_constants(grid: VolumeGrid, device):
@@ -65,7 +68,9 @@ def _grid_constants(grid: VolumeGrid, device):
 
 
 def _pixel_rays(shape, vector: torch.Tensor, pixels: torch.Tensor | None):
-    """Source and (unit direction, length to pixel) of the given flat pixel indices."""
+    """Source ``(3,)``, unit directions ``(R, 3)`` and source-to-pixel lengths ``(R,)`` (mm) of
+    the given flat pixel indices (all pixels if None). A ray is the segment from the source
+    (t = 0) to its pixel (t = length): nothing behind the source or beyond the detector counts."""
     rows, cols = shape
     s, c, u, v = vector[0:3], vector[3:6], vector[6:9], vector[9:12]
     if pixels is None:
@@ -74,11 +79,13 @@ def _pixel_rays(shape, vector: torch.Tensor, pixels: torch.Tensor | None):
     cc = (pixels % cols).to(vector.dtype)
     p = c + (cc - (cols - 1) / 2)[:, None] * u + (r - (rows - 1) / 2)[:, None] * v
     d = p - s
-    return s, d / torch.linalg.norm(d, dim=1, keepdim=True)
+    length = torch.linalg.norm(d, dim=1)
+    return s, d / length[:, None], length
 
 
-def _slab_interval(s, e, lo, hi):
-    """Parametric interval ``[t0, t1]`` of the unit rays ``s + t e`` inside the box ``[lo, hi]``."""
+def _slab_interval(s, e, lo, hi, t_max=None):
+    """Parametric interval ``[t0, t1]`` of the unit rays ``s + t e`` inside the box ``[lo, hi]``,
+    with ``0 <= t0`` (the source) and, if given, ``t1 <= t_max`` ``(R,)`` (the pixel)."""
     zero = e == 0
     safe = torch.where(zero, torch.ones_like(e), e)
     ta = (lo - s) / safe
@@ -89,6 +96,8 @@ def _slab_interval(s, e, lo, hi):
     tmax_ax = torch.where(zero, torch.where(inside, big, -big), torch.maximum(ta, tb))
     t0 = tmin_ax.max(dim=-1).values.clamp(min=0.0)
     t1 = tmax_ax.min(dim=-1).values
+    if t_max is not None:
+        t1 = torch.minimum(t1, t_max)
     return t0, t1
 
 
@@ -121,6 +130,17 @@ class TorchRaymarchBackend(Backend):
     def describe(self) -> dict:
         return {"backend": self.name, "step_voxels": self.step, "chunk_samples": self.chunk_samples}
 
+    def chunk_memory(self, batch, itemsize):
+        # coordinates, sampled values (and their gradients in the adjoint), a mask
+        return self.chunk_samples * (3 * itemsize + 3 * batch * itemsize + 16)
+
+    def memory_estimate(self, grid, shapes, batch, itemsize, *, adjoint):
+        """Base estimate plus the per-thread volume buffers of the adjoint."""
+        est = super().memory_estimate(grid, shapes, batch, itemsize, adjoint=adjoint)
+        if adjoint:
+            est += MAX_ADJOINT_SPLITS * batch * grid.num_voxels * itemsize
+        return est
+
     def step_mm(self, grid: VolumeGrid) -> float:
         return self.step * min(grid.spacing)
 
@@ -129,8 +149,10 @@ class TorchRaymarchBackend(Backend):
         vec = vector.to(torch.float64)
         device = vec.device
         center, half, _ = _grid_constants(grid, device)
-        s, e = _pixel_rays(shape, vec, None)
-        t0, t1 = _slab_interval(s, e, center - half, center + half)
+        s, e, length = _pixel_rays(shape, vec, None)
+        t0, t_box = _slab_interval(s, e, center - half, center + half)
+        t1 = torch.minimum(t_box, length)
+        cut = length < t_box  # the detector lies inside the support: the ray stops at its pixel
         dt = self.step_mm(grid)
         tc = e @ (center - s)
         k_first = torch.ceil((t0 - tc) / dt)
@@ -142,13 +164,14 @@ class TorchRaymarchBackend(Backend):
             return []
         counts = count[pixels].long()
         firsts = k_first[pixels]
+        cuts = cut[pixels]
         max_count = int(counts.max())
         per_chunk = max(1, self.chunk_samples // max_count)
         chunks = []
         for start in range(0, pixels.numel(), per_chunk):
             sl = slice(start, start + per_chunk)
             c = counts[sl]
-            chunks.append(_Chunk(pixels[sl], firsts[sl], c, int(c.max())))
+            chunks.append(_Chunk(pixels[sl], firsts[sl], c, int(c.max()), bool(cuts[sl].any())))
         return chunks
 
     # -- kernels ------------------------------------------------------------------------
@@ -156,7 +179,7 @@ class TorchRaymarchBackend(Backend):
         """grid_sample coordinates ``(R, K, 3)``, the step (mm) and a validity mask ``(R, K)`` or None."""
         vec = vector.to(torch.float64)
         center, _, inv_half = _grid_constants(grid, vec.device)
-        s, e = _pixel_rays(shape, vec, chunk.pixels)
+        s, e, _ = _pixel_rays(shape, vec, chunk.pixels)
         dt = self.step_mm(grid)
         tc = e @ (center - s)
         start = s + (tc + chunk.k_first * dt)[:, None] * e
@@ -164,9 +187,10 @@ class TorchRaymarchBackend(Backend):
         b = (e * (dt * inv_half)).to(dtype)
         j = torch.arange(chunk.max_count, device=vec.device, dtype=dtype)
         coords = torch.addcmul(a[:, None, :], j[None, :, None], b[:, None, :])
-        if min(grid.shape) > 1:
+        if min(grid.shape) > 1 and not chunk.clipped:
             # samples past a ray's last one lie outside the interpolant's support, where
             # grid_sample returns exactly zero (and zero gradients): no mask is needed
+            # (unless a ray stops at its pixel inside the support)
             return coords, dt, None
         mask = (j[None, :] < chunk.count[:, None]).to(dtype)
         return coords, dt, mask

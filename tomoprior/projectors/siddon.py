@@ -3,7 +3,8 @@
 Model: the volume is piecewise constant on its voxels (zero outside the box). The line
 integral of a ray is the sum over the voxels it crosses of (voxel value) x (length of the
 ray inside that voxel). For each ray the parameters where it crosses every x, y and z
-voxel plane are computed, clipped to the part of the ray inside the box and sorted; each
+voxel plane are computed, clipped to the part of the ray inside the box and between the
+source and the pixel, and sorted; each
 pair of consecutive crossings bounds one voxel segment, found from its midpoint.
 
 This is slow (it holds ``nx + ny + nz + 3`` crossings per ray) but exact for the voxel
@@ -43,6 +44,10 @@ class SiddonBackend(Backend):
     def describe(self) -> dict:
         return {"backend": self.name, "model": "piecewise-constant voxels, exact path lengths"}
 
+    def chunk_memory(self, batch, itemsize):
+        # about 20 float64 / int64 arrays of the crossings, plus the gathered values
+        return self.chunk_entries * (160 + 16 * batch)
+
     @staticmethod
     def _box(grid, device):
         lo_t, hi_t = grid.bounds()
@@ -53,8 +58,8 @@ class SiddonBackend(Backend):
     def plan_view(self, grid, shape, vector):
         vec = vector.to(torch.float64)
         lo, hi = self._box(grid, vec.device)
-        s, e = _pixel_rays(shape, vec, None)
-        t0, t1 = _slab_interval(s, e, lo, hi)
+        s, e, length = _pixel_rays(shape, vec, None)
+        t0, t1 = _slab_interval(s, e, lo, hi, length)
         pixels = torch.nonzero(t1 > t0).flatten()
         per_ray = sum(grid.shape) + 3
         per_chunk = max(1, self.chunk_entries // per_ray)
@@ -65,8 +70,8 @@ class SiddonBackend(Backend):
         vec = vector.to(torch.float64)
         device = vec.device
         lo, hi = self._box(grid, device)
-        s, e = _pixel_rays(shape, vec, chunk.pixels)
-        t0, t1 = _slab_interval(s, e, lo, hi)
+        s, e, length = _pixel_rays(shape, vec, chunk.pixels)
+        t0, t1 = _slab_interval(s, e, lo, hi, length)
         t1 = torch.maximum(t1, t0)
         nx, ny, nz = grid.shape_xyz
         crossings = [t0[:, None], t1[:, None]]

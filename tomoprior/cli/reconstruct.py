@@ -243,32 +243,30 @@ class _Outputs:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked) if can_block else None
         umask = os.umask(0)
         os.umask(umask)
-        done: list[tuple[Path, Path | None]] = []  # (target, backup of its previous file)
+        backups: dict[Path, Path] = {}  # target -> hard link to its previous file
+        done: list[Path] = []  # targets already replaced
         try:
             for tmp, target in self.staged:
                 os.chmod(tmp, 0o666 & ~umask)
-                backup = None
                 if target.exists():
                     backup = target.parent / f"{temporary_prefix(target)}{secrets.token_hex(4)}.previous"
-                    try:
+                    with contextlib.suppress(OSError):  # no hard links here: no way back for this one
                         os.link(target, backup)
-                    except OSError:
-                        backup = None
+                        backups[target] = backup
                 os.replace(tmp, target)
-                done.append((target, backup))
+                done.append(target)
         except BaseException:
-            for target, backup in reversed(done):
+            for target in reversed(done):
                 with contextlib.suppress(OSError):
-                    if backup is not None:
-                        os.replace(backup, target)
+                    if target in backups:
+                        os.replace(backups.pop(target), target)
                     else:
                         target.unlink()
             raise
         finally:
-            for _, backup in done:
-                if backup is not None:
-                    with contextlib.suppress(OSError):
-                        backup.unlink()
+            for backup in backups.values():
+                with contextlib.suppress(OSError):
+                    backup.unlink()
             self.staged = [(t, g) for t, g in self.staged if t.exists()]
             if can_block:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -555,6 +553,8 @@ def _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_p
             raise ReconstructError(str(disk_full_error(target, exc))) from exc
         raise ReconstructError(f"cannot write {target}: {exc.strerror or exc}; nothing was written (choose a "
                                "writable folder)") from exc
+    except Exception as exc:  # a writer's own error (nibabel, matplotlib): still nothing half-written
+        raise ReconstructError(f"writing {target} failed ({type(exc).__name__}: {exc}); nothing was written") from exc
     return report
 
 

@@ -148,3 +148,62 @@ def test_reconstruct_builds_the_prior(small_geom):
     xr = torch.rand(2, 96, 96)
     out = load("bp-prior").reconstruct(xr, small_geom)
     torch.testing.assert_close(out, refiners.build_prior(xr[None], small_geom)[0])
+
+
+def test_config_types_of_plugin_configs():
+    """Issue 11: every refiner's config is type-checked from its annotations (plugins too)."""
+    import typing
+
+    @dataclasses.dataclass
+    class Cfg:
+        width: int = 3
+        gain: float = 1.5
+        name: str = "x"
+        flag: bool = True
+        sizes: tuple[int, ...] = (1, 2)
+        pair: tuple[float, float] = (0.5, 0.9)
+        maybe: int | None = None
+        mode: typing.Literal["a", "b"] = "a"
+        anything: typing.Any = None
+
+    class Plug(Refiner):
+        name = "test-typed"
+        config_class = Cfg
+
+        def forward(self, xrays, geometry, prior):
+            return prior
+
+    ok = Plug(width=4, gain=2, sizes=[3, 4], maybe=5, mode="b", anything=object())  # int for float, list for tuple
+    assert ok.config.gain == 2 and ok.config.sizes == [3, 4]
+    for field, value, expected in [("width", 4.0, "an integer"), ("width", True, "an integer"),
+                                   ("gain", "1.5", "a number"), ("flag", "banana", "a bool (true or false)"),
+                                   ("name", 3, "a string"), ("sizes", (1, "2"), "a tuple/list of integers"),
+                                   ("pair", (1.0,), "a tuple/list of 2 values (a number, a number)"),
+                                   ("maybe", 2.5, "an integer or None"),
+                                   ("mode", "c", "one of ['a', 'b']")]:
+        with pytest.raises(refiners.ConfigTypeError) as info:
+            Plug(**{field: value})
+        assert f"Cfg.{field} must be {expected}, got {value!r} ({type(value).__name__})" in str(info.value)
+        assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:7"])
+def test_resolve_device_names_the_missing_gpu(device):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match=rf"--device {device}: CUDA is not available .* use cpu"):
+        refiners.resolve_device(device, option="--device")
+
+
+def test_resolve_device_accepts_cpu_and_auto_and_refuses_nonsense():
+    assert refiners.resolve_device("cpu") == torch.device("cpu")
+    assert refiners.resolve_device(" CPU ") == torch.device("cpu")
+    assert refiners.resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert refiners.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in ("banana", "", "cuda:x", "gpu"):
+        with pytest.raises(ValueError, match="is not a device"):
+            refiners.resolve_device(bad)
+    with pytest.raises(ValueError, match="refiners run on cpu, cuda"):
+        refiners.resolve_device("meta")
+    with pytest.raises(ValueError, match="device name"):
+        refiners.resolve_device(3)

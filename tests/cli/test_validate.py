@@ -9,76 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 import tomoprior as tp
-from tomoprior.calibration import bead_radiographs
 from tomoprior.cli.calibrate import calibrate
 from tomoprior.cli.validate import validate
 from tomoprior.validation import pipeline as pl
 from tomoprior.validation.images import dicom_view_parameters, read_radiograph
 
-
-def _write_dicom(path, image, *, sdd=1500.0, sod=1000.0, spacing=(0.8, 0.8), primary=0.0, secondary=0.0,
-                 monochrome="MONOCHROME2", tags=True):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = image.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = monochrome
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    if tags:
-        ds.DistanceSourceToDetector = f"{sdd:.2f}"
-        ds.DistanceSourceToPatient = f"{sod:.2f}"
-        ds.ImagerPixelSpacing = [f"{spacing[0]:g}", f"{spacing[1]:g}"]
-        ds.PositionerPrimaryAngle = f"{primary:g}"
-        ds.PositionerSecondaryAngle = f"{secondary:g}"
-    ds.PixelData = np.ascontiguousarray(image.astype(np.uint16)).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-
-
-@pytest.fixture
-def light_checks(monkeypatch):
-    """The sensitivity / conditioning / projector-map checks on a tiny grid (they are tested in
-    tests/validation; here only the command-line flow matters)."""
-    real = pl.add_checks
-    monkeypatch.setattr(pl, "add_checks", lambda outcome, **kw: real(outcome, max_pixels=48, grid_size=24))
-
-
-@pytest.fixture(scope="module")
-def beads_only(tmp_path_factory):
-    """The bead cage without its foam support, as a phantom file: the beads (all calibration
-    uses) at a fraction of the simulation cost (the support is evaluated on every pixel)."""
-    from tomoprior.phantoms import Phantom, Sphere
-
-    cage = Phantom.load("bead_cage")
-    path = tmp_path_factory.mktemp("phantom") / "cage_beads_only.yaml"
-    beads = Phantom([s for s in cage.shapes if isinstance(s, Sphere)], name="cage_beads_only",
-                    density_scale=cage.density_scale)
-    beads.save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def bead_images(tmp_path_factory, beads_only):
-    """Frontal as DICOM (raw counts), lateral as .npy, from a miscalibrated geometry at 384^2 x 0.8 mm."""
-    folder = tmp_path_factory.mktemp("beads")
-    nominal, true = pl.main_job_geometries(pl.MainJobConfig(binning=4))
-    counts = bead_radiographs(tp.phantoms.Phantom.load(beads_only), true, photons_per_pixel=3000.0, seed=1).numpy()
-    dcm = folder / "frontal.dcm"
-    _write_dicom(dcm, counts[0])
-    npy = folder / "lateral.npy"
-    np.save(npy, counts[1])
-    return folder, dcm, npy, nominal, true, counts
-
+from .conftest import write_dicom as _write_dicom
 
 # -- reading images --------------------------------------------------------------------------
 
@@ -90,9 +26,20 @@ def test_dicom_geometry_tags_become_initial_parameters(tmp_path):
     assert np.array_equal(r.image, img.astype(float)) and r.missing_tags == ()
     p = r.parameters
     assert p.name == "lateral" and p.detector_shape == (64, 80) and p.pixel_pitch == (0.15, 0.16)
-    assert p.source_to_detector == pytest.approx(1480.0) and p.source_to_isocenter == pytest.approx(990.0)
+    # DX: Distance Source to Patient is to the patient support, not the isocenter: not used
+    assert p.source_to_detector == pytest.approx(1480.0) and p.source_to_isocenter == pytest.approx(1000.0)
+    assert r.modality == "DX" and any("not to the isocenter" in t for t in r.tags_used)
     assert math.degrees(p.primary_angle) == pytest.approx(90.0)
     assert math.degrees(p.secondary_angle) == pytest.approx(-3.0)
+    assert len(r.sha256) == 64
+    # XA defines it as the distance to the isocenter; DX with a magnification factor uses that
+    _write_dicom(tmp_path / "xa.dcm", img, sdd=1480.0, sod=990.0, modality="XA")
+    assert read_radiograph(tmp_path / "xa.dcm").parameters.source_to_isocenter == pytest.approx(990.0)
+    _write_dicom(tmp_path / "emf.dcm", img, sdd=1480.0, sod=990.0, extra={"EstimatedRadiographicMagnificationFactor":
+                                                                           "1.6"})
+    emf = read_radiograph(tmp_path / "emf.dcm")
+    assert emf.parameters.source_to_isocenter == pytest.approx(1480.0 / 1.6)
+    assert any("(0018,1114)" in t for t in emf.tags_used)
     # MONOCHROME1 (high = dark) is inverted so that beads stay dark in raw images
     _write_dicom(tmp_path / "m1.dcm", img, monochrome="MONOCHROME1")
     inv = read_radiograph(tmp_path / "m1.dcm").image
@@ -108,6 +55,7 @@ def test_dicom_inconsistent_distances_are_rejected():
     from pydicom.dataset import Dataset
 
     ds = Dataset()
+    ds.Modality = "XA"
     ds.DistanceSourceToDetector, ds.DistanceSourceToPatient = 900.0, 1000.0
     with pytest.raises(ValueError, match=r"not smaller than source-to-detector"):
         dicom_view_parameters(ds)
@@ -149,16 +97,28 @@ def test_png_tiff_npy_round_trip_and_bad_pixels(tmp_path):
 
 # -- tomoprior calibrate -----------------------------------------------------------------------
 
+#: Limits for 0.8 mm pixels (binning 4): the built-in targets are for 0.4 mm.
+COARSE_TOLERANCES = """
+heldout_rms: 0.1 px
+uncertainty: {source_to_isocenter: 3 mm, source_to_detector: 4 mm, detector_tilt_u: 0.2 deg, detector_tilt_v: 0.2 deg}
+error_vs_truth: {source_to_isocenter: 4 mm, source_to_detector: 6 mm, detector_tilt_u: 0.4 deg,
+                 detector_tilt_v: 0.4 deg, detector_rotation: 0.03 deg}
+"""
+
+
 def test_calibrate_dicom_and_npy_recovers_the_geometry(bead_images, tmp_path, light_checks, monkeypatch):
     _, dcm, npy, _, true, _ = bead_images
     out = tmp_path / "cal"
     real, results = pl.run_calibration, []
     monkeypatch.setattr(pl, "run_calibration", lambda *a, **k: results.append(real(*a, **k)) or results[-1])
-    r = CliRunner().invoke(calibrate, ["--images", str(dcm), str(npy), "--phantom", "bead_cage", "--out", str(out)])
+    (tmp_path / "qa.yaml").write_text(COARSE_TOLERANCES)
+    r = CliRunner().invoke(calibrate, ["--images", str(dcm), str(npy), "--phantom", "bead_cage", "--out", str(out),
+                                       "--tolerances", str(tmp_path / "qa.yaml"), "--site", "Test clinic"])
     assert r.exit_code == 0, r.output
     _CACHE["result"] = results[0]
     assert "frontal: DICOM attributes" in r.output and "lateral: built-in pediatric setup, binning 4" in r.output
     assert "fit RMS px" in r.output and f"report: {out / 'report.html'}" in r.output
+    assert "QA verdict: PASS" in r.output
     geom = tp.Geometry.load(out / "geometry.yaml")
     for est, t in zip(geom.parameters, true.parameters):
         # 0.8 mm pixels, 3000 photons: distances to a few mm, principal point to a fraction of a pixel
@@ -169,8 +129,14 @@ def test_calibrate_dicom_and_npy_recovers_the_geometry(bead_images, tmp_path, li
     assert data["calibration_result"]["converged"] is True
     assert data["triangulation"]["aligned"] is True and data["triangulation"]["rms_mm"] < 0.3
     assert data["reprojection"]["rms_px"] < 0.3
+    assert data["verdict"]["verdict"] == "PASS" and data["verdict"]["tolerances_source"].endswith("qa.yaml")
+    assert data["signoff"]["site"] == "Test clinic" and len(data["inputs"]) == 2
+    assert {f["sha256"] for f in data["inputs"]} and all(len(f["sha256"]) == 64 for f in data["inputs"])
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4  # residuals x2, projector error, sensitivity
+    # blobs, residuals x2, sensitivity; no projector check for real images
+    assert html.count("data:image/png;base64,") == 4 and "Projector check" not in html
+    assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
+    assert not (out / "geometry.FAILED.yaml").exists()
     assert not list(out.glob(".*")) and not list(tmp_path.glob(".*"))
 
 
@@ -199,11 +165,15 @@ def test_calibrate_bad_inputs_exit_2_and_write_nothing(bead_images, tmp_path):
     r = call("--images", str(npy), str(tmp_path / "small.npy"), "--phantom", "bead_cage", "--initial",
              str(tmp_path / "g.yaml"))
     assert r.exit_code == 2 and "200 x 200 pixels" in r.output and "384 x 384" in r.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # readable images without enough beads: the QA ran and FAILS (exit 1) with a report, no geometry
     blank = np.random.default_rng(0).poisson(3000.0, (384, 384)).astype(float)
     np.save(tmp_path / "blank.npy", blank)
     r = call("--images", str(tmp_path / "blank.npy"), str(npy), "--phantom", "bead_cage")
-    assert r.exit_code == 2 and "view 'frontal': found 0 bead(s)" in r.output
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert r.exit_code == 1 and "view 'frontal': found 0 bead(s)" in r.output and "QA verdict: FAIL" in r.output
+    data = json.loads((out / "report.json").read_text())
+    assert data["verdict"]["verdict"] == "FAIL" and "found 0 bead(s)" in data["verdict"]["reasons"][0]
+    assert not list(out.glob("geometry*.yaml")) and (out / "blobs.png").exists()
 
 
 _CACHE = {}
@@ -226,18 +196,24 @@ def test_calibrate_non_convergence_is_reported(bead_images, tmp_path, monkeypatc
     out = tmp_path / "cal"
     r = CliRunner().invoke(calibrate, ["--images", str(dcm), str(npy), "--phantom", "bead_cage", "--out", str(out),
                                        "--quiet"])
-    assert r.exit_code == 2
-    assert "DID NOT CONVERGE" in r.output and "did not converge; the best fit is in the report" in r.output
+    assert r.exit_code == 1
+    assert "DID NOT CONVERGE" in r.output and "the geometry fit did not converge" in r.output
     assert "maximum number of function evaluations" in (out / "report.html").read_text()
-    assert json.loads((out / "report.json").read_text())["summary"]["fit converged"] is False
+    data = json.loads((out / "report.json").read_text())
+    assert data["summary"]["fit_converged"] is False
+    item = next(i for i in data["verdict"]["items"] if i["name"] == "fit_converged")
+    assert item["pass"] is False and item["value"] is False
+    assert (out / "geometry.FAILED.yaml").exists() and not (out / "geometry.yaml").exists()
+    assert "FAILED CALIBRATION" in (out / "geometry.FAILED.yaml").read_text()
 
 
 # -- tomoprior validate ------------------------------------------------------------------------
 
 def test_validate_main_job_small(tmp_path, light_checks, beads_only):
     out = tmp_path / "val"
+    (tmp_path / "qa.yaml").write_text(COARSE_TOLERANCES)
     r = CliRunner().invoke(validate, ["--binning", "4", "--photons", "3000", "--phantom", str(beads_only), "--out",
-                                      str(out), "--quiet"])
+                                      str(out), "--quiet", "--no-pdf", "--tolerances", str(tmp_path / "qa.yaml")])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert any(line.startswith("frontal ") for line in lines) and any(line.startswith("lateral ") for line in lines)
@@ -254,9 +230,14 @@ def test_validate_main_job_small(tmp_path, light_checks, beads_only):
     assert data["triangulation"]["rms_mm"] < 0.3 and data["triangulation"]["aligned"] is False
     assert data["heel_effect"]["min"] < 0.95 < data["heel_effect"]["max"] + 0.1
     assert data["projector_vs_analytic"]["comparison"]["median_relative_error"] < 0.1
-    assert {f.name for f in out.glob("*.png")} == {"residuals_0_frontal.png", "residuals_1_lateral.png",
+    assert {f.name for f in out.glob("*.png")} == {"blobs.png", "residuals_0_frontal.png", "residuals_1_lateral.png",
                                                     "heel_effect.png", "projector_error.png", "sensitivity.png"}
     assert tp.Geometry.load(out / "geometry.yaml").num_views == 2
+    items = {(i["name"], i["view"]): i for i in data["verdict"]["items"]}
+    sdd = items[("error_vs_truth.source_to_detector", "frontal")]
+    assert sdd["unit"] == "mm" and sdd["limit"] == 6.0 and sdd["pass"] is True
+    assert sdd["value"] == pytest.approx(abs(data["parameter_errors"][1]["error"]))
+    assert not (out / "report.pdf").exists()
 
 
 def test_validate_bad_options_exit_2_and_write_nothing(tmp_path):

@@ -157,7 +157,9 @@ def test_simulation_chain_equals_physics_radiograph():
                   Sphere((5.0, 3.0, -4.0), 2.0, 0.9, label="bead_0"), Sphere((-20.0, 10.0, 15.0), 2.0, 0.9,
                                                                               label="bead_1")])
     geom = tp.BiplanarGeometry.from_parameters(binning=32)
-    cfg = MainJobConfig(photons=500.0, seed=3, focal_spot_mm=0.6, detector_blur_px=0.7)
+    # physics.radiograph samples at pixel centres: compare with the centre-sampled chain (the
+    # main job's pixel-area integration is tested in tests/calibration/test_calib_pixel_integration.py)
+    cfg = MainJobConfig(photons=500.0, seed=3, focal_spot_mm=0.6, detector_blur_px=0.7, pixel_subsamples=1)
     counts, heel = pl.simulate_radiographs(ph, geom, cfg)
     ref = physics.radiograph(ph, geom, photons_per_pixel=500.0, kvp=cfg.kvp, heel=torch.as_tensor(heel),
                              focal_spot_mm=0.6, detector_blur_px=0.7, noise=True, seed=3).numpy()

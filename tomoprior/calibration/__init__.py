@@ -11,12 +11,13 @@ from .correspondence import coarse_shift, coarse_shifts, match_points
 from .design import BeadDesign, bead_design
 from .detection import Detections, detect_beads, to_line_integrals
 from .fit import GAUGES, FitProblem, fit_geometry
-from .result import CalibrationResult
+from .result import CalibrationError, CalibrationResult
 from .simulate import bead_line_integrals, bead_radiographs
 
 __all__ = [
     "GAUGES",
     "BeadDesign",
+    "CalibrationError",
     "CalibrationResult",
     "Detections",
     "FitProblem",

@@ -14,7 +14,7 @@ from .correspondence import coarse_shifts, match_points
 from .design import BeadDesign, bead_design
 from .detection import Detections, detect_beads
 from .fit import ANGLES, FIELDS, POSE_NAMES, FitProblem, fit_geometry, rotation_from_vector
-from .result import CalibrationFailure, CalibrationResult
+from .result import CalibrationError, CalibrationResult
 
 __all__ = ["calibrate", "triangulate"]
 
@@ -239,7 +239,7 @@ def _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev, outlier_s
         obs = [(idx[ln <= limit], pts[ln <= limit]) for (idx, pts), ln in zip(obs, lengths)]
         for i, (idx, _) in enumerate(obs):
             if len(idx) < min_beads:
-                raise CalibrationFailure(
+                raise CalibrationError(
                     f"view {i}: only {len(idx)} beads remain after rejecting residuals > {limit:.2f} px; need "
                     f"{min_beads}. The correspondence or the detections are probably wrong", view=i,
                     matched=len(idx), needed=min_beads,
@@ -424,7 +424,7 @@ def calibrate(
     for i, (p, det) in enumerate(zip(params, dets)):
         where = f"view {i} ({p.name!r})"
         if len(det) < min_beads:
-            raise CalibrationFailure(
+            raise CalibrationError(
                 f"{where}: found only {len(det)} bead(s) (need >= {min_beads} of the {len(design)} in "
                 f"{design.name!r}) at (col, row) px: {_fmt_points(det.positions)}. Check exposure, kind='raw' vs "
                 "'line_integrals', expected_radius_px or the detection threshold", view=i, view_name=p.name,
@@ -439,7 +439,7 @@ def calibrate(
         p_fit, di, dj = _match_view(p, world, det, gate0, 50)
         n_train = int(train_mask[di].sum())
         if n_train < min_beads:
-            raise CalibrationFailure(
+            raise CalibrationError(
                 f"{where}: only {len(di)} of {len(det)} detected beads could be matched to the design "
                 f"({n_train} for the fit; need >= {min_beads}). Detected at (col, row) px: "
                 f"{_fmt_points(det.positions)}. Check the initial geometry (angles, distances, principal point) "
@@ -466,7 +466,7 @@ def calibrate(
     # the fit's outlier limit (a held-out bead matched to a stray blob must not count as a
     # geometry error, nor enter the triangulation)
     inliers = []
-    for v, ((_, di, dj), (idx_fit, _)) in enumerate(zip(matched, obs)):
+    for (_, di, dj), (idx_fit, _) in zip(matched, obs):
         keep = np.isin(di, idx_fit) | ~train_mask[di]
         inliers.append((di[keep], dj[keep]))
     if kfold:
@@ -534,4 +534,5 @@ def calibrate(
         matches=[(design_index.copy(), detection_index.copy()) for design_index, detection_index in inliers],
         rejected_ids=[tuple(design.ids[k] for k in r) for r in rejected], heldout_rejected_ids=h_rejected,
         outlier_limit_px=limit, design_ids=tuple(design.ids), solver_message=outcome.solver_message,
+        world_points=world_fit,
     )

@@ -29,6 +29,7 @@ from scipy.optimize import least_squares
 
 from .._threads import torch_threads
 from ..geometry import ViewParameters
+from ..geometry.parameters import UnitsWarning
 from ..geometry.view import _projection_matrix
 
 __all__ = ["GAUGES", "FitOutcome", "FitProblem", "fit_geometry", "rotation_from_vector"]
@@ -308,7 +309,10 @@ def fit_geometry(problem: FitProblem, *, max_nfev: int = 200, x0: np.ndarray | N
         w, v = np.linalg.eigh(jn)
         null = v[:, w < 1e-13 * w.max()]
         cov[np.abs(null).sum(1) > 1e-6, :] = np.inf
-    params, pose = problem.parameters_at(x)
+    with warnings.catch_warnings():
+        # a wild intermediate fit (wrong images) may hold large angles: the QA verdict reports it
+        warnings.simplefilter("ignore", UnitsWarning)
+        params, pose = problem.parameters_at(x)
     preds = problem.predict(torch.as_tensor(x, dtype=torch.float64))
     res = [(pr.detach().numpy() - obs) for pr, (_, obs) in zip(preds, problem.observations)]
     converged = bool(sol.success and sol.status > 0 and np.all(np.isfinite(r)) and float(np.abs(r).max()) < 1e5)

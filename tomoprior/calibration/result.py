@@ -13,10 +13,10 @@ import yaml
 from .._atomic import write_text_atomic
 from ..geometry import ViewParameters
 
-__all__ = ["CalibrationFailure", "CalibrationResult"]
+__all__ = ["CalibrationError", "CalibrationResult"]
 
 
-class CalibrationFailure(ValueError):
+class CalibrationError(ValueError):
     """The calibration ran on readable input but cannot produce a trustworthy fit: too few
     beads detected or matched in a view, or too few left after outlier rejection.
 
@@ -116,6 +116,8 @@ class CalibrationResult:
         Bead ids of the design, in design order (indices of :attr:`matches`).
     solver_message : str
         The least-squares solver's own termination message (:attr:`message` says it in words).
+    world_points : ndarray ``(n_design, 3)`` mm, optional
+        The design beads placed by the fitted pose (the world frame of :attr:`geometry`).
     """
 
     geometry: object
@@ -151,6 +153,7 @@ class CalibrationResult:
     outlier_limit_px: float = float("nan")
     design_ids: tuple = ()
     solver_message: str = ""
+    world_points: np.ndarray | None = None
 
     @property
     def heldout_geometric_rms_px(self) -> float:

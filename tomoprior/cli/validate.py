@@ -11,6 +11,8 @@ from pathlib import Path
 
 import click
 
+from .qa_common import EXIT_CODES_HELP, QAFailed, check_output_folder, load_qa_inputs, qa_options, write_qa_report
+
 DEFAULT_OUT = "tomoprior-out/validate"
 
 
@@ -31,13 +33,12 @@ def _miscalibration_text(mis: dict) -> str:
 
 def write_outcome_report(outcome, out: Path, title: str) -> Path:
     """Report folder for a pipeline outcome (atomic); returns the HTML path."""
-    from ..validation.report import outcome_report, write_report
+    from .qa_common import write_qa_report
 
-    report, extra = outcome_report(outcome, title=title)
-    return write_report(report, out, extra_files=extra)
+    return write_qa_report(outcome, Path(out), title)
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES_HELP)
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
               help="Report folder (created if missing; files of the same names are replaced atomically).")
 @click.option("--phantom", default="bead_cage", show_default=True,
@@ -47,18 +48,23 @@ def write_outcome_report(outcome, out: Path, title: str) -> Path:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the noise and the held-out beads.")
 @click.option("--binning", default=2, show_default=True, type=click.IntRange(min=1),
               help="Detector binning of the 1536^2 x 0.2 mm panel (2: 768^2 pixels of 0.4 mm).")
-@click.option("--quiet", is_flag=True, help="Only the summary table and the report path.")
-def validate(out_dir, phantom, photons, seed, binning, quiet):
-    """Simulate, calibrate and validate the built-in pediatric bi-planar setup (the main job).
+@qa_options
+@click.option("--quiet", is_flag=True, help="Only the summary table, the verdict and the report path.")
+def validate(out_dir, phantom, photons, seed, binning, tolerances_path, baseline_path, pdf, quiet):
+    """Simulate, calibrate and judge the built-in pediatric bi-planar setup (the main job).
 
     A TRUE geometry is the default setup (source-to-isocenter 1000 mm, source-to-detector
     1500 mm) with a realistic miscalibration; the calibration starts from the NOMINAL
     setup. Prints per view the fit and held-out reprojection RMS, the 3D triangulation
-    error and each parameter's error against the issue's targets, and writes an HTML
-    report (figures embedded), the PNG figures, report.json and geometry.yaml to --out.
+    error, each parameter's error against the truth, and the QA verdict; writes report.html
+    (verdict first, figures embedded), report.pdf, the PNG figures, report.json (with a
+    `verdict` block) and geometry.yaml (geometry.FAILED.yaml on FAIL) to --out.
     """
     from ..validation.pipeline import MainJobConfig, PipelineError, format_summary, run_main_job
 
+    out = Path(out_dir)
+    tolerances, baseline = load_qa_inputs(tolerances_path, baseline_path)
+    check_output_folder(out)
     config = MainJobConfig(phantom=phantom, photons=photons, seed=seed, binning=binning)
     if not quiet:
         click.echo(f"main job: phantom {phantom}, {photons:g} photons/pixel, binning {binning}, seed {seed}")
@@ -70,13 +76,14 @@ def validate(out_dir, phantom, photons, seed, binning, quiet):
             click.echo(f"[{time.perf_counter() - t0:6.1f} s] {stage}", err=True)
 
     try:
-        outcome = run_main_job(config, progress=progress)
-        progress("report")
-        html = write_outcome_report(outcome, Path(out_dir), "tomoprior validate: simulated bi-planar calibration")
+        outcome = run_main_job(config, progress=progress, tolerances=tolerances, baseline=baseline)
     except (PipelineError, ValueError, TypeError) as exc:
         raise PipelineFailure(str(exc)) from exc
+    progress("report")
+    html = write_qa_report(outcome, out, "tomoprior validate: simulated bi-planar calibration", pdf=pdf)
     click.echo(format_summary(outcome))
     click.echo(f"total {time.perf_counter() - t0:.1f} s")
     click.echo(f"report: {html}")
-    if not outcome.converged:
-        raise PipelineFailure(f"the calibration did not converge; the best fit is in the report {html}")
+    if not outcome.verdict.passed:
+        raise QAFailed(f"the calibration FAILS its QA ({len(outcome.verdict.failed)} item(s)); the geometry was "
+                       f"written as {out / 'geometry.FAILED.yaml'}, not as geometry.yaml")

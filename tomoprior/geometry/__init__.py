@@ -11,7 +11,7 @@ from .geometry import (
     magnification_at,
 )
 from .grid import VolumeGrid
-from .parameters import ViewParameters, default_frontal, default_lateral
+from .parameters import UnitsWarning, ViewParameters, default_frontal, default_lateral, read_view_parameters
 from .view import View
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "BiplanarGeometry",
     "Geometry",
     "GeometryWarning",
+    "UnitsWarning",
     "View",
     "ViewParameters",
     "VolumeGrid",
@@ -28,4 +29,5 @@ __all__ = [
     "magnification_at",
     "projections_from_astra",
     "projections_to_astra",
+    "read_view_parameters",
 ]

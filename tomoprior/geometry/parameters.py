@@ -69,6 +69,40 @@ def _zero() -> float:
     return 0.0
 
 
+class UnitsWarning(UserWarning):
+    """An angle given to :class:`ViewParameters` looks like degrees typed into a radian field."""
+
+
+#: Detector rotation/tilt beyond this (degrees) draws a :class:`UnitsWarning` (a calibrated
+#: detector is rarely off by more than a few degrees; 0.3 meant as degrees is 17 degrees).
+DETECTOR_ANGLE_WARN_DEG = 10.0
+#: Gantry angles beyond one turn (radians) draw a :class:`UnitsWarning` (90 meant as degrees).
+GANTRY_ANGLE_WARN_RAD = 2 * math.pi + 1e-9
+
+
+def _warn_suspect_angles(p: ViewParameters) -> None:
+    """Warn when a plain-number angle field is probably in degrees (tensors come from code: skipped)."""
+    import warnings
+
+    for f in p.ANGLE_FIELDS:
+        v = getattr(p, f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        deg = math.degrees(v)
+        if f in ("primary_angle", "secondary_angle"):
+            suspect = abs(v) > GANTRY_ANGLE_WARN_RAD
+        else:
+            # a quarter-turned detector (portrait/landscape) is legitimate
+            quarter = abs(deg / 90.0 - round(deg / 90.0)) * 90.0 < 1.0
+            suspect = abs(deg) > DETECTOR_ANGLE_WARN_DEG and not quarter
+        if suspect:
+            warnings.warn(
+                f"ViewParameters({p.name!r}).{f} = {v:g} rad is {deg:.1f} deg. Angles are in radians in code; if "
+                f"you meant {v:g} degrees, pass math.radians({v:g}) or use {f}_deg={v:g} with "
+                "ViewParameters.from_degrees(...) or .replace(...)", UnitsWarning, stacklevel=4,
+            )
+
+
 @dataclass
 class ViewParameters:
     """Physical parameters of one view; :meth:`to_view` is the differentiable map to a View.
@@ -145,7 +179,21 @@ class ViewParameters:
             raise ValueError(f"{where}.pixel_pitch must be > 0 mm, got {self.pixel_pitch!r}")
         self.detector_shape = as_positive_int_pair(self.detector_shape, f"{where}.detector_shape")
         as_vector3(self.isocenter, f"{where}.isocenter")
+        _warn_suspect_angles(self)
 
+    @classmethod
+    def from_degrees(cls, **fields) -> ViewParameters:
+        """Construct with angles in degrees: ``primary_angle_deg``, ``secondary_angle_deg``,
+        ``detector_rotation_deg``, ``detector_tilt_u_deg``, ``detector_tilt_v_deg`` (the other
+        fields as in the constructor).
+
+        Examples
+        --------
+        >>> p = ViewParameters.from_degrees(name="lateral", primary_angle_deg=90, detector_rotation_deg=0.3)
+        >>> round(p.primary_angle, 6), round(math.degrees(p.detector_rotation), 6)
+        (1.570796, 0.3)
+        """
+        return cls(**_degrees_to_radians(fields))
     # -- the differentiable map -----------------------------------------------------------
     def to_view(self, dtype: torch.dtype | None = None, device=None) -> View:
         """Build the :class:`View` (differentiable in every continuous field)."""
@@ -197,8 +245,12 @@ class ViewParameters:
         return (float(pr.detach()) / m, float(pc.detach()) / m)
 
     def replace(self, **changes) -> ViewParameters:
-        """A copy with some fields changed (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (``dataclasses.replace``).
+
+        Angles may be given in degrees with the ``_deg`` names (``detector_rotation_deg=0.3``);
+        the plain names take radians.
+        """
+        return dataclasses.replace(self, **_degrees_to_radians(changes))
 
     def binned(self, factor: int) -> ViewParameters:
         """The same detector read out with ``factor x factor`` binning (pitch x factor)."""
@@ -308,6 +360,18 @@ class ViewParameters:
         )
 
 
+def _degrees_to_radians(fields: dict) -> dict:
+    out = dict(fields)
+    for f in ViewParameters.ANGLE_FIELDS:
+        key = f + "_deg"
+        if key in out:
+            if f in out:
+                raise ValueError(f"give {f} (radians) or {key} (degrees), not both")
+            val = out.pop(key)
+            out[f] = val * (math.pi / 180.0) if isinstance(val, torch.Tensor) else math.radians(float(val))
+    return out
+
+
 def default_frontal(**changes) -> ViewParameters:
     """The default PA frontal view of the pediatric skull setup (source posterior)."""
     return ViewParameters(name="frontal", primary_angle=0.0).replace(**changes)
@@ -316,3 +380,104 @@ def default_frontal(**changes) -> ViewParameters:
 def default_lateral(**changes) -> ViewParameters:
     """The default left-lateral view (primary angle +90 deg: detector at the patient's left)."""
     return ViewParameters(name="lateral", primary_angle=math.pi / 2).replace(**changes)
+
+
+VIEW_PARAMETERS_SCHEMA = "tomoprior.view-parameters"
+
+
+def read_view_parameters(path) -> tuple[list[ViewParameters], object | None, str]:
+    """Physical view parameters from a file, whichever tomoprior file holds them.
+
+    Accepts a parameters-only file (``schema: tomoprior.view-parameters``, a ``views`` list
+    of :meth:`ViewParameters.to_dict` entries: angles in degrees, lengths in mm, and an
+    optional ``grid``), a calibration result written by
+    :meth:`tomoprior.calibration.CalibrationResult.save`, a QA ``report.json``, or a
+    geometry file whose views carry ``parameters``. A minimal parameters-only file::
+
+        schema: tomoprior.view-parameters
+        schema_version: 1
+        views:
+          - {name: frontal, primary_angle_deg: 0, source_to_isocenter: 1000, source_to_detector: 1500,
+             pixel_pitch: 0.4, detector_shape: [768, 768]}
+          - {name: lateral, primary_angle_deg: 90, source_to_isocenter: 1000, source_to_detector: 1500,
+             pixel_pitch: 0.4, detector_shape: [768, 768]}
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.yaml``, ``.yml`` or ``.json``.
+
+    Returns
+    -------
+    (list of ViewParameters, VolumeGrid or None, str)
+        The parameters per view, the grid if the file gives one, and what kind of file it was.
+
+    Raises
+    ------
+    ValueError
+        Missing or unreadable file, a file of another kind, or bad fields (named).
+    """
+    import json
+    from pathlib import Path
+
+    from .grid import VolumeGrid
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p} does not exist; give a geometry, view-parameters or calibration file")
+    if p.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"{p}: parameter files end in .yaml, .yml or .json")
+    if p.suffix.lower() == ".json":
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{p}: cannot read it as JSON ({str(exc)[:200]})") from exc
+    else:
+        from .._yaml import load_yaml
+
+        d = load_yaml(p, what="parameter file")
+    if not isinstance(d, dict):
+        raise ValueError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
+    if isinstance(d.get("calibration_result"), dict):  # a QA report.json
+        d = d["calibration_result"]
+    schema = d.get("schema")
+    grid = None
+    if schema == "tomoprior.calibration":
+        views = d.get("views")
+        if not isinstance(views, list) or not views:
+            raise ValueError(f"{p}: the calibration result has no views")
+        params = [ViewParameters.from_dict((v or {}).get("parameters"), where=f"{p}: views[{i}].parameters")
+                  for i, v in enumerate(views)]
+        geo = d.get("geometry")
+        if isinstance(geo, dict) and isinstance(geo.get("grid"), dict):
+            grid = VolumeGrid.from_dict(geo["grid"], f"{p}: geometry.grid")
+        return params, grid, "calibration result"
+    if schema == "tomoprior.geometry":
+        raw = d.get("parameters")
+        if not isinstance(raw, list) or not raw:
+            raise ValueError(f"{p}: this geometry file has view vectors but no physical 'parameters'; calibration "
+                             "needs parameters (write them as a tomoprior.view-parameters file)")
+        params = [ViewParameters.from_dict(v, where=f"{p}: parameters[{i}]") for i, v in enumerate(raw)]
+        if isinstance(d.get("grid"), dict):
+            grid = VolumeGrid.from_dict(d["grid"], f"{p}: grid")
+        return params, grid, "geometry file"
+    if schema != VIEW_PARAMETERS_SCHEMA:
+        raise ValueError(f"{p}: schema {str(schema)[:60]!r} is not a tomoprior geometry, view-parameters or "
+                         f"calibration file; a parameters-only file starts with 'schema: {VIEW_PARAMETERS_SCHEMA}'")
+    version = d.get("schema_version", 1)
+    if isinstance(version, bool) or version != 1:
+        raise ValueError(f"{p}: schema_version {str(version)[:20]!r} is not supported (this tomoprior reads 1)")
+    unknown = sorted(str(k) for k in d if k not in ("schema", "schema_version", "units", "grid", "views"))
+    if unknown:
+        raise ValueError(f"{p}: unknown top-level field(s) {unknown}; expected schema, schema_version, units, "
+                         "grid, views")
+    units = d.get("units") or {}
+    if not isinstance(units, dict) or units.get("length", "mm") != "mm" or units.get("angle", "deg") != "deg":
+        raise ValueError(f"{p}: units must be {{length: mm, angle: deg}}, got {str(units)[:80]}")
+    views = d.get("views")
+    if not isinstance(views, list) or not views:
+        raise ValueError(f"{p}: 'views' must be a non-empty list of view parameters")
+    params = [ViewParameters.from_dict(v, where=f"{p}: views[{i}]") for i, v in enumerate(views)]
+    if d.get("grid") is not None:
+        grid = VolumeGrid.from_dict(d["grid"], f"{p}: grid")
+    return params, grid, "view-parameters file"

@@ -1,37 +1,48 @@
 """Reading radiographs for calibration: PNG/TIFF (8/16-bit), NumPy ``.npy`` and DICOM.
 
-DICOM radiographs (DX, CR, XA, RF) carry the acquisition geometry; :func:`dicom_view_parameters`
-turns the standard attributes into an initial :class:`~tomoprior.geometry.ViewParameters`:
+DICOM radiographs carry the acquisition geometry; :func:`dicom_geometry` turns the standard
+attributes into a starting :class:`~tomoprior.geometry.ViewParameters` and records which
+attributes it used. Each attribute is read as its IOD defines it:
 
-============================  ===========  =====================================
+============================  ===========  ==============================================
 attribute                     tag          becomes
-============================  ===========  =====================================
-Distance Source to Detector   (0018,1110)  ``source_to_detector`` (mm)
-Distance Source to Patient    (0018,1111)  ``source_to_isocenter`` (mm) [#]_
-Imager Pixel Spacing          (0018,1164)  ``pixel_pitch`` (row, col) (mm)
+============================  ===========  ==============================================
+Distance Source to Detector   (0018,1110)  ``source_to_detector`` (mm), every modality
+Distance Source to Isocenter  (0018,9402)  ``source_to_isocenter`` (mm) where present
+Distance Source to Patient    (0018,1111)  ``source_to_isocenter`` only for XA and RF, whose
+                                           IODs define it as the distance to the isocenter.
+                                           In DX, CR, MG, IO it is the distance to the patient
+                                           support or entrance surface: NOT used
+Estimated Radiographic        (0018,1114)  DX/CR: ``source_to_isocenter = source_to_detector /
+Magnification Factor                       factor`` (the magnification at the object)
+Imager Pixel Spacing          (0018,1164)  ``pixel_pitch`` (row, col) at the detector (mm)
 Positioner Primary Angle      (0018,1510)  ``primary_angle`` (deg in the file)
 Positioner Secondary Angle    (0018,1511)  ``secondary_angle`` (deg in the file)
 Rows, Columns                 (0028,0010/0011)  ``detector_shape``
-============================  ===========  =====================================
+============================  ===========  ==============================================
 
-.. [#] The standard defines it to the patient surface; angiography systems write the
-   distance to the isocenter there. It is only a starting point: calibration fits it.
-
-Missing attributes fall back to the nominal value (a warning lists them).
+Missing attributes fall back to the nominal value; :attr:`Radiograph.missing_tags` lists
+them and :attr:`Radiograph.tags_used` says where each starting value came from (the QA
+report prints both). Missing positioner angles are not guessed by ``tomoprior calibrate``:
+it refuses and asks for ``--initial`` or the angle flags. The report's sign-off fields
+(site, system, serial number, operator, acquisition date, kVp) are read from the usual
+attributes where present (:data:`SIGNOFF_TAGS`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..geometry.parameters import ViewParameters
 
-__all__ = ["IMAGE_SUFFIXES", "Radiograph", "dicom_view_parameters", "read_radiograph"]
+__all__ = ["IMAGE_SUFFIXES", "SIGNOFF_TAGS", "Radiograph", "dicom_geometry", "dicom_view_parameters", "file_sha256",
+           "read_radiograph"]
 
 #: File suffixes understood by :func:`read_radiograph` (case-insensitive).
 IMAGE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".dcm", ".dicom")
@@ -42,6 +53,24 @@ _DICOM_FIELDS = {
     "ImagerPixelSpacing": "(0018,1164)",
     "PositionerPrimaryAngle": "(0018,1510)",
     "PositionerSecondaryAngle": "(0018,1511)",
+}
+#: Optional geometry attributes (read when present, never reported missing).
+_OPTIONAL_FIELDS = {
+    "DistanceSourceToIsocenter": "(0018,9402)",
+    "EstimatedRadiographicMagnificationFactor": "(0018,1114)",
+}
+#: Modalities whose IOD defines Distance Source to Patient as the distance to the isocenter.
+ISOCENTRIC_MODALITIES = ("XA", "RF")
+
+#: Report sign-off field -> DICOM keywords tried in order (tag in the comment).
+SIGNOFF_TAGS = {
+    "site": ("InstitutionName",),  # (0008,0080)
+    "system": ("ManufacturerModelName", "StationName"),  # (0008,1090), (0008,1010)
+    "manufacturer": ("Manufacturer",),  # (0008,0070)
+    "serial": ("DeviceSerialNumber",),  # (0018,1000)
+    "operator": ("OperatorsName",),  # (0008,1070)
+    "acquisition_date": ("AcquisitionDate", "ContentDate", "StudyDate"),  # (0008,0022/0023/0020)
+    "kvp": ("KVP",),  # (0018,0060)
 }
 
 
@@ -57,14 +86,26 @@ class Radiograph:
     path : str
     parameters : ViewParameters or None
         Initial view parameters from DICOM attributes (None for other formats).
-    missing_tags : list of str
+    missing_tags : tuple of str
         DICOM attributes that were absent (nominal values used instead).
+    modality : str or None
+        DICOM Modality (0008,0060), e.g. ``"DX"``, ``"XA"``.
+    tags_used : tuple of str
+        One line per starting parameter: its value and the attribute (or default) it came from.
+    signoff : dict
+        Sign-off fields found in the DICOM header (keys of :data:`SIGNOFF_TAGS`).
+    sha256 : str
+        SHA-256 of the file (hex), for the report's record of its inputs.
     """
 
     image: np.ndarray
     path: str
     parameters: ViewParameters | None = None
     missing_tags: tuple = ()
+    modality: str | None = None
+    tags_used: tuple = ()
+    signoff: dict = field(default_factory=dict)
+    sha256: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -146,7 +187,19 @@ def read_radiograph(path, *, name: str | None = None) -> Radiograph:
         raise ValueError(f"{p}: cannot read the image ({exc})") from exc
     except Exception as exc:  # readers raise many types for corrupt files
         raise ValueError(f"{p}: cannot read the image ({type(exc).__name__}: {exc})") from exc
-    return Radiograph(_check_pixels(np.asarray(img), str(p)), str(p))
+    return Radiograph(_check_pixels(np.asarray(img), str(p)), str(p), sha256=file_sha256(p))
+
+
+def file_sha256(path) -> str:
+    """SHA-256 (hex) of a file's bytes; ``""`` if it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest()
 
 
 def _looks_like_dicom(p: Path) -> bool:
@@ -172,8 +225,16 @@ def _read_dicom(p: Path, name: str | None) -> Radiograph:
     img = img * slope + intercept
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         img = img.max() + img.min() - img  # MONOCHROME1: high values are dark; make high = bright
-    params, missing = dicom_view_parameters(ds, name=name or p.stem, shape=img.shape)
-    return Radiograph(img, str(p), params, tuple(missing))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the missing attributes are reported below, by file name
+        geo = dicom_geometry(ds, name=name or p.stem, shape=img.shape)
+    if geo["missing"]:
+        warnings.warn(
+            f"{p}: DICOM attribute(s) {', '.join(f'{k} {_DICOM_FIELDS[k]}' for k in geo['missing'])} missing; "
+            "using nominal values as the starting point", UserWarning, stacklevel=2,
+        )
+    return Radiograph(img, str(p), geo["parameters"], tuple(geo["missing"]), geo["modality"], tuple(geo["used"]),
+                      geo["signoff"], file_sha256(p))
 
 
 def _ds_number(ds, keyword: str, where: str):
@@ -191,14 +252,25 @@ def _ds_number(ds, keyword: str, where: str):
             out = float(val)
             ok = math.isfinite(out)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: DICOM {keyword} {_DICOM_FIELDS[keyword]} is not a valid number: {val!r}") from exc
+        raise ValueError(f"{where}: DICOM {keyword} {_tag(keyword)} is not a valid number: {str(val)[:60]!r}") from exc
     if not ok:
-        raise ValueError(f"{where}: DICOM {keyword} {_DICOM_FIELDS[keyword]} has an invalid value {val!r}")
+        raise ValueError(f"{where}: DICOM {keyword} {_tag(keyword)} has an invalid value {str(val)[:60]!r}")
     return out
 
 
-def dicom_view_parameters(ds, *, name: str = "view", shape=None, nominal: ViewParameters | None = None):
-    """Initial view parameters from a DICOM dataset's geometry attributes.
+def _tag(keyword: str) -> str:
+    return _DICOM_FIELDS.get(keyword) or _OPTIONAL_FIELDS.get(keyword, "")
+
+
+def _text(ds, keyword: str) -> str | None:
+    val = getattr(ds, keyword, None)
+    if val is None or str(val).strip() == "":
+        return None
+    return str(val).strip()[:120]
+
+
+def dicom_geometry(ds, *, name: str = "view", shape=None, nominal: ViewParameters | None = None) -> dict:
+    """Starting view parameters from a DICOM dataset, read per its modality, and their provenance.
 
     Parameters
     ----------
@@ -212,47 +284,105 @@ def dicom_view_parameters(ds, *, name: str = "view", shape=None, nominal: ViewPa
 
     Returns
     -------
-    (ViewParameters, list of str)
-        The parameters and the keywords of the attributes that were missing.
+    dict
+        ``parameters`` (ViewParameters), ``missing`` (list of attribute keywords that were
+        absent), ``used`` (list of str: each starting value and its source), ``modality``
+        (str or None) and ``signoff`` (dict of the fields of :data:`SIGNOFF_TAGS` found).
 
-    Examples
-    --------
-    >>> from pydicom.dataset import Dataset
-    >>> ds = Dataset(); ds.Rows, ds.Columns = 512, 640
-    >>> ds.DistanceSourceToDetector, ds.DistanceSourceToPatient = 1450.0, 980.0
-    >>> ds.ImagerPixelSpacing = [0.15, 0.16]; ds.PositionerPrimaryAngle = 90.0; ds.PositionerSecondaryAngle = 0.0
-    >>> p, missing = dicom_view_parameters(ds, name="lateral")
-    >>> p.source_to_detector, p.pixel_pitch, p.detector_shape, round(math.degrees(p.primary_angle), 6), missing
-    (1450.0, (0.15, 0.16), (512, 640), 90.0, [])
+    Raises
+    ------
+    ValueError
+        An attribute that is not a valid number, or a source-to-isocenter distance that is
+        not smaller than the source-to-detector distance.
     """
     nominal = nominal or ViewParameters(name=name)
     where = f"DICOM view {name!r}"
-    vals = {k: _ds_number(ds, k, where) for k in _DICOM_FIELDS}
-    missing = [k for k, v in vals.items() if v is None]
+    modality = _text(ds, "Modality")
+    modality = modality.upper() if modality else None
+    vals = {k: _ds_number(ds, k, where) for k in (*_DICOM_FIELDS, *_OPTIONAL_FIELDS)}
+    missing = [k for k in _DICOM_FIELDS if vals[k] is None]
+    used = []
     if shape is None:
         rows, cols = getattr(ds, "Rows", None), getattr(ds, "Columns", None)
         shape = (int(rows), int(cols)) if rows and cols else nominal.detector_shape
     changes = {"name": name, "detector_shape": tuple(int(x) for x in shape)}
-    if vals["DistanceSourceToDetector"] is not None:
-        changes["source_to_detector"] = vals["DistanceSourceToDetector"]
-    if vals["DistanceSourceToPatient"] is not None:
-        changes["source_to_isocenter"] = vals["DistanceSourceToPatient"]
+    used.append(f"detector_shape {changes['detector_shape'][0]} x {changes['detector_shape'][1]}: Rows, Columns "
+                "(0028,0010/0011)")
+    sdd = vals["DistanceSourceToDetector"]
+    if sdd is not None:
+        changes["source_to_detector"] = sdd
+        used.append(f"source_to_detector {sdd:g} mm: DistanceSourceToDetector (0018,1110)")
+    else:
+        used.append(f"source_to_detector {float(nominal.source_to_detector):g} mm: nominal (attribute missing)")
+    sdd_now = float(changes.get("source_to_detector", nominal.source_to_detector))
+    dsp = vals["DistanceSourceToPatient"]
+    if vals["DistanceSourceToIsocenter"] is not None:
+        changes["source_to_isocenter"] = vals["DistanceSourceToIsocenter"]
+        used.append(f"source_to_isocenter {vals['DistanceSourceToIsocenter']:g} mm: DistanceSourceToIsocenter "
+                    "(0018,9402)")
+    elif dsp is not None and modality in ISOCENTRIC_MODALITIES:
+        changes["source_to_isocenter"] = dsp
+        used.append(f"source_to_isocenter {dsp:g} mm: DistanceSourceToPatient (0018,1111), the isocenter "
+                    f"distance in {modality}")
+    elif vals["EstimatedRadiographicMagnificationFactor"] is not None and \
+            vals["EstimatedRadiographicMagnificationFactor"] > 1.0:
+        emf = vals["EstimatedRadiographicMagnificationFactor"]
+        changes["source_to_isocenter"] = sdd_now / emf
+        used.append(f"source_to_isocenter {sdd_now / emf:.1f} mm: source_to_detector / "
+                    f"EstimatedRadiographicMagnificationFactor (0018,1114) = {emf:g}")
+    else:
+        why = ("DistanceSourceToPatient (0018,1111) is the distance to the patient support or surface in "
+               f"{modality or 'this modality'}, not to the isocenter") if dsp is not None else "no attribute gives it"
+        used.append(f"source_to_isocenter {float(nominal.source_to_isocenter):g} mm: nominal ({why})")
     if vals["ImagerPixelSpacing"] is not None:
         changes["pixel_pitch"] = vals["ImagerPixelSpacing"]
-    if vals["PositionerPrimaryAngle"] is not None:
-        changes["primary_angle"] = math.radians(vals["PositionerPrimaryAngle"])
-    if vals["PositionerSecondaryAngle"] is not None:
-        changes["secondary_angle"] = math.radians(vals["PositionerSecondaryAngle"])
+        used.append(f"pixel_pitch {vals['ImagerPixelSpacing'][0]:g} x {vals['ImagerPixelSpacing'][1]:g} mm: "
+                    "ImagerPixelSpacing (0018,1164)")
+    else:
+        used.append("pixel_pitch: nominal (ImagerPixelSpacing (0018,1164) missing)")
+    for key, fld in (("PositionerPrimaryAngle", "primary_angle"), ("PositionerSecondaryAngle", "secondary_angle")):
+        if vals[key] is not None:
+            changes[fld] = math.radians(vals[key])
+            used.append(f"{fld} {vals[key]:g} deg: {key} {_DICOM_FIELDS[key]}")
+        else:
+            used.append(f"{fld}: MISSING ({key} {_DICOM_FIELDS[key]} absent)")
     sod = changes.get("source_to_isocenter", nominal.source_to_isocenter)
-    sdd = changes.get("source_to_detector", nominal.source_to_detector)
-    if float(sod) >= float(sdd):
+    if float(sod) >= sdd_now:
         raise ValueError(
-            f"{where}: source-to-patient {float(sod)} mm is not smaller than source-to-detector {float(sdd)} mm; "
-            "check DistanceSourceToPatient (0018,1111) and DistanceSourceToDetector (0018,1110)"
+            f"{where}: source-to-isocenter {float(sod):g} mm is not smaller than source-to-detector {sdd_now:g} mm; "
+            "check DistanceSourceToPatient (0018,1111) / DistanceSourceToIsocenter (0018,9402) and "
+            "DistanceSourceToDetector (0018,1110)"
         )
+    signoff = {}
+    for fld, keywords in SIGNOFF_TAGS.items():
+        for kw in keywords:
+            t = _text(ds, kw)
+            if t is not None:
+                signoff[fld] = t
+                break
     if missing:
         warnings.warn(
             f"{where}: DICOM attribute(s) {', '.join(f'{k} {_DICOM_FIELDS[k]}' for k in missing)} missing; "
             "using nominal values as the starting point", UserWarning, stacklevel=2,
         )
-    return nominal.replace(**changes), missing
+    return {"parameters": nominal.replace(**changes), "missing": missing, "used": used, "modality": modality,
+            "signoff": signoff}
+
+
+def dicom_view_parameters(ds, *, name: str = "view", shape=None, nominal: ViewParameters | None = None):
+    """Initial view parameters from a DICOM dataset's geometry attributes.
+
+    The short form of :func:`dicom_geometry`: ``(ViewParameters, list of missing keywords)``.
+
+    Examples
+    --------
+    >>> from pydicom.dataset import Dataset
+    >>> ds = Dataset(); ds.Rows, ds.Columns = 512, 640; ds.Modality = "XA"
+    >>> ds.DistanceSourceToDetector, ds.DistanceSourceToPatient = 1450.0, 980.0
+    >>> ds.ImagerPixelSpacing = [0.15, 0.16]; ds.PositionerPrimaryAngle = 90.0; ds.PositionerSecondaryAngle = 0.0
+    >>> p, missing = dicom_view_parameters(ds, name="lateral")
+    >>> p.source_to_detector, p.source_to_isocenter, p.pixel_pitch, p.detector_shape, missing
+    (1450.0, 980.0, (0.15, 0.16), (512, 640), [])
+    """
+    geo = dicom_geometry(ds, name=name, shape=shape, nominal=nominal)
+    return geo["parameters"], geo["missing"]

@@ -27,7 +27,8 @@ import numpy as np
 
 from .._atomic import write_bytes_atomic, write_text_atomic
 
-__all__ = ["Figure", "Report", "outcome_report", "software_versions", "write_report"]
+__all__ = ["Cell", "Figure", "Report", "failure_report", "outcome_report", "pdf_bytes", "software_versions",
+           "write_report"]
 
 #: Packages whose versions every report records.
 VERSIONED = ("tomoprior", "numpy", "scipy", "torch", "matplotlib", "spekpy", "xraylib", "pydicom", "scikit-image")
@@ -76,6 +77,14 @@ class Report:
         Preformatted text sections (e.g. the geometry YAML).
     notes : list of str
         Free-text remarks (e.g. a fit that did not converge).
+    banner : dict, optional
+        The verdict shown first: ``{"label": "PASS" | "FAIL", "views": {name: label},
+        "reasons": [str]}``.
+    signoff : list of (label, value)
+        Sign-off fields (site, system, operator, ...), shown beside the summary with blank
+        signature lines.
+    appendix : list of (heading, list of dict)
+        Tables shown after the figures under "Appendix".
     """
 
     title: str
@@ -85,6 +94,10 @@ class Report:
     numbers: dict = field(default_factory=dict)
     texts: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    banner: dict | None = None
+    signoff: list = field(default_factory=list)
+    appendix: list = field(default_factory=list)
+    figure_heading: str = "Figures"
 
 
 # -- JSON ---------------------------------------------------------------------------------
@@ -133,22 +146,48 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
-def _table(rows: list) -> str:
-    if not rows:
-        return "<p><em>(empty)</em></p>"
+@dataclass(frozen=True)
+class Cell:
+    """A table cell with a state: ``"fail"`` is drawn red, ``"pass"`` green, None plain."""
+
+    value: object
+    state: str | None = None
+
+    def __str__(self) -> str:
+        return _plain_text(self.value)
+
+
+def _plain_text(v) -> str:
+    """Cell text without HTML escaping (for the PDF)."""
+    if isinstance(v, Cell):
+        return _plain_text(v.value)
+    return html.unescape(_fmt(v))
+
+
+def _columns(rows: list) -> list:
     cols = list(rows[0].keys())
     for r in rows[1:]:
         cols += [k for k in r if k not in cols]
+    return cols
+
+
+def _table(rows: list) -> str:
+    if not rows:
+        return "<p><em>(empty)</em></p>"
+    cols = _columns(rows)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
     body = []
     for r in rows:
         cells = []
         for c in cols:
             v = r.get(c)
-            cls = ' class="bad"' if v is False else ""
-            cells.append(f"<td{cls}>{_fmt(v)}</td>")
+            state = v.state if isinstance(v, Cell) else ("fail" if v is False else None)
+            text = _fmt(v.value if isinstance(v, Cell) else v)
+            classes = {"fail": ["bad"], "pass": ["good"]}.get(state, []) + (["long"] if len(text) > 40 else [])
+            cls = f' class="{" ".join(classes)}"' if classes else ""
+            cells.append(f"<td{cls}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='wrap'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 _CSS = """
@@ -157,7 +196,17 @@ line-height:1.4;padding:0 1em}
 h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 th,td{border:1px solid #ccc;padding:.25em .55em;text-align:right}th{background:#f2f2f2}
-td:first-child,th:first-child{text-align:left}td.bad{background:#fdd;font-weight:bold}
+td:first-child,th:first-child{text-align:left}td.bad{background:#f8c8c8;color:#900;font-weight:bold}
+td.good{color:#185c18}th{white-space:normal;vertical-align:bottom}td{white-space:nowrap}
+td.long{white-space:normal;min-width:16em;text-align:left}.wrap{overflow-x:auto;max-width:100%}
+.banner{padding:.7em 1em;border-radius:6px;font-size:1.15em;margin:.8em 0;border:2px solid}
+.banner.pass{background:#e3f4e3;border-color:#2e8b2e;color:#185c18}
+.banner.fail{background:#fbe1e1;border-color:#c02020;color:#7a0c0c}
+.banner b.big{font-size:1.6em;margin-right:.6em}.banner ul{margin:.4em 0 0 1.2em;padding:0;font-size:.85em}
+.chip{display:inline-block;padding:.05em .5em;margin-left:.4em;border-radius:3px;font-size:.8em;color:#fff}
+.chip.pass{background:#2e8b2e}.chip.fail{background:#c02020}
+.grid{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.sign td{min-width:12em}
+@media print{.wrap{overflow:visible}h2{break-after:avoid}}
 figure{margin:1em 0;display:inline-block;max-width:100%}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555;max-width:900px}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.8em}
 .note{background:#fff6d6;border-left:4px solid #e0b000;padding:.5em .8em}
@@ -174,29 +223,55 @@ def render_html(report: Report, numbers: dict) -> str:
         f"{html.escape(str(numbers.get('software', {}).get('tomoprior')))}. Lengths in mm, angles in degrees, "
         "image positions in detector pixels. Every number is also in <code>report.json</code>.</p>",
     ]
+    if report.banner:
+        parts.append(_banner_html(report.banner))
     for note in report.notes:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")
-    if report.summary:
-        parts.append("<h2>Summary</h2>")
-        parts.append(_table([{"quantity": k, "value": v} for k, v in report.summary]))
+    if report.summary or report.signoff:
+        parts.append("<div class='grid'>")
+        if report.summary:
+            rows = report.summary if isinstance(report.summary[0], dict) else \
+                [{"quantity": k, "value": v} for k, v in report.summary]
+            parts.append("<div><h2>Summary</h2>" + _table(rows) + "</div>")
+        if report.signoff:
+            sign = [{"field": k, "value": v} for k, v in report.signoff]
+            sign += [{"field": "reviewed by (name, signature)", "value": ""}, {"field": "date", "value": ""}]
+            parts.append("<div class='sign'><h2>Sign-off</h2>" + _table(sign) + "</div>")
+        parts.append("</div>")
     for heading, rows in report.tables:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(_table(rows))
     if report.figures:
-        parts.append("<h2>Figures</h2>")
+        parts.append(f"<h2>{html.escape(report.figure_heading)}</h2>")
     for fig in report.figures:
         b64 = base64.b64encode(fig.png).decode("ascii")
         parts.append(
             f"<figure><img alt='{html.escape(fig.caption)}' src='data:image/png;base64,{b64}'>"
             f"<figcaption><b>{html.escape(fig.filename)}</b>: {html.escape(fig.caption)}</figcaption></figure>"
         )
+    if report.appendix:
+        parts.append("<h2 style='border-bottom:3px double #999'>Appendix</h2>")
+    for heading, rows in report.appendix:
+        parts.append(f"<h3>{html.escape(heading)}</h3>")
+        parts.append(_table(rows))
     for heading, text in report.texts:
-        parts.append(f"<h2>{html.escape(heading)}</h2><pre>{html.escape(text)}</pre>")
+        parts.append(f"<h3>{html.escape(heading)}</h3><pre>{html.escape(text)}</pre>")
     sw = numbers.get("software", {})
     parts.append("<h2>Software</h2>")
     parts.append(_table([{"package": k, "version": v} for k, v in sw.items()]))
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _banner_html(b: dict) -> str:
+    label = str(b.get("label", ""))
+    cls = "pass" if label == "PASS" else "fail"
+    chips = "".join(f"<span class='chip {'pass' if v == 'PASS' else 'fail'}'>{html.escape(str(k))}: "
+                    f"{html.escape(str(v))}</span>" for k, v in (b.get("views") or {}).items())
+    text = html.escape(str(b.get("text", "")))
+    reasons = "".join(f"<li>{html.escape(str(r))}</li>" for r in b.get("reasons") or [])
+    return (f"<div class='banner {cls}'><b class='big'>QA {html.escape(label)}</b>{text}{chips}"
+            + (f"<ul>{reasons}</ul>" if reasons else "") + "</div>")
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -238,6 +313,7 @@ def write_report(report: Report, out_dir, *, html_name: str = "report.html", jso
     numbers.setdefault("created_utc", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     numbers.setdefault("software", software_versions())
     numbers["figures"] = {f.filename: f.caption for f in report.figures}
+    numbers["files"] = sorted(names)
     numbers = _jsonable(numbers)
     json_text = json.dumps(numbers, indent=2, allow_nan=False) + "\n"
     html_text = render_html(report, numbers)
@@ -257,16 +333,40 @@ def write_report(report: Report, out_dir, *, html_name: str = "report.html", jso
             os.chmod(stage, 0o777 & ~_umask())
             os.replace(stage, out)
         else:
+            stale = _previous_report_files(out / json_name) - set(names)
             # move file by file (each rename is atomic), the HTML index last
             order = [n for n in names if n != html_name] + [html_name]
             for n in order:
                 os.replace(stage / n, out / n)
             stage.rmdir()
+            # files the previous report in this folder wrote and this one does not (its figures,
+            # a geometry file under the other verdict's name): a reader must not mix two runs
+            for n in stale:
+                with contextlib.suppress(OSError):
+                    (out / n).unlink()
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(stage)
         raise
     return out / html_name
+
+
+def _previous_report_files(json_path: Path) -> set:
+    """Plain file names a previous report recorded in its JSON (figures, extra files)."""
+    try:
+        old = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(old, dict):
+        return set()
+    names = set()
+    for key in ("figures", "files"):
+        val = old.get(key)
+        if isinstance(val, dict):
+            names |= {str(k) for k in val}
+        elif isinstance(val, list):
+            names |= {str(k) for k in val}
+    return {n for n in names if Path(n).name == n and not n.startswith(".")}
 
 
 def _umask() -> int:
@@ -418,147 +518,26 @@ def _display(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def outcome_report(outcome, title: str = "tomoprior calibration and validation report") -> tuple[Report, dict]:
-    """Turn a :class:`~tomoprior.validation.pipeline.ValidationOutcome` into a report.
+def outcome_report(outcome, title: str = "tomoprior calibration QA report", inputs: dict | None = None):
+    """The QA report of a pipeline outcome: see :func:`tomoprior.validation.calibration_report.outcome_report`."""
+    from .calibration_report import outcome_report as _outcome_report
 
-    Returns
-    -------
-    (Report, extra_files)
-        ``extra_files`` holds ``geometry.yaml`` (the calibrated geometry).
-    """
-    from ..geometry.io import dumps
-    from .pipeline import TARGETS
+    return _outcome_report(outcome, title=title, inputs=inputs)
 
-    rep, tri, res = outcome.reprojection, outcome.triangulation, outcome.result
-    rms_fit = getattr(res, "rms_px", None)
-    rms_held = getattr(res, "heldout_rms_px", None)
-    summary = [
-        ("views", ", ".join(outcome.names)),
-        ("beads in the design", len(outcome.design_positions)),
-        ("fit converged", bool(getattr(res, "converged", True))),
-        ("calibration message", getattr(res, "message", "")),
-        ("reprojection RMS, all matched beads (px)", rep.rms_px),
-        ("reprojection max (px)", rep.max_px),
-        ("fit RMS reported by calibrate (px)", rms_fit),
-        (f"held-out RMS reported by calibrate (px; target <= {TARGETS['heldout_rms_px'][0]})", rms_held),
-        ("fit condition number reported by calibrate (column-scaled)", getattr(res, "condition_number", None)),
-        ("residual sigma per coordinate reported by calibrate (px)", getattr(res, "sigma_px", None)),
-    ]
-    if tri is not None:
-        summary.append((f"3D triangulation RMS (mm; target <= {TARGETS['triangulation_rms_mm'][0]})"
-                        + ("" if not tri.aligned else ", after rigid alignment to the design"), tri.rms_mm))
-        summary.append(("3D triangulation max (mm)", tri.max_mm))
-    if outcome.reprojection_nominal is not None:
-        summary.append(("reprojection RMS with the nominal (starting) geometry (px)",
-                        outcome.reprojection_nominal.rms_px))
-    if outcome.reprojection_true is not None:
-        summary.append(("reprojection RMS with the TRUE geometry: detection noise floor (px)",
-                        outcome.reprojection_true.rms_px))
-    for k, v in outcome.timings.items():
-        summary.append((f"time: {k} (s)", v))
 
-    per_view = []
-    for i, v in enumerate(rep.views):
-        row = {"view": v.name, "beads matched": v.n_detected, "RMS px": v.rms_px, "mean px": v.mean_px,
-               "max px": v.max_px, "held-out RMS px": v.rms_heldout_px, "held-out beads": v.n_heldout}
-        if outcome.reprojection_nominal is not None:
-            row["RMS px, nominal geometry"] = outcome.reprojection_nominal.views[i].rms_px
-        if outcome.reprojection_true is not None:
-            row["RMS px, true geometry"] = outcome.reprojection_true.views[i].rms_px
-        per_view.append(row)
-    params_rows = []
-    for i, p in enumerate(outcome.calibrated_parameters):
-        d = p.to_dict()
-        sd = (outcome.uncertainty or [{}] * len(outcome.calibrated_parameters))[i] or {}
-        params_rows.append({
-            "view": d["name"], "primary deg": d["primary_angle_deg"], "+-": sd.get("primary_angle"),
-            "secondary deg": d["secondary_angle_deg"], "+- ": sd.get("secondary_angle"),
-            "source-isocenter mm": d["source_to_isocenter"], "+-  ": sd.get("source_to_isocenter"),
-            "source-detector mm": d["source_to_detector"], "+-   ": sd.get("source_to_detector"),
-            "u0 mm": d["principal_point"][0], "u0 +- px": sd.get("u0"),
-            "v0 mm": d["principal_point"][1], "v0 +- px": sd.get("v0"),
-            "rotation deg": d["detector_rotation_deg"], "+-    ": sd.get("detector_rotation"),
-            "tilt u deg": d["detector_tilt_deg"][0], "+-     ": sd.get("detector_tilt_u"),
-            "tilt v deg": d["detector_tilt_deg"][1], "+-      ": sd.get("detector_tilt_v"),
-        })
-    tables = [("Reprojection error per view", per_view), ("Calibrated parameters (1-sigma from the fit)", params_rows)]
-    if outcome.parameter_table:
-        tables.append(("Parameter errors against the TRUE geometry (principal point in px, angles in deg)",
-                       outcome.parameter_table))
-    if outcome.conditioning:
-        tables.append((f"Fit conditioning: predicted 1-sigma of the 9 parameters per view for centroid noise "
-                       f"{outcome.conditioning[0]['sigma_px']:.3f} px per axis (phantom frame fixed)", [
-            {"view": c["view"], "condition number": c["condition_number"],
-             "most correlated pair": f"{c['max_abs_correlation'][1]} / {c['max_abs_correlation'][2]}",
-             "|correlation|": c["max_abs_correlation"][0],
-             **{f"sd {k}": v for k, v in c["predicted_sd"].items()}} for c in outcome.conditioning]))
-    if outcome.sensitivity:
-        tables.append(("Sensitivity: image displacement over a 150 mm ball for a parameter error",
-                       [{k: r.get(k) for k in ("view", "parameter", "step", "unit", "mean_px", "max_px",
-                                               "linear_mean_px", "mean_mm", "reference_px", "reference_at_pitch_px")}
-                        for r in outcome.sensitivity]))
-    pm = outcome.projector_map
-    if pm is not None:
-        tables.append((f"Projector vs exact line integrals ({pm['phantom']}, grid {pm['grid']['shape']})",
-                       [{"view": s["view"], "median relative error": s["median_relative_error"],
-                         "p95 relative error": s["p95_relative_error"], "relative L2": s["relative_l2_error"]}
-                        for s in pm["comparison"]["per_view"]]))
+def failure_report(title: str, reason: str, **kw):
+    """The report of a calibration that could not be fitted: see
+    :func:`tomoprior.validation.calibration_report.failure_report`."""
+    from .calibration_report import failure_report as _failure_report
 
-    figures = []
-    for i, v in enumerate(rep.views):
-        png, mag = residual_figure(
-            _display(outcome.images[i]), v.observed, v.residuals, heldout=v.heldout,
-            title=f"{v.name}: residuals (detected - calibrated projection), RMS {v.rms_px:.3f} px")
-        figures.append(Figure(f"residuals_{i}_{v.name}.png",
-                              f"Residual vectors of view {v.name} over its radiograph (-log display), "
-                              f"magnified x{mag:.0f}; yellow bar: scale. Red: fit beads, blue: held-out.", png))
-    if outcome.heel is not None:
-        figures.append(Figure("heel_effect.png", "Anode heel effect: relative intensity over each detector "
-                              "(1 = no heel effect), as simulated.",
-                              map_figure(list(outcome.heel), outcome.names, suptitle="anode heel effect",
-                                         label="relative intensity")))
-    if pm is not None:
-        err = [p - a for p, a in zip(pm["projected"], pm["analytic"])]
-        figures.append(Figure("projector_error.png",
-                              f"Projector (torch backend, {pm['grid']['shape']} grid) minus exact line integrals of "
-                              f"{pm['phantom']} under the calibrated geometry (coarse detector).",
-                              map_figure(err, outcome.names, suptitle="projector - analytic", cmap="RdBu_r",
-                                         label="line integral error", symmetric=True)))
-    if outcome.sensitivity:
-        figures.append(Figure("sensitivity.png", "Mean image displacement per parameter error; dashed lines: "
-                              "published values (0.15 mm pixels) converted to this pixel pitch.",
-                              sensitivity_figure(outcome.sensitivity)))
+    return _failure_report(title, reason, **kw)
 
-    geometry_yaml = dumps(outcome.calibrated, "yaml")
-    numbers = {
-        "summary": dict(summary),
-        "config": outcome.config,
-        "reprojection": rep.to_dict(),
-        "reprojection_nominal": (outcome.reprojection_nominal.to_dict(vectors=False)
-                                 if outcome.reprojection_nominal else None),
-        "reprojection_true": outcome.reprojection_true.to_dict(vectors=False) if outcome.reprojection_true else None,
-        "triangulation": tri.to_dict() if tri is not None else None,
-        "calibrated_parameters": [p.to_dict() for p in outcome.calibrated_parameters],
-        "uncertainty": outcome.uncertainty,
-        "parameter_errors": outcome.parameter_table,
-        "targets": {k: {"bound": b, "unit": u} for k, (b, u) in TARGETS.items()},
-        "fit_conditioning": outcome.conditioning,
-        "sensitivity": outcome.sensitivity,
-        "projector_vs_analytic": (None if pm is None else
-                                  {k: pm[k] for k in ("phantom", "grid", "comparison", "detector")}),
-        "heel_effect": None if outcome.heel is None else {
-            "min": float(np.min(outcome.heel)), "max": float(np.max(outcome.heel)),
-            "per_view_range": [[float(h.min()), float(h.max())] for h in outcome.heel]},
-        "detections": [np.asarray(d).tolist() for d in outcome.detections],
-        "design_positions_mm": outcome.design_positions.tolist(),
-        "calibration_result": _result_dict(res),
-        "timings_s": outcome.timings,
-        "notes": outcome.notes,
-        "geometry_yaml": geometry_yaml,
-    }
-    report = Report(title=title, summary=summary, tables=tables, figures=figures, numbers=numbers,
-                    texts=[("Calibrated geometry (geometry.yaml)", geometry_yaml)], notes=list(outcome.notes))
-    return report, {"geometry.yaml": geometry_yaml}
+
+def pdf_bytes(report: Report) -> bytes:
+    """The report as a PDF (matplotlib only): see :func:`tomoprior.validation.pdf.render_pdf`."""
+    from .pdf import render_pdf
+
+    return render_pdf(report)
 
 
 def _result_dict(res) -> dict | None:

@@ -464,6 +464,8 @@ class DatasetFile:
             raise
 
     def _validate(self) -> None:
+        import h5py
+
         f, p = self._file, self.path
         try:
             schema = f.attrs.get("schema")
@@ -472,27 +474,34 @@ class DatasetFile:
             if schema != SCHEMA:
                 raise DatasetFormatError(f"{p}: not a tomoprior dataset (root attribute schema={schema!r}, expected "
                                          f"{SCHEMA!r})")
-            version = f.attrs.get("schema_version")
-            version = version.item() if hasattr(version, "item") else version
-            if version is None or int(version) != SCHEMA_VERSION:
-                raise DatasetFormatError(f"{p}: schema_version {version!r} is not supported (this tomoprior reads "
+            raw_version = f.attrs.get("schema_version")
+            version = _attr_int(raw_version)
+            if version != SCHEMA_VERSION:
+                raise DatasetFormatError(f"{p}: schema_version {raw_version!r} is not supported (this tomoprior reads "
                                          f"version {SCHEMA_VERSION}); upgrade tomoprior or regenerate the file")
-            n = f.attrs.get("n_samples")
-            if n is None or int(n) < 0:
+            raw_n = f.attrs.get("n_samples")
+            n = _attr_int(raw_n)
+            if raw_n is not None and n is None:
+                raise DatasetFormatError(f"{p}: n_samples must be an integer, got {raw_n!r}; the file is damaged")
+            if n is None or n < 0:
                 raise DatasetFormatError(f"{p}: n_samples is missing or negative: the file was not closed cleanly "
                                          "(an interrupted write); regenerate it")
-            n = int(n)
             missing = [name for name in _REQUIRED if name not in f]
             if missing:
                 raise DatasetFormatError(f"{p}: missing dataset(s) {missing}; the file is incomplete or foreign")
             for name in _REQUIRED:
+                if not isinstance(f[name], h5py.Dataset) or f[name].ndim < 1:
+                    raise DatasetFormatError(f"{p}: /{name} must be an array with one entry per sample, got "
+                                             f"{f[name]!r}")
                 if f[name].shape[0] != n:
                     raise DatasetFormatError(f"{p}: /{name} has {f[name].shape[0]} entries but n_samples is {n}")
             if f["volume"].ndim != 4 or f["xrays"].ndim != 4:
                 raise DatasetFormatError(f"{p}: /volume must be (N, nz, ny, nx) and /xrays (N, views, rows, cols); got "
                                          f"{f['volume'].shape} and {f['xrays'].shape}")
-            for name in ("volume", "xrays", "grid/spacing", "grid/center", "labels/age_years",
-                         "labels/cephalic_index"):
+            for name in ("volume", "xrays"):
+                if f[name].dtype != np.float32:
+                    raise DatasetFormatError(f"{p}: /{name} must be float32, got dtype {f[name].dtype}")
+            for name in ("grid/spacing", "grid/center", "labels/age_years", "labels/cephalic_index"):
                 if f[name].dtype.kind != "f":
                     raise DatasetFormatError(f"{p}: /{name} must hold floating-point numbers, got dtype "
                                              f"{f[name].dtype}")
@@ -513,8 +522,10 @@ class DatasetFile:
             self.xray_shape = tuple(int(s) for s in f["xrays"].shape[1:])
         except DatasetFormatError:
             raise
-        except (OSError, KeyError, TypeError, ValueError) as exc:
-            raise DatasetFormatError(f"{p}: damaged or foreign file ({type(exc).__name__}: {exc})") from exc
+        except (OSError, RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError,
+                ArithmeticError) as exc:
+            raise DatasetFormatError(f"{p}: damaged or foreign file ({type(exc).__name__}: {_first_line(exc)})") \
+                from exc
 
     # -- basics --------------------------------------------------------------------------
     def __enter__(self) -> DatasetFile:
@@ -537,7 +548,7 @@ class DatasetFile:
                 for k, v in self._file.attrs.items()}
 
     def _strings(self, name: str) -> list[str]:
-        return [s.decode() if isinstance(s, bytes) else str(s) for s in self._file[name][()]]
+        return [_text(s) for s in self._file[name][()]]
 
     def _guard(self, what: str, fn):
         if self._file is None:
@@ -546,7 +557,8 @@ class DatasetFile:
             return fn()
         except DatasetFormatError:
             raise
-        except (OSError, RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (OSError, RuntimeError, KeyError, IndexError, TypeError, ValueError, AttributeError,
+                ArithmeticError) as exc:
             raise DatasetFormatError(f"{self.path}: cannot read {what} (the file is truncated or damaged): "
                                      f"{_first_line(exc)}") from exc
 
@@ -577,8 +589,7 @@ class DatasetFile:
     def geometry_text(self, i: int, nominal: bool = False) -> str:
         i = self._index(i)
         name = "nominal_geometry" if nominal else "geometry"
-        s = self._guard(f"/{name}", lambda: self._file[name][i])
-        return s.decode() if isinstance(s, bytes) else str(s)
+        return self._guard(f"/{name}", lambda: _text(self._file[name][i]))
 
     def geometry(self, i: int, nominal: bool = False) -> Geometry:
         """The geometry of sample ``i`` (validated by the geometry schema)."""
@@ -620,9 +631,8 @@ class DatasetFile:
         f = self._file
 
         def read():
-            v = f["labels/variant"][i]
             ci = float(f["labels/cephalic_index"][i])
-            return {"variant": v.decode() if isinstance(v, bytes) else str(v),
+            return {"variant": _text(f["labels/variant"][i]),
                     "age_years": float(f["labels/age_years"][i]),
                     "normal": bool(f["labels/normal"][i]),
                     "cephalic_index": None if np.isnan(ci) else ci}
@@ -631,10 +641,10 @@ class DatasetFile:
 
     def provenance(self, i: int) -> dict:
         i = self._index(i)
-        s = self._guard("/provenance", lambda: self._file["provenance"][i])
+        s = self._guard("/provenance", lambda: _text(self._file["provenance"][i]))
         try:
-            d = json.loads(s.decode() if isinstance(s, bytes) else str(s))
-        except (ValueError, UnicodeDecodeError) as exc:
+            d = json.loads(s)
+        except ValueError as exc:
             raise DatasetFormatError(f"{self.path}: sample {i}'s /provenance is not valid JSON: {exc}") from exc
         if not isinstance(d, dict):
             raise DatasetFormatError(f"{self.path}: sample {i}'s /provenance must be a JSON object, got "
@@ -648,13 +658,13 @@ class DatasetFile:
         grid = self.grid(i)
         if geom.grid != grid:
             raise DatasetFormatError(f"{self.path}: sample {i}'s geometry grid {geom.grid} differs from /grid {grid}")
-        split = self._guard("/split", lambda: self._file["split"][i])
+        split = self._guard("/split", lambda: _text(self._file["split"][i]))
         vol, xr = self.volume(i), self.xrays(i)
         self.check_finite(i, {"volume": vol, "X-rays": xr})
         return Sample(volume=torch.from_numpy(vol), grid=grid, xrays=torch.from_numpy(xr),
                       geometry=geom, labels=self.labels(i), provenance=self.provenance(i),
                       nominal_geometry=self.geometry(i, nominal=True),
-                      split=split.decode() if isinstance(split, bytes) else str(split))
+                      split=split)
 
     def summary(self) -> dict:
         """Counts per split and variant, shapes, sizes and schema, for ``tomoprior dataset info``."""
@@ -740,6 +750,20 @@ def _nonfinite(a: np.ndarray) -> dict | None:
     if a.dtype.kind != "f" or np.isfinite(a).all():
         return None
     return {"nan": int(np.isnan(a).sum()), "inf": int(np.isinf(a).sum())}
+
+
+def _attr_int(v) -> int | None:
+    """An integer attribute (a Python or NumPy integer, possibly a one-element array), else None."""
+    if isinstance(v, np.ndarray) and v.size == 1:
+        v = v.reshape(()).item() if v.dtype.kind in "iu" else None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        return None
+    return int(v)
+
+
+def _text(s) -> str:
+    """A stored string entry as text (h5py gives bytes for variable-length UTF-8)."""
+    return s.decode("utf-8") if isinstance(s, bytes) else str(s)
 
 
 def _first_line(exc: BaseException) -> str:

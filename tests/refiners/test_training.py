@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -219,6 +220,8 @@ def test_resume_after_interruption_equals_uninterrupted(tiny_h5, tiny_refiner, t
     hist_a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     hist_b = [json.loads(x) for x in (parts / "metrics.jsonl").read_text().splitlines()]
     assert [h["val_psnr"] for h in hist_a] == [h["val_psnr"] for h in hist_b]
+    # the interrupted epochs log the loss over all their steps, not only those after resuming
+    assert [h["train_loss"] for h in hist_a] == [h["train_loss"] for h in hist_b]
     # and the weights did change (the comparison is not vacuous)
     first = Refiner.from_checkpoint(straight / "last.pt")
     torch.manual_seed(0)
@@ -400,3 +403,151 @@ def test_export_weights_keeps_the_model_and_drops_resume_state(tiny_h5, tiny_ref
         export_weights(out / "last.pt", tmp_path / "bad.pt", provenance={"x": object()})
     with pytest.raises(ValueError, match="differ"):
         export_weights(dst, dst)
+
+
+# -- bad data, bad settings and faults (issue 11) ------------------------------------------------
+
+def _copy_with_nonfinite(src: Path, dst: Path, split_index: int, value=float("nan")) -> int:
+    """Copy ``src`` and put ``value`` into one voxel of the ``split_index``-th train sample;
+    returns that sample's row in the file."""
+    import h5py
+
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "a") as f:
+        rows = [i for i, s in enumerate(f["split"][()]) if s.decode() == "train"]
+        row = rows[split_index]
+        v = f["volume"][row]
+        v[5, 6, 7] = value
+        f["volume"][row] = v
+    return row
+
+
+def test_no_validation_split_is_a_clear_error(tiny_refiner, tmp_path):
+    path = tmp_path / "noval.h5"
+    data.generate(data.make_specs(3, seed=0, grid=32, binning=48, phantom="shepp_logan", supersample=1,
+                                  fractions=(1.0, 0.0, 0.0)), path)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"no 'val' samples.*--split") as err:
+        train(_cfg(path, out, epochs=1))
+    assert str(path) in str(err.value)
+    assert not out.exists()  # nothing half-made: not even an empty run folder
+
+
+def test_diverging_run_is_a_clear_error_and_saves_nothing_non_finite(tiny_h5, tiny_refiner, tmp_path):
+    from tomoprior.refiners.training import TrainingDivergedError
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_h5, out, epochs=2, max_steps=1))  # a good checkpoint first
+    before = (out / "last.pt").read_bytes()
+    with pytest.raises(TrainingDivergedError, match=r"--lr") as err:
+        train(_cfg(tiny_h5, tmp_path / "run2", epochs=2, lr=1e30))
+    assert "1e+30" in str(err.value) and "step" in str(err.value)
+    assert not (tmp_path / "run2" / "last.pt").exists()
+    assert (out / "last.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_nan_in_the_data_names_the_sample_not_the_refiner(tiny_h5, tiny_refiner, tmp_path, workers):
+    bad = tmp_path / "nan.h5"
+    # the 4th train sample: not read by the up-front check, found by the DataLoader (also in a worker)
+    row = _copy_with_nonfinite(tiny_h5, bad, 3)
+    with pytest.raises(data.DatasetFormatError) as err:
+        train(_cfg(bad, tmp_path / "run", epochs=1, workers=workers))
+    msg = str(err.value)
+    assert f"sample {row}'s volume holds 1 NaN" in msg and str(bad) in msg
+    assert "Traceback" not in msg and "diverged" not in msg
+
+
+def test_preset_that_does_not_fit_the_data_says_what_fits(tiny_h5, tmp_path):
+    pytest.importorskip("psctnet")
+    cfg = TrainConfig(data=str(tiny_h5), refiner="psctnet", refiner_config={"preset": "paper"},
+                      out=str(tmp_path / "paper"), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"preset 'paper' cannot train on") as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "(32, 32, 32)" in msg and "1x1x1 bottleneck" in msg and "--grid 64" in msg and "--preset tiny" in msg
+    assert not (tmp_path / "paper").exists()
+    # a volume_shape that contradicts the data is named too
+    cfg = dataclasses.replace(cfg, refiner_config=dict(PSCT_MICRO, volume_shape=[64, 64, 64]))
+    with pytest.raises(ValueError, match=r"configured for volumes \(64, 64, 64\) but .* holds \(32, 32, 32\)"):
+        train(cfg)
+
+
+def test_the_fit_check_leaves_the_run_unchanged(tiny_h5, tiny_refiner, tmp_path):
+    """The up-front forward pass restores buffers and RNG states: same weights as without it."""
+    from tomoprior.refiners import training
+
+    train(_cfg(tiny_h5, tmp_path / "a", epochs=1, max_steps=1))
+    calls = []
+    orig = training.check_fits
+    training.check_fits = lambda *a, **k: calls.append(1)
+    try:
+        train(_cfg(tiny_h5, tmp_path / "b", epochs=1, max_steps=1))
+    finally:
+        training.check_fits = orig
+    assert calls == [1]
+    a, b = _state(tmp_path / "a" / "last.pt")[0], _state(tmp_path / "b" / "last.pt")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_request_saves_a_resumable_checkpoint(tiny_h5, tiny_refiner, tmp_path):
+    straight = tmp_path / "straight"
+    train(_cfg(tiny_h5, straight, epochs=2))
+    stopped = tmp_path / "stopped"
+    res = train(_cfg(tiny_h5, stopped, epochs=2), should_stop=lambda: True)
+    assert res["stopped"] and res["steps"] == 1
+    assert _state(stopped / "last.pt")[1]["step_in_epoch"] == 1
+    res = train(_cfg(tiny_h5, stopped, epochs=2), resume=True)
+    assert not res["stopped"] and res["steps"] == 4
+    a, b = _state(straight / "last.pt")[0], _state(stopped / "last.pt")[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log_a = (straight / "metrics.jsonl").read_text().splitlines()
+    log_b = (stopped / "metrics.jsonl").read_text().splitlines()
+    drop = ("samples_per_s", "time_utc")
+    assert [{k: v for k, v in json.loads(x).items() if k not in drop} for x in log_a] == \
+        [{k: v for k, v in json.loads(x).items() if k not in drop} for x in log_b]
+
+
+def test_unwritable_run_folder_is_refused_before_training(tiny_h5, tiny_refiner, tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    from tomoprior._atomic import NotWritableError
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        train(_cfg(tiny_h5, a_file, epochs=1))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kw):
+        if dir is not None and Path(dir).resolve() == ro.resolve():
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    with pytest.raises(NotWritableError, match=r"cannot write to the run \(--out\) folder .*ro.*writable"):
+        train(_cfg(tiny_h5, ro, epochs=1))
+    assert list(ro.iterdir()) == []
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(tiny_h5, tiny_refiner, tmp_path, monkeypatch):
+    from tomoprior import _atomic
+    from tomoprior._atomic import DiskFullError
+
+    out = tmp_path / "run"
+    train(_cfg(tiny_h5, out, epochs=2, max_steps=1))
+    before = (out / "last.pt").read_bytes()
+
+    def full(obj, f, *a, **k):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(_atomic, "disk_free", lambda folder: 1000)
+    with pytest.raises(DiskFullError, match=r"last\.pt: the disk is full"):
+        train(_cfg(tiny_h5, out, epochs=2), resume=True)
+    assert (out / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "last.pt"]

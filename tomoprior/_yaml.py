@@ -39,8 +39,8 @@ MAX_DEPTH = 100
 #: Longest text (characters) of a value or parser message quoted in an error message.
 QUOTE_LIMIT = 200
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "QUOTE_LIMIT", "DocumentError", "brief", "load_json",
-           "load_yaml"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "QUOTE_LIMIT", "DocumentError", "brief", "cap_message",
+           "load_json", "load_yaml"]
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -84,6 +84,21 @@ def brief(value, limit: int = QUOTE_LIMIT) -> str:
     if len(text) > limit:
         text = text[: max(limit - 3, 0)] + "..."
     return text
+
+
+def cap_message(text: str, limit: int = 3 * QUOTE_LIMIT) -> str:
+    """``text`` shortened to about ``limit`` characters by cutting its middle, so that the
+    start (what is wrong, with the file and field) and the end (the fix) survive a long
+    quoted value.
+
+    >>> cap_message("a" * 50 + "b" * 50, limit=20)
+    'aaaaaaaaaaa ... bbbbbbb'
+    """
+    if len(text) <= limit:
+        return text
+    head = limit // 2 + 1
+    tail = limit - head - 2
+    return f"{text[:head]} ... {text[len(text) - tail:]}"
 
 
 def _cut(text: str, limit: int = QUOTE_LIMIT) -> str:
@@ -156,6 +171,7 @@ def _check_expansion(root, what: str, label: str, max_nodes: int, max_depth: int
     refers to itself or nests deeper than ``max_depth``. Iterative: no recursion limit."""
     sizes: dict[int, int] = {}
     open_nodes: set[int] = set()
+    shared = False  # a node reached twice: the document uses aliases
     stack = [(root, 0, False)]
     while stack:
         node, depth, finished = stack.pop()
@@ -164,12 +180,16 @@ def _check_expansion(root, what: str, label: str, max_nodes: int, max_depth: int
             open_nodes.discard(key)
             total = 1 + sum(sizes[id(c)] for c in _children(node))
             if total > max_nodes:
-                raise DocumentError(
-                    f"{what} {label}: its YAML aliases (&name / *name) expand to more than {max_nodes:,} values; "
-                    "write the values out or remove the aliases", label)
+                if shared:
+                    raise DocumentError(
+                        f"{what} {label}: its YAML aliases (&name / *name) expand to more than {max_nodes:,} "
+                        "values; write the values out or remove the aliases", label)
+                raise DocumentError(f"{what} {label} holds more than {max_nodes:,} values; is it the right file?",
+                                    label)
             sizes[key] = total
             continue
         if key in sizes:
+            shared = True
             continue
         if key in open_nodes:
             raise DocumentError(f"{what} {label}: a YAML alias refers to a list or mapping that contains it "
@@ -179,7 +199,11 @@ def _check_expansion(root, what: str, label: str, max_nodes: int, max_depth: int
                                 "is it the right file?", label)
         open_nodes.add(key)
         stack.append((node, depth, True))
-        stack.extend((c, depth + 1, False) for c in _children(node) if id(c) not in sizes)
+        for c in _children(node):
+            if id(c) in sizes:
+                shared = True
+            else:
+                stack.append((c, depth + 1, False))
 
 
 def load_yaml(source, *, what: str, max_bytes: int = MAX_BYTES, max_nodes: int = MAX_NODES,

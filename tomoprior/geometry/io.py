@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from .._atomic import write_text_atomic
-from .._yaml import DocumentError, brief, load_json, load_yaml
+from .._yaml import DocumentError, brief, cap_message, load_json, load_yaml
 from .grid import VolumeGrid
 from .parameters import ViewParameters
 from .view import View
@@ -152,8 +152,8 @@ def loads(text: str, fmt: str = "yaml", *, source: str | None = None):
         return geometry_from_dict(d)
     except ValueError as exc:
         if source is None:
-            raise
-        raise ValueError(f"geometry file {source}: {exc}") from None
+            raise ValueError(cap_message(str(exc))) from None
+        raise ValueError(cap_message(f"geometry file {source}: {exc}")) from None
 
 
 def save_geometry(geom, path) -> None:
@@ -170,4 +170,4 @@ def load_geometry(path):
     try:
         return geometry_from_dict(d)
     except ValueError as exc:
-        raise ValueError(f"geometry file {path}: {exc}") from None
+        raise ValueError(cap_message(f"geometry file {path}: {exc}")) from None

@@ -272,14 +272,17 @@ class View:
         name = d.get("name")
         if name is not None and not isinstance(name, str):
             raise ValueError(f"{where}.name must be a string, got {brief(name)}")
-        return cls(
+        args = (
             as_vector3(d["source"], f"{where}.source"),
             as_vector3(d["detector_center"], f"{where}.detector_center"),
             as_vector3(d["u"], f"{where}.u"),
             as_vector3(d["v"], f"{where}.v"),
             as_positive_int_pair(d["shape"], f"{where}.shape"),
-            name=name,
         )
+        try:
+            return cls(*args, name=name)
+        except ValueError as exc:  # checks of the whole view: say which entry of the file
+            raise ValueError(f"{where}: {exc}") from None
 
     def __repr__(self) -> str:
         s = [round(float(x), 3) for x in self.source.detach()]

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -187,7 +188,7 @@ class TrainConfig:
                 and self.bone_threshold > 0):
             raise ValueError(f"bone_threshold must be a positive number in 1/mm (e.g. 0.035), "
                              f"got {self.bone_threshold!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+        if not (isinstance(self.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device)):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     def to_dict(self) -> dict:
@@ -414,9 +415,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def _resolve_device(device: str, dist: DistInfo) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu' or 'auto' (--device)")
     if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' but CUDA is not available; use device='cpu' or 'auto'")
         return torch.device("cuda", dist.local_rank)
     return torch.device(device)
 

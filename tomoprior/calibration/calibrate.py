@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..geometry import DEFAULT_GRID, BiplanarGeometry, Geometry, ViewParameters
+from ..geometry import DEFAULT_GRID, BiplanarGeometry, Geometry, UnitsWarning, ViewParameters
 from .correspondence import coarse_shifts, match_points
 from .design import BeadDesign, bead_design
 from .detection import Detections, detect_beads
@@ -402,6 +402,18 @@ def calibrate(
     TypeError
         An initial geometry without physical parameters.
     """
+    with warnings.catch_warnings():
+        # fitted values are numbers, not typed angles: a wild fit (wrong images) may hold
+        # large tilts, and the QA verdict reports that; no units warning for it
+        warnings.simplefilter("ignore", UnitsWarning)
+        return _calibrate(images_or_points, phantom, initial_geometry, heldout=heldout, seed=seed, kfold=kfold,
+                          gauge=gauge, kind=kind, flat=flat, detect_kwargs=detect_kwargs, fit_fields=fit_fields,
+                          phantom_pose=phantom_pose, min_beads=min_beads, gate_px=gate_px, max_nfev=max_nfev,
+                          outlier_sigma=outlier_sigma)
+
+
+def _calibrate(images_or_points, phantom, initial_geometry, *, heldout, seed, kfold, gauge, kind, flat, detect_kwargs,
+               fit_fields, phantom_pose, min_beads, gate_px, max_nfev, outlier_sigma) -> CalibrationResult:
     params, grid = _initial_parameters(initial_geometry)
     design = bead_design(phantom)
     if isinstance(min_beads, bool) or not isinstance(min_beads, int) or min_beads < 5:

@@ -146,9 +146,9 @@ def _summary_rows(outcome) -> list:
     return rows
 
 
-def _verdict_rows(verdict) -> list:
+def _verdict_rows(verdict, items=None) -> list:
     rows = []
-    for it in verdict.items:
+    for it in (verdict.items if items is None else items):
         val = it.value
         if isinstance(val, bool):
             vtxt = "yes" if val else "no"
@@ -325,10 +325,13 @@ def blob_figure(images, detections, outcome_or_none, names, *, title: str = "") 
     return _png(fig)
 
 
-def _banner(verdict) -> dict:
+def _banner(verdict, shown: int = 6) -> dict:
+    reasons = verdict.reasons
+    if len(reasons) > shown:
+        reasons = [*reasons[:shown], f"... and {len(reasons) - shown} more failed item(s): see 'Failed QA items' below"]
     return {"label": verdict.label, "views": {v: ("PASS" if verdict.view_passed(v) else "FAIL")
                                               for v in verdict.views},
-            "reasons": verdict.reasons,
+            "reasons": reasons,
             "text": (" every QA item is within its tolerance" if verdict.passed else
                      f" {len(verdict.failed)} QA item(s) fail; the geometry is NOT accepted")}
 
@@ -363,8 +366,7 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
     phantom = getattr(res, "phantom", "") or str(outcome.config.get("phantom", ""))
     tables, appendix, figures = [], [], []
     if verdict is not None and verdict.failed:
-        tables.append(("Failed QA items", [r for r, it in zip(_verdict_rows(verdict), verdict.items)
-                                           if not it.passed]))
+        tables.append(("Failed QA items (root causes first)", _verdict_rows(verdict, verdict.failed)))
     tables.append(("Calibrated parameters (value, 1-sigma from the fit, starting value)", _parameter_rows(outcome)))
     if outcome.parameter_table:
         tables.append(("Errors against the TRUE geometry of the simulation (start error = starting - true; "
@@ -526,7 +528,8 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
     }
     banner = _banner(verdict) if verdict is not None else None
     report = Report(title=title, summary=_summary_rows(outcome), tables=tables, figures=figures, numbers=numbers,
-                    texts=[(f"Calibrated geometry ({geometry_name})", geometry_yaml)], notes=list(outcome.notes),
+                    texts=[(f"Calibrated geometry ({geometry_name})", geometry_yaml)],
+                    notes=[] if verdict is not None else list(outcome.notes),
                     banner=banner, signoff=_signoff_rows(inputs, phantom), appendix=appendix)
     return report, {geometry_name: geometry_yaml}
 

@@ -93,17 +93,15 @@ class _Pages:
         if not rows:
             return
         cols = _columns(rows)
-        # wrap each column to a width proportional to its content, within the page
-        width_chars = 150
+        fontsize = 7 if len(cols) <= 8 else 6
+        # characters that fit across the page at this font size (about 0.55 em per character)
+        capacity = int((1 - 2 * _MARGIN) * A4[0] * 72 / (0.56 * fontsize)) - 2 * len(cols)
         raw = [[_plain_text(r.get(c)) if c in r else "" for c in cols] for r in rows]
-        natural = [max([len(str(c))] + [len(x) for x in col]) for c, col in zip(cols, zip(*raw))]
-        total = sum(max(n, 4) for n in natural)
-        widths = [max(6, int(width_chars * max(n, 4) / total)) if total > width_chars else max(n, 4) for n in natural]
+        widths = _column_widths(cols, raw, capacity)
         head = ["\n".join(textwrap.wrap(str(c), w) or [""]) for c, w in zip(cols, widths)]
         cells = [["\n".join(textwrap.wrap(x, w) or [""]) for x, w in zip(r, widths)] for r in raw]
         states = [[(r.get(c).state if isinstance(r.get(c), Cell) else ("fail" if r.get(c) is False else None))
                    for c in cols] for r in rows]
-        fontsize = 7 if len(cols) <= 8 else 6
         line_h = fontsize / 72 / A4[1] * 1.45
         start = 0
         first = True
@@ -119,7 +117,7 @@ class _Pages:
             title = heading if first else f"{heading} (continued)"
             self.need(height + 0.05)
             self.heading(title, size=10)
-            frac = [w / sum(widths) for w in widths]
+            frac = [(w + 2) / sum(x + 2 for x in widths) for w in widths]
             ax = self.fig.add_axes([_MARGIN, self.y - height, 1 - 2 * _MARGIN, height])
             ax.set_axis_off()
             tab = ax.table(cellText=[cells[i] for i in chunk], colLabels=head, colWidths=frac, loc="upper left",
@@ -161,6 +159,21 @@ class _Pages:
         ax.set_axis_off()
         self.y -= height + 0.008
         self.text(caption, size=7, color="#555", width=140)
+
+
+def _column_widths(cols: list, raw: list, capacity: int) -> list:
+    """Characters per column: each column's longest entry (header words at least), then the
+    widest columns narrowed in turn until the row fits ``capacity`` characters."""
+    widths = []
+    for c, col in zip(cols, zip(*raw) if raw else [[]] * len(cols)):
+        longest_word = max([len(w) for w in str(c).split()] + [4])
+        widths.append(max([longest_word] + [len(x) for x in col]))
+    widths = [min(w, 70) for w in widths]
+    floor = 5
+    while sum(widths) > capacity and max(widths) > floor:
+        k = max(range(len(widths)), key=lambda i: widths[i])
+        widths[k] -= 1
+    return widths
 
 
 def render_pdf(report: Report) -> bytes:

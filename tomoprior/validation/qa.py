@@ -389,9 +389,15 @@ class Verdict:
     def view_passed(self, view: str) -> bool:
         return all(i.passed for i in self.items if i.view == view)
 
+    #: Order in which failed items are told: root causes first.
+    PRIORITY = ("sanity", "statistics", "plausibility", "truth", "drift", "uncertainty")
+
     @property
     def failed(self) -> list:
-        return [i for i in self.items if not i.passed]
+        """Failed items, the likely root causes first (swapped views, beads, then statistics ...)."""
+        order = {g: k for k, g in enumerate(self.PRIORITY)}
+        bad = [i for i in self.items if not i.passed]
+        return sorted(bad, key=lambda i: (order.get(i.group, len(order)), i.name != "view_order"))
 
     @property
     def reasons(self) -> list:

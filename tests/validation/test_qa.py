@@ -232,6 +232,19 @@ def test_parameters_only_file_and_calibration_results_load(run, tmp_path):
     params, grid, kind = tp.geometry.read_view_parameters(tmp_path / "cal.yaml")
     assert kind == "calibration result" and grid is not None
     assert params[0].source_to_detector == pytest.approx(float(res.parameters[0].source_to_detector))
+    # Geometry.load reads every file tomoprior writes with a geometry in it
+    g = tp.Geometry.load(tmp_path / "cal.yaml")
+    assert isinstance(g, tp.BiplanarGeometry) and g.parameters[0].name == res.parameters[0].name
+    g = tp.Geometry.load(p)
+    assert isinstance(g, tp.BiplanarGeometry) and g.parameters[0].source_to_detector == 1490
+    report = {"verdict": {"pass": False, "reasons": ["frontal and lateral appear swapped"]},
+              "calibration_result": res.to_dict()}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=r"FAILED \(frontal and lateral appear swapped\)"):
+        tp.Geometry.load(tmp_path / "report.json")
+    report["verdict"] = {"pass": True}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert tp.Geometry.load(tmp_path / "report.json").num_views == 2
     p.write_text("schema: tomoprior.view-parameters\nviews:\n  - {name: f, source_to_detektor: 1500}\n")
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['source_to_detektor'\]"):
         tp.geometry.read_view_parameters(p)

@@ -66,6 +66,9 @@ def geometry_from_dict(d: dict):
 
     if not isinstance(d, dict):
         raise ValueError(f"a geometry file must hold a mapping at the top level, got {type(d).__name__}")
+    other = _other_document(d)
+    if other is not None:
+        return other
     if d.get("schema") != SCHEMA:
         raise ValueError(f"schema must be {SCHEMA!r}, got {brief(d.get('schema'))}; is this a tomoprior geometry file?")
     version = d.get("schema_version")
@@ -112,6 +115,38 @@ def geometry_from_dict(d: dict):
     if len(params) == 2:
         return BiplanarGeometry(grid, params)
     return Geometry(grid, views)
+
+
+def _other_document(d: dict):
+    """The geometry held by a calibration result, a QA report or a parameters-only file (None
+    for anything else): ``Geometry.load`` reads every file tomoprior writes with a geometry."""
+    from .geometry import BiplanarGeometry, Geometry
+    from .grid import VolumeGrid
+    from .parameters import VIEW_PARAMETERS_SCHEMA, parameters_from_document
+
+    if isinstance(d.get("calibration_result"), dict) and "verdict" in d:  # a QA report.json
+        verdict = d.get("verdict") or {}
+        if isinstance(verdict, dict) and verdict.get("pass") is False:
+            reasons = "; ".join(str(r) for r in (verdict.get("reasons") or [])[:3])
+            raise ValueError(f"this QA report's calibration FAILED ({brief(reasons)}); its geometry is not accepted. "
+                             "Recalibrate, or load geometry.FAILED.yaml explicitly if you must inspect it")
+        d = d["calibration_result"]
+    if d.get("schema") == "tomoprior.calibration":  # CalibrationResult.save
+        if not isinstance(d.get("geometry"), dict):
+            raise ValueError("the calibration result has no 'geometry' entry")
+        return geometry_from_dict(d["geometry"])
+    if d.get("schema") == VIEW_PARAMETERS_SCHEMA:
+        params, grid, _ = parameters_from_document(d, "parameters file")
+        if grid is None:
+            from .geometry import DEFAULT_GRID
+
+            grid = DEFAULT_GRID
+        if not isinstance(grid, VolumeGrid):
+            raise ValueError("parameters file: bad grid")
+        if len(params) == 2:
+            return BiplanarGeometry(grid, params)
+        return Geometry(grid, [p.to_view() for p in params])
+    return None
 
 
 def _format_of(path: Path) -> str:

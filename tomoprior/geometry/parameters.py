@@ -420,8 +420,6 @@ def read_view_parameters(path) -> tuple[list[ViewParameters], object | None, str
     import json
     from pathlib import Path
 
-    from .grid import VolumeGrid
-
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{p} does not exist; give a geometry, view-parameters or calibration file")
@@ -436,6 +434,14 @@ def read_view_parameters(path) -> tuple[list[ViewParameters], object | None, str
         from .._yaml import load_yaml
 
         d = load_yaml(p, what="parameter file")
+    return parameters_from_document(d, str(p))
+
+
+def parameters_from_document(d, where: str) -> tuple[list[ViewParameters], object | None, str]:
+    """:func:`read_view_parameters` on an already parsed document (``where`` names it in errors)."""
+    from .grid import VolumeGrid
+
+    p = where
     if not isinstance(d, dict):
         raise ValueError(f"{p}: expected a mapping at the top level, got {type(d).__name__}")
     if isinstance(d.get("calibration_result"), dict):  # a QA report.json

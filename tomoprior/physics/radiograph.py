@@ -65,8 +65,9 @@ def phantom_path_lengths(phantom: Phantom, geom: Geometry, *, material_map: Mapp
                          rows_per_chunk: int = 256):
     """Per-material path lengths (mm) through an analytic phantom whose shapes name materials.
 
-    Each shape contributes its exact chord length to the material ``shape.material`` (or
-    ``material_map[shape.material]`` / ``material_map[shape.label]``; map to ``None`` to
+    Each shape contributes its exact chord length (between the source and the pixel) to the
+    material ``shape.material`` (or ``material_map[shape.material]`` /
+    ``material_map[shape.label]``; map to ``None`` to
     leave a shape out, e.g. a foam support). Shapes add, as their densities do, so nested
     shapes count twice; the relative density of every shape is 1 (nominal density).
 
@@ -113,7 +114,7 @@ def phantom_path_lengths(phantom: Phantom, geom: Geometry, *, material_map: Mapp
                                     torch.arange(cols, dtype=view.dtype, device=view.device), indexing="ij")
             o, d = view.pixel_rays(rr, cc)
             for m, shapes in groups.items():
-                parts[m].append(sum(sh.path_lengths(o, d).to(torch.float64) for sh in shapes))
+                parts[m].append(sum(sh.segment_lengths(o, d).to(torch.float64) for sh in shapes))
         for m in groups:
             out[m].append(torch.cat(parts[m], dim=0))
     same = len({v.shape for v in geom.views}) == 1

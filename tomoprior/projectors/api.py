@@ -202,18 +202,11 @@ def backproject(projections, geometry: Geometry, backend: str | Backend = "auto"
     """
     geometry = _check_geometry(geometry)
     shapes = geometry.detector_shapes
-    first = projections if isinstance(projections, (np.ndarray, torch.Tensor)) else None
-    if first is None and isinstance(projections, Sequence) and projections:
-        first = projections[0]
-    if isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim >= 2 and str(first.dtype) in _FLOAT_NAMES:
-        # size check before the inputs are validated and joined (which copies them)
-        lead_dims = first.shape[:-3] if first is projections else first.shape[:-2]
-        dtype = torch.float64 if str(first.dtype).endswith("64") else torch.float32
-        device = first.device if isinstance(first, torch.Tensor) else "cpu"
-        early = get_backend(backend, device, **options)
-        _check_size(geometry, int(np.prod(lead_dims)) if len(lead_dims) else 1, dtype, early, adjoint=True)
-    flat, lead = _run(lambda: _join_views(projections, shapes, geometry.uniform_detector), geometry, 1,
-                      torch.float32, get_backend(backend, "cpu", **options), adjoint=True)
+    peek = _peek(projections)
+    if peek is not None:  # size check before the inputs are validated and joined (which copies them)
+        batch, dtype, device = peek
+        _check_size(geometry, batch, dtype, get_backend(backend, device, **options), adjoint=True)
+    flat, lead = _join_views(projections, shapes, geometry.uniform_detector)
     be = get_backend(backend, flat.device, **options)
     batch = flat.shape[0]
     _check_size(geometry, batch, flat.dtype, be, adjoint=True)
@@ -228,6 +221,22 @@ def backproject(projections, geometry: Geometry, backend: str | Backend = "auto"
             bar.close()
     _check_overflow(vol, flat, "the back-projection")
     return vol.reshape(*lead, *geometry.grid.shape)
+
+
+def _peek(projections):
+    """``(batch, dtype, device)`` of projections that look valid, without touching their data;
+    None otherwise (the full validation then explains what is wrong)."""
+    first, per_view = projections, False
+    if not isinstance(projections, (np.ndarray, torch.Tensor)):
+        if not isinstance(projections, Sequence) or not projections:
+            return None
+        first, per_view = projections[0], True
+    if not isinstance(first, (np.ndarray, torch.Tensor)) or str(first.dtype) not in _FLOAT_NAMES:
+        return None
+    lead = first.shape[:-2] if per_view else first.shape[:-3]
+    dtype = torch.float64 if str(first.dtype).endswith("64") else torch.float32
+    device = first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+    return (int(np.prod(lead)) if len(lead) else 1), dtype, device
 
 
 def _split_views(flat: torch.Tensor, lead, shapes, uniform: bool):

@@ -14,6 +14,7 @@ from .info import info
 from .reconstruct import reconstruct
 from .simulate import simulate
 from .train import train
+from .trend import trend
 from .validate import validate
 
 
@@ -34,6 +35,7 @@ cli.add_command(info)
 cli.add_command(simulate)
 cli.add_command(train)
 cli.add_command(reconstruct)
+cli.add_command(trend)
 
 
 def main(argv: list[str] | None = None) -> int:

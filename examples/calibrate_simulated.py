@@ -55,8 +55,8 @@ def main(out_path: Path) -> None:
         rows = [
             ("source_to_isocenter", a["source_to_isocenter"], u["source_to_isocenter"], b["source_to_isocenter"], "mm"),
             ("source_to_detector", a["source_to_detector"], u["source_to_detector"], b["source_to_detector"], "mm"),
-            ("u0", a["principal_point"][0], u["u0"], b["principal_point"][0], "mm"),
-            ("v0", a["principal_point"][1], u["v0"], b["principal_point"][1], "mm"),
+            ("u0", a["detector_offset"][0], u["u0"], b["detector_offset"][0], "mm"),
+            ("v0", a["detector_offset"][1], u["v0"], b["detector_offset"][1], "mm"),
             ("detector_rotation", a["detector_rotation_deg"], u["detector_rotation_deg"], b["detector_rotation_deg"],
              "deg"),
             ("detector_tilt_u", a["detector_tilt_deg"][0], u["detector_tilt_u_deg"], b["detector_tilt_deg"][0], "deg"),

@@ -50,7 +50,7 @@ def test_targets_on_simulated_points(target_runs, cage):
             a, b = p.to_dict(), q.to_dict()
             sdd.append((a["source_to_detector"] - b["source_to_detector"], u["source_to_detector"]))
             sod.append((a["source_to_isocenter"] - b["source_to_isocenter"], u["source_to_isocenter"]))
-            pp += [(a["principal_point"][k] - b["principal_point"][k]) / 0.2 for k in (0, 1)]
+            pp += [(a["detector_offset"][k] - b["detector_offset"][k]) / 0.2 for k in (0, 1)]
             rot.append(a["detector_rotation_deg"] - b["detector_rotation_deg"])
             tilt += [a["detector_tilt_deg"][k] - b["detector_tilt_deg"][k] for k in (0, 1)]
         # the fit residual is the detection noise: sqrt(2) * 0.1 px per bead

@@ -265,3 +265,20 @@ def test_angles_that_look_like_degrees_warn():
     assert tp.ViewParameters.from_degrees(detector_tilt_v_deg=1.0).detector_tilt_v == pytest.approx(math.radians(1))
     with pytest.raises(ValueError, match="not both"):
         p.replace(detector_rotation=0.1, detector_rotation_deg=0.1)
+
+
+def test_detector_offset_is_named_apart_from_the_principal_point():
+    p = tp.ViewParameters(u0=2.0, v0=-1.0, detector_tilt_u=math.radians(1.0))
+    d = p.to_dict()
+    assert d["detector_offset"] == [2.0, -1.0] and "principal_point" not in d
+    # files written before the rename still load; both names at once are refused
+    old = {k: v for k, v in d.items() if k != "detector_offset"} | {"principal_point": [2.0, -1.0]}
+    assert tp.ViewParameters.from_dict(old).u0 == 2.0
+    with pytest.raises(ValueError, match="both detector_offset and principal_point"):
+        tp.ViewParameters.from_dict(d | {"principal_point": [0.0, 0.0]})
+    # the principal point of the tilted detector is elsewhere (about 1500 tan 1 deg = 26 mm)
+    view = p.to_view()
+    rows, cols = view.shape
+    pp = view.principal_point.detach().numpy()
+    offset_mm = np.hypot(pp[0] - (cols - 1) / 2, pp[1] - (rows - 1) / 2) * 0.2
+    assert 20 < offset_mm < 32

@@ -357,7 +357,7 @@ def calibrate(
         The bead phantom, e.g. ``"bead_cage"``.
     initial_geometry : BiplanarGeometry, ViewParameters or list of ViewParameters
         Nominal or DICOM-derived parameters; the fit starts here and the correspondence uses
-        it (errors of tens of mm in the distances, several mm of principal-point offset and
+        it (errors of tens of mm in the distances, several mm of detector offset and
         a few degrees of rotation/tilt are fine).
     heldout : float, int or list of bead ids
         Beads left out of the fit (in every view) to measure the prediction error: a fraction
@@ -454,7 +454,7 @@ def _calibrate(images_or_points, phantom, initial_geometry, *, heldout, seed, kf
             raise CalibrationError(
                 f"{where}: only {len(di)} of {len(det)} detected beads could be matched to the design "
                 f"({n_train} for the fit; need >= {min_beads}). Detected at (col, row) px: "
-                f"{_fmt_points(det.positions)}. Check the initial geometry (angles, distances, principal point) "
+                f"{_fmt_points(det.positions)}. Check the initial geometry (angles, distances, detector offset) "
                 "and the phantom name", view=i, view_name=p.name, matched=len(di), detected=len(det), needed=min_beads,
             )
         matched.append((p_fit, di, dj))

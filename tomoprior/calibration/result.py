@@ -184,7 +184,7 @@ class CalibrationResult:
                 f"  {d['name']}: source_to_isocenter {d['source_to_isocenter']:.2f} "
                 f"+- {u['source_to_isocenter']:.2f} mm, "
                 f"source_to_detector {d['source_to_detector']:.2f} +- {u['source_to_detector']:.2f} mm, "
-                f"principal point ({d['principal_point'][0]:.3f}, {d['principal_point'][1]:.3f}) mm, "
+                f"detector offset ({d['detector_offset'][0]:.3f}, {d['detector_offset'][1]:.3f}) mm, "
                 f"rotation {d['detector_rotation_deg']:.4f} +- {u['detector_rotation_deg']:.4f} deg"
             )
         return "\n".join(lines)

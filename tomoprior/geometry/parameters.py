@@ -17,10 +17,11 @@ Construction (all lengths mm, angles rad in code, degrees in files)
 2. Beam axis ``b = R (0, -1, 0)``, detector axes ``e_u = R (1, 0, 0)`` (columns toward the
    patient's left on a PA image, as radiographs are read) and ``e_v = R (0, 0, -1)`` (rows
    toward the feet). ``e_u x e_v`` points back to the source.
-3. ``source = isocenter - source_to_isocenter * b``; the principal point is
-   ``source + source_to_detector * b``; the detector centre is
-   ``principal point - u0 * e_u - v0 * e_v``, so the principal point lies ``(u0, v0)`` mm
-   from the detector centre, i.e. at pixel ``((cols-1)/2 + u0/pitch_col, (rows-1)/2 + v0/pitch_row)``.
+3. ``source = isocenter - source_to_isocenter * b``; the central ray meets the untilted
+   detector at ``c = source + source_to_detector * b``; the detector centre is
+   ``c - u0 * e_u - v0 * e_v``, so ``(u0, v0)``, the **detector offset**, places ``c``
+   ``(u0, v0)`` mm from the detector centre, i.e. at pixel
+   ``((cols-1)/2 + u0/pitch_col, (rows-1)/2 + v0/pitch_row)``.
 4. The detector then turns about its own centre by ``Rd = A(n, detector_rotation) @
    A(e_u, detector_tilt_u) @ A(e_v, detector_tilt_v)`` where ``A(axis, angle)`` is a
    right-handed rotation and ``n = e_u x e_v``: ``detector_rotation`` is the in-plane
@@ -29,8 +30,13 @@ Construction (all lengths mm, angles rad in code, degrees in files)
    about its column direction. ``u = pitch_col * Rd e_u`` and ``v = pitch_row * Rd e_v``.
 
 So ``source_to_detector``, ``u0`` and ``v0`` describe the untilted detector; a tilt pivots
-about the detector centre. :attr:`View.source_to_detector` and :attr:`View.principal_point`
-report the resulting perpendicular distance and principal point exactly.
+about the detector centre. Two points are easily confused and are named apart throughout
+tomoprior: the **detector offset** ``(u0, v0)`` (a calibrated parameter: where the central
+ray of the *untilted* detector meets it) and the **principal point**
+(:attr:`View.principal_point`: the foot of the perpendicular from the source on the actual,
+possibly tilted, detector, derived from the view). Without tilts they coincide; a 1 degree
+tilt at 1500 mm moves the principal point by about 26 mm. :attr:`View.source_to_detector`
+is the perpendicular distance to the tilted plane.
 
 Per view this is 9 degrees of freedom (source: two angles and ``source_to_isocenter``;
 detector position: ``source_to_detector``, ``u0``, ``v0``; detector angles: rotation and
@@ -124,8 +130,9 @@ class ViewParameters:
         Distance from the focal spot to the (untilted) detector plane (radiography's "SID",
         source-to-image distance; RTK's SDD).
     u0, v0 : float, mm
-        Principal-point offset: where the central ray hits the detector, relative to the
-        detector centre, along the column (u0) and row (v0) directions.
+        Detector offset: where the central ray meets the untilted detector, relative to the
+        detector centre, along the column (u0) and row (v0) directions. Not the principal
+        point of a tilted detector (:attr:`View.principal_point`).
     detector_rotation : float, rad
         In-plane rotation of the detector about its normal.
     detector_tilt_u, detector_tilt_v : float, rad
@@ -278,7 +285,7 @@ class ViewParameters:
             "secondary_angle_deg": math.degrees(num(self.secondary_angle)),
             "source_to_isocenter": num(self.source_to_isocenter),
             "source_to_detector": num(self.source_to_detector),
-            "principal_point": [num(self.u0), num(self.v0)],
+            "detector_offset": [num(self.u0), num(self.v0)],
             "detector_rotation_deg": math.degrees(num(self.detector_rotation)),
             "detector_tilt_deg": [math.degrees(num(self.detector_tilt_u)), math.degrees(num(self.detector_tilt_v))],
             "pixel_pitch": [float(pr.detach()), float(pc.detach())],
@@ -293,7 +300,8 @@ class ViewParameters:
             raise ValueError(f"{where} must be a mapping, got {type(d).__name__}")
         allowed = {
             "name", "primary_angle_deg", "secondary_angle_deg", "source_to_isocenter", "source_to_detector",
-            "principal_point", "detector_rotation_deg", "detector_tilt_deg", "pixel_pitch", "detector_shape",
+            "detector_offset", "principal_point", "detector_rotation_deg", "detector_tilt_deg", "pixel_pitch",
+            "detector_shape",
             "isocenter",
         }
         unknown = set(d) - allowed
@@ -327,7 +335,11 @@ class ViewParameters:
                 out.append(f)
             return out
 
-        u0, v0 = pair("principal_point", [0.0, 0.0])
+        if "detector_offset" in d and "principal_point" in d:
+            raise ValueError(f"{where} has both detector_offset and principal_point (its older name); keep "
+                             "detector_offset")
+        # files written before the rename call the detector offset "principal_point"
+        u0, v0 = pair("detector_offset" if "detector_offset" in d else "principal_point", [0.0, 0.0])
         tu, tv = pair("detector_tilt_deg", [0.0, 0.0])
         name = d.get("name", "view")
         if not isinstance(name, str):
@@ -354,7 +366,7 @@ class ViewParameters:
         return (
             f"ViewParameters(name={d['name']!r}, primary={d['primary_angle_deg']:.3f} deg, "
             f"secondary={d['secondary_angle_deg']:.3f} deg, source_to_isocenter={d['source_to_isocenter']:.2f} mm, "
-            f"source_to_detector={d['source_to_detector']:.2f} mm, principal_point={d['principal_point']} mm, "
+            f"source_to_detector={d['source_to_detector']:.2f} mm, detector_offset={d['detector_offset']} mm, "
             f"rotation={d['detector_rotation_deg']:.3f} deg, tilts={d['detector_tilt_deg']} deg, "
             f"pitch={d['pixel_pitch']} mm, shape={tuple(d['detector_shape'])})"
         )

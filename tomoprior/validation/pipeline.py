@@ -46,10 +46,10 @@ class PipelineError(ValueError):
     """A stage of the pipeline cannot go on (too few beads, bad images, ...); the message says why."""
 
 
-#: True minus nominal parameters of the simulated setup (mm, degrees, principal point in mm).
+#: True minus nominal parameters of the simulated setup (mm, degrees, detector offset u0/v0 in mm).
 #: Magnitudes typical of an uncalibrated clinical bi-planar / C-arm room: source-to-detector
 #: off by ~1 cm (tape-measured or read from a mis-set detector), source-to-isocenter by
-#: several mm, principal point by 1-2 mm (detector mounting), in-plane rotation a few
+#: several mm, detector offset by 1-2 mm (detector mounting), in-plane rotation a few
 #: tenths of a degree, tilts up to 1 degree and gantry angles off by about half a degree.
 DEFAULT_MISCALIBRATION = {
     "frontal": {
@@ -719,7 +719,7 @@ def format_summary(outcome: ValidationOutcome) -> str:
                      f"({how}; target <= {t} mm: {ok})")
     if not outcome.parameter_table:
         lines.append("")
-        lines.append("calibrated parameters (+- 1-sigma; principal point in px, angles in deg)")
+        lines.append("calibrated parameters (+- 1-sigma; detector offset u0/v0 in px, angles in deg)")
         for i, p in enumerate(outcome.calibrated_parameters):
             sd = (outcome.uncertainty or [{}] * (i + 1))[i] or {}
             vals = []

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: Parameter error per row of the table: (parameter, step, unit shown, step in code units).
-#: ``px`` steps of the principal point are one detector pixel of the view.
+#: ``px`` steps of the detector offset (u0, v0) are one detector pixel of the view.
 DEFAULT_STEPS = (
     ("u0", 1.0, "px"),
     ("v0", 1.0, "px"),
@@ -197,7 +197,7 @@ def sensitivity_table(parameters, points=None, steps=DEFAULT_STEPS) -> list[Sens
     points : array-like ``(n, 3)``, optional
         World points, mm. Default :func:`head_points` (a 150 mm ball at the isocenter).
     steps : sequence of ``(parameter, step, unit)``
-        Unit ``"mm"``, ``"deg"`` or ``"px"`` (one pixel of the view, principal point only).
+        Unit ``"mm"``, ``"deg"`` or ``"px"`` (one pixel of the view, detector offset only).
 
     Returns
     -------
@@ -206,7 +206,7 @@ def sensitivity_table(parameters, points=None, steps=DEFAULT_STEPS) -> list[Sens
         ``|project(p + step) - project(p)|``; ``linear_mean_px``: the same from the autograd
         Jacobian; ``mean_mm``: ``mean_px`` times the view's mean pixel pitch; ``reference_px``:
         the published value (at 0.15 mm pixels) when there is one; ``reference_at_pitch_px``: that
-        value converted to this view's pixel pitch (principal-point rows unchanged).
+        value converted to this view's pixel pitch (detector-offset rows unchanged).
 
     Examples
     --------

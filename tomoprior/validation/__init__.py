@@ -1,8 +1,10 @@
 """Validation: does the model match the physics? Projector-vs-analytic comparison,
 reprojection error of a geometry against calibration beads, 3D triangulation, a
-sensitivity table of the calibrated parameters, reports (HTML + PNG + JSON) and the main
-job pipeline (simulate -> detect -> calibrate -> validate -> report)."""
+sensitivity table of the calibrated parameters, the calibration QA verdict (tolerances,
+baselines, trends), reports (HTML + PDF + PNG + JSON) and the main job pipeline
+(simulate -> detect -> calibrate -> judge -> report)."""
 
+from . import qa
 from .analytic import ProjectorComparison, compare_to_analytic
 from .images import Radiograph, dicom_view_parameters, read_radiograph
 from .pipeline import (
@@ -12,10 +14,13 @@ from .pipeline import (
     PipelineError,
     ValidationOutcome,
     analyse,
+    check_distinct_views,
     format_summary,
+    judge,
     parameter_errors,
     run_main_job,
 )
+from .qa import Tolerances, Verdict, VerdictItem, load_baseline
 from .report import Report, outcome_report, write_report
 from .reprojection import (
     ReprojectionError,
@@ -27,6 +32,7 @@ from .reprojection import (
     triangulation_error,
 )
 from .sensitivity import FitConditioning, SensitivityRow, fit_conditioning, head_points, sensitivity_table
+from .trend import collect_reports, trend_report
 
 __all__ = [
     "DEFAULT_MISCALIBRATION",
@@ -39,22 +45,31 @@ __all__ = [
     "Report",
     "ReprojectionError",
     "SensitivityRow",
+    "Tolerances",
     "TriangulationError",
     "ValidationOutcome",
+    "Verdict",
+    "VerdictItem",
     "analyse",
+    "check_distinct_views",
+    "collect_reports",
     "compare_to_analytic",
     "dicom_view_parameters",
     "fit_conditioning",
     "format_summary",
     "head_points",
+    "judge",
+    "load_baseline",
     "match_to_design",
     "outcome_report",
     "parameter_errors",
+    "qa",
     "read_radiograph",
     "reprojection_error",
     "rigid_align",
     "run_main_job",
     "sensitivity_table",
+    "trend_report",
     "triangulate",
     "triangulation_error",
     "write_report",

@@ -213,7 +213,7 @@ figcaption{font-size:.85em;color:#555;max-width:900px}pre{background:#f7f7f7;pad
 """
 
 
-def render_html(report: Report, numbers: dict) -> str:
+def render_html(report: Report, numbers: dict, json_name: str = "report.json") -> str:
     """The self-contained HTML page (figures inlined as base64 PNG, no external assets)."""
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -221,7 +221,7 @@ def render_html(report: Report, numbers: dict) -> str:
         f"<h1>{html.escape(report.title)}</h1>",
         f"<p>Created {html.escape(numbers.get('created_utc', ''))} with tomoprior "
         f"{html.escape(str(numbers.get('software', {}).get('tomoprior')))}. Lengths in mm, angles in degrees, "
-        "image positions in detector pixels. Every number is also in <code>report.json</code>.</p>",
+        f"image positions in detector pixels. Every number is also in <code>{html.escape(json_name)}</code>.</p>",
     ]
     if report.banner:
         parts.append(_banner_html(report.banner))
@@ -316,7 +316,7 @@ def write_report(report: Report, out_dir, *, html_name: str = "report.html", jso
     numbers["files"] = sorted(names)
     numbers = _jsonable(numbers)
     json_text = json.dumps(numbers, indent=2, allow_nan=False) + "\n"
-    html_text = render_html(report, numbers)
+    html_text = render_html(report, numbers, json_name)
 
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:

@@ -12,6 +12,10 @@ Layout (lengths in mm; angles, where present, in degrees)::
     parameters:            # optional: the physical description of a BiplanarGeometry
       - {name: frontal, primary_angle_deg: 0.0, source_to_isocenter: 1000.0, ...}
 
+``grid.shape`` and ``grid.spacing`` are required (a voxel size is never guessed);
+``grid.center`` defaults to the origin. Files are read through :mod:`tomoprior._yaml`
+(size, alias, nesting and encoding limits), and every error names the file and the field.
+
 The view vectors are authoritative. When ``parameters`` are present, loading rebuilds
 the views from them and checks they agree with the stored vectors (to 1e-6 mm), so a file
 edited by hand cannot silently disagree with itself.

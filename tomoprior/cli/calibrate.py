@@ -17,6 +17,7 @@ from .qa_common import (
     load_qa_inputs,
     qa_options,
     signoff_options,
+    terminable,
     write_qa_report,
 )
 from .validate import PipelineFailure
@@ -169,6 +170,7 @@ def initial_geometry(radiographs, initial_path: str | None, names, overrides: di
 @qa_options
 @signoff_options
 @click.option("--quiet", is_flag=True, help="Only the summary table, the verdict and the report path.")
+@terminable
 def calibrate(images, phantom, initial_path, sdd, sod, pitch, primary, secondary, out_dir, kind, names, heldout, seed,
               tolerances_path, baseline_path, pdf, site, system, serial, operator, phantom_serial, acquisition_date,
               kvp, quiet):

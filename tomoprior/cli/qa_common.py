@@ -33,6 +33,26 @@ class OutputError(click.ClickException):
     exit_code = 2
 
 
+def terminable(f):
+    """Run a command with SIGTERM/SIGHUP turned into an exception: the report's staging folder
+    is removed on the way out, nothing half-written stays, and the exit code is 128 + signal."""
+    import functools
+    import sys
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        from .._atomic import Terminated, signals_as_exceptions
+
+        try:
+            with signals_as_exceptions():
+                return f(*args, **kwargs)
+        except Terminated as exc:
+            click.echo(f"tomoprior: {exc}; no report was written", err=True)
+            sys.exit(128 + exc.signum)
+
+    return wrapper
+
+
 def qa_options(f):
     """``--tolerances``, ``--baseline`` and ``--pdf/--no-pdf``."""
     f = click.option("--pdf/--no-pdf", default=True, show_default=True,

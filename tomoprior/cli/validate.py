@@ -11,7 +11,15 @@ from pathlib import Path
 
 import click
 
-from .qa_common import EXIT_CODES_HELP, QAFailed, check_output_folder, load_qa_inputs, qa_options, write_qa_report
+from .qa_common import (
+    EXIT_CODES_HELP,
+    QAFailed,
+    check_output_folder,
+    load_qa_inputs,
+    qa_options,
+    terminable,
+    write_qa_report,
+)
 
 DEFAULT_OUT = "tomoprior-out/validate"
 
@@ -50,6 +58,7 @@ def write_outcome_report(outcome, out: Path, title: str) -> Path:
               help="Detector binning of the 1536^2 x 0.2 mm panel (2: 768^2 pixels of 0.4 mm).")
 @qa_options
 @click.option("--quiet", is_flag=True, help="Only the summary table, the verdict and the report path.")
+@terminable
 def validate(out_dir, phantom, photons, seed, binning, tolerances_path, baseline_path, pdf, quiet):
     """Simulate, calibrate and judge the built-in pediatric bi-planar setup (the main job).
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._atomic import write_bytes_atomic, write_text_atomic
+from .._atomic import remove_stale_temporaries, temporary_prefix, write_bytes_atomic, write_text_atomic
 
 __all__ = ["Cell", "Figure", "Report", "failure_report", "outcome_report", "pdf_bytes", "software_versions",
            "write_report"]
@@ -318,7 +318,10 @@ def write_report(report: Report, out_dir, *, html_name: str = "report.html", jso
     json_text = json.dumps(numbers, indent=2, allow_nan=False) + "\n"
     html_text = render_html(report, numbers, json_name)
 
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    # a staging folder named like every tomoprior temporary (.NAME.PID-HOST-XXXXXXXX), so
+    # one left by a killed run (kill -9) is recognised and removed by the next run
+    remove_stale_temporaries(out)
+    stage = Path(tempfile.mkdtemp(prefix=temporary_prefix(out), dir=out.parent))
     try:
         for fig in report.figures:
             write_bytes_atomic(stage / fig.filename, fig.png)

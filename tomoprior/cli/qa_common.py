@@ -35,8 +35,10 @@ class OutputError(click.ClickException):
 
 def terminable(f):
     """Run a command with SIGTERM/SIGHUP turned into an exception: the report's staging folder
-    is removed on the way out, nothing half-written stays, and the exit code is 128 + signal."""
+    is removed on the way out, nothing half-written stays, and the exit code is 128 + signal
+    (also for Ctrl-C: 130, so an interrupted run never reads as a failed calibration, 1)."""
     import functools
+    import signal
     import sys
 
     @functools.wraps(f)
@@ -49,6 +51,10 @@ def terminable(f):
         except Terminated as exc:
             click.echo(f"tomoprior: {exc}; no report was written", err=True)
             sys.exit(128 + exc.signum)
+        except KeyboardInterrupt:
+            # not click's "Aborted!" with exit 1, which would read as a failed calibration
+            click.echo("tomoprior: interrupted (SIGINT); no report was written", err=True)
+            sys.exit(128 + signal.SIGINT)
 
     return wrapper
 

@@ -37,9 +37,8 @@ import torch
 
 from tomoprior import physics
 from tomoprior.calibration import bead_line_integrals, calibrate, detect_beads
-from tomoprior.geometry import Geometry
 from tomoprior.phantoms import load as load_phantom
-from tomoprior.validation.pipeline import MainJobConfig, main_job_geometries, parameter_errors
+from tomoprior.validation.pipeline import MainJobConfig, expected_counts, main_job_geometries, parameter_errors
 
 VARIANTS = {
     "full": {},
@@ -48,22 +47,6 @@ VARIANTS = {
     "sharp": {"focal_spot_mm": 0.0, "detector_blur_px": 0.0},
 }
 PARAMS = ("source_to_detector", "source_to_isocenter")
-
-
-def expected_images(p: torch.Tensor, geometry: Geometry, config: MainJobConfig, heel) -> list[torch.Tensor]:
-    """Noiseless counts per view ``(rows, cols)``: the steps of ``simulate_radiographs`` before the noise."""
-    out = []
-    for i, view in enumerate(geometry.views):
-        flat = torch.full(view.shape, float(config.photons), dtype=p.dtype)
-        if heel is not None:
-            flat = flat * heel[i]
-        img = flat * torch.exp(-p[i])
-        if config.focal_spot_mm:
-            img = physics.focal_spot_blur(img[None], Geometry(geometry.grid, [view]), config.focal_spot_mm)[0]
-        if config.detector_blur_px:
-            img = physics.detector_blur(img[None], config.detector_blur_px)[0]
-        out.append(img.detach())
-    return out
 
 
 def noisy(expected: list[torch.Tensor], seed: int) -> list[np.ndarray]:
@@ -127,7 +110,7 @@ def main(argv=None) -> int:
         config = MainJobConfig(**VARIANTS[variant])
         for s in args.subsamples:
             t0 = time.perf_counter()
-            expected = expected_images(line_integrals[s], true, config, heel)
+            expected = expected_counts(line_integrals[s], true, config, heel)
             report["timings_s"][f"physics_{variant}_s{s}"] = time.perf_counter() - t0
             runs = []
             for seed in range(args.seeds):

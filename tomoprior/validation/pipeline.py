@@ -36,6 +36,7 @@ __all__ = [
     "analyse",
     "apply_miscalibration",
     "check_distinct_views",
+    "expected_counts",
     "judge",
     "parameter_errors",
     "run_main_job",
@@ -158,16 +159,42 @@ def parameter_errors(estimated: Sequence[ViewParameters], true: Sequence[ViewPar
 
 # -- thin adapters to physics and calibration ---------------------------------------------------
 
+def expected_counts(line_integrals: torch.Tensor, geometry: Geometry, config: MainJobConfig,
+                    heel: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Noise-free counts per view ``(rows, cols)`` from line integrals ``(views, rows, cols)``.
+
+    The steps of :func:`tomoprior.physics.radiograph` before the noise, in its order: a
+    flat field of ``config.photons`` counts shaped by the heel-effect field ``heel`` (same
+    shape as the line integrals, or None) times ``exp(-p)``, then focal-spot blur and
+    detector blur.
+    """
+    from .. import physics
+
+    p = line_integrals
+    out = []
+    for i, view in enumerate(geometry.views):
+        flat = torch.full(view.shape, float(config.photons), dtype=p.dtype)
+        if heel is not None:
+            flat = flat * heel[i]
+        img = flat * torch.exp(-p[i])
+        if config.focal_spot_mm:
+            img = physics.focal_spot_blur(img[None], Geometry(geometry.grid, [view]), config.focal_spot_mm)[0]
+        if config.detector_blur_px:
+            img = physics.detector_blur(img[None], config.detector_blur_px)[0]
+        out.append(img.detach())
+    return out
+
+
 def simulate_radiographs(phantom, geometry: Geometry, config: MainJobConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """Raw counts ``(views, rows, cols)`` and the heel-effect field (same shape, or None).
 
     The chain of :func:`tomoprior.physics.radiograph` for a monochromatic phantom (heel-shaped
     flat field times ``exp(-p)`` integrated over each pixel's area, focal-spot blur, detector
-    blur, Poisson noise; the same
-    functions in the same order, checked equal in the tests), fed with exact line integrals
-    from :func:`tomoprior.calibration.bead_line_integrals`, which evaluates each bead only
-    around its shadow: ``physics.radiograph(phantom, ...)`` evaluates every bead over the
-    whole detector, about 50 times slower for a 50-bead cage.
+    blur, Poisson noise: :func:`expected_counts`, then the noise; the same functions in the
+    same order, checked equal in the tests), fed with exact line integrals from
+    :func:`tomoprior.calibration.bead_line_integrals`, which evaluates each bead only around
+    its shadow: ``physics.radiograph(phantom, ...)`` evaluates every bead over the whole
+    detector, about 50 times slower for a 50-bead cage.
     """
     from .. import physics
     from ..calibration import bead_line_integrals
@@ -178,17 +205,7 @@ def simulate_radiographs(phantom, geometry: Geometry, config: MainJobConfig) -> 
         heel = torch.as_tensor(physics.heel_effect(geometry, config.anode_angle_deg, kvp=config.kvp)).to(p.dtype)
     gen = torch.Generator()
     gen.manual_seed(int(config.seed))
-    raw = []
-    for i, view in enumerate(geometry.views):
-        flat = torch.full(view.shape, float(config.photons), dtype=p.dtype)
-        if heel is not None:
-            flat = flat * heel[i]
-        img = flat * torch.exp(-p[i])
-        if config.focal_spot_mm:
-            img = physics.focal_spot_blur(img[None], Geometry(geometry.grid, [view]), config.focal_spot_mm)[0]
-        if config.detector_blur_px:
-            img = physics.detector_blur(img[None], config.detector_blur_px)[0]
-        raw.append(physics.poisson_noise(img.detach(), generator=gen))
+    raw = [physics.poisson_noise(img, generator=gen) for img in expected_counts(p, geometry, config, heel)]
     counts = torch.stack(raw).cpu().numpy().astype(np.float64)
     return counts, (None if heel is None else heel.cpu().numpy())
 

@@ -161,24 +161,24 @@ _SCALARS = {
     "heldout_rejected": (("fraction",), "<=", "10 %", "held-out beads rejected as mismatches"),
 }
 
+#: The calibration targets per parameter (simulated images, ~0.1 px centroid noise).
+_TARGETS = {
+    "source_to_isocenter": "1 mm", "source_to_detector": "1 mm", "u0": "0.2 px", "v0": "0.2 px",
+    "detector_rotation": "0.01 deg", "detector_tilt_u": "0.1 deg", "detector_tilt_v": "0.1 deg",
+}
+
 #: Per-parameter groups: group -> (comparison, defaults, label). Defaults: the targets the
 #: calibration meets on the built-in setup (uncertainty, error_vs_truth); a plausibility bound
 #: for the change from the starting geometry (a physicist's nominal values are not off by
 #: more); drift limits a little above twice the 1-sigma of a good calibration.
 _GROUPS = {
-    "uncertainty": ("<=", {
-        "source_to_isocenter": "1 mm", "source_to_detector": "1 mm", "u0": "0.2 px", "v0": "0.2 px",
-        "detector_rotation": "0.01 deg", "detector_tilt_u": "0.1 deg", "detector_tilt_v": "0.1 deg",
-    }, "1-sigma uncertainty"),
+    "uncertainty": ("<=", _TARGETS, "1-sigma uncertainty"),
     "change_from_start": ("<=", {
         "primary_angle": "5 deg", "secondary_angle": "5 deg", "source_to_isocenter": "50 mm",
         "source_to_detector": "50 mm", "u0": "20 mm", "v0": "20 mm", "detector_rotation": "5 deg",
         "detector_tilt_u": "5 deg", "detector_tilt_v": "5 deg",
     }, "change from the starting geometry"),
-    "error_vs_truth": ("<=", {
-        "source_to_isocenter": "1 mm", "source_to_detector": "1 mm", "u0": "0.2 px", "v0": "0.2 px",
-        "detector_rotation": "0.01 deg", "detector_tilt_u": "0.1 deg", "detector_tilt_v": "0.1 deg",
-    }, "error against the truth"),
+    "error_vs_truth": ("<=", _TARGETS, "error against the truth"),
     "drift": ("<=", {
         "primary_angle": "0.05 deg", "secondary_angle": "0.05 deg", "source_to_isocenter": "2 mm",
         "source_to_detector": "2 mm", "u0": "0.5 px", "v0": "0.5 px", "detector_rotation": "0.02 deg",

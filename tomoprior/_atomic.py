@@ -264,6 +264,7 @@ def atomic_path(path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        raise_if_interrupted()  # never commit a write that a signal asked to stop
         # mkstemp creates 0600 files; give the result the permissions a plain open() would
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
@@ -298,27 +299,56 @@ def write_bytes_atomic(path, data: bytes) -> None:
 
 # -- signals -----------------------------------------------------------------------------------
 
+#: The signal received inside :func:`signals_as_exceptions` (None: none yet).
+_PENDING: dict = {"signum": None}
+
+
+def raise_if_interrupted() -> None:
+    """Raise again the signal received inside :func:`signals_as_exceptions`, if any.
+
+    A handler's exception is lost when the signal lands while Python runs a ``__del__`` or
+    a weakref callback ("Exception ignored in ..."); :func:`atomic_path` calls this before
+    it commits a file, so a write that received the signal is never committed, and long
+    writers call it between items to stop early.
+    """
+    signum = _PENDING["signum"]
+    if signum is None:
+        return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
 @contextlib.contextmanager
 def signals_as_exceptions(signals=None) -> Iterator[None]:
-    """Inside the block, SIGTERM (and SIGHUP) raise :class:`Terminated` in the main thread,
-    as SIGINT raises ``KeyboardInterrupt``, so ``with`` blocks unwind and temporaries are
-    deleted. Outside the main thread this does nothing. The previous handlers are restored.
+    """Inside the block, SIGTERM (and SIGHUP) raise :class:`Terminated` in the main thread
+    and SIGINT raises ``KeyboardInterrupt`` (unless SIGINT is ignored, as in a background
+    job), so ``with`` blocks unwind and temporaries are deleted; the signal is also recorded
+    for :func:`raise_if_interrupted`. Outside the main thread this does nothing. The previous
+    handlers are restored.
     """
     if signals is None:
-        signals = (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+        signals = (signal.SIGTERM, getattr(signal, "SIGHUP", None), signal.SIGINT)
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
+        _PENDING["signum"] = signum
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Terminated(signum)
 
     saved = {}
     try:
         for s in signals:
-            if s is not None:
-                saved[s] = signal.signal(s, handler)
+            if s is None:
+                continue
+            if s == signal.SIGINT and signal.getsignal(s) is not signal.default_int_handler:
+                continue  # ignored (background job) or handled by the caller: leave it
+            saved[s] = signal.signal(s, handler)
         yield
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+        _PENDING["signum"] = None

@@ -21,7 +21,14 @@ from pathlib import Path
 import pytest
 
 from tomoprior import data
-from tomoprior._atomic import LEGACY_STALE_AGE_S, _host_tag, atomic_path, find_stale_temporaries
+from tomoprior._atomic import (
+    LEGACY_STALE_AGE_S,
+    Terminated,
+    _host_tag,
+    atomic_path,
+    find_stale_temporaries,
+    signals_as_exceptions,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = dict(grid=16, binning=96, phantom="shepp_logan", supersample=1)
@@ -274,3 +281,39 @@ def test_only_our_temporaries_of_dead_writers_are_removed(tmp_path):
         tmp.write_bytes(b"new")
     assert target.read_bytes() == b"new"
     assert {p.name for p in tmp_path.iterdir()} == {"d.h5"} | {files[k] for k in files if k not in expect}
+
+
+def test_sigterm_inside_a_write_removes_the_temporary(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+    with pytest.raises(Terminated) as err:
+        with signals_as_exceptions(), atomic_path(target) as tmp:
+            tmp.write_text("new")
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs between bytecodes
+                pass
+    assert err.value.signum == signal.SIGTERM
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed exception
+def test_a_signal_swallowed_by_a_finaliser_still_stops_the_commit(tmp_path):
+    """A handler's exception raised inside ``__del__`` is lost ("Exception ignored in ...");
+    the recorded signal still keeps the write from being committed."""
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs here, inside __del__
+                pass
+
+    with pytest.raises(Terminated):
+        with signals_as_exceptions(), atomic_path(target) as tmp:
+            tmp.write_text("new")
+            Finaliser()  # made and collected at once; its exception is swallowed
+            tmp.write_text("newer")  # the block goes on ...
+    assert target.read_text() == "old"  # ... but nothing is committed
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]

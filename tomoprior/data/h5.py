@@ -51,7 +51,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._atomic import DiskFullError, atomic_path, disk_free, disk_full_error, is_disk_full
+from .._atomic import (
+    DiskFullError,
+    atomic_path,
+    disk_free,
+    disk_full_error,
+    is_disk_full,
+    raise_if_interrupted,
+)
 from .._version import __version__
 from ..geometry import Geometry, VolumeGrid
 from ..geometry.io import dumps as geometry_dumps
@@ -321,6 +328,7 @@ class DatasetWriter:
     def _append_row(self, row: dict) -> int:
         if self._failed is not None:
             raise RuntimeError(f"an earlier write to {self.path} failed ({self._failed}); leave the with block")
+        raise_if_interrupted()
         raw = sum(np.asarray(v).nbytes if not isinstance(v, str) else len(v.encode()) for v in row.values())
         try:
             self._require_space(raw + SPACE_MARGIN, "one more sample")
@@ -477,7 +485,8 @@ class DatasetFile:
             raw_version = f.attrs.get("schema_version")
             version = _attr_int(raw_version)
             if version != SCHEMA_VERSION:
-                raise DatasetFormatError(f"{p}: schema_version {raw_version!r} is not supported (this tomoprior reads "
+                shown = version if version is not None else repr(raw_version)
+                raise DatasetFormatError(f"{p}: schema_version {shown} is not supported (this tomoprior reads "
                                          f"version {SCHEMA_VERSION}); upgrade tomoprior or regenerate the file")
             raw_n = f.attrs.get("n_samples")
             n = _attr_int(raw_n)

@@ -46,8 +46,9 @@ def prepare_output_file(out, what: str = "--out") -> None:
     except (OSError, ValueError) as exc:
         raise DataError(str(exc)) from exc
     for p, size in remove_stale_temporaries(out):
-        click.echo(f"note: removed {p.name} ({size / 1e6:.1f} MB), a temporary of {out.name} left by an interrupted "
-                   "run", err=True)
+        shown = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+        click.echo(f"note: removed {p.name} ({shown}), a temporary of {out.name} left by an interrupted run",
+                   err=True)
 
 VARIANTS_HELP = ("comma-separated variants (default: all of the phantom's: normal, sagittal, metopic, unicoronal, "
                  "bicoronal, lambdoid for the skull)")

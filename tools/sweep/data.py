@@ -374,7 +374,9 @@ def _run(case: Case, fix: Path, work: Path) -> dict:
     else:
         cmd = [PY, "-m", "tomoprior", *argv]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=work)
+    # a sweep started in the background inherits an ignored SIGINT: give the case the default back
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=work,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     sent, workers, orphans = None, [], []
     if case.signal:
         end = time.monotonic() + case.timeout

@@ -404,7 +404,7 @@ def _leftovers(folder: Path, case: Case) -> list[str]:
     if case.old_outputs:
         out = folder / case.old_outputs
         changed = [n for n, data in OLD.items() if not (out / n).exists() or (out / n).read_bytes() != data]
-        complete = _complete_new_set(out)
+        complete = _complete_new_set(out) and all((out / n).read_bytes() != data for n, data in OLD.items())
         if changed and not complete:
             found += [f"{case.old_outputs}/{n} (previous output replaced by a partial set)" for n in changed]
     return found
@@ -477,12 +477,16 @@ def run_case(case: Case, root: Path) -> dict:
         stdout, stderr = stdout.decode(errors="replace"), stderr.decode(errors="replace")
         rc = proc.returncode
         rerun = None
+        damaged: list[str] = []
         if case.fault == "kill9" and not hang:
+            # right after the kill: every output under its final name is the old one or part of a
+            # complete new set (a mix of new and old files is a damaged previous result)
+            damaged = [x for x in _leftovers(folder, case) if "previous output" in x]
             # kill -9 cannot clean up; the next run must (and the previous outputs must be whole)
             again = subprocess.run([PY, "-m", "tomoprior", "simulate", *FAST, "--out", "out"], cwd=folder, env=ENV,
                                    capture_output=True, timeout=case.timeout)
             rerun = again.returncode
-        left = _leftovers(folder, case)
+        left = damaged + _leftovers(folder, case)
     finally:
         if mounted:
             subprocess.run(["umount", str(folder / "mnt")], capture_output=True)

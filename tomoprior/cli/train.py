@@ -49,7 +49,9 @@ def _graceful_stop(state: dict):
         click.echo(f"\n{signal.Signals(signum).name}: stopping after the current step and saving last.pt "
                    "(send it again to stop at once)", err=True)
 
-    saved = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    # an ignored SIGINT (a background job) stays ignored
+    sigs = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else [])
+    saved = {s: signal.signal(s, handler) for s in sigs}
     try:
         yield
     finally:

@@ -128,6 +128,14 @@ SETUP = textwrap.dedent(r"""
     ck = net.checkpoint_dict()
     ck["state_dict"]["stem3d.0.weight"] = torch.full_like(ck["state_dict"]["stem3d.0.weight"], float("nan"))
     torch.save(seal(ck), out / "nan16.pt")  # a diverged training, saved without a check
+    net.save_checkpoint(out / "good16.pt")
+    raw16 = bytearray((out / "good16.pt").read_bytes())
+    for info in zipfile.ZipFile(io.BytesIO(bytes(raw16))).infolist():
+        if "/data/" in info.filename and info.file_size >= 8:
+            n, m = struct.unpack("<HH", raw16[info.header_offset + 26:info.header_offset + 30])
+            s = info.header_offset + 30 + n + m
+            raw16[s:s + 4] = bytes(b ^ 0xFF for b in raw16[s:s + 4])
+    (out / "flipped16.pt").write_bytes(bytes(raw16))
     ok = refiners.load("bp-prior", normalization="chord", gain=1.1)
     ok.save_checkpoint(out / "bp.pt")
     print(json.dumps({"demo": str(demo)}))
@@ -334,7 +342,7 @@ def _cases() -> list[Case]:
         Case("evaluate: NaN weights", "evaluate", [*ev, "--refiner", "psctnet", "--checkpoint", "{F}/nan16.pt"],
              words=("nan16.pt", "not finite")),
         Case("evaluate: damaged checkpoint", "evaluate", [*ev, "--refiner", "psctnet", "--checkpoint",
-                                                          "{F}/flipped.pt"], words=("flipped.pt",)),
+                                                          "{F}/flipped16.pt"], words=("flipped16.pt",)),
         Case("evaluate: SIGTERM during the run", "evaluate",
              [*ev, "--refiner", "bp-prior", "--no-fit-bp-prior", "--out", "{W}/out/res"], inject="pause-eval",
              signal="TERM"),
@@ -347,7 +355,18 @@ def _cases() -> list[Case]:
 
 # -- running and classifying --------------------------------------------------------------------------
 
+def _has_overwrite() -> bool:
+    """Whether the code under test has ``reconstruct --overwrite`` (before issue 11 it overwrote
+    existing outputs silently, so the fault cases run without the flag there)."""
+    r = subprocess.run([PY, "-m", "tomoprior", "reconstruct", "--help"], capture_output=True, text=True, env=ENV)
+    return "--overwrite" in r.stdout
+
+
+HAS_OVERWRITE = True
+
+
 def _fill(items, fix: Path, work: Path):
+    items = [x for x in items if HAS_OVERWRITE or x != "--overwrite"]
     return [str(x).replace("{F}", str(fix)).replace("{W}", str(work)) for x in items]
 
 
@@ -454,17 +473,18 @@ def _run(case: Case, fix: Path, work: Path) -> dict:
         return _record(case, "crash", rc, stdout, stderr, t0, note=f"signal {-rc}")
     if "Traceback (most recent call last)" in stderr:
         return _record(case, "traceback", rc, stdout, stderr, t0, leftovers=left + damaged)
-    ok_pair = (len(present) in (0, len(case.outputs))) if case.outputs else True
-    if case.expect == "error" and case.signal is None and not case.previous:
-        ok_pair = not present  # an error writes nothing
-    if left or damaged or not ok_pair:
-        return _record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left + damaged,
-                       note=note or (f"outputs present: {present}" if not ok_pair else ""))
+    if left or damaged:
+        return _record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left + damaged, note=note)
     if case.signal == "KILL":
         return _record(case, "correct" if rc_eff == 0 else "clean error", rc, stdout, stderr, t0, note=note)
+    if case.expect == "error" and rc_eff == 0:
+        return _record(case, "silent wrong", rc, stdout, stderr, t0, note="exit 0 on bad input")
+    ok_pair = (len(present) in (0, len(case.outputs))) if case.outputs else True
+    if case.expect == "error" and case.signal is None and not case.previous:
+        ok_pair = not present  # a failed run writes nothing
+    if not ok_pair:
+        return _record(case, "files left behind", rc, stdout, stderr, t0, note=f"outputs present: {present}")
     if case.expect == "error":
-        if rc_eff == 0:
-            return _record(case, "silent wrong", rc, stdout, stderr, t0, note="exit 0 on bad input")
         text = stdout + stderr
         return _record(case, "clean error", rc, stdout, stderr, t0,
                        message_ok=all(w in text for w in case.words), note=note)
@@ -500,6 +520,8 @@ def main(argv=None) -> int:
 
         probe = subprocess.run([PY, "-c", "import tomoprior, psctnet; print(tomoprior.__file__, psctnet.__file__)"],
                                capture_output=True, text=True, env=ENV)
+        global HAS_OVERWRITE
+        HAS_OVERWRITE = _has_overwrite()
         results = []
         for case in _cases():
             if args.only and args.only not in case.name:
@@ -517,6 +539,8 @@ def main(argv=None) -> int:
                 print(f"{c:<20}{counts.get(c, 0):>6}")
         print(f"{'total':<20}{len(results):>6}")
         print(f"(clean errors whose message misses the input or the fix: {vague})")
+        if not HAS_OVERWRITE:
+            print("(reconstruct has no --overwrite here: the cases run without it)")
         args.json.write_text(json.dumps({"code": probe.stdout.strip(), "counts": dict(counts),
                                          "vague_messages": vague, "cases": results}, indent=1) + "\n")
         print(f"wrote {args.json}")

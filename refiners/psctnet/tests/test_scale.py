@@ -173,7 +173,7 @@ def test_missing_output_scale_with_a_scaled_config_is_an_error_not_a_legacy_file
     ckpt["format_version"] = 1
     del ckpt["weights_sha256"], ckpt["config_sha256"]
     torch.save(ckpt, tmp_path / "cut.pt")
-    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="missing 1 key.*'output_scale'"):
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match=r"missing 1 key.*'output_scale'"):
         PSCTNet.from_checkpoint(tmp_path / "cut.pt")
     # the same edit on a current (checksummed) file is caught by the weights' SHA-256
     ckpt = net.checkpoint_dict()

@@ -254,3 +254,22 @@ def test_speed_128_cubed_two_256_views():
     assert prior.shape == (1, 1, 128, 128, 128)
     print(f"build_prior 128^3 from 2 x 256^2: {wall:.3f} s wall, {cpu:.3f} s CPU ({torch.get_num_threads()} threads)")
     assert cpu < 2.0
+
+
+def test_voxels_beyond_the_detector_are_not_seen():
+    """A detector plane through the volume: the prior, like the projectors, sees only the voxels
+    between the source and the detector (before, the whole chord was filled)."""
+    import warnings
+
+    grid = tp.VolumeGrid(shape=(8, 16, 16), spacing=(4.0, 4.0, 4.0))
+    # PA view (source at +y) whose detector plane sits at y = -10 mm, inside the 64 mm volume
+    view = tp.ViewParameters(source_to_isocenter=500.0, source_to_detector=510.0, detector_shape=(64, 64),
+                             pixel_pitch=2.0).to_view()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        geom = tp.Geometry(grid, [view])
+        vol, mask = backproject_features(torch.ones(1, 1, 1, 64, 64), geom, return_mask=True)
+    y = grid.axis_coordinates()[1]  # (ny,) world y of the voxel centres
+    seen = mask[0, 0, 0].any(dim=(0, 2))
+    assert bool(seen[y > -10.0].all()) and not bool(seen[y < -10.0].any())
+    assert float(vol[0, 0, 0][:, y < -10.0, :].abs().max()) == 0.0

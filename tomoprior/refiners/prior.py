@@ -109,7 +109,8 @@ def _voxel_projection(view: View, grid: VolumeGrid, device, dtype=torch.float64)
 
     Returns ``gx, gy`` (``dtype``, ``(nz, ny, nx)``) with ``-1/+1`` at the outer pixel edges of
     the detector (columns/rows ``-0.5`` and ``cols - 0.5``), differentiable in the view
-    vector, and the bool mask ``front & |gx| <= 1 & |gy| <= 1``. The projection matrix is
+    vector, and the bool mask ``front & |gx| <= 1 & |gy| <= 1`` (``front``: between the source
+    and the detector plane). The projection matrix is
     built in float64; ``P @ (x, y, z, 1)`` is separable over the grid axes, so each output
     is a sum of three broadcast 1D terms.
     """
@@ -128,6 +129,16 @@ def _voxel_projection(view: View, grid: VolumeGrid, device, dtype=torch.float64)
 
     den = row(2)
     front = den.detach() > 0
+    # voxels beyond the detector plane are not on any ray from the source to a pixel (the
+    # projectors' rays end at the detector): leave them out as the projectors do
+    n = torch.linalg.cross(vec[6:9], vec[9:12])
+    n = n / torch.linalg.norm(n)
+    d_det = float(torch.dot(c - s, n).abs())
+    sgn = float(torch.sign(torch.dot(c - s, n)))
+    xd, yd, zd = (a.detach() for a in (x, y, z))
+    depth = sgn * ((n[0] * xd - torch.dot(s, n)).to(dtype)[None, None, :] + (n[1] * yd)[None, :, None]
+                   + (n[2] * zd)[:, None, None])
+    front = front & (depth <= d_det * (1 + 1e-12))
     all_front = bool(front.all())
     safe = den if all_front else torch.where(front, den, torch.ones_like(den))
     inv = 1.0 / safe

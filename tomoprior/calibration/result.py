@@ -11,7 +11,6 @@ import numpy as np
 import yaml
 
 from .._atomic import write_text_atomic
-from ..geometry import ViewParameters
 
 __all__ = ["CalibrationError", "CalibrationResult"]
 
@@ -257,9 +256,9 @@ class CalibrationResult:
     @staticmethod
     def load_parameters(path) -> list:
         """Read the fitted ViewParameters back from a saved result file."""
-        text = Path(path).read_text(encoding="utf-8")
-        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-        if not isinstance(data, dict) or data.get("schema") != "tomoprior.calibration":
-            raise ValueError(f"{path} is not a tomoprior calibration result")
-        return [ViewParameters.from_dict(v["parameters"], where=f"{path}: views[{i}]")
-                for i, v in enumerate(data["views"])]
+        from ..geometry.parameters import read_view_parameters
+
+        params, _, kind = read_view_parameters(path)
+        if kind != "calibration result":
+            raise ValueError(f"{path} is not a tomoprior calibration result (it is a {kind})")
+        return params

@@ -29,7 +29,6 @@ import warnings
 from pathlib import Path
 
 import click
-import yaml
 
 CALIBRATIONS = ("residual", "exact", "bead")
 
@@ -88,9 +87,11 @@ def bead_cage_calibrator(phantom: str = "bead_cage", upsample: int = 3):
 
 # --------------------------------------------------------------------------------------------
 def _parse_value(text: str):
+    from .._yaml import load_yaml
+
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return load_yaml(text, what="value")
+    except ValueError:
         return text
 
 

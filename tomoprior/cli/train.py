@@ -60,7 +60,7 @@ def _graceful_stop(state: dict):
 
 
 def _parse_set(items: tuple[str, ...]) -> dict:
-    import yaml
+    from .._yaml import load_yaml
 
     out = {}
     for item in items:
@@ -71,8 +71,8 @@ def _parse_set(items: tuple[str, ...]) -> dict:
         if not key.isidentifier():
             raise click.BadParameter(f"{key!r} is not a config field name", param_hint="--set")
         try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
+            out[key] = load_yaml(value, what=f"--set {key}")
+        except ValueError as exc:
             raise click.BadParameter(f"cannot parse the value of {key}: {exc}", param_hint="--set") from exc
     return out
 

@@ -54,10 +54,9 @@ def preset_parameters(name_or_path) -> SkullParameters:
         path = find(name_or_path)
     except ValueError as exc:
         raise ValueError(f"{exc}. Skull presets: {', '.join(available_presets()) or '(none)'}") from None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    from ..._yaml import load_yaml
+
+    data = load_yaml(Path(path), what="skull preset")
     if not isinstance(data, dict) or data.get("schema") != PRESET_SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path}: not a skull preset (schema {PRESET_SCHEMA!r} expected, found {found!r})")

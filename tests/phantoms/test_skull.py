@@ -31,6 +31,8 @@ from tomoprior.phantoms.skull import (
     save_preset,
 )
 from tomoprior.phantoms.skull.growth import MATERIALS
+from tomoprior.phantoms.skull.parameters import SIDES, fused_sutures
+from tomoprior.phantoms.skull.variants import VARIANT_SHAPES
 
 BONE, SUTURE = LABELS["bone"], LABELS["suture"]
 
@@ -91,6 +93,25 @@ def test_unilateral_side_mirrors_the_asymmetry():
     # x -> -x on a grid symmetric about x = 0 (up to float32 rounding at a few boundaries)
     assert float((lab_l != lab_r.flip(-1)).float().mean()) < 1e-3
     assert not torch.equal(lab_l, lab_l.flip(-1))
+
+
+def test_variant_shapes_are_data_for_every_variant():
+    assert tuple(VARIANT_SHAPES) == VARIANTS
+    for name, shape in VARIANT_SHAPES.items():
+        for side in SIDES:
+            # a keel runs along exactly the sutures the variant fuses
+            assert sorted(r[0] for r in shape.ridge_list(side)) == sorted(fused_sutures(name, side)), (name, side)
+    for name in ("unicoronal", "lambdoid"):  # unilateral: the right side mirrors the left (x -> -x)
+        shape = VARIANT_SHAPES[name]
+        for get in (shape.bulge_list, shape.plane_list):
+            left, right = get("left"), get("right")
+            assert left and len(left) == len(right)
+            for (dl, *rest_l), (dr, *rest_r) in zip(left, right):
+                assert np.array_equal(dr, dl * np.array([-1.0, 1.0, 1.0])) and rest_l == rest_r
+    # bilateral and midline variants ignore the side
+    for name in ("metopic", "bicoronal", "sagittal"):
+        shape = VARIANT_SHAPES[name]
+        assert all(np.array_equal(a[0], b[0]) for a, b in zip(shape.bulge_list("left"), shape.bulge_list("right")))
 
 
 # -- sutures and fontanelles --------------------------------------------------------------------
@@ -177,9 +198,9 @@ def test_anatomy_is_consistent(variant, age):
         inside, outside = skull.labels(np.stack([lm[name] - 0.3 * u, lm[name] + 1.0 * u])).tolist()
         assert inside in (BONE, SUTURE) and outside == LABELS["soft_tissue"], (name, inside, outside)
     # the globes sit in the orbits, below the anterior cranial fossa
-    eyes = skull.labels(np.array([c + g for g, _ in skull._globes]))
+    eyes = skull.labels(np.array([c + g for g, _ in skull._face.globes]))
     assert bool((eyes == LABELS["eye"]).all())
-    above = np.array([c + g + np.array([0.0, 0.0, r + 1.0]) for g, r in skull._globes])
+    above = np.array([c + g + np.array([0.0, 0.0, r + 1.0]) for g, r in skull._face.globes])
     assert not bool((skull.labels(above) == LABELS["brain_csf"]).any())
 
 

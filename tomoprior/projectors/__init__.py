@@ -1,17 +1,32 @@
 """Projectors: differentiable forward projection (``project``) and its exact adjoint
 (``backproject``) over a registry of backends (``"numba"``, ``"torch"``, ``"reference"``,
-``"astra"``); ``"auto"``, the default, picks the fastest one for the data's device."""
+``"astra"``); ``"auto"``, the default, picks the fastest one for the data's device.
+
+A backend is a :class:`Backend` (the whole operator: ``forward``, ``adjoint``, optionally
+``vector_grad``) or a :class:`ChunkedBackend` (a ``Backend`` built from per-chunk torch
+kernels); see :mod:`tomoprior.projectors.base`.
+"""
 
 from .api import backproject, project
 from .base import Backend
+from .chunked import ChunkedBackend
 from .operator import Projector
 from .raymarch import TorchRaymarchBackend
-from .registry import AUTO, available, get_backend, register_backend, registered, resolve_backend
+from .registry import (
+    AUTO,
+    available,
+    get_backend,
+    register_backend,
+    registered,
+    resolve_backend,
+    unavailable_reason,
+)
 from .siddon import SiddonBackend
 
 __all__ = [
     "AUTO",
     "Backend",
+    "ChunkedBackend",
     "Projector",
     "SiddonBackend",
     "TorchRaymarchBackend",
@@ -22,4 +37,5 @@ __all__ = [
     "register_backend",
     "registered",
     "resolve_backend",
+    "unavailable_reason",
 ]

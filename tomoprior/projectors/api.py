@@ -1,4 +1,10 @@
-"""``project`` and ``backproject``: the public, differentiable projector calls."""
+"""``project`` and ``backproject``: the public, differentiable projector calls.
+
+They validate the input, check the memory estimate and call the backend through the autograd
+functions of :mod:`~tomoprior.projectors.base`: only the whole-operator :class:`Backend`
+contract (``forward``, ``adjoint``, ``vector_grad``, ``memory_estimate``, ``progress_steps``),
+whatever the backend's kernels are.
+"""
 
 from __future__ import annotations
 
@@ -167,7 +173,7 @@ def project(volume, geometry: Geometry, backend: str | Backend = "auto", *, prog
     vol = volume.reshape(-1, *grid.shape).contiguous()
     vectors = _vectors(geometry, vol.device)
     shapes = geometry.detector_shapes
-    bar = _progress(progress, be.num_chunks(grid, shapes, vectors) if progress else 0, f"project ({be.name})")
+    bar = _progress(progress, be.progress_steps(grid, shapes, vectors) if progress else 0, f"project ({be.name})")
     try:
         flat = _run(lambda: ProjectFunction.apply(vol, vectors, OperatorSpec(be, grid, shapes, bar)),
                     geometry, batch, volume.dtype, be, adjoint=False)
@@ -211,7 +217,7 @@ def backproject(projections, geometry: Geometry, backend: str | Backend = "auto"
     batch = flat.shape[0]
     _check_size(geometry, batch, flat.dtype, be, adjoint=True)
     vectors = _vectors(geometry, flat.device)
-    bar = _progress(progress, be.num_chunks(geometry.grid, shapes, vectors) if progress else 0,
+    bar = _progress(progress, be.progress_steps(geometry.grid, shapes, vectors) if progress else 0,
                     f"backproject ({be.name})")
     try:
         vol = _run(lambda: BackprojectFunction.apply(flat, vectors, OperatorSpec(be, geometry.grid, shapes, bar)),

@@ -63,9 +63,16 @@ def unavailable_reason() -> str:
 
 
 class AstraBackend(Backend):
-    """ASTRA Toolbox ``cone_vec`` projectors on CUDA (float32)."""
+    """ASTRA Toolbox ``cone_vec`` projectors on CUDA (float32): a whole-operator
+    :class:`~tomoprior.projectors.Backend` (one progress step per detector shape)."""
 
     name = "astra"
+    #: The view-vector gradient is the "torch" backend's (see :meth:`vector_grad`).
+    supports_vector_grad = True
+    #: ASTRA's back-projector is matched to its forward projector, not its exact transpose.
+    exact_adjoint = False
+    #: ASTRA computes in float32 whatever the input dtype.
+    native_float64 = False
 
     def __init__(self):
         if not astra_cuda_available():
@@ -75,8 +82,15 @@ class AstraBackend(Backend):
         return {"backend": self.name, "model": "ASTRA cuda3d cone_vec (float32)",
                 "astra": getattr(_astra(), "__version__", "?")}
 
-    def num_chunks(self, grid, shapes, vectors) -> int:
+    def progress_steps(self, grid, shapes, vectors) -> int:
         return len(set(shapes))
+
+    def memory_estimate(self, grid, shapes, batch, itemsize, *, adjoint):
+        """The result and input copy plus ASTRA's float32 copies of one volume and of the
+        largest group of same-shape views (one batch item at a time)."""
+        groups = self._groups(shapes)
+        staging = 4 * (grid.num_voxels + max(len(idx) * r * c for (r, c), idx in groups.items()))
+        return super().memory_estimate(grid, shapes, batch, itemsize, adjoint=adjoint) + staging
 
     # ASTRA needs one detector shape per geometry: group views by shape
     @staticmethod
@@ -162,6 +176,8 @@ class AstraBackend(Backend):
         return out
 
     def vector_grad(self, volume, cotangent, grid, shapes, vectors):
+        """``d/dvectors <P(vectors) volume, cotangent>`` of the ``"torch"`` backend's model
+        (ASTRA has no derivative in the geometry)."""
         from .raymarch import TorchRaymarchBackend
 
         return TorchRaymarchBackend().vector_grad(volume, cotangent, grid, shapes, vectors)

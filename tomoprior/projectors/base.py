@@ -1,149 +1,132 @@
-"""What every projector backend provides, and the autograd glue shared by all of them.
+"""The projector backend contract, and the autograd glue that is all :func:`tomoprior.project` uses.
 
-A backend splits each view's pixels into chunks (so peak memory is bounded) and supplies
-two chunk kernels written in plain torch:
+Two contracts, one for each way of writing a backend:
 
-* ``chunk_forward(volume, vector, plan, chunk) -> (B, rays)`` line integrals of one chunk,
-  differentiable with respect to the view ``vector`` (12,) by ordinary autograd;
-* ``chunk_adjoint(cotangent, vector, plan, chunk, out)`` the exact transpose of
-  ``chunk_forward`` in the volume, accumulated into ``out``.
+:class:`Backend` (this module): the **whole operator**. It is all that
+:func:`~tomoprior.project`, :func:`~tomoprior.backproject` and the autograd functions below
+call. A backend implements two methods, as ODL's backends do, plus optional ones:
 
-From these, :class:`ProjectFunction` and :class:`BackprojectFunction` build a pair of
-autograd functions that are each other's derivative in the volume / projection argument,
-so ``project`` and ``backproject`` are differentiable to any order in those arguments.
-Gradients with respect to the view vectors use the identity
-``d/dvec <w, P(vec)^T y> = d/dvec <P(vec) w, y>``, evaluated chunk by chunk with autograd,
-so neither needs the whole sample grid in memory at once.
+* ``forward(volume, grid, shapes, vectors, progress=None) -> (B, total_pixels)``: line
+  integrals of ``volume`` ``(B, nz, ny, nx)`` (contiguous, float32 or float64, any device)
+  through every view; ``vectors`` ``(V, 12)`` float64 on the volume's device, one
+  ``(source, detector_center, u, v)`` row per view; ``shapes`` the V ``(rows, cols)``. The
+  pixel axis runs view by view, each view row major. Same dtype and device as ``volume``.
+* ``adjoint(projections, grid, shapes, vectors, progress=None) -> (B, nz, ny, nx)``: the
+  transpose of ``forward`` (exactly, to rounding, unless :attr:`Backend.exact_adjoint` is False).
+* ``vector_grad(volume, cotangent, grid, shapes, vectors) -> (V, 12)`` (optional):
+  ``d/dvectors <forward(volume), cotangent>``; set :attr:`Backend.supports_vector_grad`.
+* ``describe() -> dict``, ``memory_estimate(...) -> int`` and ``progress_steps(...) -> int``
+  have working defaults.
+
+None of them records autograd history: the functions below wire them into autograd, so
+every backend is differentiable to any order in the volume and the projections.
+
+:class:`~tomoprior.projectors.chunked.ChunkedBackend` (module ``chunked``), a
+:class:`Backend`: the **chunked** contract. It implements the methods above from three
+per-chunk torch kernels (``plan_view``, ``chunk_forward``, ``chunk_adjoint``), with
+gradients in the view vectors from autograd through ``chunk_forward``.
+
+=============  ==================================  ========================================
+backend        contract                            kernels
+=============  ==================================  ========================================
+``numba``      :class:`Backend`                    parallel numba CPU kernels (Joseph)
+``astra``      :class:`Backend`                    ASTRA's CUDA ``cone_vec`` projectors
+``torch``      :class:`~.chunked.ChunkedBackend`   ``grid_sample`` ray marching per chunk
+``reference``  :class:`~.chunked.ChunkedBackend`   Siddon path lengths per chunk
+=============  ==================================  ========================================
+
+A new backend registers a factory with :func:`~tomoprior.projectors.register_backend`; the
+shared tests in ``tests/projectors/`` and ``tests/validation/test_projector_accuracy.py``
+then run over it automatically (they are parametrised over the registry).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from ..geometry.grid import VolumeGrid
 
 
-@dataclass
-class ViewPlan:
-    """Per-view work list: which pixels are traced, in which chunks, with any per-ray data."""
-
-    view_index: int
-    shape: tuple[int, int]
-    offset: int  # index of this view's first pixel in the flat (all views) pixel axis
-    chunks: list = field(default_factory=list)
-
-
 class Backend:
-    """Base class of projector backends.
+    """A projector backend: the whole operator (see the module docstring).
 
-    Subclasses set :attr:`name`, validate their options in ``__init__`` and implement
-    :meth:`plan_view`, :meth:`chunk_forward` and :meth:`chunk_adjoint`.
+    Subclasses set :attr:`name`, validate their options in ``__init__`` (raise
+    ``ValueError`` naming a bad option) and implement :meth:`forward` and :meth:`adjoint`;
+    :meth:`vector_grad` if they can differentiate with respect to the view vectors. A
+    backend made of per-chunk torch kernels subclasses
+    :class:`~tomoprior.projectors.chunked.ChunkedBackend` instead.
     """
 
     name = "base"
-    #: Whether the backend's kernels support gradients with respect to the view vectors.
-    supports_vector_grad = True
+    #: Whether :meth:`vector_grad` is implemented (gradients with respect to the view vectors).
+    supports_vector_grad = False
+    #: Whether :meth:`adjoint` is the exact transpose of :meth:`forward` (to rounding): the
+    #: dot-product test holds to 1e-6 in float64. False for a matched but separate
+    #: back-projector (ASTRA's).
+    exact_adjoint = True
+    #: Whether float64 input is computed in float64 (False: the backend computes in float32
+    #: whatever the input, so float64 checks such as ``gradcheck`` do not apply).
+    native_float64 = True
 
     def __init__(self, **options):
         if options:
             raise ValueError(f"backend {self.name!r} takes no option(s) {sorted(options)}")
 
-    # -- to implement ---------------------------------------------------------------------
-    def plan_view(self, grid: VolumeGrid, shape: tuple[int, int], vector: torch.Tensor) -> list:
-        raise NotImplementedError
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # the contract before the split: chunk kernels on Backend itself. Say what to do now.
+        if "chunk_forward" in vars(cls) and cls.forward is Backend.forward:
+            raise TypeError(f"{cls.__name__} defines chunk kernels but subclasses Backend (the whole-operator "
+                            "contract: forward/adjoint); subclass tomoprior.projectors.ChunkedBackend to have "
+                            "forward/adjoint built from chunk_forward/chunk_adjoint")
 
-    def chunk_forward(self, volume: torch.Tensor, grid: VolumeGrid, shape, vector: torch.Tensor, chunk) -> torch.Tensor:
-        raise NotImplementedError
+    # -- the contract ---------------------------------------------------------------------
+    def forward(self, volume: torch.Tensor, grid: VolumeGrid, shapes, vectors: torch.Tensor,
+                progress=None) -> torch.Tensor:
+        """Line integrals of all views, ``(B, nz, ny, nx) -> (B, total_pixels)``; no autograd.
 
-    def chunk_adjoint(self, cotangent: torch.Tensor, grid: VolumeGrid, shape, vector: torch.Tensor, chunk,
-                      out: torch.Tensor) -> None:
-        raise NotImplementedError
+        ``progress``, if given, has ``update(n)``; call it for :meth:`progress_steps` steps in all.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(volume, grid, shapes, vectors, "
+                                  "progress=None)")
+
+    def adjoint(self, projections: torch.Tensor, grid: VolumeGrid, shapes, vectors: torch.Tensor,
+                progress=None) -> torch.Tensor:
+        """Back-projection ``(B, total_pixels) -> (B, nz, ny, nx)``, the transpose of :meth:`forward`;
+        no autograd."""
+        raise NotImplementedError(f"{type(self).__name__} must implement adjoint(projections, grid, shapes, "
+                                  "vectors, progress=None)")
+
+    def vector_grad(self, volume: torch.Tensor, cotangent: torch.Tensor, grid: VolumeGrid, shapes,
+                    vectors: torch.Tensor) -> torch.Tensor:
+        """``d/dvectors <forward(volume), cotangent>``, shape ``(views, 12)``.
+
+        Raises
+        ------
+        RuntimeError
+            The backend has no gradient with respect to the view vectors (the default).
+        """
+        raise RuntimeError(f"backend {self.name!r} cannot differentiate with respect to the view vectors")
 
     def describe(self) -> dict:
         """Settings that change the numbers (recorded in reports and benchmarks)."""
         return {"backend": self.name}
 
-    #: Bytes of planning data per detector pixel of the largest view (per-pixel ray
-    #: arrays built at once for a whole view) and per pixel of all views (kept chunk lists).
-    plan_bytes_per_view_pixel = 320
-    plan_bytes_per_pixel = 24
-
-    def chunk_memory(self, batch: int, itemsize: int) -> int:
-        """Bytes of working memory of one chunk (samples, coordinates, gathered values)."""
-        return 256 * 2**20
-
     def memory_estimate(self, grid: VolumeGrid, shapes, batch: int, itemsize: int, *, adjoint: bool) -> int:
         """Estimated peak bytes of one :meth:`forward` (or :meth:`adjoint` if ``adjoint``) call.
 
-        Counts the result, a contiguous copy of the input, the planning arrays and the
-        chunk temporaries; :func:`~tomoprior.project` refuses a call that cannot fit
-        before it allocates anything. Subclasses with other memory use override it.
+        :func:`~tomoprior.project` refuses a call that cannot fit before it allocates
+        anything. The default counts the result and a contiguous copy of the input;
+        backends with working memory add theirs.
         """
         pixels = sum(int(r) * int(c) for r, c in shapes)
-        largest = max(int(r) * int(c) for r, c in shapes)
-        voxels = grid.num_voxels
-        data = batch * (pixels + voxels) * itemsize
-        plan = self.plan_bytes_per_view_pixel * largest + self.plan_bytes_per_pixel * pixels
-        return data + plan + self.chunk_memory(batch, itemsize)
+        return batch * (pixels + grid.num_voxels) * itemsize
 
-    # -- drivers (shared) -----------------------------------------------------------------
-    def plans(self, grid: VolumeGrid, shapes, vectors: torch.Tensor) -> list[ViewPlan]:
-        plans, offset = [], 0
-        with torch.no_grad():
-            for i, shape in enumerate(shapes):
-                plans.append(ViewPlan(i, shape, offset, self.plan_view(grid, shape, vectors[i].detach())))
-                offset += shape[0] * shape[1]
-        return plans
-
-    def forward(self, volume, grid, shapes, vectors, progress=None) -> torch.Tensor:
-        """All views' line integrals, ``(B, total_pixels)``; no autograd."""
-        total = sum(r * c for r, c in shapes)
-        out = volume.new_zeros((volume.shape[0], total))
-        with torch.no_grad():
-            for plan in self.plans(grid, shapes, vectors):
-                vec = vectors[plan.view_index].detach()
-                for chunk in plan.chunks:
-                    vals = self.chunk_forward(volume, grid, plan.shape, vec, chunk)
-                    out[:, plan.offset + chunk.pixels] = vals.to(out.dtype)
-                    if progress is not None:
-                        progress.update(1)
-        return out
-
-    def adjoint(self, projections, grid, shapes, vectors, progress=None) -> torch.Tensor:
-        """Back-projection ``(B, total_pixels) -> (B, nz, ny, nx)``; no autograd."""
-        out = projections.new_zeros((projections.shape[0], *grid.shape))
-        with torch.no_grad():
-            for plan in self.plans(grid, shapes, vectors):
-                vec = vectors[plan.view_index].detach()
-                for chunk in plan.chunks:
-                    cot = projections[:, plan.offset + chunk.pixels]
-                    self.chunk_adjoint(cot, grid, plan.shape, vec, chunk, out)
-                    if progress is not None:
-                        progress.update(1)
-        return out
-
-    def vector_grad(self, volume, cotangent, grid, shapes, vectors) -> torch.Tensor:
-        """``d/dvectors <P(vectors) volume, cotangent>``, shape ``(views, 12)``."""
-        if not self.supports_vector_grad:
-            raise RuntimeError(f"backend {self.name!r} cannot differentiate with respect to the view vectors")
-        grads = torch.zeros_like(vectors)
-        volume = volume.detach()
-        cotangent = cotangent.detach()
-        for plan in self.plans(grid, shapes, vectors):
-            for chunk in plan.chunks:
-                with torch.enable_grad():
-                    vec = vectors[plan.view_index].detach().requires_grad_(True)
-                    vals = self.chunk_forward(volume, grid, plan.shape, vec, chunk)
-                    cot = cotangent[:, plan.offset + chunk.pixels].to(vals.dtype)
-                    (g,) = torch.autograd.grad((vals * cot).sum(), vec, allow_unused=True)
-                if g is not None:
-                    grads[plan.view_index] += g.to(grads.dtype)
-        return grads
-
-    def num_chunks(self, grid, shapes, vectors) -> int:
-        return sum(len(p.chunks) for p in self.plans(grid, shapes, vectors))
+    def progress_steps(self, grid: VolumeGrid, shapes, vectors: torch.Tensor) -> int:
+        """How many ``progress.update(1)`` calls one :meth:`forward` or :meth:`adjoint` makes."""
+        return 1
 
 
 @dataclass

@@ -609,7 +609,9 @@ def _layer_is_openmp() -> bool:
 
 
 class NumbaBackend(Backend):
-    """Joseph's projector (bilinear in each voxel plane) as parallel numba CPU kernels.
+    """Joseph's projector (bilinear in each voxel plane) as parallel numba CPU kernels: a
+    whole-operator :class:`~tomoprior.projectors.Backend` (one progress step per call: the
+    kernels run all views at once).
 
     Fast on CPU, float32 and float64, any batch size; the back-projection is the exact
     transpose of the forward and bitwise identical across thread counts. Threads:
@@ -703,9 +705,6 @@ class NumbaBackend(Backend):
         from .raymarch import TorchRaymarchBackend
 
         return TorchRaymarchBackend().vector_grad(volume, cotangent, grid, shapes, vectors)
-
-    def num_chunks(self, grid, shapes, vectors) -> int:
-        return 1  # one progress step per call: the kernels run all views at once
 
 
 def register() -> None:

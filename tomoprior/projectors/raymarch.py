@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 
 from ..geometry.grid import VolumeGrid
-from .base import Backend
+from .chunked import ChunkedBackend
 
 DEFAULT_STEP = 0.5
 DEFAULT_CHUNK_SAMPLES = 2**22
@@ -101,8 +101,9 @@ def _slab_interval(s, e, lo, hi, t_max=None):
     return t0, t1
 
 
-class TorchRaymarchBackend(Backend):
-    """Trilinear ray marching in pure torch (CPU and CUDA, float32 and float64).
+class TorchRaymarchBackend(ChunkedBackend):
+    """Trilinear ray marching in pure torch (CPU and CUDA, float32 and float64): a
+    :class:`~tomoprior.projectors.ChunkedBackend` (per-chunk ``grid_sample`` kernels).
 
     Parameters
     ----------

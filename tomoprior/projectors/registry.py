@@ -1,7 +1,10 @@
 """Registry of projector backends, chosen by name (``backend="torch"``).
 
-Backends added later (ASTRA, a compiled CPU kernel) register a factory here and every
-caller of :func:`tomoprior.project` can use them without change.
+A backend registers a factory returning a :class:`~tomoprior.projectors.Backend` (either
+contract: the whole operator, or a :class:`~tomoprior.projectors.ChunkedBackend` built from
+chunk kernels) and every caller of :func:`tomoprior.project` can use it without change. The
+shared projector tests run over :func:`registered`, skipping a backend that cannot run here
+with :func:`unavailable_reason`.
 """
 
 from __future__ import annotations
@@ -50,6 +53,23 @@ def available() -> list[str]:
 def registered() -> dict[str, str]:
     """All registered backends and their one-line descriptions (available here or not)."""
     return {name: entry.description for name, entry in _REGISTRY.items()}
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why the registered backend ``name`` cannot run here, or None if it can.
+
+    >>> unavailable_reason("reference") is None
+    True
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not registered.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown projector backend {name!r}; registered: {sorted(_REGISTRY)}")
+    entry = _REGISTRY[name]
+    return None if entry.is_available() else entry.reason()
 
 
 #: The backend name that picks the fastest backend for the data's device.
@@ -107,7 +127,11 @@ def get_backend(backend: str | Backend = AUTO, device=None, **options) -> Backen
         if unknown:
             known = sorted(k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
             raise ValueError(f"backend {backend!r} takes no option(s) {unknown}; its options are {known}")
-    return entry.factory(**options)
+    instance = entry.factory(**options)
+    if not isinstance(instance, Backend):
+        raise TypeError(f"the factory of projector backend {backend!r} returned a {type(instance).__name__}, "
+                        "not a tomoprior.projectors.Backend")
+    return instance
 
 
 def _register_builtins() -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Backend
+from .chunked import ChunkedBackend
 from .raymarch import _pixel_rays, _slab_interval
 
 DEFAULT_CHUNK_ENTRIES = 2**20
@@ -31,8 +31,11 @@ class _Chunk:
     pixels: torch.Tensor
 
 
-class SiddonBackend(Backend):
-    """Exact voxel path lengths (Siddon). Parameters: ``chunk_entries`` (crossings held at once)."""
+class SiddonBackend(ChunkedBackend):
+    """Exact voxel path lengths (Siddon), a :class:`~tomoprior.projectors.ChunkedBackend`.
+
+    Parameters: ``chunk_entries`` (crossings held at once).
+    """
 
     name = "reference"
 

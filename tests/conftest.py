@@ -10,7 +10,21 @@ import torch
 
 import tomoprior as tp
 
-BACKENDS = ["numba", "torch", "reference"]
+
+def registry_backends() -> list:
+    """Every registered projector backend as a pytest parameter (in registration order); one
+    that cannot run here (e.g. ``astra`` without CUDA) is skipped with the registry's reason.
+    A newly registered backend is therefore run through the shared tests automatically."""
+    params = []
+    for name in tp.projectors.registered():
+        reason = tp.projectors.unavailable_reason(name)
+        marks = [pytest.mark.skip(reason=f"projector backend {name!r} cannot run here: {reason}")] if reason else []
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+#: The shared projector tests run over these (see :func:`registry_backends`).
+BACKENDS = registry_backends()
 
 
 def random_parameters(rng: np.random.Generator, name: str, primary_deg: float, *, shape=(40, 48),

@@ -1,4 +1,5 @@
-"""Dot-product (adjoint) test and batch/dtype behaviour, for every backend."""
+"""Dot-product (adjoint) test and batch/dtype behaviour, for every backend in the registry
+(the ``backend`` fixture of ``tests/conftest.py``)."""
 
 import pytest
 import torch
@@ -6,9 +7,14 @@ import torch
 import tomoprior as tp
 from tests.conftest import random_geometry
 
+#: Known tighter bounds than the contract's; any other backend is held to the contract.
+CHORD_RTOL = {"reference": 1e-9}  # exact path lengths
+
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_backproject_is_the_adjoint_of_project(backend, small_grid, seed):
+    # the contract: exact to rounding, or 1 % for a backend that declares a matched (not exact) adjoint
+    tol = 1e-6 if tp.projectors.get_backend(backend).exact_adjoint else 1e-2
     geom = random_geometry(seed, small_grid)  # two views of different detector shapes
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(small_grid.shape, dtype=torch.float64, generator=gen)
@@ -18,7 +24,7 @@ def test_backproject_is_the_adjoint_of_project(backend, small_grid, seed):
     lhs = sum(float((a * b).sum()) for a, b in zip(px, y))
     rhs = float((x * pty).sum())
     assert lhs > 0
-    assert abs(lhs - rhs) / abs(lhs) < 1e-6, (lhs, rhs)
+    assert abs(lhs - rhs) / abs(lhs) < tol, (lhs, rhs)
 
 
 def test_torch_backend_adjoint_holds_for_fine_and_coarse_steps(small_grid):
@@ -91,6 +97,6 @@ def test_constant_volume_gives_chord_lengths(backend):
     view = tp.View(source=(0, 800, 0), detector_center=(0, -400, 0), u=(1, 0, 0), v=(0, 0, -1), shape=(3, 3))
     geom = tp.Geometry(grid, [view])
     p = tp.project(torch.ones(grid.shape, dtype=torch.float64), geom, backend=backend)
-    # reference: exactly the 100 mm box; torch: the trilinear interpolant's support is half a voxel
-    # longer at each end but falls linearly to zero there, so the integral is again 100 mm
-    assert float(p[0, 1, 1]) == pytest.approx(100.0, rel=1e-9 if backend == "reference" else 1e-3)
+    # reference: exactly the 100 mm box; interpolating backends: the interpolant's support is half
+    # a voxel longer at each end but falls linearly to zero there, so the integral is again 100 mm
+    assert float(p[0, 1, 1]) == pytest.approx(100.0, rel=CHORD_RTOL.get(backend, 1e-3))

@@ -12,7 +12,7 @@ import yaml
 from tomoprior.geometry.grid import VolumeGrid
 from tomoprior.geometry.view import View
 from tomoprior.phantoms import Cylinder, Ellipsoid, Phantom, Sphere, available, search_path
-from tomoprior.phantoms.phantom import ENV_VAR, REPO_PHANTOM_DIR
+from tomoprior.phantoms.phantom import ENV_VAR, PACKAGE_PHANTOM_DIR
 
 SHIPPED = ("shepp_logan_3d", "shepp_logan_3d_modified")
 
@@ -311,7 +311,7 @@ def test_environment_path_is_searched(tmp_path, monkeypatch):
     small_phantom().save(tmp_path / "my_head.yaml")
     (tmp_path / "beads.yaml").write_text("schema: tomoprior.bead_phantom\nschema_version: 1\n")
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
-    assert search_path()[0] == tmp_path and REPO_PHANTOM_DIR in search_path()
+    assert search_path()[0] == tmp_path and PACKAGE_PHANTOM_DIR in search_path()
     names = available()
     assert "my_head" in names and "beads" not in names and "shepp_logan_3d" in names
     assert Phantom.load("my_head").name == "small"

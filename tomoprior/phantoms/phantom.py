@@ -3,8 +3,9 @@ and a YAML file format.
 
 A phantom's value at a point is the sum of the densities of the shapes containing it, times
 the phantom's ``density_scale``; its line integrals are the sums of the shapes' line
-integrals. Phantom files live in the repository's top-level ``phantoms/`` folder and are
-loaded by name (``Phantom.load("shepp_logan_3d_modified")``) or by path.
+integrals. Phantom files live in the repository's top-level ``phantoms/`` folder, ship inside
+the package as ``tomoprior/phantoms/library`` (see :data:`PACKAGE_PHANTOM_DIR`) and are loaded
+by name (``Phantom.load("shepp_logan_3d_modified")``) or by path.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -32,11 +34,12 @@ SCHEMA = "tomoprior.phantom"
 SCHEMA_VERSION = 1
 #: Environment variable with extra phantom folders (``os.pathsep``-separated), searched first.
 ENV_VAR = "TOMOPRIOR_PHANTOM_PATH"
-#: The canonical phantom folder: top-level ``phantoms/`` of the repository. It sits beside
-#: the ``tomoprior`` package in a checkout and in an editable install (``pip install -e .``).
-REPO_PHANTOM_DIR = Path(__file__).resolve().parents[2] / "phantoms"
-#: Optional copy shipped inside the package (searched last, used by wheels if ever packaged).
-PACKAGE_PHANTOM_DIR = Path(__file__).resolve().parent / "data"
+#: The shipped phantom folder, package data ``tomoprior/phantoms/library``. The repository's
+#: top-level ``phantoms/`` is the source of truth: in a checkout (and an editable install)
+#: ``library`` is a symbolic link to it, and building a wheel copies its files into the
+#: package, so a non-editable install finds them too. Resolved, so in a checkout messages name
+#: ``phantoms/`` itself.
+PACKAGE_PHANTOM_DIR = Path(str(resources.files(__package__).joinpath("library"))).resolve()
 #: Rays per chunk in line-integral evaluation: bounds the temporaries of every shape
 #: (about 10 arrays of ``chunk x 3`` float64 numbers, ~30 MB) whatever the detector size.
 DEFAULT_CHUNK_RAYS = 1 << 17
@@ -475,7 +478,8 @@ class Phantom:
         name_or_path : str or os.PathLike
             A bare name such as ``"shepp_logan_3d_modified"`` is looked up as
             ``<folder>/<name>.yaml`` (or ``.yml``) in the folders of ``TOMOPRIOR_PHANTOM_PATH``
-            (``os.pathsep``-separated), then the repository's top-level ``phantoms/``. A path
+            (``os.pathsep``-separated), then the shipped phantoms (:data:`PACKAGE_PHANTOM_DIR`,
+            the repository's top-level ``phantoms/``). A path
             (contains a separator or ends in ``.yaml``/``.yml``) is read directly.
         density_scale : float, optional
             Overrides the file's ``density_scale`` (> 0).
@@ -594,11 +598,12 @@ def _rasterize_shape(out: Tensor, shape: Shape, rho: float, grid, k: int) -> Non
 def search_path() -> list[Path]:
     """Folders searched for phantom files by name, in order.
 
-    ``TOMOPRIOR_PHANTOM_PATH`` entries first, then the repository's top-level ``phantoms/``,
-    then ``tomoprior/phantoms/data/`` if present. Only existing folders are listed.
+    ``TOMOPRIOR_PHANTOM_PATH`` entries first, then the phantoms shipped with the package
+    (:data:`PACKAGE_PHANTOM_DIR`: the repository's top-level ``phantoms/``, or its copy in an
+    installed wheel). Only existing folders are listed.
     """
     folders = [Path(p).expanduser() for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
-    folders += [REPO_PHANTOM_DIR, PACKAGE_PHANTOM_DIR]
+    folders.append(PACKAGE_PHANTOM_DIR)
     seen, out = set(), []
     for f in folders:
         key = f.resolve() if f.exists() else f
@@ -671,9 +676,13 @@ def find(name_or_path) -> Path:
     path = _candidates().get(name_or_path)
     if path is None:
         folders = ", ".join(str(f) for f in search_path()) or "(none exist)"
+        missing = "" if PACKAGE_PHANTOM_DIR.is_dir() else (
+            f" The shipped phantom folder {PACKAGE_PHANTOM_DIR} is missing: reinstall tomoprior, or (a checkout "
+            f"without symbolic links) set {ENV_VAR} to the repository's phantoms/ folder."
+        )
         raise ValueError(
             f"unknown phantom {brief(name_or_path)}; available: {', '.join(available()) or '(none)'}. "
-            f"Searched {folders}; add folders with {ENV_VAR} or give a path to a .yaml file"
+            f"Searched {folders}; add folders with {ENV_VAR} or give a path to a .yaml file.{missing}"
         )
     return path
 

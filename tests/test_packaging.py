@@ -2,7 +2,7 @@
 the main job from there, with the source tree out of reach.
 
 What a wheel must carry beyond the Python files: the phantom files (``phantoms/``, shipped as
-``tomoprior/phantoms/library``) and the attenuation tables of ``tomoprior.physics``. The
+``tomoprior/phantoms/library``) and the data tables inside the package (attenuation). The
 build runs offline (``--no-build-isolation``: the setuptools of this environment, no index).
 """
 
@@ -87,7 +87,19 @@ def test_wheel_ships_every_phantom_file(installed):
     assert {"bead_cage.yaml", "skull_1y_normal.yaml", "shepp_logan_3d_modified.yaml"} <= set(expected)
     for name in expected:
         assert (library / name).read_bytes() == (REPO / "phantoms" / name).read_bytes(), name
-    assert (target / "tomoprior" / "physics" / "data" / "attenuation.npz").is_file()
+
+
+def test_wheel_ships_every_data_file_of_the_package(installed):
+    # tables such as the attenuation .npz, wherever they live in the package
+    target, _, _ = installed
+    source = REPO / "tomoprior"
+    data = sorted(p.relative_to(source) for p in source.rglob("*")
+                  if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+                  and "library" not in p.parts)
+    assert any(p.suffix == ".npz" for p in data), "no data tables found in the package: is this test stale?"
+    missing = [str(p) for p in data if not (target / "tomoprior" / p).is_file()]
+    assert not missing, f"data files of the package missing from the wheel: {missing}; list their pattern " \
+                        "under [tool.setuptools.package-data] in pyproject.toml"
 
 
 def test_installed_package_is_imported_and_lists_its_phantoms(installed):

@@ -1,41 +1,69 @@
-"""``tomoprior`` console script."""
+"""``tomoprior`` console script.
+
+The sub-commands live in their own modules, imported only when click needs them: running a
+command imports that command's module alone, and ``tomoprior --help`` imports the command
+modules (for their one-line help) but none of the library's layers. The command modules keep
+numpy, torch and the layers out of their module level for the same reason;
+``tests/test_lazy_imports.py`` checks that ``--help`` loads none of them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
 
 from .._version import __version__
-from .calibrate import calibrate
-from .dataset import dataset
-from .evaluate import evaluate
-from .info import info
-from .reconstruct import reconstruct
-from .simulate import simulate
-from .train import train
-from .trend import trend
-from .validate import validate
+
+#: Sub-command name -> ``"module:attribute"`` of its click command inside ``tomoprior.cli``.
+COMMANDS = {
+    "calibrate": "calibrate:calibrate",
+    "dataset": "dataset:dataset",
+    "evaluate": "evaluate:evaluate",
+    "info": "info:info",
+    "reconstruct": "reconstruct:reconstruct",
+    "simulate": "simulate:simulate",
+    "train": "train:train",
+    "trend": "trend:trend",
+    "validate": "validate:validate",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use.
+
+    Parameters
+    ----------
+    lazy_commands : dict of str to str
+        Command name -> ``"module:attribute"``, the module relative to this package.
+        Commands added with :meth:`add_command` work as in a plain group and take precedence.
+    """
+
+    def __init__(self, *args, lazy_commands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module_name, attribute = self.lazy_commands[cmd_name].split(":")
+            command = getattr(importlib.import_module(f"{__package__}.{module_name}"), attribute)
+            if not isinstance(command, click.Command):  # a wrong table entry is a bug here, not a user error
+                raise TypeError(f"{__package__}.{module_name}.{attribute} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="tomoprior")
 def cli() -> None:
     """tomoprior: calibrated cone-beam geometry, differentiable projectors and phantoms.
 
     Lengths in mm, angles in degrees on the command line. Run `tomoprior COMMAND --help`.
     """
-
-
-cli.add_command(validate)
-cli.add_command(calibrate)
-cli.add_command(dataset)
-cli.add_command(evaluate)
-cli.add_command(info)
-cli.add_command(simulate)
-cli.add_command(train)
-cli.add_command(reconstruct)
-cli.add_command(trend)
 
 
 def main(argv: list[str] | None = None) -> int:

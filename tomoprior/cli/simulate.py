@@ -22,10 +22,12 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
-import torch
+
+if TYPE_CHECKING:  # numpy and torch load inside the commands, so `--help` stays fast
+    import numpy as np
 
 DEFAULT_PHANTOM = "shepp_logan_3d_modified"
 DEFAULT_OUT = "tomoprior-out/simulate"
@@ -178,6 +180,8 @@ def _sigterm_as_exit():
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
+    import numpy as np
+
     with open(path, "wb") as fh:
         np.save(fh, arr)
         fh.flush()
@@ -248,6 +252,8 @@ def simulate(phantom, geometry_path, binning, grid_size, backend, supersample, f
     was. Exit code 2 for bad input, a job too large for this machine or an output folder
     that cannot be written.
     """
+    import torch
+
     from ..phantoms import Phantom
     from ..projectors import get_backend
 
@@ -311,6 +317,8 @@ def simulate(phantom, geometry_path, binning, grid_size, backend, supersample, f
 
 def _simulate_into(staging: Path, out: Path, ph, geom, be, supersample: int, fmt: str, quiet: bool):
     """Run the stages and write every output into ``staging``; ``(comparison, seconds)``."""
+    import numpy as np
+    import torch
     from tqdm.auto import tqdm
 
     from ..geometry.io import dumps
@@ -404,5 +412,7 @@ def _publish(staging: Path, out: Path) -> None:
 
 
 def _as_views(x):
+    import torch
+
     return tuple(x) if isinstance(x, torch.Tensor) else x
 

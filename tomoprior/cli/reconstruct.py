@@ -31,9 +31,12 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
+
+if TYPE_CHECKING:  # numpy loads inside the functions, so `--help` stays fast
+    import numpy as np
 
 _IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 #: Largest accepted line integral (attenuation x mm): exp(-1000) is far below any detector's
@@ -53,6 +56,8 @@ class ReconstructError(click.ClickException):
 def _load_pixels(path: Path) -> np.ndarray:
     """The raw pixel array of ``path`` (.npy, .png, .tif/.tiff); ValueError naming the file
     for anything unreadable (empty, truncated, not the format its suffix says)."""
+    import numpy as np
+
     suffix = path.suffix.lower()
     if suffix not in (".npy", *_IMAGE_SUFFIXES):
         raise ValueError(f"{path}: unsupported X-ray format {suffix!r}; use .npy (line integrals), .png or .tif")
@@ -99,6 +104,8 @@ def read_xray(path, *, image_kind: str = "auto", i0: float | None = None) -> np.
         a non-positive or non-finite ``I0``, line integrals below ``-1 %`` of the image's peak
         (wrong sign or ``I0`` too small) or above :data:`MAX_LINE_INTEGRAL`.
     """
+    import numpy as np
+
     if image_kind not in ("auto", "intensity", "line-integrals"):
         raise ValueError(f"image_kind must be 'auto', 'intensity' or 'line-integrals', got {image_kind!r}")
     if i0 is not None and (isinstance(i0, bool) or not isinstance(i0, (int, float, np.number))
@@ -166,6 +173,7 @@ def read_xray(path, *, image_kind: str = "auto", i0: float | None = None) -> np.
 def _render_slices_png(volume: np.ndarray, path, *, title: str = "") -> None:
     """Render the three central orthogonal slices of ``volume (nz, ny, nx)`` to ``path`` (PNG)."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -200,6 +208,7 @@ def _nifti_image(volume: np.ndarray, grid):
     """``volume (nz, ny, nx)`` on ``grid`` as a NIfTI image with the RAS affine, sform and
     qform code 1, as :func:`tomoprior.data.save_nifti` writes it."""
     import nibabel as nib
+    import numpy as np
 
     arr = np.ascontiguousarray(volume.transpose(2, 1, 0)).astype(np.float32)  # (nz, ny, nx) -> (x, y, z)
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ grid.affine()  # LPS -> RAS
@@ -325,6 +334,7 @@ def demo_sample(*, variant: str = "normal", age_years: float = 1.0, seed: int = 
 def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``image`` resampled to ``shape`` (area averaging when shrinking, bilinear when growing;
     pixel edges aligned: the image spans the same detector area)."""
+    import numpy as np
     import torch
     import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 
@@ -337,6 +347,7 @@ def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _read_inputs(paths, geometry_path, image_kind, i0, resample, note) -> tuple:
     """Geometry and X-rays ``(1, V, rows, cols)`` float32 tensor from the files (ValueError on bad input)."""
+    import numpy as np
     import torch
 
     from ..geometry.geometry import Geometry

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -16,6 +14,8 @@ CORE = ["numpy", "scipy", "torch", "h5py", "pyyaml", "matplotlib", "click", "tqd
 
 
 def _version(dist: str) -> str | None:
+    import importlib.metadata  # here, not at the top: it takes a good part of `tomoprior --help`
+
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:

@@ -1,6 +1,6 @@
-"""Generate ``tomoprior/physics/data/attenuation.npz`` from xraylib (run once, by a maintainer).
+"""Generate ``tomoprior/units/data/attenuation.npz`` from xraylib (run once, by a maintainer).
 
-The shipped table lets :mod:`tomoprior.physics.attenuation` work without xraylib at run
+The shipped table lets :mod:`tomoprior.units.attenuation` work without xraylib at run
 time. For every material it stores the total mass attenuation coefficient **with coherent
 (Rayleigh) scattering**, ``mu/rho`` in cm^2/g, on a log-spaced energy grid from 1 to 200 keV
 plus both sides of every absorption edge of the material's elements in that range, and the
@@ -13,7 +13,7 @@ ships.
 
 Usage::
 
-    python tools/make_attenuation_tables.py [--out tomoprior/physics/data/attenuation.npz]
+    python tools/make_attenuation_tables.py [--out tomoprior/units/data/attenuation.npz]
 
 Requires ``xraylib`` (an optional extra of tomoprior, not a run-time dependency) and SpekPy.
 """

@@ -1,28 +1,24 @@
 """Data: volumes from NIfTI / DICOM CT (HU -> attenuation), DRR synthesis with calibration-
 error and intensity augmentation, the HDF5 dataset format, a lazy torch ``Dataset`` and
-parallel (process pool or Dask) synthetic dataset generation."""
+parallel (process pool or Dask) synthetic dataset generation. The HU conversions are those of
+:mod:`tomoprior.units`, re-exported."""
 
+from ..units import DEFAULT_ENERGY_KEV, hu_to_mu, mu_to_hu, mu_water
 from .dataset import TomopriorDataset, assign_splits
 from .drr import DRRResult, GeometryPerturbation, IntensityAugmentation, check_views_see_volume, synthesize
 from .h5 import SCHEMA, SCHEMA_VERSION, DatasetFile, DatasetFormatError, DatasetWriter, Sample, merge
 from .synthetic import SampleSpec, generate, generate_dask, generate_sample, make_specs, sample_seed
 from .volumes import (
-    DEFAULT_ENERGY_KEV,
-    MU_WATER_PER_MM,
     Volume,
     VolumeWarning,
-    hu_to_mu,
     load_dicom_series,
     load_nifti,
-    mu_to_hu,
-    mu_water,
     save_nifti,
     volume_from_affine,
 )
 
 __all__ = [
     "DEFAULT_ENERGY_KEV",
-    "MU_WATER_PER_MM",
     "SCHEMA",
     "SCHEMA_VERSION",
     "DRRResult",

@@ -12,16 +12,16 @@ HU -> linear attenuation at an effective energy ``E``::
 
     mu = mu_water(E) * (1 + HU / 1000)          (clipped at 0 below air, HU < -1000)
 
-with ``mu_water(E)`` from the NIST XCOM total attenuation of liquid water (density
-1.0 g/cm^3, coherent scattering included), interpolated log-log between the tabulated
-energies of :data:`MU_WATER_PER_MM`. This is the usual effective-energy approximation: it
-treats every tissue as water of a different density, so bone is somewhat under-attenuating
-at low energies; state the energy with every result.
+with ``mu_water(E)`` the NIST total attenuation of liquid water (density 1.0 g/cm^3,
+coherent scattering included) from the shipped table of :mod:`tomoprior.units`, where
+``hu_to_mu``, ``mu_to_hu`` and ``mu_water`` live (re-exported by :mod:`tomoprior.data`).
+This is the usual effective-energy approximation: it treats every tissue as water of a
+different density, so bone is somewhat under-attenuating at low energies; state the energy
+with every result.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +30,7 @@ import numpy as np
 import torch
 
 from ..geometry import VolumeGrid
-
-#: Linear attenuation of liquid water in 1/mm by photon energy in keV (NIST XCOM total with
-#: coherent scattering, mu/rho in cm^2/g x 1 g/cm^3 / 10). 60 keV is a common effective energy
-#: of a 70-80 kVp pediatric skull exposure.
-MU_WATER_PER_MM: dict[float, float] = {
-    30.0: 0.03756, 40.0: 0.02683, 50.0: 0.02270, 60.0: 0.02059, 70.0: 0.01929, 80.0: 0.01837,
-    100.0: 0.01707, 120.0: 0.01614, 150.0: 0.01506,
-}
-DEFAULT_ENERGY_KEV = 60.0
+from ..units import DEFAULT_ENERGY_KEV, hu_to_mu, mu_water
 
 #: Spacings outside this range (mm) are almost certainly wrong metadata (e.g. metres or um).
 PLAUSIBLE_SPACING_MM = (0.01, 20.0)
@@ -48,41 +40,6 @@ _ALIGNED_COS = 1.0 - 1e-4
 
 class VolumeWarning(UserWarning):
     """A volume that was read but whose metadata looks suspicious."""
-
-
-def mu_water(energy_kev: float = DEFAULT_ENERGY_KEV) -> float:
-    """Linear attenuation coefficient of water at ``energy_kev`` (30-150 keV), in 1/mm.
-
-    >>> round(mu_water(60.0), 5)
-    0.02059
-    """
-    try:
-        e = float(energy_kev)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"energy_kev must be a number in keV, got {energy_kev!r}") from exc
-    keys = sorted(MU_WATER_PER_MM)
-    if not (keys[0] <= e <= keys[-1]):
-        raise ValueError(f"energy_kev must lie in [{keys[0]:g}, {keys[-1]:g}] keV (the tabulated range), got {e}")
-    loge = np.log(keys)
-    logmu = np.log([MU_WATER_PER_MM[k] for k in keys])
-    return float(np.exp(np.interp(math.log(e), loge, logmu)))
-
-
-def hu_to_mu(hu, energy_kev: float = DEFAULT_ENERGY_KEV):
-    """Hounsfield units -> linear attenuation (1/mm) at an effective energy.
-
-    ``mu = mu_water(E) (1 + HU/1000)``, clipped at 0 (air is -1000 HU). Accepts a tensor
-    (returns a tensor of the same dtype) or an array.
-    """
-    mw = mu_water(energy_kev)
-    if isinstance(hu, torch.Tensor):
-        return (mw * (1.0 + hu / 1000.0)).clamp_min(0.0)
-    return np.clip(mw * (1.0 + np.asarray(hu, dtype=np.float64) / 1000.0), 0.0, None)
-
-
-def mu_to_hu(mu, energy_kev: float = DEFAULT_ENERGY_KEV):
-    """Inverse of :func:`hu_to_mu` (without the clipping): ``HU = 1000 (mu / mu_water - 1)``."""
-    return 1000.0 * (mu / mu_water(energy_kev) - 1.0)
 
 
 @dataclass

@@ -27,11 +27,13 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from ..units import BONE_THRESHOLD_MU
 from ._arrays import as_array, same_shape, spacing3
 
-#: Default bone threshold for volumes in linear attenuation per mm: halfway between soft tissue
-#: (about 0.021 /mm at 60 keV) and cortical bone (about 0.05-0.06 /mm at 60 keV).
-DEFAULT_BONE_THRESHOLD_MU = 0.035
+#: Default bone threshold for volumes in linear attenuation per mm: between soft tissue
+#: (about 0.021 /mm at 60 keV) and cortical bone (about 0.05 /mm at 60 keV); it is
+#: :data:`tomoprior.units.BONE_THRESHOLD_MU`.
+DEFAULT_BONE_THRESHOLD_MU = BONE_THRESHOLD_MU
 
 
 def bone_mask(volume, threshold: float) -> np.ndarray:

@@ -1,12 +1,13 @@
-"""Physics: X-ray spectra (SpekPy), attenuation data (shipped NIST/xraylib table), mono- and
-polychromatic Beer-Lambert, the anode heel effect, photon noise, focal-spot and detector blur,
-flat-field and log correction, and :func:`radiograph`, which turns a volume or an analytic
-phantom into a realistic raw image. Sits above ``projectors`` and below ``data``.
+"""Physics: X-ray spectra (SpekPy), attenuation data (the shipped NIST/xraylib table of
+:mod:`tomoprior.units`, re-exported here), mono- and polychromatic Beer-Lambert, the anode
+heel effect, photon noise, focal-spot and detector blur, flat-field and log correction, and
+:func:`radiograph`, which turns a volume or an analytic phantom into a realistic raw image.
+Sits above ``projectors`` and below ``data``.
 
 Units: mm, keV, linear attenuation in 1/mm, angles in degrees at this API (anode angle).
 """
 
-from .attenuation import (
+from ..units import (
     ENERGY_RANGE_KEV,
     MaterialData,
     linear_attenuation,

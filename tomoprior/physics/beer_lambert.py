@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from .attenuation import linear_attenuation, material
+from ..units import linear_attenuation, material
 from .spectrum import Spectrum
 
 _WEIGHTINGS = ("photon", "energy")

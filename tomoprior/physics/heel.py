@@ -55,7 +55,7 @@ import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 from torch import Tensor
 
 from ..geometry.view import View
-from .attenuation import linear_attenuation
+from ..units import linear_attenuation
 from .spectrum import (
     Spectrum,
     _check_angle,

@@ -81,7 +81,7 @@ def phantom_path_lengths(phantom: Phantom, geom: Geometry, *, material_map: Mapp
     ValueError
         A shape without a material and no mapping, or an unknown material (lists the known).
     """
-    from .attenuation import material as _material
+    from ..units import material as _material
 
     if not isinstance(phantom, Phantom):
         raise TypeError(f"phantom must be a tomoprior.phantoms.Phantom, got {type(phantom).__name__}")

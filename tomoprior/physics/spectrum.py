@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .attenuation import ENERGY_RANGE_KEV, mass_energy_absorption
+from ..units import ENERGY_RANGE_KEV, mass_energy_absorption
 
 #: kVp range accepted by :func:`spectrum` (SpekPy's tungsten model is validated over about 30-150 kV).
 KVP_RANGE = (20.0, 150.0)
@@ -109,7 +109,7 @@ class Spectrum:
         Air kerma is ``sum_E fluence(E) E mu_en,air(E)/rho``; the HVL is the thickness ``t``
         with ``sum_E w(E) exp(-mu(E) t) = 0.5 sum_E w(E)`` (narrow beam), solved by bisection.
         """
-        from .attenuation import linear_attenuation
+        from ..units import linear_attenuation
 
         e = self.energies_keV.detach().double().cpu()
         w = (self.fluence.detach().double().cpu() * e * mass_energy_absorption("air", e)).numpy()

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from tomoprior.refiners.base import check_config_types
+from tomoprior.units import BONE_THRESHOLD_MU
 
 _NORMS = ("batch", "instance", "group")
 _OUTPUT_ACTIVATIONS = ("clamp", "softplus", "relu", "sigmoid", "none")
@@ -177,7 +178,7 @@ class PSCTNetConfig:
     w_rec: float = 10.0
     w_proj: float = 10.0
     w_bone: float = 0.0
-    bone_threshold: float = 0.035
+    bone_threshold: float = BONE_THRESHOLD_MU
     proj_mode: str = "drr"
     # optimiser
     lr: float = 2e-4

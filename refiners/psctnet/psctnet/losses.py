@@ -16,6 +16,7 @@ from __future__ import annotations
 import tomoprior
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own idiom
+from tomoprior.units import BONE_THRESHOLD_MU
 from torch import nn
 
 from .blocks import norm_layer
@@ -144,7 +145,8 @@ def generator_loss(
         else zero
     )
     w_bone = float(getattr(config, "w_bone", 0.0))
-    bone = bone_loss(output, target, float(getattr(config, "bone_threshold", 0.035))) * k if w_bone > 0 else zero
+    bone_threshold = float(getattr(config, "bone_threshold", BONE_THRESHOLD_MU))
+    bone = bone_loss(output, target, bone_threshold) * k if w_bone > 0 else zero
     adv = zero
     if discriminator is not None and config.w_adv > 0:
         if prior is None:

@@ -17,8 +17,10 @@ Sources
   fontanelle by 18-24 months (median about 14 months, Duc & Largo 1986); metopic suture
   fuses between 3 and 9 months (Vu et al. 2001; Weinzweig et al. 2003). Anterior fontanelle
   at birth about 2 cm (mean of length and width, Popich & Smith 1972).
-- Attenuation: mass attenuation coefficients (coherent + incoherent + photoelectric) of the
-  NIST/ICRP compounds of xraylib (``CS_Total``), tabulated at 30-150 keV below.
+- Attenuation: the shipped NIST table of :mod:`tomoprior.units` (xraylib's ``CS_Total`` of
+  the NIST/ICRP compounds: coherent + incoherent + photoelectric), read through
+  :data:`MATERIALS`. :func:`attenuation_to_hu` and :func:`hu_to_attenuation` are
+  :func:`tomoprior.units.mu_to_hu` and :func:`tomoprior.units.hu_to_mu`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from ... import units
+from ...units import DEFAULT_ENERGY_KEV, EFFECTIVE_ENERGY_RANGE_KEV
+from ...units import hu_to_mu as hu_to_attenuation
+from ...units import mu_to_hu as attenuation_to_hu
 
 __all__ = [
     "DEFAULT_ENERGY_KEV",
@@ -45,8 +52,6 @@ __all__ = [
     "vault_thickness_mm",
 ]
 
-#: Effective energy (keV) at which the phantom's attenuation is stated by default.
-DEFAULT_ENERGY_KEV = 60.0
 #: Ages (years) covered by the curves.
 AGE_RANGE = (0.0, 6.0)
 
@@ -62,17 +67,14 @@ _THICK_MM = np.array([1.2, 1.7, 2.3, 3.0, 3.5, 3.9, 4.6])
 _FACE_AGE_Y = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 6.0])
 _FACE_SCALE = np.array([0.78, 0.92, 1.0, 1.1, 1.24, 1.34])
 
-#: Energies (keV) of the attenuation table.
-ENERGIES_KEV = np.array([30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 100.0, 120.0, 150.0])
-#: Mass attenuation (cm^2/g) and density (g/cm^3) of the materials, from xraylib's NIST
-#: compound data: water "Water, Liquid", soft "Tissue, Soft (ICRP)" (density set to ICRP's
-#: 1.03), brain "Brain (ICRP)", adipose "Adipose Tissue (ICRP)", bone "Bone, Cortical (ICRP)".
-MATERIALS: dict[str, tuple[float, tuple[float, ...]]] = {
-    "water": (1.0, (0.37559, 0.26828, 0.22694, 0.20587, 0.19285, 0.18366, 0.17072, 0.16135, 0.15052)),
-    "soft": (1.03, (0.36175, 0.26183, 0.22301, 0.20304, 0.1906, 0.18174, 0.16917, 0.15999, 0.14933)),
-    "brain": (1.03, (0.38295, 0.27128, 0.22833, 0.20654, 0.19315, 0.18376, 0.17064, 0.16119, 0.15033)),
-    "adipose": (0.92, (0.30281, 0.23861, 0.21225, 0.19769, 0.18796, 0.18061, 0.16949, 0.16092, 0.15063)),
-    "bone": (1.85, (1.28011, 0.64513, 0.4148, 0.31022, 0.25487, 0.22205, 0.18599, 0.16661, 0.14932)),
+#: The skull's base materials -> (material of the shipped NIST table, density in g/cm^3):
+#: liquid water and the ICRP compositions, soft tissue at ICRP's 1.03 g/cm^3.
+MATERIALS: dict[str, tuple[str, float]] = {
+    "water": ("water", 1.0),
+    "soft": ("soft_tissue_icrp", 1.03),
+    "brain": ("brain", 1.03),
+    "adipose": ("adipose", 0.92),
+    "bone": ("cortical_bone", 1.85),
 }
 
 
@@ -162,7 +164,7 @@ def extra_axial_csf_mm(age_years: float) -> float:
 def linear_attenuation(material: str, energy_kev: float = DEFAULT_ENERGY_KEV) -> float:
     """Linear attenuation (1/mm) of a material of :data:`MATERIALS` at ``energy_kev`` (30-150).
 
-    Log-log interpolation of the tabulated mass attenuation times the density.
+    The NIST table of :func:`tomoprior.units.linear_attenuation` at the material's density.
 
     Examples
     --------
@@ -172,29 +174,8 @@ def linear_attenuation(material: str, energy_kev: float = DEFAULT_ENERGY_KEV) ->
     if material not in MATERIALS:
         raise ValueError(f"unknown material {material!r}; known: {sorted(MATERIALS)}")
     e = float(energy_kev)
-    if not (ENERGIES_KEV[0] <= e <= ENERGIES_KEV[-1]):
-        raise ValueError(f"energy_kev must be in [{ENERGIES_KEV[0]:g}, {ENERGIES_KEV[-1]:g}] keV, got {energy_kev!r}")
-    rho, mass = MATERIALS[material]
-    mu_rho = math.exp(float(np.interp(math.log(e), np.log(ENERGIES_KEV), np.log(np.asarray(mass)))))
-    return rho * mu_rho / 10.0  # cm^-1 -> mm^-1
-
-
-def attenuation_to_hu(mu, energy_kev: float = DEFAULT_ENERGY_KEV):
-    """Hounsfield units from linear attenuation (1/mm) at ``energy_kev``.
-
-    ``HU = 1000 (mu - mu_water) / (mu_water - mu_air)`` with ``mu_air = 0`` (air's 2e-5 /mm is
-    below the phantom's precision). Works on floats, numpy arrays and torch tensors.
-
-    Examples
-    --------
-    >>> attenuation_to_hu(0.0), round(attenuation_to_hu(linear_attenuation("water")), 6)
-    (-1000.0, 0.0)
-    """
-    mu_w = linear_attenuation("water", energy_kev)
-    return mu * (1000.0 / mu_w) - 1000.0  # = 1000 (mu - mu_w) / mu_w, exact at air and water
-
-
-def hu_to_attenuation(hu, energy_kev: float = DEFAULT_ENERGY_KEV):
-    """Linear attenuation (1/mm) from Hounsfield units, the inverse of :func:`attenuation_to_hu`."""
-    mu_w = linear_attenuation("water", energy_kev)
-    return mu_w * (1.0 + hu / 1000.0)
+    lo, hi = EFFECTIVE_ENERGY_RANGE_KEV
+    if not (lo <= e <= hi):
+        raise ValueError(f"energy_kev must be in [{lo:g}, {hi:g}] keV, got {energy_kev!r}")
+    name, density = MATERIALS[material]
+    return float(units.linear_attenuation(name, e, density=density))

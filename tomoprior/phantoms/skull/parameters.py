@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from .growth import AGE_RANGE, ENERGIES_KEV
+from ...units import EFFECTIVE_ENERGY_RANGE_KEV
+from .growth import AGE_RANGE
 
 __all__ = ["CI_RANGE", "DEFAULT_CEPHALIC_INDEX", "SIDES", "SUTURES", "VARIANTS", "SkullParameters", "fused_sutures"]
 
@@ -112,8 +113,7 @@ class SkullParameters:
         if not isinstance(self.side, str) or self.side not in SIDES:
             raise ValueError(f"side must be 'left' or 'right' (the patient's side), got {self.side!r}")
         set_(self, "variation", _real(self.variation, "variation", 0.0, 3.0, ""))
-        set_(self, "energy_kev", _real(self.energy_kev, "energy_kev", float(ENERGIES_KEV[0]), float(ENERGIES_KEV[-1]),
-                                       "keV"))
+        set_(self, "energy_kev", _real(self.energy_kev, "energy_kev", *EFFECTIVE_ENERGY_RANGE_KEV, "keV"))
         if self.head_circumference_cm is not None:
             set_(self, "head_circumference_cm", _real(self.head_circumference_cm, "head_circumference_cm", 25.0, 60.0,
                                                       "cm"))

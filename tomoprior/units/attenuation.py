@@ -1,12 +1,13 @@
-"""Photon attenuation data: mass and linear attenuation coefficients versus energy.
+"""Photon attenuation of materials: mass and linear attenuation coefficients versus energy.
 
 The numbers come from a small table shipped with the package
-(``tomoprior/physics/data/attenuation.npz``), made once from xraylib's cross sections and
+(``tomoprior/units/data/attenuation.npz``), made once from xraylib's cross sections and
 its copy of the NIST compound database by ``tools/make_attenuation_tables.py``; xraylib is
 not needed at run time. Coefficients are **total with coherent scattering** (as NIST XCOM's
 "total attenuation with coherent scattering"), tabulated from 1 to 200 keV with both sides of
 every absorption edge, and interpolated log-log (linear in ``log E`` vs ``log mu``), which is
-how the NIST tables are meant to be read.
+how the NIST tables are meant to be read. This is the one attenuation table of tomoprior:
+the physics, the HU conversions and the procedural skull all read it.
 
 Units: energies in keV; mass attenuation ``mu/rho`` in cm^2/g; density in g/cm^3; linear
 attenuation in **1/mm** (the unit of tomoprior volumes), i.e. ``mu/rho * rho / 10``.
@@ -22,6 +23,18 @@ from importlib import resources
 import numpy as np
 import torch
 from torch import Tensor
+
+__all__ = [
+    "ALIASES",
+    "ENERGY_RANGE_KEV",
+    "MaterialData",
+    "linear_attenuation",
+    "mass_attenuation",
+    "mass_energy_absorption",
+    "material",
+    "materials",
+    "table_source",
+]
 
 #: Energy range covered by the shipped table, keV.
 ENERGY_RANGE_KEV = (1.0, 200.0)
@@ -74,7 +87,7 @@ class MaterialData:
 
 @functools.lru_cache(maxsize=1)
 def _table() -> tuple[dict[str, MaterialData], dict]:
-    ref = resources.files("tomoprior.physics").joinpath("data", "attenuation.npz")
+    ref = resources.files("tomoprior.units").joinpath("data", "attenuation.npz")
     with resources.as_file(ref) as path, np.load(path) as z:
         meta = json.loads(bytes(z["metadata_json"]).decode("utf-8"))
         out = {}

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import tomoprior as tp
-from tomoprior.calibration import CalibrationResult, Detections, calibrate, triangulate
+from tomoprior.calibration import CalibrationResult, Detections, calibrate
+from tomoprior.geometry import triangulate
 
 from .conftest import noisy_points, true_and_initial
 

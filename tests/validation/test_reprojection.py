@@ -8,11 +8,11 @@ import torch
 from scipy.spatial.transform import Rotation
 
 import tomoprior as tp
+from tomoprior.geometry import triangulate
 from tomoprior.validation.reprojection import (
     match_to_design,
     reprojection_error,
     rigid_align,
-    triangulate,
     triangulation_error,
 )
 

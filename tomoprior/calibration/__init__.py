@@ -6,7 +6,7 @@ bi-planar least-squares fit of the 9 physical parameters per view (optionally pl
 pose) with covariance, held-out beads and 3D triangulation error. See ``docs/calibration.md``.
 """
 
-from .calibrate import calibrate, triangulate
+from .calibrate import calibrate
 from .correspondence import coarse_shift, coarse_shifts, match_points
 from .design import BeadDesign, bead_design
 from .detection import Detections, detect_beads, to_line_integrals
@@ -31,5 +31,4 @@ __all__ = [
     "fit_geometry",
     "match_points",
     "to_line_integrals",
-    "triangulate",
 ]

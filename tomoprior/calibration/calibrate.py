@@ -9,14 +9,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..geometry import DEFAULT_GRID, BiplanarGeometry, Geometry, UnitsWarning, ViewParameters
+from ..geometry import DEFAULT_GRID, Geometry, ParametricGeometry, UnitsWarning, ViewParameters
+from ..geometry.triangulation import triangulate
 from .correspondence import coarse_shifts, match_points
 from .design import BeadDesign, bead_design
 from .detection import Detections, detect_beads
 from .fit import ANGLES, FIELDS, POSE_NAMES, FitProblem, fit_geometry, rotation_from_vector
 from .result import CalibrationError, CalibrationResult
 
-__all__ = ["calibrate", "triangulate"]
+__all__ = ["calibrate"]
 
 #: Fewest matched beads per view accepted by default (9 parameters need >= 5; 8 gives a
 #: meaningful residual and survives a few outliers).
@@ -34,7 +35,7 @@ FINAL_GATE_MIN_PX = 1.5
 
 def _initial_parameters(initial_geometry) -> tuple[list, object]:
     grid = getattr(initial_geometry, "grid", None)
-    if isinstance(initial_geometry, BiplanarGeometry):
+    if isinstance(initial_geometry, ParametricGeometry):
         return list(initial_geometry.parameters), grid
     if isinstance(initial_geometry, ViewParameters):
         return [initial_geometry], None
@@ -48,7 +49,8 @@ def _initial_parameters(initial_geometry) -> tuple[list, object]:
             "nominal values or those read from the DICOM tags"
         )
     raise TypeError(
-        f"initial_geometry must be a BiplanarGeometry, a ViewParameters or a list of ViewParameters, "
+        f"initial_geometry must be a ParametricGeometry (e.g. BiplanarGeometry), a ViewParameters or a list of "
+        "ViewParameters, "
         f"got {type(initial_geometry).__name__}"
     )
 
@@ -255,55 +257,6 @@ def outlier_limit(sigma_px: float, outlier_sigma: float) -> float:
     return max(outlier_sigma * float(sigma_px) * math.sqrt(2), 1.0)
 
 
-def triangulate(parameters: Sequence[ViewParameters], observations: Sequence[np.ndarray]) -> np.ndarray:
-    """Least-squares 3D point from its pixel positions in several views.
-
-    Parameters
-    ----------
-    parameters : sequence of ViewParameters (or View), length V >= 2
-    observations : sequence of ``(n, 2)`` arrays
-        ``(col, row)`` of the same n points in each view (NaN rows allowed: that view is
-        skipped for that point).
-
-    Returns
-    -------
-    ndarray ``(n, 3)`` mm
-        Linear (DLT) solution refined by Gauss-Newton on the reprojection error.
-    """
-    views = [p.to_view() if isinstance(p, ViewParameters) else p for p in parameters]
-    mats = [v.projection_matrix().detach().numpy() for v in views]
-    obs = [np.asarray(o, dtype=np.float64) for o in observations]
-    n = obs[0].shape[0]
-    out = np.full((n, 3), np.nan)
-    for k in range(n):
-        rows = []
-        for P, o in zip(mats, obs):
-            if np.all(np.isfinite(o[k])):
-                c, r = o[k]
-                rows += [c * P[2] - P[0], r * P[2] - P[1]]
-        if len(rows) < 4:
-            continue
-        a = np.array(rows)
-        a = a / np.linalg.norm(a[:, :3], axis=1, keepdims=True)
-        _, _, vt = np.linalg.svd(a)
-        x = vt[-1, :3] / vt[-1, 3]
-        for _ in range(5):  # Gauss-Newton on the pixel residuals
-            res, jac = [], []
-            for P, o in zip(mats, obs):
-                if not np.all(np.isfinite(o[k])):
-                    continue
-                h = P @ np.append(x, 1.0)
-                res += [h[0] / h[2] - o[k, 0], h[1] / h[2] - o[k, 1]]
-                jac += [(P[0, :3] * h[2] - P[2, :3] * h[0]) / h[2] ** 2,
-                        (P[1, :3] * h[2] - P[2, :3] * h[1]) / h[2] ** 2]
-            step, *_ = np.linalg.lstsq(np.array(jac), -np.array(res), rcond=None)
-            x = x + step
-            if np.linalg.norm(step) < 1e-10:
-                break
-        out[k] = x
-    return out
-
-
 def _uncertainty(outcome, problem, params) -> tuple[list, np.ndarray]:
     std = np.sqrt(np.clip(np.diag(outcome.covariance), 0, None))
     std = np.where(np.isnan(np.diag(outcome.covariance)), np.inf, std)
@@ -355,7 +308,7 @@ def calibrate(
         :class:`Detections` or ``(n, 2)`` arrays of detected ``(col, row)`` pixels.
     phantom : str, Phantom or BeadDesign
         The bead phantom, e.g. ``"bead_cage"``.
-    initial_geometry : BiplanarGeometry, ViewParameters or list of ViewParameters
+    initial_geometry : ParametricGeometry (e.g. BiplanarGeometry), ViewParameters or list of ViewParameters
         Nominal or DICOM-derived parameters; the fit starts here and the correspondence uses
         it (errors of tens of mm in the distances, several mm of detector offset and
         a few degrees of rotation/tilt are fine).
@@ -534,7 +487,7 @@ def _calibrate(images_or_points, phantom, initial_geometry, *, heldout, seed, kf
     grid = grid if grid is not None else DEFAULT_GRID
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        geometry = BiplanarGeometry(grid, fitted) if len(fitted) == 2 else Geometry(grid, [p.to_view() for p in fitted])
+        geometry = ParametricGeometry.of(grid, fitted)
     return CalibrationResult(
         geometry=geometry, parameters=fitted, uncertainty=uncertainty, residuals=residuals,
         residual_ids=residual_ids, heldout_residuals=h_res, heldout_ids=h_ids, rms_px=rms, rms_per_view=per_view,

@@ -30,7 +30,7 @@ from scipy.optimize import least_squares
 from .._threads import torch_threads
 from ..geometry import ViewParameters
 from ..geometry.parameters import UnitsWarning
-from ..geometry.view import _projection_matrix
+from ..geometry.view import projection_matrix_from_vector
 
 __all__ = ["GAUGES", "FitOutcome", "FitProblem", "fit_geometry", "rotation_from_vector"]
 
@@ -214,8 +214,8 @@ class FitProblem:
             vec0 = vec.detach()
             # pixel = (P0.X / P2.X, P1.X / P2.X) with P the 3x4 projection matrix of the view
             jp = torch.autograd.functional.jacobian(
-                lambda v, shape=view.shape: _projection_matrix(v, shape).reshape(-1), vec0)  # (12, 12)
-            pm = _projection_matrix(vec0, view.shape)
+                lambda v, shape=view.shape: projection_matrix_from_vector(v, shape).reshape(-1), vec0)  # (12, 12)
+            pm = projection_matrix_from_vector(vec0, view.shape)
             rot = rotation_from_vector(pose[:3].detach())
             design = torch.as_tensor(self.design[idx], dtype=torch.float64).reshape(-1, 3)
             world = design @ rot.T + pose[3:6].detach()

@@ -50,8 +50,9 @@ class CalibrationResult:
     Attributes
     ----------
     geometry : Geometry
-        Fitted geometry (a :class:`~tomoprior.BiplanarGeometry` for two views), expressed in
-        the gauge's world frame (``gauge="phantom"``: the phantom's design frame).
+        Fitted geometry (a :class:`~tomoprior.geometry.ParametricGeometry`; a
+        :class:`~tomoprior.BiplanarGeometry` for two views), expressed in the gauge's world
+        frame (``gauge="phantom"``: the phantom's design frame).
     parameters : list of ViewParameters
         Fitted physical parameters per view (angles in radians in code).
     uncertainty : list of dict

@@ -7,7 +7,7 @@ The X-rays are either line integrals (``kind="line_integrals"``, attenuation x m
 heel effect, blur, Poisson noise).
 
 Calibration-error augmentation (:class:`GeometryPerturbation`) perturbs the *physical*
-parameters of each view of a :class:`~tomoprior.geometry.BiplanarGeometry` and rebuilds the
+parameters of each view of a :class:`~tomoprior.geometry.ParametricGeometry` and rebuilds the
 views through :class:`~tomoprior.geometry.ViewParameters`, so the exact perturbed geometry is
 known and recorded: X-rays are made with the perturbed geometry, and a dataset stores both
 that geometry and the nominal one the reconstruction will assume.
@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..geometry import BiplanarGeometry, Geometry, GeometryWarning, VolumeGrid
-from ..geometry.geometry import _view_sees_box
+from ..geometry import Geometry, GeometryWarning, ParametricGeometry, VolumeGrid
+from ..geometry.geometry import view_sees_box
 from ..projectors import project
 from .volumes import Volume, check_volume
 
@@ -38,7 +38,8 @@ class GeometryPerturbation:
     source_to_detector_mm : float
         Error of the source-to-detector distance.
     offset_mm : float
-        Error of the principal point ``(u0, v0)`` on the detector, each component.
+        Error of the detector offset ``(u0, v0)`` (where the central ray of the untilted
+        detector meets it), each component.
     tilt_deg : float
         Out-of-plane detector tilts (both axes).
     rotation_deg : float
@@ -83,22 +84,23 @@ class GeometryPerturbation:
                 raise ValueError(f"perturbation {k} must be a number, got {v!r}") from exc
         return cls(**out)
 
-    def sample(self, geometry: BiplanarGeometry, seed) -> tuple[BiplanarGeometry, list[dict]]:
+    def sample(self, geometry: ParametricGeometry, seed) -> tuple[ParametricGeometry, list[dict]]:
         """The perturbed geometry and the per-view errors actually drawn.
 
-        The errors are added to each view's :class:`ViewParameters` (mm and rad) and the
-        views rebuilt through :meth:`ViewParameters.to_view`.
+        The errors are added to each view's :class:`ViewParameters` by
+        :meth:`ParametricGeometry.perturbed` and the views rebuilt from them.
         """
-        if not isinstance(geometry, BiplanarGeometry):
+        if not isinstance(geometry, ParametricGeometry):
             raise TypeError(
-                "geometry perturbation needs a BiplanarGeometry (views built from ViewParameters) so that the "
-                f"perturbed geometry is physical and recordable; got {type(geometry).__name__}"
+                "geometry perturbation needs a geometry built from ViewParameters (a ParametricGeometry such as "
+                "BiplanarGeometry) so that the perturbed geometry is physical and recordable; got "
+                f"{type(geometry).__name__}"
             )
         rng = np.random.default_rng(seed)
-        new_params, drawn = [], []
-        for p in geometry.parameters:
+        drawn = []
+        for _ in geometry.parameters:
             u = lambda a: float(rng.uniform(-a, a)) if a > 0 else 0.0  # noqa: E731
-            d = {
+            drawn.append({
                 "source_to_detector_mm": u(self.source_to_detector_mm),
                 "source_to_isocenter_mm": u(self.source_to_isocenter_mm),
                 "u0_mm": u(self.offset_mm),
@@ -106,18 +108,12 @@ class GeometryPerturbation:
                 "tilt_u_deg": u(self.tilt_deg),
                 "tilt_v_deg": u(self.tilt_deg),
                 "rotation_deg": u(self.rotation_deg),
-            }
-            drawn.append(d)
-            new_params.append(p.replace(
-                source_to_detector=p.source_to_detector + d["source_to_detector_mm"],
-                source_to_isocenter=p.source_to_isocenter + d["source_to_isocenter_mm"],
-                u0=p.u0 + d["u0_mm"],
-                v0=p.v0 + d["v0_mm"],
-                detector_tilt_u=p.detector_tilt_u + math.radians(d["tilt_u_deg"]),
-                detector_tilt_v=p.detector_tilt_v + math.radians(d["tilt_v_deg"]),
-                detector_rotation=p.detector_rotation + math.radians(d["rotation_deg"]),
-            ))
-        return BiplanarGeometry(geometry.grid, new_params), drawn
+            })
+        deltas = [{"source_to_detector": d["source_to_detector_mm"], "source_to_isocenter": d["source_to_isocenter_mm"],
+                   "u0": d["u0_mm"], "v0": d["v0_mm"], "detector_tilt_u_deg": d["tilt_u_deg"],
+                   "detector_tilt_v_deg": d["tilt_v_deg"], "detector_rotation_deg": d["rotation_deg"]}
+                  for d in drawn]
+        return geometry.perturbed(deltas), drawn
 
 
 @dataclass(frozen=True)
@@ -204,7 +200,7 @@ def check_views_see_volume(geometry: Geometry) -> None:
     """Raise ValueError if some view of ``geometry`` misses the volume box entirely."""
     corners = geometry.grid.corners()
     for i, view in enumerate(geometry.views):
-        if not _view_sees_box(view, corners):
+        if not view_sees_box(view, corners):
             lo, hi = geometry.grid.bounds()
             raise ValueError(
                 f"view {i} ({view.name}) misses the volume box {list(lo)}..{list(hi)} mm: its X-ray would be empty. "
@@ -228,7 +224,7 @@ def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, ki
         ``"radiograph"`` needs ``tomoprior.physics.radiograph`` (``physics_options`` are passed
         to it, e.g. ``photons_per_pixel``, ``kvp``).
     perturbation : GeometryPerturbation, optional
-        Calibration errors to simulate (needs a BiplanarGeometry).
+        Calibration errors to simulate (needs a ParametricGeometry).
     intensity : IntensityAugmentation, optional
     seed : int or SeedSequence-compatible
         Seeds the perturbation, the intensity augmentation and the physics noise.

@@ -7,18 +7,23 @@ from .geometry import (
     BiplanarGeometry,
     Geometry,
     GeometryWarning,
+    ParametricGeometry,
     isocenter_pixel_size,
     magnification_at,
+    view_sees_box,
+    volume_relation,
 )
 from .grid import VolumeGrid
 from .parameters import UnitsWarning, ViewParameters, default_frontal, default_lateral, read_view_parameters
-from .view import View
+from .triangulation import triangulate
+from .view import View, projection_matrix_from_vector
 
 __all__ = [
     "DEFAULT_GRID",
     "BiplanarGeometry",
     "Geometry",
     "GeometryWarning",
+    "ParametricGeometry",
     "UnitsWarning",
     "View",
     "ViewParameters",
@@ -27,7 +32,11 @@ __all__ = [
     "default_lateral",
     "isocenter_pixel_size",
     "magnification_at",
+    "projection_matrix_from_vector",
     "projections_from_astra",
     "projections_to_astra",
     "read_view_parameters",
+    "triangulate",
+    "view_sees_box",
+    "volume_relation",
 ]

@@ -10,7 +10,7 @@ import torch
 
 from .grid import VolumeGrid
 from .parameters import ViewParameters, default_frontal, default_lateral
-from .view import View, _project_points, _projection_matrix
+from .view import View, _project_points, projection_matrix_from_vector
 
 
 class GeometryWarning(UserWarning):
@@ -163,7 +163,7 @@ class Geometry:
 
     def projection_matrices(self) -> torch.Tensor:
         """``(views, 3, 4)`` homogeneous projection matrices: ``(col, row, 1) ~ P (x, y, z, 1)``."""
-        return torch.stack([_projection_matrix(v.vector, v.shape) for v in self.views])
+        return torch.stack([projection_matrix_from_vector(v.vector, v.shape) for v in self.views])
 
     # -- conversions --------------------------------------------------------------------
     def to(self, dtype=None, device=None) -> Geometry:
@@ -231,22 +231,91 @@ class Geometry:
         return f"{type(self).__name__}(grid={self.grid},\n  {views})"
 
 
-class BiplanarGeometry(Geometry):
-    """The calibrated two-view case (frontal + lateral) built from physical parameters.
+class ParametricGeometry(Geometry):
+    """A geometry built from physical parameters: any number of views, each a
+    :class:`ViewParameters` (9 degrees of freedom plus the shared isocenter).
 
-    Use :meth:`from_parameters`; the :attr:`parameters` are kept, so the geometry can be
-    saved with its physical description and rebuilt (or refined) from it.
+    The :attr:`parameters` are kept, so the geometry is saved with its physical description,
+    rebuilt from it, refined by calibration or perturbed (:meth:`perturbed`). Code that needs
+    physical parameters tests ``isinstance(g, ParametricGeometry)``; the bi-planar case is
+    the thin specialisation :class:`BiplanarGeometry`.
+
+    Parameters
+    ----------
+    grid : VolumeGrid
+    parameters : sequence of ViewParameters
+        At least one.
     """
 
     def __init__(self, grid: VolumeGrid, parameters: Sequence[ViewParameters]):
+        if isinstance(parameters, ViewParameters):
+            parameters = [parameters]
         parameters = tuple(parameters)
-        if len(parameters) != 2:
-            raise ValueError(f"a BiplanarGeometry has exactly two views (frontal, lateral), got {len(parameters)}")
+        if not parameters:
+            raise ValueError("a ParametricGeometry needs at least one ViewParameters")
         for i, p in enumerate(parameters):
             if not isinstance(p, ViewParameters):
                 raise ValueError(f"parameters[{i}] must be ViewParameters, got {type(p).__name__}")
         self.parameters = parameters
         super().__init__(grid, [p.to_view() for p in parameters])
+
+    @classmethod
+    def of(cls, grid: VolumeGrid, parameters: Sequence[ViewParameters]) -> ParametricGeometry:
+        """The most specific class for these parameters: a :class:`BiplanarGeometry` for two
+        views, else a :class:`ParametricGeometry`."""
+        parameters = tuple(parameters)
+        return BiplanarGeometry(grid, parameters) if len(parameters) == 2 else ParametricGeometry(grid, parameters)
+
+    def with_grid(self, grid: VolumeGrid) -> ParametricGeometry:
+        return type(self)(grid, self.parameters)
+
+    def with_parameters(self, parameters: Sequence[ViewParameters]) -> ParametricGeometry:
+        """The same grid with other view parameters (e.g. calibrated ones)."""
+        return ParametricGeometry.of(self.grid, parameters)
+
+    def perturbed(self, deltas) -> ParametricGeometry:
+        """A miscalibrated copy: parameter errors added view by view.
+
+        Parameters
+        ----------
+        deltas : dict or sequence of dict
+            Per view (a list in view order, or a dict keyed by view name) a mapping of
+            parameter -> error, as :meth:`ViewParameters.perturbed` takes it (``_deg`` names
+            for angles in degrees). Views not named are unchanged.
+
+        Examples
+        --------
+        >>> g = BiplanarGeometry.from_parameters(binning=8)
+        >>> t = g.perturbed({"frontal": {"source_to_detector": 12.0, "detector_tilt_u_deg": 1.0}})
+        >>> float(t.parameters[0].source_to_detector), float(t.parameters[1].source_to_detector)
+        (1512.0, 1500.0)
+        """
+        if isinstance(deltas, dict):
+            names = [p.name for p in self.parameters]
+            unknown = sorted(set(deltas) - set(names))
+            if unknown:
+                raise ValueError(f"perturbed: unknown view name(s) {unknown}; the views are {names}")
+            per_view = [deltas.get(n) or {} for n in names]
+        else:
+            per_view = list(deltas)
+            if len(per_view) != len(self.parameters):
+                raise ValueError(f"perturbed: {len(per_view)} sets of errors for {len(self.parameters)} views")
+        return type(self)(self.grid, [p.perturbed(**d) for p, d in zip(self.parameters, per_view)])
+
+    def to(self, dtype=None, device=None) -> Geometry:
+        return Geometry(self.grid, [v.to(dtype=dtype, device=device) for v in self.views])
+
+
+class BiplanarGeometry(ParametricGeometry):
+    """The calibrated two-view case (frontal + lateral): a :class:`ParametricGeometry` with
+    exactly two views and the pediatric defaults of :meth:`from_parameters`."""
+
+    def __init__(self, grid: VolumeGrid, parameters: Sequence[ViewParameters]):
+        parameters = tuple(parameters)
+        if len(parameters) != 2:
+            raise ValueError(f"a BiplanarGeometry has exactly two views (frontal, lateral), got {len(parameters)}; "
+                             "use ParametricGeometry for another number of views")
+        super().__init__(grid, parameters)
 
     @classmethod
     def from_parameters(
@@ -285,12 +354,6 @@ class BiplanarGeometry(Geometry):
     def lateral(self) -> View:
         return self.views[1]
 
-    def with_grid(self, grid: VolumeGrid) -> BiplanarGeometry:
-        return BiplanarGeometry(grid, self.parameters)
-
-    def to(self, dtype=None, device=None) -> Geometry:
-        return Geometry(self.grid, [v.to(dtype=dtype, device=device) for v in self.views])
-
 
 def volume_relation(view: View, grid: VolumeGrid) -> str:
     """Where the volume box lies for one view; rays run from the source to the detector only.
@@ -307,10 +370,10 @@ def volume_relation(view: View, grid: VolumeGrid) -> str:
     return _relation(view, grid.corners())
 
 
-def _view_sees_box(view: View, corners: np.ndarray) -> bool:
+def view_sees_box(view: View, corners) -> bool:
     """Whether some ray of ``view`` (source to pixel) may pass through the box with the given
-    corners ``(8, 3)``; conservative."""
-    return _relation(view, corners) in ("sees", "cut_by_detector")
+    corners ``(8, 3)`` mm (e.g. ``grid.corners()``); conservative."""
+    return _relation(view, np.asarray(corners, dtype=np.float64)) in ("sees", "cut_by_detector")
 
 
 def _relation(view: View, corners: np.ndarray) -> str:
@@ -362,8 +425,10 @@ __all__ = [
     "BiplanarGeometry",
     "Geometry",
     "GeometryWarning",
+    "ParametricGeometry",
     "isocenter_pixel_size",
     "magnification_at",
+    "view_sees_box",
     "volume_relation",
 ]
 

@@ -9,7 +9,7 @@ Layout (lengths in mm; angles, where present, in degrees)::
     views:
       - {name: frontal, source: [x, y, z], detector_center: [x, y, z],
          u: [x, y, z], v: [x, y, z], shape: [rows, cols]}
-    parameters:            # optional: the physical description of a BiplanarGeometry
+    parameters:            # optional: the physical description of a ParametricGeometry
       - {name: frontal, primary_angle_deg: 0.0, source_to_isocenter: 1000.0, ...}
 
 ``grid.shape`` and ``grid.spacing`` are required (a voxel size is never guessed);
@@ -42,7 +42,7 @@ _CONSISTENCY_TOL_MM = 1e-6
 
 
 def geometry_to_dict(geom) -> dict:
-    from .geometry import BiplanarGeometry
+    from .geometry import ParametricGeometry
 
     d = {
         "schema": SCHEMA,
@@ -51,13 +51,14 @@ def geometry_to_dict(geom) -> dict:
         "grid": geom.grid.to_dict(),
         "views": [v.to_dict() for v in geom.views],
     }
-    if isinstance(geom, BiplanarGeometry):
+    if isinstance(geom, ParametricGeometry):
         d["parameters"] = [p.to_dict() for p in geom.parameters]
     return d
 
 
 def geometry_from_dict(d: dict):
-    """Build a :class:`Geometry` (or :class:`BiplanarGeometry`) from a file's content.
+    """Build a :class:`Geometry` (a :class:`ParametricGeometry`, :class:`BiplanarGeometry` for two views,
+    when the file has parameters) from a file's content.
 
     Raises
     ------
@@ -66,7 +67,7 @@ def geometry_from_dict(d: dict):
         absurd numbers; the message names the field (``views[1].source``) and quotes at
         most a few hundred characters of the offending value.
     """
-    from .geometry import BiplanarGeometry, Geometry
+    from .geometry import Geometry, ParametricGeometry
 
     if not isinstance(d, dict):
         raise ValueError(f"a geometry file must hold a mapping at the top level, got {type(d).__name__}")
@@ -116,15 +117,13 @@ def geometry_from_dict(d: dict):
                 f"parameters[{i}] and views[{i}] disagree by {diff:.3g} mm; edit one and regenerate the other "
                 "(or delete 'parameters' to keep the vectors)"
             )
-    if len(params) == 2:
-        return BiplanarGeometry(grid, params)
-    return Geometry(grid, views)
+    return ParametricGeometry.of(grid, params)
 
 
 def _other_document(d: dict):
     """The geometry held by a calibration result, a QA report or a parameters-only file (None
     for anything else): ``Geometry.load`` reads every file tomoprior writes with a geometry."""
-    from .geometry import BiplanarGeometry, Geometry
+    from .geometry import ParametricGeometry
     from .grid import VolumeGrid
     from .parameters import VIEW_PARAMETERS_SCHEMA, parameters_from_document
 
@@ -147,9 +146,7 @@ def _other_document(d: dict):
             grid = DEFAULT_GRID
         if not isinstance(grid, VolumeGrid):
             raise ValueError("parameters file: bad grid")
-        if len(params) == 2:
-            return BiplanarGeometry(grid, params)
-        return Geometry(grid, [p.to_view() for p in params])
+        return ParametricGeometry.of(grid, params)
     return None
 
 

@@ -138,6 +138,7 @@ class ViewParameters:
     detector_tilt_u, detector_tilt_v : float, rad
         Out-of-plane tilts about the detector's u (row) and v (column) directions.
     pixel_pitch : float or (row_pitch, col_pitch), mm
+        Stored as the ``(row, col)`` pair (a single number means a square pixel).
     detector_shape : (rows, cols)
     isocenter : (x, y, z), mm
         World position of the point the views are aimed at.
@@ -184,6 +185,9 @@ class ViewParameters:
         pr, pc = pair_of_scalars(self.pixel_pitch, f"{where}.pixel_pitch")
         if not (float(pr.detach()) > 0 and float(pc.detach()) > 0):
             raise ValueError(f"{where}.pixel_pitch must be > 0 mm, got {self.pixel_pitch!r}")
+        # always a (row, col) pair: one square pitch given as a number is stored as (p, p)
+        pp = self.pixel_pitch
+        self.pixel_pitch = tuple(pp) if isinstance(pp, (tuple, list)) else (pp, pp)
         self.detector_shape = as_positive_int_pair(self.detector_shape, f"{where}.detector_shape")
         as_vector3(self.isocenter, f"{where}.isocenter")
         _warn_suspect_angles(self)
@@ -258,6 +262,31 @@ class ViewParameters:
         the plain names take radians.
         """
         return dataclasses.replace(self, **_degrees_to_radians(changes))
+
+    @property
+    def pitch(self) -> tuple[float, float]:
+        """``(row, col)`` pixel pitch in mm as plain floats."""
+        return (_as_float(self.pixel_pitch[0]), _as_float(self.pixel_pitch[1]))
+
+    def perturbed(self, **deltas) -> ViewParameters:
+        """A copy with errors added to fields: the one way tomoprior writes a miscalibration.
+
+        Keyword names are the scalar fields (lengths in mm, angles in radians) or their
+        ``_deg`` forms for angles in degrees: ``p.perturbed(source_to_detector=12.0,
+        detector_tilt_u_deg=1.0)``. Tensors keep their autograd graph.
+
+        Examples
+        --------
+        >>> p = ViewParameters().perturbed(source_to_detector=12.0, detector_tilt_u_deg=1.0)
+        >>> p.source_to_detector, round(math.degrees(p.detector_tilt_u), 9)
+        (1512.0, 1.0)
+        """
+        deltas = _degrees_to_radians(deltas)
+        unknown = sorted(set(deltas) - set(self.SCALAR_FIELDS))
+        if unknown:
+            raise ValueError(f"perturbed: unknown parameter(s) {unknown}; use {list(self.SCALAR_FIELDS)} (angles also "
+                             "as NAME_deg in degrees)")
+        return self.replace(**{f: getattr(self, f) + d for f, d in deltas.items()})
 
     def binned(self, factor: int) -> ViewParameters:
         """The same detector read out with ``factor x factor`` binning (pitch x factor)."""
@@ -370,6 +399,10 @@ class ViewParameters:
             f"rotation={d['detector_rotation_deg']:.3f} deg, tilts={d['detector_tilt_deg']} deg, "
             f"pitch={d['pixel_pitch']} mm, shape={tuple(d['detector_shape'])})"
         )
+
+
+def _as_float(x) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
 
 def _degrees_to_radians(fields: dict) -> dict:

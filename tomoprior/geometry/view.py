@@ -219,7 +219,7 @@ class View:
 
     def projection_matrix(self) -> torch.Tensor:
         """3x4 matrix ``P`` with ``(col, row, 1) ~ P @ (x, y, z, 1)`` (homogeneous)."""
-        return _projection_matrix(self.vector, self.shape)
+        return projection_matrix_from_vector(self.vector, self.shape)
 
     # -- conversions --------------------------------------------------------------------
     def to(self, dtype=None, device=None) -> View:
@@ -296,7 +296,7 @@ class View:
 
 # -- pure functions on view vectors (shared by View and Geometry) -------------------------
 
-def _projection_matrix(vector: torch.Tensor, shape) -> torch.Tensor:
+def projection_matrix_from_vector(vector: torch.Tensor, shape) -> torch.Tensor:
     """3x4 homogeneous projection matrix of one view vector ``(12,)``.
 
     Solving ``s + t (x - s) = c + a u + b v`` for the detector coordinates ``(a, b)`` gives,

@@ -39,7 +39,7 @@ import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 
 from ..geometry.geometry import Geometry
 from ..geometry.grid import VolumeGrid
-from ..geometry.view import View, _projection_matrix
+from ..geometry.view import View, projection_matrix_from_vector
 from .base import _geometry_list
 
 _FUSE = ("mean", "sum", "max", "min")
@@ -116,7 +116,7 @@ def _voxel_projection(view: View, grid: VolumeGrid, device, dtype=torch.float64)
     """
     vec = view.vector.to(device=device, dtype=torch.float64)
     rows, cols = view.shape
-    P = _projection_matrix(vec, view.shape)  # (3, 4): (col, row, 1) ~ P (x, y, z, 1)
+    P = projection_matrix_from_vector(vec, view.shape)  # (3, 4): (col, row, 1) ~ P (x, y, z, 1)
     # fold the pixel -> [-1, 1] normalisation into the matrix: g = (2 p + 1)/n - 1
     G = torch.stack([(2 * P[0] + P[2]) / cols - P[2], (2 * P[1] + P[2]) / rows - P[2], P[2]])
     s, c = vec[0:3], vec[3:6]
@@ -133,8 +133,8 @@ def _voxel_projection(view: View, grid: VolumeGrid, device, dtype=torch.float64)
     # projectors' rays end at the detector): leave them out as the projectors do
     n = torch.linalg.cross(vec[6:9], vec[9:12])
     n = n / torch.linalg.norm(n)
-    d_det = float(torch.dot(c - s, n).abs())
-    sgn = float(torch.sign(torch.dot(c - s, n)))
+    d_det = float(torch.dot(c - s, n).detach().abs())
+    sgn = float(torch.sign(torch.dot(c - s, n).detach()))
     xd, yd, zd = (a.detach() for a in (x, y, z))
     depth = sgn * ((n[0] * xd - torch.dot(s, n)).to(dtype)[None, None, :] + (n[1] * yd)[None, :, None]
                    + (n[2] * zd)[:, None, None])

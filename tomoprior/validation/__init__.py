@@ -28,7 +28,6 @@ from .reprojection import (
     match_to_design,
     reprojection_error,
     rigid_align,
-    triangulate,
     triangulation_error,
 )
 from .sensitivity import FitConditioning, SensitivityRow, fit_conditioning, head_points, sensitivity_table
@@ -70,7 +69,6 @@ __all__ = [
     "run_main_job",
     "sensitivity_table",
     "trend_report",
-    "triangulate",
     "triangulation_error",
     "write_report",
 ]

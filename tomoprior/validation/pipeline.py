@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..geometry.geometry import BiplanarGeometry, Geometry
+from ..geometry.geometry import BiplanarGeometry, Geometry, ParametricGeometry
 from ..geometry.parameters import UnitsWarning, ViewParameters
 from .reprojection import match_to_design, reprojection_error, triangulation_error
 
@@ -78,21 +78,11 @@ TARGETS = {
     "detector_tilt_v": (0.1, "deg"),
 }
 
-_DELTA_KEYS = {
-    "source_to_detector": ("source_to_detector", 1.0),
-    "source_to_isocenter": ("source_to_isocenter", 1.0),
-    "u0": ("u0", 1.0),
-    "v0": ("v0", 1.0),
-    "detector_rotation_deg": ("detector_rotation", math.pi / 180),
-    "detector_tilt_u_deg": ("detector_tilt_u", math.pi / 180),
-    "detector_tilt_v_deg": ("detector_tilt_v", math.pi / 180),
-    "primary_angle_deg": ("primary_angle", math.pi / 180),
-    "secondary_angle_deg": ("secondary_angle", math.pi / 180),
-}
 
 
 def apply_miscalibration(params: ViewParameters, deltas: dict) -> ViewParameters:
-    """``params`` with the given errors added (keys of :data:`DEFAULT_MISCALIBRATION`).
+    """``params`` with the given errors added: :meth:`ViewParameters.perturbed` with the keys of
+    :data:`DEFAULT_MISCALIBRATION` (lengths in mm, ``_deg`` angles in degrees).
 
     Examples
     --------
@@ -100,13 +90,7 @@ def apply_miscalibration(params: ViewParameters, deltas: dict) -> ViewParameters
     >>> p.source_to_detector, round(math.degrees(p.detector_tilt_u), 9)
     (1512.0, 1.0)
     """
-    changes = {}
-    for key, value in deltas.items():
-        if key not in _DELTA_KEYS:
-            raise ValueError(f"unknown miscalibration key {key!r}; use {sorted(_DELTA_KEYS)}")
-        f, scale = _DELTA_KEYS[key]
-        changes[f] = getattr(params, f) + float(value) * scale
-    return params.replace(**changes)
+    return params.perturbed(**{k: float(v) for k, v in deltas.items()})
 
 
 # -- parameter comparison ----------------------------------------------------------------------
@@ -124,9 +108,8 @@ def _value(p: ViewParameters, name: str, unit: str) -> float:
     if unit == "deg":
         return math.degrees(v)
     if unit == "px":
-        pitch = p.pixel_pitch
-        pr, pc = (pitch, pitch) if not isinstance(pitch, (tuple, list)) else pitch
-        return v / float(pc if name == "u0" else pr)
+        pr, pc = p.pitch
+        return v / (pc if name == "u0" else pr)
     return v
 
 
@@ -255,7 +238,7 @@ def _result_parameters(result, fallback: Sequence[ViewParameters]) -> list[ViewP
     if params is not None and not isinstance(params, dict) and all(isinstance(p, ViewParameters) for p in params):
         return list(params)
     geom = getattr(result, "geometry", None)
-    if isinstance(geom, BiplanarGeometry):
+    if isinstance(geom, ParametricGeometry):
         return list(geom.parameters)
     if params is not None and all(isinstance(p, dict) for p in params):
         return [ViewParameters.from_dict(p, f"result.parameters[{i}]") for i, p in enumerate(params)]
@@ -286,9 +269,8 @@ def _result_uncertainty(result, params: Sequence[ViewParameters]) -> list[dict] 
             if unit == "deg" and code_units:
                 v = math.degrees(v)
             if unit == "px" and not key.endswith("_px"):
-                pitch = p.pixel_pitch
-                pr, pc = (pitch, pitch) if not isinstance(pitch, (tuple, list)) else pitch
-                v = v / float(pc if name == "u0" else pr)
+                pr, pc = p.pitch
+                v = v / (pc if name == "u0" else pr)
             d[name] = v
         out.append(d)
     return out
@@ -378,7 +360,7 @@ def analyse(images, detections, result, design_positions, names, *, initial: Geo
     geom = getattr(result, "geometry", None)
     if not isinstance(geom, Geometry):
         raise PipelineError(f"the calibration result has no Geometry (got {type(geom).__name__})")
-    if not isinstance(geom, BiplanarGeometry):  # keep a BiplanarGeometry's parameters (saved in geometry.yaml)
+    if not isinstance(geom, ParametricGeometry):  # keep the parameters (saved in geometry.yaml)
         geom = geom.detach()
     params = _result_parameters(result, true_parameters or [])
     pred = geom.project_points(torch.as_tensor(design_positions)).detach().numpy()
@@ -404,7 +386,7 @@ def analyse(images, detections, result, design_positions, names, *, initial: Geo
     unc = _result_uncertainty(result, params)
     table = None
     if true_parameters is not None:
-        nominal = list(initial.parameters) if isinstance(initial, BiplanarGeometry) else None
+        nominal = list(initial.parameters) if isinstance(initial, ParametricGeometry) else None
         table = parameter_errors(params, true_parameters, nominal, unc)
     notes = []
     if not getattr(result, "converged", True):
@@ -486,9 +468,8 @@ def _coarse(p: ViewParameters, max_pixels: int) -> ViewParameters:
     """The same view read out with about ``max_pixels`` along its longer side."""
     rows, cols = p.detector_shape
     f = max(1, math.ceil(max(rows, cols) / max_pixels))
-    pitch = p.pixel_pitch
-    pr, pc = (pitch, pitch) if not isinstance(pitch, (tuple, list)) else pitch
-    return p.replace(pixel_pitch=(float(pr) * f, float(pc) * f), detector_shape=(max(rows // f, 1), max(cols // f, 1)))
+    pr, pc = p.pitch
+    return p.replace(pixel_pitch=(pr * f, pc * f), detector_shape=(max(rows // f, 1), max(cols // f, 1)))
 
 
 # -- the main job ---------------------------------------------------------------------------
@@ -550,7 +531,7 @@ def main_job_geometries(config: MainJobConfig) -> tuple[BiplanarGeometry, Biplan
     unknown = set(mis) - {"frontal", "lateral"}
     if unknown:
         raise ValueError(f"miscalibration has unknown view(s) {sorted(unknown)}; use 'frontal' and 'lateral'")
-    true = BiplanarGeometry(nominal.grid, [apply_miscalibration(p, mis.get(p.name, {})) for p in nominal.parameters])
+    true = nominal.perturbed(mis)
     return nominal, true
 
 

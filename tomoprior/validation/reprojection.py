@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
+from ..calibration.correspondence import match_points
 from ..geometry.geometry import Geometry
+from ..geometry.triangulation import triangulate
 
 __all__ = [
     "ReprojectionError",
@@ -26,7 +27,6 @@ __all__ = [
     "match_to_design",
     "reprojection_error",
     "rigid_align",
-    "triangulate",
     "triangulation_error",
 ]
 
@@ -221,88 +221,9 @@ def match_to_design(predicted, detected, max_distance_px: float = 5.0) -> np.nda
         raise ValueError(f"max_distance_px must be > 0, got {max_distance_px}")
     out = np.full_like(pred, np.nan)
     det = det[np.isfinite(det).all(axis=1)]
-    if len(det) == 0 or len(pred) == 0:
-        return out
-    d = np.linalg.norm(pred[:, None, :] - det[None, :, :], axis=2)
-    big = 1e6 * max_distance_px
-    cost = np.where(np.isfinite(d) & (d <= max_distance_px), d, big)
-    rows, cols = linear_sum_assignment(cost)
-    for r, c in zip(rows, cols):
-        if cost[r, c] < big:
-            out[r] = det[c]
-    return out
-
-
-def triangulate(geometry: Geometry, observed, *, refine: bool = True) -> np.ndarray:
-    """3D points from their images in two or more views.
-
-    Linear (DLT) triangulation from the views' projection matrices, then (``refine``)
-    Gauss-Newton on the pixel reprojection error with exact ``project_points``.
-
-    Parameters
-    ----------
-    geometry : Geometry
-    observed : sequence of array-like ``(n, 2)``, one per view
-        ``(col, row)`` of the same n points in each view; NaN where not seen.
-
-    Returns
-    -------
-    ndarray ``(n, 3)``
-        World ``(x, y, z)`` in mm; NaN for points seen in fewer than two views.
-    """
-    P = geometry.projection_matrices().detach().cpu().double().numpy()
-    n = len(observed[0]) if len(observed) else 0
-    obs = _as_observed(observed, geometry, n)
-    out = np.full((n, 3), np.nan)
-    for k in range(n):
-        rows = []
-        for Pi, o in zip(P, obs):
-            c, r = o[k]
-            if np.isfinite(c) and np.isfinite(r):
-                # normalise each view's rows so views with long vectors don't dominate
-                a1, a2 = c * Pi[2] - Pi[0], r * Pi[2] - Pi[1]
-                rows += [a1 / np.linalg.norm(a1[:3]), a2 / np.linalg.norm(a2[:3])]
-        if len(rows) < 4:
-            continue
-        _, _, vt = np.linalg.svd(np.asarray(rows))
-        X = vt[-1]
-        if abs(X[3]) < 1e-300:
-            continue
-        out[k] = X[:3] / X[3]
-    if refine:
-        out = _refine(geometry, obs, out)
-    return out
-
-
-def _refine(geometry: Geometry, obs: list[np.ndarray], X0: np.ndarray, iterations: int = 5) -> np.ndarray:
-    ok = np.isfinite(X0).all(axis=1)
-    if not ok.any():
-        return X0
-    X = torch.as_tensor(X0[ok], dtype=torch.float64)
-    o = torch.as_tensor(np.stack([a[ok] for a in obs]), dtype=torch.float64)  # (views, m, 2)
-    seen = torch.isfinite(o).all(dim=-1)
-    o = torch.nan_to_num(o)
-
-    for _ in range(iterations):
-        Xr = X.clone().requires_grad_(True)
-        pred = geometry.project_points(Xr)  # (views, m, 2)
-        r = torch.where(seen[..., None], pred - o, torch.zeros_like(pred))
-        # each point's residuals depend on that point only, so the gradient of a sum over
-        # points gives every point's own Jacobian row at once (block-diagonal normal equations)
-        J = torch.zeros(X.shape[0], r.shape[0] * 2, 3, dtype=torch.float64)
-        for vi in range(r.shape[0]):
-            for ax in range(2):
-                g, = torch.autograd.grad(r[vi, :, ax].sum(), Xr, retain_graph=True)
-                J[:, vi * 2 + ax, :] = g
-        rv = r.detach().permute(1, 0, 2).reshape(X.shape[0], -1)
-        JtJ = J.transpose(1, 2) @ J
-        Jtr = (J.transpose(1, 2) @ rv[..., None])[..., 0]
-        step = torch.linalg.solve(JtJ + 1e-12 * torch.eye(3, dtype=torch.float64), Jtr)
-        X = X - step
-        if float(step.abs().max()) < 1e-9:
-            break
-    out = X0.copy()
-    out[ok] = X.numpy()
+    # the calibration's gated assignment, so the report and the fit pair beads the same way
+    rows, cols = match_points(pred, det, max_distance_px)
+    out[rows] = det[cols]
     return out
 
 

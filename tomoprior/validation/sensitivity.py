@@ -103,9 +103,8 @@ def _step_in_code_units(params: ViewParameters, name: str, step: float, unit: st
     if unit == "deg":
         return math.radians(step)
     if unit == "px":
-        pitch = params.pixel_pitch
-        pr, pc = (pitch, pitch) if not isinstance(pitch, (tuple, list)) else pitch
-        return step * float(pc if name == "u0" else pr)
+        pr, pc = params.pitch
+        return step * (pc if name == "u0" else pr)
     if unit == "mm":
         return step
     raise ValueError(f"unknown unit {unit!r} for {name}; use 'mm', 'deg' or 'px'")

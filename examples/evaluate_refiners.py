@@ -22,13 +22,8 @@ import argparse
 from pathlib import Path
 
 from tomoprior import data, refiners
-from tomoprior.refiners.evaluation import (
-    PAPER_MISCALIBRATION,
-    compare_markdown,
-    evaluate,
-    fit_bp_prior,
-    miscalibration_study,
-)
+from tomoprior.studies.evaluation import compare_markdown, evaluate, fit_bp_prior
+from tomoprior.studies.miscalibration import PAPER_MISCALIBRATION, miscalibration_study
 
 
 def main() -> None:

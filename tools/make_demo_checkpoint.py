@@ -1,7 +1,7 @@
 """Make the PSCT-Net demo weights shipped in ``refiners/psctnet/psctnet/weights/``.
 
 Takes a run folder written by ``tomoprior train`` (its ``best.pt``), drops the resume state
-(optimisers, discriminator, RNG: ``tomoprior.refiners.training.export_weights``) and stores
+(optimisers, discriminator, RNG: ``tomoprior.studies.training.export_weights``) and stores
 the provenance a reader needs to reproduce it: the dataset and training commands, the seeds,
 the data file's SHA-256, the selected epoch and its validation metrics, and optionally the
 test-split summary of a ``tomoprior evaluate`` JSON.
@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 
 from tomoprior.refiners import CHECKPOINT_VERSION, CheckpointWarning, Refiner, read_checkpoint, write_checkpoint
-from tomoprior.refiners.training import export_weights
+from tomoprior.studies.training import export_weights
 
 
 def upgrade(old: Path, out: Path) -> dict:

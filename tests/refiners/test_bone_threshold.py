@@ -18,7 +18,7 @@ from tomoprior.cli.evaluate import evaluate as evaluate_cmd
 from tomoprior.data import DatasetFile
 from tomoprior.metrics import DEFAULT_BONE_THRESHOLD_MU, dice, surface_distances
 from tomoprior.refiners import Refiner
-from tomoprior.refiners.evaluation import (
+from tomoprior.studies.evaluation import (
     BONE_THRESHOLD_CANDIDATES,
     _dice_curve,
     evaluate,

@@ -15,19 +15,18 @@ from tomoprior import data, refiners
 from tomoprior.cli.evaluate import evaluate as evaluate_cmd
 from tomoprior.data import DatasetFile, GeometryPerturbation, mu_to_hu
 from tomoprior.refiners import Refiner
-from tomoprior.refiners.evaluation import (
-    CALIBRATION_RESIDUAL,
+from tomoprior.studies.evaluation import (
     METRICS,
     EvaluationResult,
     evaluate,
     fit_bp_prior,
-    miscalibration_study,
     paired_comparison,
     paired_markdown,
     sample_metrics,
     to_bone_window,
     to_x2ctgan,
 )
+from tomoprior.studies.miscalibration import CALIBRATION_RESIDUAL, miscalibration_study
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,8 +264,8 @@ def test_hu_helper_consistency():
 
 
 def test_bead_calibrator_recovers_the_true_geometry(tiny):
-    from tomoprior.cli.evaluate import bead_cage_calibrator
-    from tomoprior.refiners.evaluation import PAPER_MISCALIBRATION, geometry_error_px
+    from tomoprior.studies.evaluation import geometry_error_px
+    from tomoprior.studies.miscalibration import PAPER_MISCALIBRATION, bead_cage_calibrator
 
     with DatasetFile(tiny) as ds:
         nominal = ds.geometry(0, nominal=True)

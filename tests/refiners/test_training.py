@@ -18,16 +18,14 @@ from torch import nn
 
 from tomoprior import data, metrics, refiners
 from tomoprior.refiners import Refiner, backproject_features
-from tomoprior.refiners.training import (
+from tomoprior.refiners.hooks import StepContext, TrainingHooks, find_hooks
+from tomoprior.studies.training import (
     EpochSampler,
-    StepContext,
     TrainConfig,
-    TrainingHooks,
     _collate,
     evaluate,
     export_weights,
     file_sha256,
-    find_hooks,
     is_better,
     lr_factor,
     make_batch,
@@ -434,7 +432,7 @@ def test_no_validation_split_is_a_clear_error(tiny_refiner, tmp_path):
 
 
 def test_diverging_run_is_a_clear_error_and_saves_nothing_non_finite(tiny_h5, tiny_refiner, tmp_path):
-    from tomoprior.refiners.training import TrainingDivergedError
+    from tomoprior.studies.training import TrainingDivergedError
 
     out = tmp_path / "run"
     train(_cfg(tiny_h5, out, epochs=2, max_steps=1))  # a good checkpoint first
@@ -475,7 +473,7 @@ def test_preset_that_does_not_fit_the_data_says_what_fits(tiny_h5, tmp_path):
 
 def test_the_fit_check_leaves_the_run_unchanged(tiny_h5, tiny_refiner, tmp_path):
     """The up-front forward pass restores buffers and RNG states: same weights as without it."""
-    from tomoprior.refiners import training
+    from tomoprior.studies import training
 
     train(_cfg(tiny_h5, tmp_path / "a", epochs=1, max_steps=1))
     calls = []

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from tomoprior import data, refiners
 from tomoprior.cli.evaluate import evaluate as evaluate_cmd
-from tomoprior.refiners.evaluation import GROUPS, check_group, compare_markdown, evaluate
+from tomoprior.studies.evaluation import GROUPS, check_group, compare_markdown, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_read_only_result_folder(tiny, read_only):
 def test_disk_full_while_saving_results(tiny, tmp_path, monkeypatch):
     import errno
 
-    from tomoprior.refiners import evaluation
+    from tomoprior.studies import evaluation
 
     def full(self, path):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -143,7 +143,7 @@ def test_disk_full_while_saving_results(tiny, tmp_path, monkeypatch):
 RUNNER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    import tomoprior.refiners.evaluation as ev
+    import tomoprior.studies.evaluation as ev
     run = ev._run_refiner
     def slow(*args, **kwargs):
         out = run(*args, **kwargs)

@@ -15,7 +15,7 @@ train split (``--no-fit-bp-prior`` keeps the config as given).
 
 ``--fit-bone-threshold`` gives every refiner its own bone level for the prediction (the targets
 keep ``mu > 0.035 /mm``): the level maximising its mean bone Dice on ``--fit-samples`` samples of
-the train split (``tomoprior.refiners.evaluation.fit_bone_threshold``, after any bp-prior fit).
+the train split (``tomoprior.studies.evaluation.fit_bone_threshold``, after any bp-prior fit).
 Dice, ASSD and HD95 are then reported at that level; the table rows say which level each
 refiner used and the fits (level, train Dice, Dice curve) are in the JSON files.
 """
@@ -37,52 +37,6 @@ class EvaluateError(click.ClickException):
     """Bad usage, unreadable input (data, checkpoints) or an unwritable ``--out``: exit code 2."""
 
     exit_code = 2
-
-
-# --------------------------------------------------------------------------------------------
-# a real calibration for the "calibrated" arm (the cli layer may use tomoprior.calibration)
-def bead_cage_calibrator(phantom: str = "bead_cage", upsample: int = 3):
-    """A ``geometry_override`` callable for :func:`tomoprior.refiners.evaluation.evaluate` that
-    calibrates each sample's true geometry with ``tomoprior.calibration``.
-
-    For each sample: exact line integrals of the bead phantom (placed at the isocenter, in the
-    world frame) are computed with the true (perturbed) geometry on a detector read out
-    ``upsample`` times finer than the test X-rays (bead shadows of 1.5 mm are about one pixel
-    at 2.4 mm), beads are detected and the nine parameters per view are fitted starting from
-    the nominal geometry; the fitted parameters, read out at the X-rays' pixel size, are the
-    geometry handed to the refiner. The images are noise-free (pixelisation and partial volume
-    only), so this is the calibration's accuracy in the best case.
-    """
-    from ..calibration import bead_line_integrals, calibrate
-    from ..geometry import BiplanarGeometry
-    from ..geometry._tensor import pair_of_scalars
-
-    if isinstance(upsample, bool) or not isinstance(upsample, int) or upsample < 1:
-        raise ValueError(f"upsample must be a positive integer, got {upsample!r}")
-
-    def resample(params, factor_num, factor_den):
-        out = []
-        for p in params:
-            pr, pc = (float(x) for x in pair_of_scalars(p.pixel_pitch, "pixel_pitch"))
-            rows, cols = p.detector_shape
-            out.append(p.replace(pixel_pitch=(pr * factor_den / factor_num, pc * factor_den / factor_num),
-                                 detector_shape=(rows * factor_num // factor_den, cols * factor_num // factor_den)))
-        return out
-
-    def calibrate_bead_cage(true, nominal, seed):
-        if not isinstance(true, BiplanarGeometry) or not isinstance(nominal, BiplanarGeometry):
-            raise ValueError("bead calibration needs geometries with physical parameters (BiplanarGeometry)")
-        fine_true = BiplanarGeometry(true.grid, resample(true.parameters, upsample, 1))
-        fine_nominal = BiplanarGeometry(nominal.grid, resample(nominal.parameters, upsample, 1))
-        images = bead_line_integrals(phantom, fine_true)
-        res = calibrate(images.numpy(), phantom, fine_nominal, kind="line_integrals", seed=int(seed[1]))
-        params = []
-        for fitted, orig in zip(res.parameters, true.parameters):
-            params.append(fitted.replace(pixel_pitch=orig.pixel_pitch, detector_shape=orig.detector_shape))
-        return BiplanarGeometry(true.grid, params)
-
-    calibrate_bead_cage.__name__ = f"bead calibration ({phantom}, detector x{upsample} finer, tomoprior.calibration)"
-    return calibrate_bead_cage
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +117,7 @@ def _compare_specs(values) -> list[tuple[str, str]]:
 
 def _prepare_bp_prior(model, explicit_cfg: dict, data, fit: bool, max_fit: int, echo) -> None:
     from ..refiners.bp_prior import BPPrior
-    from ..refiners.evaluation import fit_bp_prior
+    from ..studies.evaluation import fit_bp_prior
 
     if not isinstance(model, BPPrior) or getattr(model, "checkpoint_extra", None) is not None:
         return
@@ -244,16 +198,15 @@ def _evaluate(data, refiner_spec, checkpoint, config_items, label, split, compar
     from .._atomic import check_writable, disk_full_error, is_disk_full, write_text_atomic
     from ..data import DatasetFile, GeometryPerturbation
     from ..refiners import resolve_device
-    from ..refiners.evaluation import (
-        PAPER_MISCALIBRATION,
+    from ..studies.evaluation import (
         check_group,
         compare_markdown,
-        miscalibration_study,
         paired_comparison,
         paired_markdown,
     )
-    from ..refiners.evaluation import evaluate as run_evaluate
-    from ..refiners.evaluation import fit_bone_threshold as run_fit_bone_threshold
+    from ..studies.evaluation import evaluate as run_evaluate
+    from ..studies.evaluation import fit_bone_threshold as run_fit_bone_threshold
+    from ..studies.miscalibration import PAPER_MISCALIBRATION, bead_cage_calibrator, miscalibration_study
 
     echo = (lambda *a, **k: None) if quiet else (lambda msg: click.echo(msg, err=True))
     try:

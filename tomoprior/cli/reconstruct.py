@@ -571,7 +571,7 @@ def _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_p
 
 def _demo_metrics(vol, truth, case) -> dict:
     """Metrics of a --demo reconstruction against the phantom."""
-    from ..refiners.evaluation import sample_metrics
+    from ..studies.evaluation import sample_metrics
 
     t = truth.double().numpy()
     m = sample_metrics(vol.double().numpy(), t, case["spacing"], xrays=case["xrays"], geometry=case["geometry"])

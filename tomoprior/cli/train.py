@@ -124,8 +124,8 @@ def train(refiner, data, preset, overrides, epochs, batch_size, out, seed, resum
         _launch(nproc)
         return
     from .._atomic import Terminated
-    from ..refiners.training import TrainConfig, TrainingDivergedError
-    from ..refiners.training import train as run_training
+    from ..studies.training import TrainConfig, TrainingDivergedError
+    from ..studies.training import train as run_training
 
     rc = _parse_set(overrides)
     if preset is not None:

@@ -1,7 +1,8 @@
 """Refiners: the :class:`Refiner` contract, the registry over the ``tomoprior.refiners``
 entry points (plus the built-in ``bp-prior``), and the geometry prior handed to refiners
 (X-rays or 2D feature maps lifted into the volume through the exact geometry, normalised
-by ray coverage). See ``docs/refiners.md``.
+by ray coverage), and the training hooks a plugin may provide. Training, evaluation and the
+miscalibration study use this contract from :mod:`tomoprior.studies`. See ``docs/refiners.md``.
 
     from tomoprior import refiners
     refiners.available()                        # ['bp-prior', 'psctnet', ...]
@@ -31,6 +32,7 @@ from .base import (
 )
 from .bp_prior import BPPrior, BPPriorConfig
 from .consistency import ConsistencyReport, check_prior_consistency
+from .hooks import Batch, StepContext, TrainingHooks, find_hooks
 from .prior import GeometryPrior, backproject_features, build_prior, fuse_views, ray_chord_lengths
 from .registry import (
     ENTRY_POINT_GROUP,
@@ -48,6 +50,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BPPrior",
     "BPPriorConfig",
+    "Batch",
     "CheckpointError",
     "CheckpointWarning",
     "ConfigTypeError",
@@ -56,6 +59,8 @@ __all__ = [
     "Refiner",
     "RefinerConfig",
     "RefinerPluginError",
+    "StepContext",
+    "TrainingHooks",
     "available",
     "backproject_features",
     "build_prior",
@@ -63,6 +68,7 @@ __all__ = [
     "check_finite_weights",
     "check_prior_consistency",
     "config_sha256",
+    "find_hooks",
     "fuse_views",
     "get_class",
     "load",

@@ -72,21 +72,65 @@ class BPPrior(Refiner):
     def calibrate(self, xrays, geometry, targets, *, fit_offset: bool = True) -> BPPrior:
         """Fit ``gain`` (and ``offset``) by least squares so the output best matches ``targets``
         ``(B, 1, nz, ny, nx)`` over all voxels; updates ``self.config`` and returns self."""
+        return self.fit_level([(xrays, geometry, targets)], fit_offset=fit_offset)
+
+    @torch.no_grad()
+    def fit_level(self, samples, *, fit_offset: bool = True) -> BPPrior:
+        """Least-squares ``gain`` (and ``offset``) of ``target ~ gain * base + offset`` over every
+        voxel of a stream of samples: the one bp-prior fit (``calibrate``, ``tomoprior train``
+        and ``tomoprior evaluate --fit-bp-prior`` all use it).
+
+        Parameters
+        ----------
+        samples : iterable of (xrays, geometry, targets) or of (base, targets)
+            ``xrays`` ``(B, V, H, W)`` with their geometry and ``targets`` ``(B, 1, nz, ny, nx)``
+            (1/mm); or already computed base outputs (``gain = 1``, ``offset = 0``, no clamp)
+            with their targets. The normal equations are accumulated in float64 sample by
+            sample, so the stream may be any length.
+        fit_offset : bool
+            Fit the offset too (else it is 0).
+
+        Returns
+        -------
+        self, with ``config.gain`` / ``config.offset`` updated.
+
+        Raises
+        ------
+        ValueError
+            No samples, mismatched sizes, or a base output that is constant (no gain to fit).
+        """
         cfg = self.config
         saved = (cfg.gain, cfg.offset, cfg.clamp_min)
         cfg.gain, cfg.offset, cfg.clamp_min = 1.0, 0.0, None
+        sums = torch.zeros(5, dtype=torch.float64)  # sum b, sum t, sum bb, sum bt, n
         try:
-            base = self.reconstruct(xrays, geometry).double().flatten()
+            for item in samples:
+                if len(item) == 3:
+                    xrays, geometry, targets = item
+                    base = self.reconstruct(torch.as_tensor(xrays), geometry)
+                else:
+                    base, targets = item
+                b = torch.as_tensor(base).double().flatten()
+                t = torch.as_tensor(targets).double().flatten()
+                if t.numel() != b.numel():
+                    raise ValueError(f"targets must have the output's shape (B, 1, nz, ny, nx): {t.numel()} vs "
+                                     f"{b.numel()} values")
+                sums += torch.stack([b.sum(), t.sum(), (b * b).sum(), (b * t).sum(),
+                                     torch.tensor(float(b.numel()), dtype=torch.float64)])
         finally:
             cfg.gain, cfg.offset, cfg.clamp_min = saved
-        t = torch.as_tensor(targets).double().flatten()
-        if t.numel() != base.numel():
-            raise ValueError(
-                f"targets must have the output's shape (B, 1, nz, ny, nx): {t.numel()} vs {base.numel()} values"
-            )
-        cols = [base, torch.ones_like(base)] if fit_offset else [base]
-        A = torch.stack(cols, dim=1)
-        sol = torch.linalg.lstsq(A, t[:, None]).solution[:, 0]
-        cfg.gain = float(sol[0])
-        cfg.offset = float(sol[1]) if fit_offset else 0.0
+        sb, st, sbb, sbt, n = (float(x) for x in sums)
+        if n == 0:
+            raise ValueError("fit_level got no samples")
+        if fit_offset:
+            det = n * sbb - sb * sb
+            if not det > 1e-12 * max(n * sbb, 1e-300):
+                raise ValueError("the prior is constant over the fitting samples; cannot fit a gain")
+            gain = (n * sbt - sb * st) / det
+            offset = (st - gain * sb) / n
+        else:
+            if not sbb > 0:
+                raise ValueError("the prior is zero over the fitting samples; cannot fit a gain")
+            gain, offset = sbt / sbb, 0.0
+        cfg.gain, cfg.offset = float(gain), float(offset)
         return self

@@ -1,10 +1,8 @@
-"""Evaluation of refiners on a dataset split, and the miscalibration study.
+"""Evaluation of refiners on a dataset split.
 
 :func:`evaluate` runs a refiner over the samples of one split of a tomoprior dataset file and
-scores every reconstruction against the stored volume; :func:`miscalibration_study` asks the
-seed paper's open question: how much worse do reconstructions get when the test X-rays come
-from a geometry miscalibrated by stated amounts while the refiner (and its prior) assume the
-nominal geometry, and how much of that calibrating recovers.
+scores every reconstruction against the stored volume, optionally with X-rays re-synthesised
+through a perturbed geometry (the engine of :mod:`tomoprior.studies.miscalibration`).
 
 Intensity conventions (volumes are linear attenuation in 1/mm; ``E`` = the phantom's effective
 energy, 60 keV for the procedural skulls, read from each sample's provenance):
@@ -45,32 +43,27 @@ from .._atomic import write_text_atomic
 from .._threads import torch_threads
 from ..data import DEFAULT_ENERGY_KEV, DatasetFile, GeometryPerturbation, TomopriorDataset, mu_to_hu, synthesize
 from ..data.h5 import SPLITS
-from ..geometry import BiplanarGeometry, Geometry
-from ..geometry._tensor import pair_of_scalars
+from ..geometry import Geometry, ParametricGeometry
 from ..metrics import DEFAULT_BONE_THRESHOLD_MU, dice, mae, projection_consistency, psnr, ssim, surface_distances
-from .base import Refiner, check_finite_weights, resolve_device
-from .prior import build_prior
+from ..refiners.base import Refiner, check_finite_weights, resolve_device
+from ..refiners.prior import build_prior
 
 __all__ = [
-    "ARMS",
     "BONE_THRESHOLD_CANDIDATES",
-    "CALIBRATION_RESIDUAL",
     "METRICS",
     "PAIRED_METRICS",
-    "PAPER_MISCALIBRATION",
     "EvaluationResult",
-    "MiscalibrationResult",
     "compare_markdown",
     "evaluate",
     "fit_bone_threshold",
     "fit_bp_prior",
     "geometry_error_px",
-    "miscalibration_study",
     "paired_comparison",
     "paired_markdown",
     "sample_metrics",
     "to_bone_window",
     "to_x2ctgan",
+    "validation_metrics",
 ]
 
 #: Metric keys, with their label and unit, in table order. ``higher`` says which way is better.
@@ -91,14 +84,6 @@ METRICS: dict[str, dict] = {
 TABLE_METRICS = ("psnr_x2ctgan", "psnr_psctnet", "ssim_x2ctgan", "ssim_psctnet", "mae_hu", "dice_bone", "assd_mm",
                  "hd95_mm", "proj_rel_l2")
 
-#: The seed paper's stated miscalibration: source-to-detector +-10 mm, principal point +-2 mm,
-#: detector tilts +-1 degree (uniform, independently per view).
-PAPER_MISCALIBRATION = GeometryPerturbation(source_to_detector_mm=10.0, offset_mm=2.0, tilt_deg=1.0)
-#: Residual error after a bead-phantom calibration, as sizes (uniform +-): source-to-detector
-#: 1 mm, principal point 0.2 detector pixels (converted to mm per view), tilts 0.1 degree.
-CALIBRATION_RESIDUAL = {"source_to_detector_mm": 1.0, "offset_px": 0.2, "tilt_deg": 0.1}
-#: Arms of :func:`miscalibration_study`.
-ARMS = ("nominal-correct", "miscalibrated", "calibrated")
 
 _X2CT_OFFSET, _X2CT_MAX = 1024.0, 4095.0
 _BONE_HU, _BONE_WINDOW = 200.0, 2500.0
@@ -219,6 +204,19 @@ def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometr
         out["proj_rel_l2"] = out["proj_mae"] = math.nan
     out["notes"] = notes
     return out
+
+
+def validation_metrics(prediction, target, data_range: float, bone_threshold: float) -> dict[str, float]:
+    """The quick per-volume metrics of training's validation, in the volumes' own units:
+    PSNR (dB, peak ``data_range``), 3D SSIM, MAE (1/mm) and bone Dice at ``bone_threshold``
+    (1/mm; a volume pair with no bone in either counts as Dice 1). :func:`sample_metrics` is the
+    full set in the published conventions (HU windows, surface distances)."""
+    p, t = prediction, target
+    if not bool((p > bone_threshold).any()) and not bool((t > bone_threshold).any()):
+        d = 1.0
+    else:
+        d = float(dice(p, t, bone_threshold))
+    return {"psnr": psnr(p, t, data_range), "ssim": ssim(p, t, data_range), "mae": mae(p, t), "dice": d}
 
 
 def _positive_level(value, name: str) -> float:
@@ -564,8 +562,8 @@ def _sample_seed(seed: int, index: int, stream: int) -> list[int]:
     return [int(seed), int(index), int(stream)]
 
 
-def _residual_perturbation(geometry: BiplanarGeometry, size: Mapping) -> GeometryPerturbation:
-    pitch = min(float(x) for p in geometry.parameters for x in pair_of_scalars(p.pixel_pitch, "pixel_pitch"))
+def _residual_perturbation(geometry: ParametricGeometry, size: Mapping) -> GeometryPerturbation:
+    pitch = min(x for p in geometry.parameters for x in p.pitch)
     return GeometryPerturbation(source_to_detector_mm=float(size.get("source_to_detector_mm", 0.0)),
                                 offset_mm=float(size.get("offset_px", 0.0)) * pitch,
                                 tilt_deg=float(size.get("tilt_deg", 0.0)),
@@ -634,7 +632,8 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
         are never changed.
     calibration_error : GeometryPerturbation or dict, optional
         Only with ``geometry_override`` None/"true": hand the refiner the true geometry plus a
-        residual error of these sizes (a dict like :data:`CALIBRATION_RESIDUAL` gives the
+        residual error of these sizes (a dict like
+        :data:`tomoprior.studies.miscalibration.CALIBRATION_RESIDUAL` gives the
         offset in detector pixels), as a calibration of that accuracy would.
     batch_size : int
         Samples per refiner call (one geometry per sample).
@@ -827,8 +826,8 @@ def _prepare(ds: DatasetFile, i: int, go, pert, cal, seed, energy_kev, resynth) 
     if go is None or go == "true":
         assumed = true
         if cal is not None:
-            if not isinstance(true, BiplanarGeometry):
-                raise ValueError("calibration_error needs geometries with physical parameters (BiplanarGeometry)")
+            if not isinstance(true, ParametricGeometry):
+                raise ValueError("calibration_error needs geometries with physical parameters (ParametricGeometry)")
             size = _residual_perturbation(true, cal) if isinstance(cal, Mapping) else cal
             assumed, _ = size.sample(true, _sample_seed(seed, i, 1))
     elif go == "nominal":
@@ -855,186 +854,29 @@ def _prepare(ds: DatasetFile, i: int, go, pert, cal, seed, energy_kev, resynth) 
 
 
 # --------------------------------------------------------------------------------------------
-# the miscalibration study
-@dataclasses.dataclass
-class MiscalibrationResult:
-    """The three arms of :func:`miscalibration_study`, each an :class:`EvaluationResult`."""
-
-    arms: dict
-    perturbation: dict
-    calibration: str
-
-    def to_dict(self) -> dict:
-        return _json_safe({"perturbation": self.perturbation, "calibration": self.calibration,
-                           "arms": {k: v.to_dict() for k, v in self.arms.items()}})
-
-    def save(self, path) -> Path:
-        """Write :meth:`to_dict` as JSON, atomically. Returns the path."""
-        path = Path(path)
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path) -> MiscalibrationResult:
-        """Read a file written by :meth:`save`."""
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-        arms = {k: EvaluationResult._from_dict(v) for k, v in d["arms"].items()}
-        return cls(arms, d["perturbation"], d["calibration"])
-
-    def differences(self, reference: str = "nominal-correct", group: str = "all",
-                    metrics: Sequence[str] = TABLE_METRICS) -> dict:
-        """Paired differences ``arm - reference`` per sample (same volumes), aggregated.
-
-        Returns ``{arm: {metric: {mean, std, n, n_undefined}}}``; a sample counts when both
-        values are finite. Paired differences remove the spread between skulls, which
-        dominates the standard deviations of the plain tables.
-        """
-        group = check_group(group)
-        if reference not in self.arms:
-            raise ValueError(f"reference must be one of {list(self.arms)}, got {reference!r}")
-        ref = {s["index"]: s for s in self.arms[reference].per_sample}
-        out = {}
-        for name, r in self.arms.items():
-            if name == reference:
-                continue
-            samples = [s for s in r.per_sample if s["index"] in ref]
-            if group != "all":
-                samples = [s for s in samples if s in _groups(r.per_sample).get(group, [])]
-            out[name] = {}
-            for k in metrics:
-                d = [s[k] - ref[s["index"]][k] for s in samples
-                     if math.isfinite(s[k]) and math.isfinite(ref[s["index"]][k])]
-                agg = _aggregate(d)
-                agg["n_undefined"] = len(samples) - len(d)
-                out[name][k] = agg
-        return out
-
-    def differences_markdown(self, reference: str = "nominal-correct", group: str = "all",
-                             metrics: Sequence[str] = TABLE_METRICS) -> str:
-        """:meth:`differences` as a table (mean ± std of ``arm - reference``)."""
-        diffs = self.differences(reference, group, metrics)
-        lines = [f"| arm - {reference} | " + " | ".join(_col(k) for k in metrics) + " |",
-                 "|" + " --- |" * (len(metrics) + 1)]
-        for name, d in diffs.items():
-            lines.append(f"| {name} | " + " | ".join(_fmt_signed(d[k], k) for k in metrics) + " |")
-        return "\n".join(lines) + "\n"
-
-    def to_markdown(self, group: str = "all", metrics: Sequence[str] = TABLE_METRICS) -> str:
-        cols = ("geometry_error_px", *metrics)
-        lines = ["| arm | n | geometry error (px) | " + " | ".join(_col(k) for k in metrics) + " |",
-                 "|" + " --- |" * (len(cols) + 2)]
-        group = check_group(group)
-        for name, r in self.arms.items():
-            aggs = r.aggregates.get(group)
-            if not aggs or aggs["n_samples"] == 0:
-                lines.append(f"| {name} | 0 | " + " | ".join("–" for _ in cols) + " |")
-                continue
-            lines.append(f"| {name} | {aggs['n_samples']} | " + " | ".join(_fmt(aggs[k], k) for k in cols) + " |")
-        return "\n".join(lines) + "\n"
-
-
-def miscalibration_study(refiner: Refiner, dataset_or_path, split: str = "test", *,
-                         perturbation: GeometryPerturbation = PAPER_MISCALIBRATION, calibration="residual",
-                         calibration_error=None, seed: int = 0, **kwargs) -> MiscalibrationResult:
-    """How metrics degrade under a miscalibrated geometry and how much calibrating recovers.
-
-    Arms, all on X-rays re-synthesised from the stored volumes with the same projector (the
-    volumes are never changed):
-
-    - ``nominal-correct``: X-rays made with the nominal geometry, refiner given the nominal
-      geometry (the ideal case).
-    - ``miscalibrated``: X-rays made with the nominal geometry perturbed by ``perturbation``
-      (per sample and view, uniform +-, seeded by ``seed`` and the sample index), refiner
-      given the nominal geometry.
-    - ``calibrated``: the same X-rays, refiner given the geometry a calibration recovers:
-      ``"exact"`` the true (perturbed) geometry; ``"residual"`` the true geometry plus a
-      residual error of the size a bead calibration achieves (``calibration_error``, default
-      :data:`CALIBRATION_RESIDUAL`: SDD +-1 mm, principal point +-0.2 px, tilts +-0.1 deg); or
-      a callable ``f(true, nominal, seed) -> Geometry`` that runs a real calibration (the
-      CLI's ``--calibration bead`` fits the bead cage with ``tomoprior.calibration``).
-      ``calibration`` may be a list of these: one arm ``calibrated (<mode>)`` each.
-
-    ``**kwargs`` go to :func:`evaluate` (batch_size, device, label, energy_kev,
-    ``pred_bone_threshold_mu``, ...), the same for every arm.
-    """
-    if not isinstance(perturbation, GeometryPerturbation) or perturbation.is_zero:
-        raise ValueError("perturbation must be a non-zero GeometryPerturbation, e.g. PAPER_MISCALIBRATION")
-    for bad in ("geometry_override", "perturbation", "calibration_error", "resynthesize"):
-        if bad in kwargs:
-            raise ValueError(f"miscalibration_study sets {bad} itself; do not pass it")
-    modes = list(calibration) if isinstance(calibration, (list, tuple)) else [calibration]
-    if not modes:
-        raise ValueError("calibration must name at least one calibrated arm")
-    cal_arms = []
-    for mode in modes:
-        if mode == "exact":
-            cal_arms.append(("exact", {"geometry_override": "true"}, "exact (the true perturbed geometry)"))
-        elif mode == "residual":
-            err = CALIBRATION_RESIDUAL if calibration_error is None else calibration_error
-            cal_arms.append(("residual", {"geometry_override": None, "calibration_error": err},
-                             f"true geometry + residual calibration error {_json_safe(_size_dict(err))}"))
-        elif callable(mode):
-            name = getattr(mode, "__name__", "callable")
-            cal_arms.append((name.split(" ")[0], {"geometry_override": mode}, name))
-        else:
-            raise ValueError(f"calibration must be 'exact', 'residual', a callable or a list of them, got {mode!r}")
-    arms = {
-        "nominal-correct": evaluate(refiner, dataset_or_path, split, geometry_override="nominal",
-                                    perturbation=GeometryPerturbation(), seed=seed, **kwargs),
-        "miscalibrated": evaluate(refiner, dataset_or_path, split, geometry_override="nominal",
-                                  perturbation=perturbation, seed=seed, **kwargs),
-    }
-    for short, cal_kw, _ in cal_arms:
-        key = "calibrated" if len(cal_arms) == 1 else f"calibrated ({short})"
-        arms[key] = evaluate(refiner, dataset_or_path, split, perturbation=perturbation, seed=seed, **cal_kw, **kwargs)
-    return MiscalibrationResult(arms, dataclasses.asdict(perturbation), "; ".join(c[2] for c in cal_arms))
-
-
-def _size_dict(err) -> dict:
-    return dict(err) if isinstance(err, Mapping) else dataclasses.asdict(err)
-
-
-# --------------------------------------------------------------------------------------------
 def fit_bp_prior(refiner, dataset_or_path, split: str = "train", *, max_samples: int | None = 16,
                  fit_offset: bool = True):
     """Fit ``bp-prior``'s ``gain`` and ``offset`` by least squares over all voxels of (up to
-    ``max_samples``) samples of ``split`` against the stored volumes (1/mm): the closed form of
-    :meth:`BPPrior.calibrate`, accumulated sample by sample. Updates and returns the refiner.
+    ``max_samples``) samples of ``split`` against the stored volumes (1/mm):
+    :meth:`BPPrior.fit_level` over the dataset. Updates and returns the refiner.
 
     Use it with ``normalization="chord"`` so the prior is already in 1/mm (mean attenuation
     along each ray) and the fit is a small correction; the fitted values are in the config.
     """
-    from .bp_prior import BPPrior
+    from ..refiners.bp_prior import BPPrior
 
     if not isinstance(refiner, BPPrior):
         raise TypeError(f"fit_bp_prior fits the built-in bp-prior, got {type(refiner).__name__}")
     path, indices = _open_split(dataset_or_path, split)
     if max_samples is not None:
         indices = indices[:max_samples]
-    cfg = refiner.config
-    saved = (cfg.gain, cfg.offset, cfg.clamp_min)
-    cfg.gain, cfg.offset, cfg.clamp_min = 1.0, 0.0, None
-    s = np.zeros(5)  # sum x, sum y, sum xx, sum xy, n
-    try:
-        with DatasetFile(path) as ds, torch.no_grad():
+
+    def samples():
+        with DatasetFile(path) as ds:
             for i in indices:
-                g = ds.geometry(i)
-                x = refiner.reconstruct(torch.from_numpy(ds.xrays(i)), g).double().flatten().numpy()
-                y = ds.volume(i).astype(np.float64).ravel()
-                s += (x.sum(), y.sum(), (x * x).sum(), (x * y).sum(), x.size)
-    finally:
-        cfg.gain, cfg.offset, cfg.clamp_min = saved
-    sx, sy, sxx, sxy, n = s
-    if fit_offset:
-        det = n * sxx - sx * sx
-        if det <= 0:
-            raise ValueError("the prior is constant over the fitting samples; cannot fit a gain")
-        gain = (n * sxy - sx * sy) / det
-        offset = (sy - gain * sx) / n
-    else:
-        gain, offset = sxy / sxx, 0.0
-    cfg.gain, cfg.offset = float(gain), float(offset)
-    return refiner
+                yield torch.from_numpy(ds.xrays(i)), ds.geometry(i), torch.from_numpy(ds.volume(i))
+
+    return refiner.fit_level(samples(), fit_offset=fit_offset)
 
 
 # --------------------------------------------------------------------------------------------

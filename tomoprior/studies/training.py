@@ -4,7 +4,8 @@ that resume bit-for-bit, seeded determinism and DistributedDataParallel (``torch
 
 The loop knows nothing about a particular network. What is model-specific (extra modules
 such as a GAN discriminator, the optimisers, the loss and the update) comes from
-*training hooks* (:class:`TrainingHooks`), found in this order:
+*training hooks* (:class:`tomoprior.refiners.hooks.TrainingHooks`, part of the plugin
+contract), found in this order:
 
 1. a ``training_hooks`` attribute of the refiner class (a ``TrainingHooks`` subclass or
    instance);
@@ -12,14 +13,14 @@ such as a GAN discriminator, the optimisers, the loss and the update) comes from
    ``psctnet.PSCTNet``) exposing ``training_hooks`` (a class or an instance);
 3. :class:`TrainingHooks` itself: one Adam over all parameters, L1 loss to the target.
 
-A refiner without trainable parameters but with a ``calibrate`` method (the built-in
+A refiner without trainable parameters but with a ``fit_level`` method (the built-in
 ``bp-prior``) is "trained" by a closed-form least-squares fit of its ``gain`` and
 ``offset`` over the training split (streamed, so any size); any other refiner without
 trainable parameters is rejected with a ``ValueError``.
 
 Usage::
 
-    from tomoprior.refiners.training import TrainConfig, train
+    from tomoprior.studies.training import TrainConfig, train
     cfg = TrainConfig(data="skulls.h5", refiner="psctnet", refiner_config={"preset": "tiny"},
                       epochs=10, batch_size=2, out="run/")
     summary = train(cfg)           # writes run/last.pt, run/best.pt, run/metrics.jsonl
@@ -32,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -51,7 +51,8 @@ from torch import nn
 
 from .._atomic import atomic_path, write_text_atomic
 from ..geometry.geometry import Geometry
-from .base import Refiner, read_checkpoint
+from ..refiners.base import Refiner, read_checkpoint
+from ..refiners.hooks import Batch, StepContext, find_hooks
 
 #: Version of the training-state layout inside ``checkpoint["extra"]``.
 TRAIN_STATE_VERSION = 1
@@ -207,94 +208,6 @@ class TrainConfig:
         if d.get("betas") is not None:
             d["betas"] = tuple(d["betas"])
         return cls(**d)
-
-
-# -- batches and hooks -------------------------------------------------------------------------
-
-@dataclass
-class Batch:
-    """One training or validation batch.
-
-    ``xrays`` ``(B, V, H, W)`` line integrals; ``target`` ``(B, 1, nz, ny, nx)`` attenuation per
-    mm; ``geometry`` one :class:`Geometry` when every sample shares it, else a list of B;
-    ``prior`` ``(B, 1, nz, ny, nx)`` from :func:`build_prior`; ``index`` rows in the file.
-    """
-
-    xrays: torch.Tensor
-    target: torch.Tensor
-    geometry: Geometry | list
-    prior: torch.Tensor
-    index: list[int]
-
-
-@dataclass
-class StepContext:
-    """What a training step works with.
-
-    ``model`` is the bare refiner (read its ``config`` here); ``forward`` is what to *call* for
-    the forward pass (the DistributedDataParallel wrapper under torchrun, else ``model``).
-    ``aux`` / ``aux_forward``: the same for auxiliary modules (e.g. a discriminator).
-    """
-
-    model: Refiner
-    forward: nn.Module
-    aux: dict[str, nn.Module]
-    aux_forward: dict[str, nn.Module]
-    optimizers: dict[str, torch.optim.Optimizer]
-    step: int = 0
-    epoch: int = 0
-
-
-class TrainingHooks:
-    """The model-specific part of training. The default: L1 to the target, one Adam.
-
-    Subclass and override any of the three methods; expose the subclass as
-    ``RefinerClass.training_hooks`` or as ``training_hooks`` in ``<package>.hooks``.
-    """
-
-    def build_aux(self, model: Refiner) -> dict[str, nn.Module]:
-        """Auxiliary trainable modules saved with the checkpoint (e.g. ``{"discriminator": D}``)."""
-        return {}
-
-    def make_optimizers(self, model: Refiner, aux: dict[str, nn.Module], lr: float, betas: tuple[float, float],
-                        weight_decay: float) -> dict[str, torch.optim.Optimizer]:
-        """Named optimisers; each gets its own LR schedule."""
-        return {"model": torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)}
-
-    def training_step(self, ctx: StepContext, batch: Batch) -> dict[str, float]:
-        """One update; return scalar statistics (``"loss"`` is shown in the progress bar)."""
-        opt = ctx.optimizers["model"]
-        ctx.forward.train()
-        opt.zero_grad(set_to_none=True)
-        out = ctx.forward(batch.xrays, batch.geometry, batch.prior)
-        loss = torch.nn.functional.l1_loss(out, batch.target)
-        loss.backward()
-        opt.step()
-        return {"loss": float(loss.detach())}
-
-
-def find_hooks(model: Refiner) -> TrainingHooks:
-    """The training hooks of ``model`` (see the module docstring for the search order)."""
-    cls = type(model)
-    hooks = getattr(cls, "training_hooks", None)
-    if hooks is None:
-        package = cls.__module__.split(".")[0]
-        if package != "tomoprior":
-            try:
-                mod = importlib.import_module(f"{package}.hooks")
-            except ModuleNotFoundError as exc:
-                if exc.name not in (package, f"{package}.hooks"):  # the hooks module itself fails to import
-                    raise
-                mod = None
-            hooks = getattr(mod, "training_hooks", None) if mod is not None else None
-    if hooks is None:
-        return TrainingHooks()
-    if isinstance(hooks, type):
-        hooks = hooks()
-    for name in ("build_aux", "make_optimizers", "training_step"):
-        if not callable(getattr(hooks, name, None)):
-            raise TypeError(f"training hooks {type(hooks).__name__} of {cls.__name__} lack a callable {name}()")
-    return hooks
 
 
 # -- learning-rate schedule ----------------------------------------------------------------------
@@ -465,7 +378,7 @@ def _same_geometry(geoms: list[Geometry]) -> bool:
 def make_batch(raw: dict, device: torch.device) -> Batch:
     """A :class:`Batch` (with the prior built through the exact geometries) from a collated
     :class:`~tomoprior.data.TomopriorDataset` batch (``geometry_as="object"``)."""
-    from .prior import build_prior
+    from ..refiners.prior import build_prior
 
     xrays = raw["xrays"].to(device=device, dtype=torch.float32)
     target = raw["volume"].to(device=device, dtype=torch.float32)[:, None]
@@ -496,7 +409,7 @@ def evaluate(model: Refiner, dataset, data_range: float, *, batch_size: int = 1,
     ``bone_threshold`` (1/mm) defines bone for the Dice (a sample without bone in either
     volume counts as Dice 1 if both are empty, else 0).
     """
-    from ..metrics import dice, mae, psnr, ssim
+    from .evaluation import validation_metrics
 
     was_training = model.training
     model.eval()
@@ -515,22 +428,14 @@ def evaluate(model: Refiner, dataset, data_range: float, *, batch_size: int = 1,
             out = model(b.xrays, b.geometry, b.prior).float().cpu()
             tgt = b.target.cpu()
             for i in range(out.shape[0]):
-                sums["psnr"] += psnr(out[i, 0], tgt[i, 0], data_range)
-                sums["ssim"] += ssim(out[i, 0], tgt[i, 0], data_range)
-                sums["mae"] += mae(out[i, 0], tgt[i, 0])
-                sums["dice"] += _dice_or_empty(dice, out[i, 0], tgt[i, 0], bone_threshold)
+                for k, v in validation_metrics(out[i, 0], tgt[i, 0], data_range, bone_threshold).items():
+                    sums[k] += v
                 n += 1
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("the validation split is empty; make a dataset with a val split (--split)")
     return {k: v / n for k, v in sums.items()} | {"n": n}
-
-
-def _dice_or_empty(dice, out, tgt, threshold: float) -> float:
-    if not bool((out > threshold).any()) and not bool((tgt > threshold).any()):
-        return 1.0
-    return float(dice(out, tgt, threshold))
 
 
 def _auto_data_range(dataset) -> float:
@@ -547,7 +452,7 @@ def _auto_data_range(dataset) -> float:
 def build_model(cfg: TrainConfig, volume_shape: tuple[int, int, int]) -> Refiner:
     """The refiner named by ``cfg.refiner`` with ``cfg.refiner_config``; a ``volume_shape``
     config field not given is set to the data's grid."""
-    from .registry import get_class
+    from ..refiners.registry import get_class
 
     cls = get_class(cfg.refiner)
     rc = dict(cfg.refiner_config)
@@ -675,10 +580,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, should_stop=None) -> dict[s
 
         model = build_model(cfg, train_ds.volume_shape).to(device)
         if not any(p.requires_grad for p in model.parameters()):
-            if callable(getattr(model, "calibrate", None)):
+            if callable(getattr(model, "fit_level", None)):
                 return _fit_closed_form(cfg, model, train_ds, val_ds, data_hash, dist, device)
             raise ValueError(
-                f"refiner {cfg.refiner!r} has no trainable parameters and no calibrate() method: there is "
+                f"refiner {cfg.refiner!r} has no trainable parameters and no fit_level() method: there is "
                 "nothing to train; use it directly (`tomoprior reconstruct --refiner ...`)")
         if len(val_ds) == 0:
             # best.pt is chosen on the validation metric; without validation it would be
@@ -1005,7 +910,7 @@ def export_weights(checkpoint, out, *, provenance: dict | None = None, keep=EXPO
 
     Returns the output path.
     """
-    from .base import read_checkpoint
+    from ..refiners.base import read_checkpoint
 
     src = read_checkpoint(checkpoint)
     if provenance is not None:
@@ -1054,33 +959,20 @@ def _bar(enabled: bool, total: int, initial: int, desc: str):
 @torch.no_grad()
 def _fit_closed_form(cfg, model, train_ds, val_ds, data_hash, dist, device) -> dict:
     """``bp-prior``: least-squares ``gain``, ``offset`` of ``target ~ gain * base + offset`` over
-    every voxel of the training split (normal equations accumulated batch by batch, float64)."""
+    every voxel of the training split (:meth:`BPPrior.fit_level`, batch by batch)."""
     c = model.config
-    if not all(hasattr(c, k) for k in ("gain", "offset")):
-        raise ValueError(f"refiner {cfg.refiner!r} has no trainable parameters and no gain/offset to fit")
-    saved_clamp = getattr(c, "clamp_min", None)
-    c.gain, c.offset = 1.0, 0.0
-    if hasattr(c, "clamp_min"):
-        c.clamp_min = None
-    s_b = s_bb = s_t = s_bt = 0.0
-    n = 0
+    if not callable(getattr(model, "fit_level", None)):
+        raise ValueError(f"refiner {cfg.refiner!r} has no trainable parameters and no fit_level() to fit its level")
     loader = _loader(train_ds, EpochSampler(len(train_ds), cfg.seed, 0, shuffle=False), cfg.batch_size,
                      cfg.workers, cfg.seed, 0)
     t0 = time.perf_counter()
-    for raw in _clean_loader_errors(loader):
-        b = make_batch(raw, device)
-        base = model(b.xrays, b.geometry, b.prior).double().flatten()
-        t = b.target.double().flatten()
-        s_b += float(base.sum())
-        s_bb += float((base * base).sum())
-        s_t += float(t.sum())
-        s_bt += float((base * t).sum())
-        n += base.numel()
-    A = np.array([[s_bb, s_b], [s_b, n]])
-    gain, offset = np.linalg.solve(A, np.array([s_bt, s_t]))
-    c.gain, c.offset = float(gain), float(offset)
-    if hasattr(c, "clamp_min"):
-        c.clamp_min = saved_clamp
+
+    def samples():
+        for raw in _clean_loader_errors(loader):
+            b = make_batch(raw, device)
+            yield b.xrays, b.geometry, b.target
+
+    model.fit_level(samples())
     elapsed = time.perf_counter() - t0
     record = {"epoch": 1, "step": 0, "fit": "closed_form", "gain": c.gain, "offset": c.offset,
               "samples_per_s": len(train_ds) / elapsed if elapsed > 0 else None}

@@ -1,9 +1,9 @@
-"""PSCT-Net's training hooks for ``tomoprior train`` (:mod:`tomoprior.refiners.training`).
+"""PSCT-Net's training hooks for ``tomoprior train`` (:mod:`tomoprior.studies.training`).
 
-The generic loop finds ``training_hooks`` here (``<package>.hooks``). Compared with
-:func:`psctnet.train.train_step` the update is the same (LSGAN discriminator step on
+The generic loop finds ``training_hooks`` here (``<package>.hooks``); :func:`psctnet.train.train_step`
+runs the same step outside the loop. The update: an LSGAN discriminator step on
 ``(target, prior)`` vs ``(output.detach(), prior)``, then the generator step on
-``w_adv L_adv + w_rec L1 + w_proj L_proj``), but it runs under DistributedDataParallel:
+``w_adv L_adv + w_rec L1 + w_proj L_proj``. It also runs under DistributedDataParallel:
 
 - the forward passes go through the DDP wrappers (``ctx.forward``, ``ctx.aux_forward``), the
   config is read from the bare model;
@@ -17,7 +17,7 @@ The generic loop finds ``training_hooks`` here (``<package>.hooks``). Compared w
 from __future__ import annotations
 
 import torch
-from tomoprior.refiners.training import Batch, StepContext, TrainingHooks
+from tomoprior.refiners.hooks import Batch, StepContext, TrainingHooks
 
 from .losses import PatchDiscriminator3D, generator_loss, lsgan_discriminator_loss
 
@@ -63,7 +63,8 @@ class PSCTNetHooks(TrainingHooks):
         opt_g = ctx.optimizers["generator"]
         try:
             opt_g.zero_grad(set_to_none=True)
-            losses = generator_loss(output, batch.target, batch.geometry, cfg, disc if use_adv else None, cond)
+            losses = generator_loss(output, batch.target, batch.geometry, cfg, disc if use_adv else None, cond,
+                                    batch.target_projections)
             losses["total"].backward()
             opt_g.step()
         finally:
@@ -80,5 +81,5 @@ class PSCTNetHooks(TrainingHooks):
         }
 
 
-#: What :func:`tomoprior.refiners.training.find_hooks` looks up.
+#: What :func:`tomoprior.refiners.hooks.find_hooks` looks up.
 training_hooks = PSCTNetHooks

@@ -1,7 +1,6 @@
-"""One optimisation step of PSCT-Net (generator and conditional PatchGAN discriminator).
-
-The full training loop (data sets, epochs, linear decay, checkpoints, DDP) belongs to
-``tomoprior train``; this module gives it the model-specific step::
+"""One optimisation step of PSCT-Net (generator and conditional PatchGAN discriminator),
+outside the training loop: the same update as ``tomoprior train`` runs (it calls
+:class:`psctnet.hooks.PSCTNetHooks`), for notebooks and tests::
 
     net = PSCTNet(preset="tiny"); disc = PatchDiscriminator3D.from_config(net.config)
     opt_g, opt_d = make_optimizers(net, disc)
@@ -12,8 +11,10 @@ from __future__ import annotations
 
 import torch
 from tomoprior.refiners import build_prior
+from tomoprior.refiners.hooks import Batch, StepContext
 
-from .losses import PatchDiscriminator3D, generator_loss, lsgan_discriminator_loss
+from .hooks import PSCTNetHooks
+from .losses import PatchDiscriminator3D
 
 
 def make_optimizers(model, discriminator: PatchDiscriminator3D | None = None):
@@ -57,46 +58,18 @@ def train_step(
     -------
     dict of floats: ``g_total, adv, rec, proj`` and ``d_loss`` (NaN without discriminator).
     """
-    cfg = model.config
     if target.ndim != 5 or target.shape[1] != 1:
         raise ValueError(f"target must have shape (B, 1, nz, ny, nx), got {tuple(target.shape)}")
     if prior is None:
         with torch.no_grad():
             prior = build_prior(xrays, geometry)
-    use_adv = discriminator is not None and cfg.w_adv > 0
-    # the discriminator is conditioned on the normalised prior, like the generator's input
-    cond = model._scale(prior) if cfg.normalize_inputs else prior
-
-    model.train()
-    output = model(xrays, geometry, prior)
-
-    d_loss = float("nan")
-    if use_adv:
-        discriminator.train()
-        opt_d.zero_grad(set_to_none=True)
-        k = 1.0 / cfg.target_scale  # the discriminator sees volumes in network units
-        loss_d = lsgan_discriminator_loss(discriminator(target * k, cond), discriminator(output.detach() * k, cond))
-        loss_d.backward()
-        opt_d.step()
-        d_loss = float(loss_d.detach())
-        for p in discriminator.parameters():
-            p.requires_grad_(False)
-    try:
-        opt_g.zero_grad(set_to_none=True)
-        losses = generator_loss(
-            output, target, geometry, cfg, discriminator if use_adv else None, cond, target_projections
-        )
-        losses["total"].backward()
-        opt_g.step()
-    finally:
-        if use_adv:
-            for p in discriminator.parameters():
-                p.requires_grad_(True)
-    return {
-        "g_total": float(losses["total"].detach()),
-        "adv": float(losses["adv"]),
-        "rec": float(losses["rec"]),
-        "proj": float(losses["proj"]),
-        "bone": float(losses["bone"]),
-        "d_loss": d_loss,
-    }
+    aux = {"discriminator": discriminator} if discriminator is not None else {}
+    optimizers = {"generator": opt_g}
+    if opt_d is not None:
+        optimizers["discriminator"] = opt_d
+    ctx = StepContext(model=model, forward=model, aux=aux, aux_forward=aux, optimizers=optimizers)
+    batch = Batch(xrays=xrays, target=target, geometry=geometry, prior=prior, index=[],
+                  target_projections=target_projections)
+    stats = PSCTNetHooks().training_step(ctx, batch)
+    stats["g_total"] = stats.pop("loss")
+    return stats

@@ -38,10 +38,10 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections import Counter
 from pathlib import Path
 
-CATEGORIES = ("correct", "clean error", "traceback", "crash", "hang", "silent wrong", "files left behind")
+from common import mount_tmpfs, record, report
+
 PY = sys.executable
 
 
@@ -307,13 +307,6 @@ def _fill(args, fix: Path, work: Path) -> list[str]:
     return [a.replace("{F}", str(fix)).replace("{W}", str(work)) for a in args]
 
 
-def _mount(folder: Path, options: str) -> bool:
-    if os.name != "posix" or os.geteuid() != 0:
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True).returncode == 0
-
-
 def _temporaries(work: Path) -> list[str]:
     return sorted(str(p.relative_to(work)) for p in work.rglob(".*") if not p.name.startswith(".nfs"))
 
@@ -349,7 +342,7 @@ def run_case(case: Case, fix: Path, root: Path) -> dict:
     (work / "out").mkdir()
     mounted = False
     if case.mount:
-        mounted = _mount(work / "out", "ro,size=64k" if case.mount == "ro" else "size=256k")
+        mounted = mount_tmpfs(work / "out", "ro,size=64k" if case.mount == "ro" else "size=256k")
         if not mounted:
             return {"name": case.name, "group": case.group, "category": "skipped", "note": "cannot mount a tmpfs"}
     try:
@@ -391,7 +384,7 @@ def _run(case: Case, fix: Path, work: Path) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, stderr = proc.communicate()
-        return _record(case, "hang", None, stdout, stderr, t0, note=f"no end after {case.timeout:.0f} s")
+        return record(case, "hang", None, stdout, stderr, t0, note=f"no end after {case.timeout:.0f} s")
     rc = proc.returncode
     if workers:  # pool workers must not outlive their parent for long
         end = time.monotonic() + 5.0
@@ -409,71 +402,71 @@ def _run(case: Case, fix: Path, work: Path) -> dict:
         not (work / "out" / "d.h5").exists() or (work / "out" / "d.h5").read_bytes() != before) else []
     left = _temporaries(work) + damaged
     if rc is not None and rc < 0:
-        return _record(case, "crash", rc, stdout, stderr, t0, note=f"signal {-rc}")
+        return record(case, "crash", rc, stdout, stderr, t0, note=f"signal {-rc}")
     if case.api is not None:
         return _api_outcome(case, rc, stdout, stderr, t0, left)
     if "Traceback (most recent call last)" in stderr:
-        return _record(case, "traceback", rc, stdout, stderr, t0, leftovers=left)
+        return record(case, "traceback", rc, stdout, stderr, t0, leftovers=left)
     if rc in (139, 134, 136):  # a shell-style crash code
-        return _record(case, "crash", rc, stdout, stderr, t0)
+        return record(case, "crash", rc, stdout, stderr, t0)
     if left:
-        return _record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left)
+        return record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left)
     if case.expect == "error":
         no_verify = "No such option" in stderr and "--verify" in stderr
         if rc == 0 and "--verify" in argv:
-            return _record(case, "silent wrong", rc, stdout, stderr, t0, note="exit 0: the bad data is not reported")
+            return record(case, "silent wrong", rc, stdout, stderr, t0, note="exit 0: the bad data is not reported")
         if rc == 2 and no_verify:  # a CLI without --verify: what does plain info say?
             again = subprocess.run([PY, "-m", "tomoprior", *[a for a in argv if a != "--verify"]], capture_output=True,
                                    text=True, env=ENV, cwd=work, timeout=case.timeout)
             if again.returncode == 0:
-                return _record(case, "silent wrong", again.returncode, again.stdout, again.stderr, t0,
+                return record(case, "silent wrong", again.returncode, again.stdout, again.stderr, t0,
                                note="no --verify; plain info exits 0 and reports nothing")
             stdout, stderr, rc = again.stdout, again.stderr, again.returncode
         if rc == 0:
             silent = case.name.startswith("train: no validation") and not (work / "run" / "best.pt").exists()
-            return _record(case, "silent wrong", rc, stdout, stderr, t0,
+            return record(case, "silent wrong", rc, stdout, stderr, t0,
                            note="exit 0 without best.pt or validation" if silent else "exit 0 on bad input")
         text = stdout + stderr
         ok = rc == case.code and all(w in text for w in case.words)
-        return _record(case, "clean error", rc, stdout, stderr, t0, message_ok=ok,
+        return record(case, "clean error", rc, stdout, stderr, t0, message_ok=ok,
                        note="" if rc == case.code else f"exit {rc}, expected {case.code}")
     if rc == 2 and "No such option" in stderr and "--verify" in stderr:  # a CLI without --verify
         again = subprocess.run([PY, "-m", "tomoprior", *[a for a in argv if a != "--verify"]], capture_output=True,
                                text=True, env=ENV, cwd=work, timeout=case.timeout)
         stdout, stderr, rc = again.stdout, again.stderr, again.returncode
     if rc != 0:
-        return _record(case, "clean error", rc, stdout, stderr, t0, note="expected success")
+        return record(case, "clean error", rc, stdout, stderr, t0, note="expected success")
     good, why = _check(case.check, work, fix)
-    return _record(case, "correct" if good else "silent wrong", rc, stdout, stderr, t0, note=why)
+    return record(case, "correct" if good else "silent wrong", rc, stdout, stderr, t0, note=why)
 
 
 def _api_outcome(case, rc, stdout, stderr, t0, left) -> dict:
     line = next((x for x in stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
-        return _record(case, "crash" if rc else "traceback", rc, stdout, stderr, t0, note="no result line")
+        return record(case, "crash" if rc else "traceback", rc, stdout, stderr, t0, note="no result line")
     res = json.loads(line[7:])
     if left:
-        return _record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left)
+        return record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left)
     if case.expect == "success":  # the byte-flip tally
         t = res["result"] or {}
         if res["exc"] or t.get("other"):
-            return _record(case, "traceback", rc, stdout, stderr, t0, note=str(t.get("other") or res["msg"])[:300])
+            return record(case, "traceback", rc, stdout, stderr, t0, note=str(t.get("other") or res["msg"])[:300])
         if t.get("different"):
-            return _record(case, "silent wrong", rc, stdout, stderr, t0, note=f"{t}")
-        return _record(case, "correct", rc, stdout, stderr, t0, note=f"{t}")
+            return record(case, "silent wrong", rc, stdout, stderr, t0, note=f"{t}")
+        return record(case, "correct", rc, stdout, stderr, t0, note=f"{t}")
     if res["exc"] is None:
-        return _record(case, "silent wrong", rc, stdout, stderr, t0, note=f"returned {res['result']!r}")
+        return record(case, "silent wrong", rc, stdout, stderr, t0, note=f"returned {res['result']!r}")
     expected = "OSError" if "ENOSPC" in case.name else "ValueError"
     if expected not in res["exc"]:
-        return _record(case, "traceback", rc, stdout, res.get("tb", ""), t0,
+        return record(case, "traceback", rc, stdout, res.get("tb", ""), t0,
                        note=f"{res['exc'][0]}: {res['msg'][:200]}")
     ok = all(w in res["msg"] for w in case.words)
-    return _record(case, "clean error", rc, stdout, res["msg"], t0, message_ok=ok, note=f"{res['exc'][0]}")
+    return record(case, "clean error", rc, stdout, res["msg"], t0, message_ok=ok, note=f"{res['exc'][0]}")
 
 
 def _signal_outcome(case, fix, work, argv, rc, sent, stdout, stderr, t0, before, orphans) -> dict:
     if sent is None:
-        return _record(case, "hang" if rc is None else "clean error", rc, stdout, stderr, t0,
+        return record(case, "hang" if rc is None else "clean error", rc, stdout, stderr, t0,
                        note="ended before the signal could be sent")
     notes = []
     if case.signal == "KILL":
@@ -485,31 +478,31 @@ def _signal_outcome(case, fix, work, argv, rc, sent, stdout, stderr, t0, before,
         stderr_all = stderr + again.stderr
         left = _temporaries(work)
         if orphans:
-            return _record(case, "files left behind", rc, stdout, stderr_all, t0, leftovers=left,
+            return record(case, "files left behind", rc, stdout, stderr_all, t0, leftovers=left,
                            note=f"{len(orphans)} worker(s) alive 5 s after their parent was killed")
         if left:
-            return _record(case, "files left behind", rc, stdout, stderr_all, t0, leftovers=left,
+            return record(case, "files left behind", rc, stdout, stderr_all, t0, leftovers=left,
                            note="the next run left the killed run's temporary")
         if "Traceback" in again.stderr:
-            return _record(case, "traceback", again.returncode, again.stdout, again.stderr, t0)
-        return _record(case, "correct" if again.returncode == 0 else "clean error", rc, stdout, stderr_all, t0,
+            return record(case, "traceback", again.returncode, again.stdout, again.stderr, t0)
+        return record(case, "correct" if again.returncode == 0 else "clean error", rc, stdout, stderr_all, t0,
                        note="; ".join(notes))
     left = _temporaries(work)
     if before is not None and (work / "out" / "d.h5").read_bytes() != before:
         left.append("out/d.h5 changed")
     if "Traceback (most recent call last)" in stderr:
-        return _record(case, "traceback", rc, stdout, stderr, t0, leftovers=left)
+        return record(case, "traceback", rc, stdout, stderr, t0, leftovers=left)
     if orphans:
-        return _record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left,
+        return record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left,
                        note=f"{len(orphans)} worker(s) alive 5 s after the parent ended")
     if left:
-        return _record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left)
+        return record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left)
     if rc == -sent:
-        return _record(case, "crash", rc, stdout, stderr, t0, note=f"died of SIG{case.signal} without handling it")
+        return record(case, "crash", rc, stdout, stderr, t0, note=f"died of SIG{case.signal} without handling it")
     handled = rc == 128 + sent and "interrupted" in stderr
     if case.ready == "ckpt0" and handled and not (work / "run" / "last.pt").exists():
         handled = False
-    return _record(case, "correct" if handled else "clean error", rc, stdout, stderr, t0,
+    return record(case, "correct" if handled else "clean error", rc, stdout, stderr, t0,
                    message_ok=handled, note="" if handled else f"exit {rc}")
 
 
@@ -522,7 +515,7 @@ def _resume_outcome(case, fix, work, argv, rc, stdout, stderr, t0) -> dict:
                               cwd=work, timeout=case.timeout)
     if again.returncode or straight.returncode:
         cat = "traceback" if "Traceback" in again.stderr + straight.stderr else "clean error"
-        return _record(case, cat, again.returncode, again.stdout, again.stderr + straight.stderr, t0,
+        return record(case, cat, again.returncode, again.stdout, again.stderr + straight.stderr, t0,
                        note="resume or the reference run failed")
     left = _temporaries(work)
 
@@ -531,8 +524,8 @@ def _resume_outcome(case, fix, work, argv, rc, stdout, stderr, t0) -> dict:
 
     a, b = losses("run"), losses("straight")
     if left:
-        return _record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left)
-    return _record(case, "correct" if a == b else "silent wrong", rc, stdout, stderr, t0,
+        return record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left)
+    return record(case, "correct" if a == b else "silent wrong", rc, stdout, stderr, t0,
                    note=f"epoch train_loss resumed {a} vs uninterrupted {b}")
 
 
@@ -549,13 +542,6 @@ def _check(kind: str | None, work: Path, fix: Path) -> tuple[bool, str]:
     if kind == "best":
         return (work / "run" / "best.pt").is_file(), "best.pt written"
     return False, f"unknown check {kind}"
-
-
-def _record(case, category, rc, stdout, stderr, t0, *, leftovers=(), message_ok=None, note="") -> dict:
-    lines = [x for x in (stderr or "").strip().splitlines() if x.strip()]
-    return {"name": case.name, "group": case.group, "category": category, "exit_code": rc, "message_ok": message_ok,
-            "leftovers": list(leftovers), "note": note, "message": (lines[-1] if lines else "")[:300],
-            "stderr_tail": "\n".join(lines[-25:])[-2500:], "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main(argv=None) -> int:
@@ -580,18 +566,7 @@ def main(argv=None) -> int:
             results.append(res)
             flag = "" if res.get("message_ok") in (None, True) else " (message misses the input or the fix)"
             print(f"{res['category']:<18} {res['name']}{flag}  {res.get('note', '')}"[:220], flush=True)
-        counts = Counter(r["category"] for r in results)
-        vague = sum(1 for r in results if r["category"] == "clean error" and r.get("message_ok") is False)
-        print(f"\ncode under test: {code}")
-        print(f"{'outcome':<20}{'cases':>6}")
-        for c in (*CATEGORIES, "skipped"):
-            if c in CATEGORIES or counts.get(c):
-                print(f"{c:<20}{counts.get(c, 0):>6}")
-        print(f"{'total':<20}{len(results):>6}")
-        print(f"(clean errors whose message misses the input or the fix, or with another exit code: {vague})")
-        args.json.write_text(json.dumps({"code": code, "counts": dict(counts), "vague_messages": vague,
-                                         "cases": results}, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        report(results, code, args.json)
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -43,7 +43,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-CATEGORIES = ("correct", "clean error", "traceback", "crash", "hang", "silent wrong", "files left behind")
+from common import CATEGORIES
+
 PY = sys.executable
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore::DeprecationWarning")
 FAST = ["--binning", "16", "--grid", "32", "--supersample", "1", "--quiet"]

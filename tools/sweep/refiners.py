@@ -36,10 +36,9 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections import Counter
 from pathlib import Path
 
-CATEGORIES = ("correct", "clean error", "traceback", "crash", "hang", "silent wrong", "files left behind")
+from common import mount_tmpfs, record, report
 
 
 def _env() -> dict:
@@ -175,7 +174,7 @@ INJECT = textwrap.dedent(r"""
     elif how == "fail-png":
         Figure.savefig = failing_savefig
     elif how == "pause-eval":
-        import tomoprior.refiners.evaluation as ev
+        import tomoprior.studies.evaluation as ev
         run = ev._run_refiner
         def slow(*a, **k):
             out = run(*a, **k)
@@ -280,7 +279,7 @@ def _cases() -> list[Case]:
         Case("device: evaluate --device cuda", "device", [*ev, "--refiner", "bp-prior", "--device", "cuda"],
              words=("cuda",)),
         Case("device API: evaluate(device='cuda')", "device",
-             api="from tomoprior import refiners\nfrom tomoprior.refiners.evaluation import evaluate\n"
+             api="from tomoprior import refiners\nfrom tomoprior.studies.evaluation import evaluate\n"
                  "result = evaluate(refiners.load('bp-prior'), '{F}/tiny.h5', device='cuda').label",
              words=("cuda",)),
         # reconstruct inputs
@@ -374,13 +373,6 @@ def _hidden(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
 
 
-def _mount(folder: Path, options: str) -> bool:
-    if not shutil.which("mount") or os.geteuid() != 0:
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
-                          capture_output=True).returncode == 0
-
-
 def _check(kind: str | None, work: Path, fix: Path, stdout: str) -> tuple[bool, str]:
     if kind is None:
         return True, ""
@@ -415,7 +407,7 @@ def run_case(case: Case, fix: Path, root: Path) -> dict:
     (work / "out").mkdir()
     mounted = False
     if case.mount:
-        mounted = _mount(work / "out", "ro,size=4k" if case.mount == "ro" else "size=4k")
+        mounted = mount_tmpfs(work / "out", "ro,size=4k" if case.mount == "ro" else "size=4k")
         if not mounted:
             return {"name": case.name, "group": case.group, "category": "skipped", "note": "cannot mount a tmpfs"}
     try:
@@ -453,7 +445,7 @@ def _run(case: Case, fix: Path, work: Path) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, stderr = proc.communicate()
-        return _record(case, "hang", None, stdout, stderr, t0, note=f"no end after {case.timeout:.0f} s")
+        return record(case, "hang", None, stdout, stderr, t0, note=f"no end after {case.timeout:.0f} s")
     rc = proc.returncode
     note = ""
     if case.signal == "KILL" and sent is not None:  # run again: the next write must clean up
@@ -470,38 +462,30 @@ def _run(case: Case, fix: Path, work: Path) -> dict:
                and (not (work / p).exists() or (work / p).read_bytes() != data)]
     expected_signal = sent is not None and (rc == -sent or rc == 128 + sent)
     if rc is not None and rc < 0 and not expected_signal:
-        return _record(case, "crash", rc, stdout, stderr, t0, note=f"signal {-rc}")
+        return record(case, "crash", rc, stdout, stderr, t0, note=f"signal {-rc}")
     if "Traceback (most recent call last)" in stderr:
-        return _record(case, "traceback", rc, stdout, stderr, t0, leftovers=left + damaged)
+        return record(case, "traceback", rc, stdout, stderr, t0, leftovers=left + damaged)
     if left or damaged:
-        return _record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left + damaged, note=note)
+        return record(case, "files left behind", rc, stdout, stderr, t0, leftovers=left + damaged, note=note)
     if case.signal == "KILL":
-        return _record(case, "correct" if rc_eff == 0 else "clean error", rc, stdout, stderr, t0, note=note)
+        return record(case, "correct" if rc_eff == 0 else "clean error", rc, stdout, stderr, t0, note=note)
     if case.expect == "error" and rc_eff == 0:
-        return _record(case, "silent wrong", rc, stdout, stderr, t0, note="exit 0 on bad input")
+        return record(case, "silent wrong", rc, stdout, stderr, t0, note="exit 0 on bad input")
     ok_pair = (len(present) in (0, len(case.outputs))) if case.outputs else True
     if case.expect == "error" and case.signal is None and not case.previous:
         ok_pair = not present  # a failed run writes nothing
     if not ok_pair:
-        return _record(case, "files left behind", rc, stdout, stderr, t0, note=f"outputs present: {present}")
+        return record(case, "files left behind", rc, stdout, stderr, t0, note=f"outputs present: {present}")
     if case.expect == "error":
         text = stdout + stderr
-        return _record(case, "clean error", rc, stdout, stderr, t0,
+        return record(case, "clean error", rc, stdout, stderr, t0,
                        message_ok=all(w in text for w in case.words), note=note)
     if rc_eff != 0:
-        return _record(case, "clean error", rc, stdout, stderr, t0, note="expected success")
+        return record(case, "clean error", rc, stdout, stderr, t0, note="expected success")
     good, why = _check(case.check, work, fix, stdout)
     if case.outputs and len(present) != len(case.outputs):
         good, why = False, f"missing outputs {sorted(set(case.outputs) - set(present))}"
-    return _record(case, "correct" if good else "silent wrong", rc, stdout, stderr, t0, note=why)
-
-
-def _record(case, category, rc, stdout, stderr, t0, *, leftovers=(), message_ok=None, note="") -> dict:
-    text = (stderr or "").strip().splitlines()
-    return {"name": case.name, "group": case.group, "category": category, "exit_code": rc,
-            "message_ok": message_ok, "leftovers": list(leftovers), "note": note,
-            "message": (text[-1] if text else (stdout or "").strip()[-200:])[:300],
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return record(case, "correct" if good else "silent wrong", rc, stdout, stderr, t0, note=why)
 
 
 def main(argv=None) -> int:
@@ -529,21 +513,8 @@ def main(argv=None) -> int:
             res = run_case(case, fix, root)
             results.append(res)
             print(f"{res['category']:<18} {res['name']}  {res.get('note', '')}", flush=True)
-        counts = Counter(r["category"] for r in results)
-        vague = sum(1 for r in results if r["category"] == "clean error" and r.get("message_ok") is False)
-        print()
-        print(f"code under test: {probe.stdout.strip()}  (this script: {Path(tomoprior.__file__).parent})")
-        print(f"{'outcome':<20}{'cases':>6}")
-        for c in (*CATEGORIES, "skipped"):
-            if counts.get(c) or c in CATEGORIES:
-                print(f"{c:<20}{counts.get(c, 0):>6}")
-        print(f"{'total':<20}{len(results):>6}")
-        print(f"(clean errors whose message misses the input or the fix: {vague})")
-        if not HAS_OVERWRITE:
-            print("(reconstruct has no --overwrite here: the cases run without it)")
-        args.json.write_text(json.dumps({"code": probe.stdout.strip(), "counts": dict(counts),
-                                         "vague_messages": vague, "cases": results}, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        notes = [] if HAS_OVERWRITE else ["reconstruct has no --overwrite here: the cases run without it"]
+        report(results, f"{probe.stdout.strip()}  (this script: {Path(tomoprior.__file__).parent})", args.json, notes)
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

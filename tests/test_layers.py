@@ -96,3 +96,44 @@ def test_the_checker_sees_relative_imports(tmp_path):
     # guard against a checker that passes because it parses nothing
     assert "projectors" in _imported_layers(ROOT / "validation" / "analytic.py")
     assert "geometry" in _imported_layers(ROOT / "projectors" / "api.py")
+
+
+def _cross_layer_private_imports(path: Path, source: str | None = None) -> list[str]:
+    """``from <other layer>... import _name`` or imports of another layer's ``_module``.
+
+    The top-level helpers ``tomoprior._atomic``, ``_yaml``, ``_memory`` and ``_threads`` are
+    shared by every layer on purpose and are not a layer's private names."""
+    tree = ast.parse(path.read_text() if source is None else source, filename=str(path))
+    rel_parts = path.relative_to(ROOT).parts
+    own = rel_parts[0].removesuffix(".py")
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            target = [*list(rel_parts[:-1])[: len(rel_parts) - node.level],
+                      *(node.module.split(".") if node.module else [])]
+        elif node.module and node.module.startswith("tomoprior."):
+            target = node.module.split(".")[1:]
+        else:
+            continue
+        if not target or target[0] not in LAYERS or target[0] == own:
+            continue
+        if any(part.startswith("_") for part in target[1:]):
+            found.append(".".join(target))
+        found += [f"{'.'.join(target)}.{a.name}" for a in node.names if a.name.startswith("_")]
+    return found
+
+
+def test_no_private_names_imported_across_layers():
+    bad = {str(p.relative_to(ROOT)): names for layer in LAYERS for p in _files(layer)
+           if (names := _cross_layer_private_imports(p))}
+    assert not bad, f"private names imported from another layer (make them public or move them): {bad}"
+
+
+def test_the_private_import_checker_finds_one():
+    # a module that would sit in cli/ (never written: the checker parses the given source)
+    source = ("from ..geometry.view import _something\nfrom ..projectors._hidden import x\n"
+              "from ..cli.qa_common import _own_layer_is_fine\nfrom .._atomic import atomic_path\n")
+    found = _cross_layer_private_imports(ROOT / "cli" / "probe.py", source)
+    assert found == ["geometry.view._something", "projectors._hidden"]

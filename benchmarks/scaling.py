@@ -18,8 +18,8 @@ Also recorded per case:
   samples at half-voxel steps, padding included);
 * peak extra memory: growth of the resident set during one call, in a fresh process per
   case (after a warm-up on a tiny problem), and the same minus the call's outputs
-  (projections, back-projection or gradient), i.e. the working memory the issue's
-  "<= 1 GiB beyond inputs and outputs" is about.
+  (projections, back-projection or gradient), i.e. the working memory the fast-backend
+  target "<= 1 GiB beyond inputs and outputs" is about.
 
 A straight line ``time = a + b * samples`` is fitted (least squares, per backend and
 operation, on the medians) and its quality reported (R^2, worst relative residual). The

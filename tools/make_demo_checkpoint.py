@@ -12,7 +12,7 @@ test-split summary of a ``tomoprior evaluate`` JSON.
         --out refiners/psctnet/psctnet/weights/psctnet_tiny_demo.pt
 
 ``--upgrade OLD.pt --out NEW.pt`` rewrites existing demo weights in the current checkpoint
-format (issue 11: SHA-256 checksums of the weights and config), keeping the provenance and
+format (format 2: SHA-256 checksums of the weights and config), keeping the provenance and
 recording the upgrade in it, after checking that the rewritten file reconstructs the built-in
 demo skull bit for bit as the old one did:
 

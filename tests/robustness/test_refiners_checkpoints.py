@@ -1,4 +1,4 @@
-"""Robustness of refiner checkpoints and configs (issue 11), property-based.
+"""Robustness of refiner checkpoints and configs, property-based.
 
 Every damaged, truncated, edited or foreign checkpoint must either be refused with a
 ``CheckpointError`` (a ValueError) naming the file, or load weights identical to those that

@@ -1,4 +1,4 @@
-"""Robustness of ``tomoprior evaluate`` and its API (issue 11): unknown groups, unavailable
+"""Robustness of ``tomoprior evaluate`` and its API: unknown groups, unavailable
 devices, non-finite weights, unwritable result folders, SIGTERM during a run.
 
 Each must be an exit code 2 (or a ValueError in the API) with a message naming the input and

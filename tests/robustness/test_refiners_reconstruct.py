@@ -1,4 +1,4 @@
-"""Robustness of ``tomoprior reconstruct`` (issue 11): image files of random shape, dtype and
+"""Robustness of ``tomoprior reconstruct``: image files of random shape, dtype and
 content, and faults while writing (SIGTERM, kill -9, a full disk, a read-only folder).
 
 Every bad input must end in exit code 2 with one message naming the file and the fix, no

@@ -3,7 +3,7 @@ projected through randomly miscalibrated bi-planar views (principal-point and is
 offsets up to 10 mm, detector tilts up to 3 degrees, in-plane rotation), every backend in the
 registry (``tests/conftest.py::BACKENDS``; one that cannot run here is skipped with the reason).
 
-The target of the foundation issue: median relative error over rays crossing the head
+The target: median relative error over rays crossing the head
 <= 1 %. What remains is the rasterisation's partial-volume error at the skull's edges,
 so the 95th percentile is larger; it is bounded loosely to catch gross errors.
 """

@@ -73,7 +73,7 @@ def test_linearised_values_agree_and_jacobian_matches_finite_differences():
 
 
 def test_default_setup_at_published_pitch_is_close_to_published_values():
-    # REFERENCES.md quotes these for a head-sized volume at 0.15 mm pixels
+    # published mean displacements for a head-sized volume at 0.15 mm pixels (REFERENCE_PX)
     params = [tp.geometry.default_frontal(pixel_pitch=0.15), tp.geometry.default_lateral(pixel_pitch=0.15)]
     rows = _rows(params)
     for name, ref in REFERENCE_PX.items():
@@ -113,7 +113,8 @@ def test_fit_conditioning_covariance_matches_finite_difference_jacobian():
         expect = math.degrees(s) if n in tp.ViewParameters.ANGLE_FIELDS else s
         assert c.predicted_sd[n] == pytest.approx(expect, rel=1e-3), n
     assert c.n_points == 40 and c.condition_number > 1
-    # source-to-isocenter and source-to-detector are the correlated pair (REFERENCES.md)
+    # source-to-isocenter and source-to-detector are the correlated pair: both mostly scale the
+    # magnification, so the fit trades one against the other
     assert {c.max_abs_correlation[1], c.max_abs_correlation[2]} == {"source_to_isocenter", "source_to_detector"}
     assert np.allclose(np.diag(c.correlation), 1.0)
 

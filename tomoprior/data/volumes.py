@@ -2,7 +2,8 @@
 series, with Hounsfield units converted to linear attenuation.
 
 Every reader returns a :class:`Volume` whose array is ``(nz, ny, nx)`` in the LPS world frame
-with positive spacings, i.e. axis-aligned with the grid convention of DESIGN.md. Files whose
+with positive spacings, i.e. axis-aligned with :class:`~tomoprior.geometry.VolumeGrid` (voxel
+``(k, j, i)`` at ``center + ((i - (nx-1)/2) sx, (j - (ny-1)/2) sy, (k - (nz-1)/2) sz)``). Files whose
 voxel axes are not aligned with the patient axes (oblique acquisitions) are rejected by
 default (``oblique="error"``); ``oblique="snap"`` keeps the voxels, assigns each array axis to
 the nearest patient axis and warns with the angle that was ignored. Resample an oblique

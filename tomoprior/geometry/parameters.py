@@ -60,7 +60,7 @@ Number = float | torch.Tensor
 #: Default pediatric bi-planar skull setup. Where the numbers come from:
 #: - source-to-isocenter 1000 mm and source-to-detector 1500 mm (magnification 1.5): a
 #:   typical skull radiography / bi-planar setup; PSCT-Net's DRRs use 1500 mm to the
-#:   detector, X2CT-GAN's 541/949 mm (REFERENCES.md).
+#:   detector (arXiv 2606.19867), X2CT-GAN's 541/949 mm (Ying et al., CVPR 2019).
 #: - 0.2 mm pixel pitch: within the 0.076-0.175 mm (native) to 0.2 mm (binned 2x2) range of
 #:   clinical flat panels.
 #: - 1536 x 1536 pixels at 0.2 mm = 307 mm detector, i.e. 205 mm at the isocenter: covers a

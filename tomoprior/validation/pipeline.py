@@ -5,7 +5,7 @@ miscalibration (:data:`DEFAULT_MISCALIBRATION`) to get the TRUE geometry, simula
 radiographs of a bead phantom through it (heel effect, focal-spot and detector blur,
 Poisson noise), detects the beads, calibrates starting from the NOMINAL geometry, and
 validates the result against the truth (parameter errors versus their uncertainty and the
-issue's targets, fit / held-out reprojection error, 3D triangulation). :func:`analyse`
+calibration targets of :data:`TARGETS`, fit / held-out reprojection error, 3D triangulation). :func:`analyse`
 does the truth-free part for real images (``tomoprior calibrate``).
 
 Only the thin functions :func:`simulate_radiographs`, :func:`detect` and
@@ -65,7 +65,7 @@ DEFAULT_MISCALIBRATION = {
     },
 }
 
-#: Targets of the issue (simulated images, ~0.1 px centroid noise): parameter -> (bound, unit).
+#: Calibration targets (simulated images, ~0.1 px centroid noise): parameter -> (bound, unit).
 TARGETS = {
     "heldout_rms_px": (0.1, "px"),
     "triangulation_rms_mm": (0.2, "mm"),

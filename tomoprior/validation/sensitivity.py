@@ -47,8 +47,8 @@ DEFAULT_STEPS = (
     ("isocenter_z", 1.0, "mm"),
 )
 
-#: Published mean displacements over a head-sized volume at 0.15 mm pixels (REFERENCES.md,
-#: "Geometric calibration"), for the step sizes of :data:`DEFAULT_STEPS`.
+#: Published mean displacements (px) over a head-sized volume at 0.15 mm pixels for a simulated
+#: AP + lateral pair, for the step sizes of :data:`DEFAULT_STEPS`.
 REFERENCE_PX = {
     "u0": 1.0, "v0": 1.0, "detector_rotation": 0.73, "source_to_isocenter": 0.42,
     "source_to_detector": 0.28, "detector_tilt_u": 0.2, "detector_tilt_v": 0.2,

@@ -1,4 +1,4 @@
-"""Bad-input and fault sweep of the data area (issue 11): ``tomoprior dataset make``,
+"""Bad-input and fault sweep of the data area: ``tomoprior dataset make``,
 ``tomoprior dataset info``, ``tomoprior train`` and the HDF5 dataset API.
 
 Each case runs in its own folder, in a subprocess (the CLI as ``python -m tomoprior ...``, API
@@ -18,7 +18,8 @@ calls as small ``python -c`` scripts), and gets one outcome:
   running after their parent died.
 
 A full disk and a read-only folder are small tmpfs mounts (root only; skipped otherwise). It
-prints a table and writes JSON. To sweep the code before issue 11::
+prints a table and writes JSON. To sweep the code before the bad-input and fault handling (commit
+a228eac)::
 
     git worktree add /tmp/before-data a228eac
     PYTHONPATH=/tmp/before-data .venv/bin/python tools/sweep/data.py --json /tmp/sweep_data_before.json

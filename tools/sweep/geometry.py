@@ -1,4 +1,4 @@
-"""Bad-input and fault sweep of the geometry area (issue 11): geometry files, the shared YAML
+"""Bad-input and fault sweep of the geometry area: geometry files, the shared YAML
 loader, projectors, phantoms (analytic line integrals, rasterisation), ``tomoprior simulate``
 and ``tomoprior info``.
 
@@ -16,7 +16,8 @@ code 2, as a user's script would report them), and is classified as one of:
 - ``files left behind``: stale temporaries, a half-written output, or a previous output
   damaged (for kill -9: still there after the next run).
 
-It prints a table and writes JSON. To sweep another checkout (e.g. the code before issue 11)::
+It prints a table and writes JSON. To sweep another checkout (e.g. commit a228eac, before the bad-input and fault
+handling)::
 
     git worktree add /tmp/before-geometry a228eac
     PYTHONPATH=/tmp/before-geometry python tools/sweep/geometry.py --json /tmp/sweep_geometry_before.json

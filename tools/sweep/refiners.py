@@ -1,4 +1,4 @@
-"""Bad-input and fault sweep of the refiners area (issue 11): checkpoints, refiner configs,
+"""Bad-input and fault sweep of the refiners area: checkpoints, refiner configs,
 ``tomoprior reconstruct`` and ``tomoprior evaluate``.
 
 Every case runs in a fresh folder, in a subprocess (the CLI as ``python -m tomoprior ...``, API
@@ -13,7 +13,8 @@ calls through a small wrapper), and is classified as one of:
 - ``silent wrong``: exit 0 where the input is bad or the result is wrong;
 - ``files left behind``: stale temporaries, half of a file pair, or a damaged previous file.
 
-It prints a table and writes JSON. To sweep another checkout (e.g. the code before issue 11)::
+It prints a table and writes JSON. To sweep another checkout (e.g. commit a228eac, before the bad-input and fault
+handling)::
 
     git worktree add /tmp/before-refiners a228eac
     PYTHONPATH=/tmp/before-refiners python tools/sweep/refiners.py --json /tmp/sweep_before.json
@@ -355,8 +356,8 @@ def _cases() -> list[Case]:
 # -- running and classifying --------------------------------------------------------------------------
 
 def _has_overwrite() -> bool:
-    """Whether the code under test has ``reconstruct --overwrite`` (before issue 11 it overwrote
-    existing outputs silently, so the fault cases run without the flag there)."""
+    """Whether the code under test has ``reconstruct --overwrite`` (before the fault handling it
+    overwrote existing outputs silently, so the fault cases run without the flag there)."""
     r = subprocess.run([PY, "-m", "tomoprior", "reconstruct", "--help"], capture_output=True, text=True, env=ENV)
     return "--overwrite" in r.stdout
 

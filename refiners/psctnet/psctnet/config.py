@@ -18,7 +18,8 @@ _NORMS = ("batch", "instance", "group")
 _OUTPUT_ACTIVATIONS = ("clamp", "softplus", "relu", "sigmoid", "none")
 _PROJ_MODES = ("drr", "axis_mean")
 _MAMBA_BACKENDS = ("auto", "mambapy", "mamba_ssm")
-#: fields added by issue 6 (a complete config dict without them predates the output scaling)
+#: fields of the output scaling (a complete config dict without them predates it: such a network
+#: predicted attenuation in 1/mm directly)
 _SCALE_FIELDS = frozenset({"target_scale", "init_output_mean"})
 #: fields added after the output scaling (absent from older checkpoints; their defaults are the old behaviour)
 _LATER_FIELDS = frozenset({"w_bone", "bone_threshold"})
@@ -87,7 +88,7 @@ class PSCTNetConfig:
     output_activation : {"clamp", "softplus", "relu", "sigmoid", "none"}
         Applied to the head in network units (before ``target_scale``). Default
         ``"clamp"``: linear while training (every voxel passes its L1 and projection
-        gradient: the head cannot die, as the ReLU head of issue 6's collapsed run did with
+        gradient: the head cannot die, as the ReLU head of an early 10-epoch run did with
         99.6 % of its inputs negative) and clamped to >= 0 for inference (eval mode, or
         no autograd, or :meth:`PSCTNet.reconstruct`; attenuation is non-negative).
         ``"softplus"`` is non-negative in training too but learns the empty background

@@ -182,7 +182,8 @@ class PSCTNet(Refiner):
         output varies by a fraction of its mean, and gradients still reach the body at
         full strength) and a bias that puts the untrained output at
         ``config.init_output_mean`` network units (about the target's mean), so training
-        starts at the right scale instead of 10-20x too bright (issue 6)."""
+        starts at the right scale instead of 10-20x too bright (as it did before the
+        output scaling, with PyTorch's default head initialisation)."""
         cfg = self.config
         m = float(cfg.init_output_mean)
         if cfg.output_activation == "softplus":

@@ -37,7 +37,7 @@ def test_demo_weights_are_shipped_small_and_carry_their_provenance():
 
 
 def test_demo_weights_are_checksummed_and_refused_when_damaged(tmp_path):
-    """Issue 11: the shipped file is checkpoint format 2 (its SHA-256 verifies on load, its
+    """The shipped file is checkpoint format 2 (its SHA-256 verifies on load, its
     re-export is recorded in the provenance), and a copy with bytes flipped in its tensor
     records is refused instead of reconstructing 13 dB worse."""
     import io
@@ -78,7 +78,7 @@ def test_reconstruct_demo_out_of_the_box_beats_bp_prior(tmp_path):
     assert img.shape == (64, 64, 64) and np.isfinite(np.asarray(img.dataobj)).all()
     base = _run(["--demo", "--refiner", "bp-prior", "--out", str(tmp_path / "bp.nii.gz")])
     m, b = net["metrics"], base["metrics"]
-    # the shipped weights rewritten in checkpoint format 2 give the same numbers as before (issue 11)
+    # the shipped weights rewritten in checkpoint format 2 give the same numbers as the format-1 file
     assert m["psnr_x2ctgan"] == pytest.approx(31.93, abs=0.02)
     # the trained network is far closer to the phantom than the unlearned back-projection
     assert m["psnr_x2ctgan"] > b["psnr_x2ctgan"] + 3.0

@@ -1,4 +1,4 @@
-"""Output scale of PSCT-Net (issue 6): the network predicts in units of
+"""Output scale of PSCT-Net: the network predicts in units of
 ``config.target_scale`` (~[0, 1]) and returns 1/mm; the untrained output is of the target's
 order of magnitude and its output layer is not dead; a short fit beats the all-zero volume."""
 
@@ -49,8 +49,8 @@ def test_untrained_output_has_the_target_scale_and_a_live_head(skull32):
         out = net(xrays, geom)
     assert out.shape == target.shape
     assert float(out.min()) >= 0.0  # attenuation is non-negative
-    # mean within a factor 5 of the target's mean, peak below 2x the bone peak (the collapsed
-    # run of issue 6 started 10-20x too bright)
+    # mean within a factor 5 of the target's mean, peak below 2x the bone peak (before the
+    # output scaling an untrained network started 10-20x too bright)
     ratio = float(out.mean()) / float(target.mean())
     assert 0.2 < ratio < 5.0, ratio
     assert float(out.max()) < 2.0 * float(target.max())
@@ -165,7 +165,7 @@ def test_checkpoints_saved_before_target_scale_load_with_scale_one(tmp_path, sku
 
 
 def test_missing_output_scale_with_a_scaled_config_is_an_error_not_a_legacy_file(tmp_path):
-    """Issue 11: a state dict without ``output_scale`` but a config with ``target_scale`` is
+    """A state dict without ``output_scale`` but a config with ``target_scale`` is
     damaged, not old: it used to load as a legacy file and give outputs 20x too large."""
     net = _net()
     ckpt = net.checkpoint_dict()

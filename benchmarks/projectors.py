@@ -119,7 +119,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per case after one warm-up (default 5)")
     p.add_argument("--backends", default=None,
-                   help="comma-separated tomoprior backends (default: all of tp.projectors.available())")
+                   help="comma-separated tomoprior backends (default: all of tp.projectors.available_backends())")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds one case's timed runs may take before repeats are cut (default 30)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     machine = machine_info(args.threads)
-    available = tp.projectors.available()
+    available = tp.projectors.available_backends()
     backends = available if args.backends is None else [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in available]
     if unknown:

@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--geometry", help="geometry YAML/JSON (default: miscalibrated built-in)")
     parser.add_argument("--phantom", default="shepp_logan_3d_modified")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backends", default=",".join(tp.projectors.available()))
+    parser.add_argument("--backends", default=",".join(tp.projectors.available_backends()))
     parser.add_argument("--supersample", type=int, default=4,
                         help="sub-samples per voxel and axis when rasterising (4: voxel averages)")
     args = parser.parse_args()

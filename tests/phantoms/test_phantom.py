@@ -11,7 +11,7 @@ import yaml
 
 from tomoprior.geometry.grid import VolumeGrid
 from tomoprior.geometry.view import View
-from tomoprior.phantoms import Cylinder, Ellipsoid, Phantom, Sphere, available, search_path
+from tomoprior.phantoms import Cylinder, Ellipsoid, Phantom, Sphere, available_phantoms, search_path
 from tomoprior.phantoms.phantom import ENV_VAR, PACKAGE_PHANTOM_DIR
 
 SHIPPED = ("shepp_logan_3d", "shepp_logan_3d_modified")
@@ -266,7 +266,7 @@ def test_dict_and_yaml_round_trip(tmp_path):
     "name, scale, brain", [("shepp_logan_3d", 0.02, 0.0204), ("shepp_logan_3d_modified", 0.1, 0.02)]
 )
 def test_shipped_shepp_logan_files(name, scale, brain):
-    assert name in available()
+    assert name in available_phantoms()
     ph = Phantom.load(name)
     assert ph.name == name and len(ph) == 10 and ph.density_scale == scale and ph.density_unit == "1/mm"
     assert all(isinstance(s, Ellipsoid) for s in ph.shapes)
@@ -312,7 +312,7 @@ def test_environment_path_is_searched(tmp_path, monkeypatch):
     (tmp_path / "beads.yaml").write_text("schema: tomoprior.bead_phantom\nschema_version: 1\n")
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
     assert search_path()[0] == tmp_path and PACKAGE_PHANTOM_DIR in search_path()
-    names = available()
+    names = available_phantoms()
     assert "my_head" in names and "beads" not in names and "shepp_logan_3d" in names
     assert Phantom.load("my_head").name == "small"
     with pytest.raises(ValueError, match=r"schema must be 'tomoprior\.phantom'"):

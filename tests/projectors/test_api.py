@@ -78,7 +78,7 @@ def test_registry_accepts_new_backends(geom):
 
     tp.projectors.register_backend("doubled-test", Doubled, "test backend")
     try:
-        assert "doubled-test" in tp.projectors.available()
+        assert "doubled-test" in tp.projectors.available_backends()
         x = torch.rand(12, 14, 16, dtype=torch.float64)
         assert torch.allclose(tp.project(x, geom, backend="doubled-test"), 2 * tp.project(x, geom, backend="torch"))
         with pytest.raises(ValueError, match="already registered"):

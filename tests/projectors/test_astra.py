@@ -21,7 +21,7 @@ def test_astra_3d_without_cuda_raises_a_clear_error():
     geom = tp.BiplanarGeometry.from_parameters(binning=64, grid=grid)
     with pytest.raises(ValueError, match=r"need a CUDA GPU.*use backend='torch'"):
         tp.project(torch.zeros(grid.shape), geom, backend="astra")
-    assert "astra" not in tp.projectors.available()
+    assert "astra" not in tp.projectors.available_backends()
     assert "astra" in tp.projectors.registered()
 
 
@@ -86,7 +86,7 @@ def test_reference_backend_equals_astra_fanbeam_exactly():
 
 @pytest.mark.parametrize("backend", ["torch", "numba"])
 def test_interpolating_backends_match_astra_fanbeam_within_one_percent(backend):
-    if backend not in tp.projectors.available():
+    if backend not in tp.projectors.available_backends():
         pytest.skip(f"backend {backend!r} is not installed here")
     ny, nx, nz = 96, 96, 9
     grid = tp.VolumeGrid((nz, ny, nx), (4.0, 2.0, 2.0))

@@ -119,7 +119,7 @@ def test_registry_reports_why_a_backend_cannot_run_and_refuses_non_backends():
     assert tp.projectors.unavailable_reason("reference") is None
     for name in tp.projectors.registered():
         reason = tp.projectors.unavailable_reason(name)
-        assert (reason is None) == (name in tp.projectors.available())
+        assert (reason is None) == (name in tp.projectors.available_backends())
         assert reason is None or reason.strip()
     with pytest.raises(ValueError, match="unknown projector backend 'no-such'"):
         tp.projectors.unavailable_reason("no-such")

@@ -51,7 +51,7 @@ def _tiny_geometry():
 
 
 def test_registered_and_described():
-    assert "numba" in tp.projectors.available()
+    assert "numba" in tp.projectors.available_backends()
     be = tp.projectors.get_backend("numba")
     assert isinstance(be, numba_backend.NumbaBackend)
     assert be.describe()["backend"] == "numba"

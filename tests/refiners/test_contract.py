@@ -35,7 +35,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("name", refiners.available())
+@pytest.mark.parametrize("name", refiners.available_refiners())
 def test_every_installed_refiner_honours_the_contract(name, one_thread):
     report = check_refiner(name, overrides=SMALL.get(name))
     assert report.passed, str(report)
@@ -44,13 +44,13 @@ def test_every_installed_refiner_honours_the_contract(name, one_thread):
 
 def test_psctnet_is_among_the_checked_refiners():
     # the plugin of this repository is installed in the development environment
-    assert "psctnet" in refiners.available()
+    assert "psctnet" in refiners.available_refiners()
 
 
 @pytest.fixture
 def dummy_plugin_installed(tmp_path):
     """The dummy plugin distribution installed into a temporary folder put on ``sys.path`` for
-    this test only (its entry points are then visible to ``refiners.available()``)."""
+    this test only (its entry points are then visible to ``refiners.available_refiners()``)."""
     pytest.importorskip("setuptools")
     src = tmp_path / "src"
     shutil.copytree(HERE / "dummy_plugin", src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
@@ -71,7 +71,7 @@ def dummy_plugin_installed(tmp_path):
 
 
 def test_an_installed_third_party_plugin_is_checked_like_the_built_ins(dummy_plugin_installed, one_thread):
-    assert "dummy" in refiners.available()
+    assert "dummy" in refiners.available_refiners()
     report = check_refiner("dummy")
     assert report.passed, str(report)
     assert "dummy_refiner.DummyRefiner" in report["loads"].message
@@ -187,4 +187,5 @@ def test_bad_arguments_are_usage_errors_not_findings():
     with pytest.raises(ValueError, match="share one detector shape"):
         check_refiner("bp-prior", geometry=ragged)
     report = check_refiner("no-such-refiner", raise_on_failure=False)
-    assert report.failures[0].name == "loads" and "not in tomoprior.refiners.available()" in report.failures[0].message
+    message = report.failures[0].message
+    assert report.failures[0].name == "loads" and "not in tomoprior.refiners.available_refiners()" in message

@@ -19,7 +19,7 @@ PROBE = r"""
 import json, torch
 import tomoprior as tp
 from tomoprior import refiners
-out = {"available": refiners.available()}
+out = {"available": refiners.available_refiners()}
 model = refiners.load("dummy", scale=3.0)
 geom = tp.BiplanarGeometry.from_parameters(binning=16, grid=tp.VolumeGrid((8, 8, 8), (12, 12, 12)))
 xrays = torch.ones(1, 2, 96, 96)
@@ -94,4 +94,4 @@ def test_plugin_is_not_visible_without_its_site_folder():
     # the install above went to a temporary folder only
     from tomoprior import refiners
 
-    assert "dummy" not in refiners.available()
+    assert "dummy" not in refiners.available_refiners()

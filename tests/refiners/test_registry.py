@@ -7,7 +7,7 @@ import torch
 
 import tomoprior as tp
 from tomoprior import refiners
-from tomoprior.refiners import BPPrior, Refiner, RefinerConfig, available, load, register, unregister
+from tomoprior.refiners import BPPrior, Refiner, RefinerConfig, available_refiners, load, register, unregister
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ def small_geom():
 
 
 def test_builtin_listed_and_loadable():
-    assert "bp-prior" in available()
+    assert "bp-prior" in available_refiners()
     model = load("bp-prior", gain=2.0)
     assert isinstance(model, BPPrior) and model.config.gain == 2.0
 
@@ -54,7 +54,7 @@ def test_unknown_name_lists_installed():
 
 
 def test_register_load_and_unregister(tiny):
-    assert "test-tiny" in available()
+    assert "test-tiny" in available_refiners()
     model = load("test-tiny", width=5)
     assert isinstance(model, Tiny) and model.conv.out_channels == 5
     # a config instance plus overrides

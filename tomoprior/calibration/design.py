@@ -69,7 +69,7 @@ def bead_design(phantom) -> BeadDesign:
     ----------
     phantom : Phantom, BeadDesign, str or os.PathLike
         A phantom, a phantom name such as ``"bead_cage"`` (see
-        :func:`tomoprior.phantoms.available`) or a path to a phantom YAML file. Beads are the
+        :func:`tomoprior.phantoms.available_phantoms`) or a path to a phantom YAML file. Beads are the
         :class:`~tomoprior.phantoms.Sphere` shapes whose label starts with ``"bead"``.
 
     Returns

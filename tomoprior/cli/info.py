@@ -40,10 +40,10 @@ def collect_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "devices": devices,
         "backends": {
-            name: {"description": desc, "available": name in projectors.available()}
+            name: {"description": desc, "available": name in projectors.available_backends()}
             for name, desc in projectors.registered().items()
         },
-        "phantoms": ph.available(),
+        "phantoms": ph.available_phantoms(),
         "packages": {name: _version(name) for name in CORE},
         "optional_packages": {name: _version(name) for name in OPTIONAL},
     }

@@ -424,7 +424,7 @@ def _check_outputs(paths: dict[str, Path], overwrite: bool) -> None:
 @click.option("--geometry", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Geometry YAML/JSON (Geometry.save) that made the X-rays; its grid is the output grid.")
 @click.option("--refiner", default=None,
-              help="Refiner name (tomoprior.refiners.available()); with --demo the default is psctnet.")
+              help="Refiner name (tomoprior.refiners.available_refiners()); with --demo the default is psctnet.")
 @click.option("--checkpoint", default=None,
               help="Trained weights (e.g. run/best.pt), or 'demo' for the refiner's shipped demo weights; "
                    "not needed for bp-prior.")

@@ -78,7 +78,8 @@ def _parse_set(items: tuple[str, ...]) -> dict:
 
 
 @click.command()
-@click.option("--refiner", default="psctnet", show_default=True, help="Refiner name (tomoprior.refiners.available()).")
+@click.option("--refiner", default="psctnet", show_default=True,
+              help="Refiner name (tomoprior.refiners.available_refiners()).")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="HDF5 dataset (tomoprior dataset make): 'train' split trains, 'val' validates.")
 @click.option("--preset", default=None, help="Refiner preset (PSCT-Net: tiny or paper).")

@@ -3,7 +3,8 @@ integrals, rasterisation onto voxel grids, and phantom files (YAML) loaded by na
 repository's ``phantoms/`` folder, e.g. the 3D Shepp-Logan head sized for a child."""
 
 from . import skull
-from .phantom import ENV_VAR, SCHEMA, SCHEMA_VERSION, Phantom, available, find, load, search_path
+from .phantom import ENV_VAR, SCHEMA, SCHEMA_VERSION, Phantom, available_phantoms, find, load, search_path
+from .phantom import available as available  # deprecated alias of available_phantoms
 from .shapes import Cylinder, Ellipsoid, Shape, Sphere, euler_zxz_matrix, shape_from_dict
 from .skull import Skull, SkullParameters, make_skull
 
@@ -18,7 +19,7 @@ __all__ = [
     "Skull",
     "SkullParameters",
     "Sphere",
-    "available",
+    "available_phantoms",
     "euler_zxz_matrix",
     "find",
     "load",

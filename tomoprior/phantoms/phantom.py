@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from .._atomic import write_text_atomic
+from .._deprecation import deprecated_alias
 from .._memory import check_memory
 from .._yaml import DocumentError, brief, load_yaml
 from ..geometry.grid import VolumeGrid
@@ -49,7 +50,7 @@ RASTER_CHUNK_ELEMENTS = 1 << 22
 TOP_LEVEL_KEYS = ("schema", "schema_version", "name", "description", "reference", "units", "density_scale", "shapes")
 UNIT_KEYS = ("length", "density")
 
-__all__ = ["ENV_VAR", "SCHEMA", "SCHEMA_VERSION", "Phantom", "available", "find", "load", "search_path"]
+__all__ = ["ENV_VAR", "SCHEMA", "SCHEMA_VERSION", "Phantom", "available_phantoms", "find", "load", "search_path"]
 
 
 class Phantom:
@@ -626,17 +627,21 @@ def _candidates() -> dict[str, Path]:
     return found
 
 
-def available() -> list[str]:
+def available_phantoms() -> list[str]:
     """Names of the phantom files (``schema: tomoprior.phantom``) on the search path, sorted.
 
     Other YAML files in the same folders (bead phantoms, skull presets) are not listed.
 
     Examples
     --------
-    >>> {"shepp_logan_3d", "shepp_logan_3d_modified"} <= set(available())
+    >>> {"shepp_logan_3d", "shepp_logan_3d_modified"} <= set(available_phantoms())
     True
     """
     return names_with_schema(SCHEMA)
+
+
+available = deprecated_alias(available_phantoms, "tomoprior.phantoms.available",
+                             "tomoprior.phantoms.available_phantoms")
 
 
 def names_with_schema(schema: str) -> list[str]:
@@ -681,7 +686,7 @@ def find(name_or_path) -> Path:
             f"without symbolic links) set {ENV_VAR} to the repository's phantoms/ folder."
         )
         raise ValueError(
-            f"unknown phantom {brief(name_or_path)}; available: {', '.join(available()) or '(none)'}. "
+            f"unknown phantom {brief(name_or_path)}; available: {', '.join(available_phantoms()) or '(none)'}. "
             f"Searched {folders}; add folders with {ENV_VAR} or give a path to a .yaml file.{missing}"
         )
     return path

@@ -14,13 +14,14 @@ from .operator import Projector
 from .raymarch import TorchRaymarchBackend
 from .registry import (
     AUTO,
-    available,
+    available_backends,
     get_backend,
     register_backend,
     registered,
     resolve_backend,
     unavailable_reason,
 )
+from .registry import available as available  # deprecated alias of available_backends
 from .siddon import SiddonBackend
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
     "Projector",
     "SiddonBackend",
     "TorchRaymarchBackend",
-    "available",
+    "available_backends",
     "backproject",
     "get_backend",
     "project",

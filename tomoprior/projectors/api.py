@@ -125,7 +125,7 @@ def project(volume, geometry: Geometry, backend: str | Backend = "auto", *, prog
         ``"torch"`` (see :func:`tomoprior.projectors.resolve_backend`). Or a name:
         ``"numba"`` (Joseph's method, parallel CPU kernels), ``"torch"`` (trilinear ray
         marching, CPU and CUDA), ``"reference"`` (exact Siddon path lengths, slow),
-        ``"astra"`` (CUDA only), any name in :func:`tomoprior.projectors.available`.
+        ``"astra"`` (CUDA only), any name in :func:`tomoprior.projectors.available_backends`.
         The backends model the volume slightly differently (piecewise-trilinear vs
         bilinear-per-plane vs piecewise-constant voxels): use the same backend for a
         projection and its adjoint.

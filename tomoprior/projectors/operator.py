@@ -17,7 +17,7 @@ class Projector:
     backend : str or Backend
         ``"auto"`` (default: ``"numba"`` for CPU tensors when installed, else ``"torch"``,
         chosen per call by the tensor's device) or any name of
-        :func:`tomoprior.projectors.available`.
+        :func:`tomoprior.projectors.available_backends`.
     **options
         Backend options (e.g. ``step`` for ``"torch"``).
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._deprecation import deprecated_alias
 from .base import Backend
 
 
@@ -45,9 +46,18 @@ def register_backend(name: str, factory: Callable[..., Backend], description: st
                              unavailable_reason or (lambda: "its requirements are not met"))
 
 
-def available() -> list[str]:
-    """Names of the backends that can run in this environment."""
+def available_backends() -> list[str]:
+    """Names of the registered backends that can run in this environment, in registration order
+    (:func:`registered` lists them all).
+
+    >>> "reference" in available_backends()
+    True
+    """
     return [name for name, entry in _REGISTRY.items() if entry.is_available()]
+
+
+available = deprecated_alias(available_backends, "tomoprior.projectors.available",
+                             "tomoprior.projectors.available_backends")
 
 
 def registered() -> dict[str, str]:
@@ -113,11 +123,11 @@ def get_backend(backend: str | Backend = AUTO, device=None, **options) -> Backen
                              f"the options belong to, e.g. backend='torch'")
         backend = resolve_backend(backend, device)
     if not isinstance(backend, str) or backend not in _REGISTRY:
-        raise ValueError(f"unknown projector backend {backend!r}; available: {available()} or 'auto'")
+        raise ValueError(f"unknown projector backend {backend!r}; available: {available_backends()} or 'auto'")
     entry = _REGISTRY[backend]
     if not entry.is_available():
         raise ValueError(f"projector backend {backend!r} cannot run here: {entry.reason()}; "
-                         f"available: {available()}")
+                         f"available: {available_backends()}")
     try:
         params = inspect.signature(entry.factory).parameters
     except (TypeError, ValueError):  # builtins without a signature: let the factory decide

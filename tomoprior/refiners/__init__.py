@@ -5,7 +5,7 @@ by ray coverage), and the training hooks a plugin may provide. Training, evaluat
 miscalibration study use this contract from :mod:`tomoprior.studies`. See ``docs/refiners.md``.
 
     from tomoprior import refiners
-    refiners.available()                        # ['bp-prior', 'psctnet', ...]
+    refiners.available_refiners()               # ['bp-prior', 'psctnet', ...]
     model = refiners.load("bp-prior")
     prior = refiners.build_prior(xrays, geom)   # (B, 1, nz, ny, nx)
     volume = model(xrays, geom, prior)          # (B, 1, nz, ny, nx)
@@ -37,12 +37,13 @@ from .prior import GeometryPrior, backproject_features, build_prior, fuse_views,
 from .registry import (
     ENTRY_POINT_GROUP,
     RefinerPluginError,
-    available,
+    available_refiners,
     get_class,
     load,
     register,
     unregister,
 )
+from .registry import available as available  # deprecated alias of available_refiners
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -61,7 +62,7 @@ __all__ = [
     "RefinerPluginError",
     "StepContext",
     "TrainingHooks",
-    "available",
+    "available_refiners",
     "backproject_features",
     "build_prior",
     "check_config_types",

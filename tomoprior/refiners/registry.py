@@ -16,6 +16,7 @@ import re
 import warnings
 from importlib import metadata
 
+from .._deprecation import deprecated_alias
 from .base import Refiner
 
 #: The entry-point group plugins declare.
@@ -133,11 +134,15 @@ def _describe(ep: metadata.EntryPoint) -> str:
     return f"entry point '{ep.name} = {ep.value}'{origin}"
 
 
-def available() -> list[str]:
+def available_refiners() -> list[str]:
     """Sorted names of every loadable refiner: built-ins (``bp-prior``), in-process
     registrations and installed plugins (entry-point group ``tomoprior.refiners``).
     Plugins are not imported by this call."""
     return sorted(set(_BUILTINS) | set(_REGISTERED) | set(_entry_points()))
+
+
+available = deprecated_alias(available_refiners, "tomoprior.refiners.available",
+                             "tomoprior.refiners.available_refiners")
 
 
 def get_class(name: str) -> type[Refiner]:
@@ -159,7 +164,7 @@ def get_class(name: str) -> type[Refiner]:
     eps = _entry_points()
     if name not in eps:
         raise ValueError(
-            f"unknown refiner {name!r}; installed: {available()}. A plugin registers itself in the "
+            f"unknown refiner {name!r}; installed: {available_refiners()}. A plugin registers itself in the "
             f"entry-point group {ENTRY_POINT_GROUP!r} of its distribution (see docs/refiners.md)"
         )
     ep = eps[name]
@@ -182,7 +187,7 @@ def load(name: str, config=None, **overrides) -> Refiner:
     Parameters
     ----------
     name : str
-        One of :func:`available`.
+        One of :func:`available_refiners`.
     config : config dataclass instance or dict, optional
         Full configuration; default ``config_class()``.
     **overrides
@@ -196,7 +201,7 @@ def load(name: str, config=None, **overrides) -> Refiner:
     Examples
     --------
     >>> from tomoprior import refiners
-    >>> "bp-prior" in refiners.available()
+    >>> "bp-prior" in refiners.available_refiners()
     True
     >>> refiners.load("bp-prior").name
     'bp-prior'

@@ -42,7 +42,7 @@ from .base import (
     resolve_device,
 )
 from .prior import build_prior
-from .registry import available, get_class, load
+from .registry import available_refiners, get_class, load
 
 __all__ = ["CHECKS", "CheckResult", "ContractReport", "RefinerContractError", "check_refiner", "tiny_geometry"]
 
@@ -188,7 +188,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def _is_registered(cls: type) -> bool:
     """Whether the registry's name ``cls.name`` leads to ``cls`` itself."""
     try:
-        return cls.name in available() and get_class(cls.name) is cls
+        return cls.name in available_refiners() and get_class(cls.name) is cls
     except (ImportError, ValueError, TypeError):  # e.g. a broken installed plugin of that name
         return False
 
@@ -279,8 +279,8 @@ def _check(report: ContractReport, refiner, geom: Geometry, overrides: dict, bat
     # -- build -------------------------------------------------------------------------------
     def loads():
         if isinstance(refiner, str):
-            names = available()
-            _require(refiner in names, f"{refiner!r} is not in tomoprior.refiners.available() {names}")
+            names = available_refiners()
+            _require(refiner in names, f"{refiner!r} is not in tomoprior.refiners.available_refiners() {names}")
             cls = get_class(refiner)
             _require(cls.name == refiner, f"{cls.__name__}.name is {cls.name!r}, registered as {refiner!r}")
             state["model"], state["registered"] = load(refiner, **overrides), True

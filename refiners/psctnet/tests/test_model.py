@@ -231,7 +231,7 @@ def test_entry_point_and_registry():
     found = {ep.name: ep.value for ep in eps}
     assert found.get("psctnet") == "psctnet:PSCTNet"
     registry = pytest.importorskip("tomoprior.refiners.registry")
-    assert "psctnet" in registry.available()
+    assert "psctnet" in registry.available_refiners()
     net = registry.load("psctnet", preset="tiny", use_bim=False)
     assert isinstance(net, PSCTNet) and net.config.use_bim is False and net.config.preset_name == "tiny"
 

@@ -218,8 +218,83 @@ class View:
         return _project_points(self.vector, self.shape, xyz, warn=True)
 
     def projection_matrix(self) -> torch.Tensor:
-        """3x4 matrix ``P`` with ``(col, row, 1) ~ P @ (x, y, z, 1)`` (homogeneous)."""
+        """3x4 pinhole matrix ``P`` with ``(col, row, 1) ~ P @ (x, y, z, 1)`` (homogeneous).
+
+        World points in mm, pixels ``(col, row)`` with integers at pixel centres. The sign
+        is fixed: ``w = P[2] @ (x, y, z, 1) > 0`` exactly for points on the detector side of
+        the source. Inverse: :meth:`from_projection_matrix`; factors: :meth:`krt`.
+        """
         return projection_matrix_from_vector(self.vector, self.shape)
+
+    def krt(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Intrinsics and pose ``(K, R, t)`` with ``P ~ K @ [R | t]`` (float64 tensors, detached).
+
+        ``K = [[fx, skew, cx], [0, fy, cy], [0, 0, 1]]`` in pixels (``(cx, cy)`` is the
+        principal point in tomoprior pixel coordinates; ``fy = source_to_detector / row pitch``
+        > 0; ``|fx| = source_to_detector / column pitch`` and ``fx < 0`` for a mirrored
+        image, as tomoprior's PA/lateral radiographs are). ``R`` ``(3, 3)`` is a proper
+        rotation world -> camera whose third row is the beam direction (source toward
+        detector, along the detector normal) and second row the row direction;
+        ``t = -R @ source`` ``(3,)`` mm. A tilted detector is still a zero-skew pinhole: the
+        tilt shows as the principal point (foot of the perpendicular from the source) moving
+        away from the detector centre. See :mod:`tomoprior.geometry.pinhole`.
+        """
+        from .pinhole import view_krt
+
+        return view_krt(self)
+
+    @classmethod
+    def from_projection_matrix(cls, P, shape, pixel_pitch, *, w_sign: int = 1, rtol: float = 1e-3,
+                               name: str | None = None) -> View:
+        """The view whose pinhole projection is ``P``.
+
+        Parameters
+        ----------
+        P : array-like ``(3, 4)``
+            ``(col, row, 1) ~ P @ (x, y, z, 1)``, world LPS mm to tomoprior pixel coordinates
+            (integers at pixel centres). Any non-zero scale.
+        shape : (rows, cols)
+            Detector size in pixels.
+        pixel_pitch : float or (row, col)
+            Pixel size in mm. ``P`` fixes the detector only up to a scaling about the source;
+            the pitch fixes that scale, and ``P``'s pixel aspect ratio must agree with it.
+        w_sign : {+1, -1}
+            Sign of ``w = P[2] @ (x, y, z, 1)`` for points the detector sees: +1 for
+            tomoprior and OpenCV-style ``K [R | t]`` with ``K[2, 2] > 0``, -1 for RTK's
+            matrices. ``P`` and ``-P`` map every point to the same pixel; the sign decides on
+            which side of the source the detector lies.
+        rtol : float
+            Relative tolerance of the aspect-ratio and perpendicular-axes checks.
+
+        Raises
+        ------
+        ValueError
+            ``P`` is not a finite 3x4 matrix; its left 3x3 block is singular (source at
+            infinity); its pixel axes are not perpendicular (skew); or its pixel aspect ratio
+            disagrees with ``pixel_pitch``. The message gives the numbers.
+
+        Examples
+        --------
+        >>> import tomoprior as tp
+        >>> view = tp.BiplanarGeometry.from_parameters(binning=8).frontal
+        >>> again = tp.View.from_projection_matrix(view.projection_matrix(), view.shape, view.pixel_pitch)
+        >>> bool((again.vector - view.vector).abs().max() < 1e-6)
+        True
+        """
+        from .pinhole import view_from_projection_matrix
+
+        return view_from_projection_matrix(P, shape, pixel_pitch, w_sign=w_sign, rtol=rtol, name=name)
+
+    @classmethod
+    def from_krt(cls, K, R, t, shape, pixel_pitch, *, rtol: float = 1e-3, name: str | None = None) -> View:
+        """The view of a camera ``P = K @ [R | t]`` (OpenCV convention: ``R`` a proper rotation
+        world -> camera, camera looking along +z, ``K[2, 2] > 0``); pixels are tomoprior's
+        ``(col, row)`` (subtract 0.5 from ``cx``, ``cy`` of a camera whose pixel centres are
+        at half-integers). See :meth:`krt` and :meth:`from_projection_matrix`."""
+        from .pinhole import projection_matrix_from_krt, view_from_projection_matrix
+
+        return view_from_projection_matrix(projection_matrix_from_krt(K, R, t), shape, pixel_pitch, rtol=rtol,
+                                           name=name)
 
     # -- conversions --------------------------------------------------------------------
     def to(self, dtype=None, device=None) -> View:
@@ -302,7 +377,9 @@ def projection_matrix_from_vector(vector: torch.Tensor, shape) -> torch.Tensor:
     Solving ``s + t (x - s) = c + a u + b v`` for the detector coordinates ``(a, b)`` gives,
     with the detector normal ``n = u x v``, ``a = ((x - s) . (v x (c - s))) / ((x - s) . n)``
     and ``b = ((x - s) . ((c - s) x u)) / ((x - s) . n)``. Columns and rows are then
-    ``a + (cols-1)/2`` and ``b + (rows-1)/2``.
+    ``a + (cols-1)/2`` and ``b + (rows-1)/2``. The matrix is multiplied by the sign of
+    ``(c - s) . n`` so that its third row gives ``w > 0`` exactly for points on the detector
+    side of the source, whichever way ``u x v`` points.
     """
     s, c, u, v = vector[0:3], vector[3:6], vector[6:9], vector[9:12]
     rows, cols = shape
@@ -316,7 +393,8 @@ def projection_matrix_from_vector(vector: torch.Tensor, shape) -> torch.Tensor:
     den = torch.cat([n, -torch.dot(n, s)[None]])
     p_col = num_a + (cols - 1) / 2 * den
     p_row = num_b + (rows - 1) / 2 * den
-    return torch.stack([p_col, p_row, den])
+    side = torch.sign(torch.dot(w, n)).detach()  # never 0: View refuses a source on the detector plane
+    return torch.stack([p_col, p_row, den]) * side
 
 
 def _project_points(vector: torch.Tensor, shape, xyz, warn: bool = True) -> torch.Tensor:

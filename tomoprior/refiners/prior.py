@@ -120,8 +120,7 @@ def _voxel_projection(view: View, grid: VolumeGrid, device, dtype=torch.float64)
     # fold the pixel -> [-1, 1] normalisation into the matrix: g = (2 p + 1)/n - 1
     G = torch.stack([(2 * P[0] + P[2]) / cols - P[2], (2 * P[1] + P[2]) / rows - P[2], P[2]])
     s, c = vec[0:3], vec[3:6]
-    side = torch.sign(torch.dot(c - s, torch.linalg.cross(vec[6:9], vec[9:12]))).detach()
-    G = (G * side).to(dtype)  # den > 0 in front of the source
+    G = G.to(dtype)  # projection_matrix_from_vector's sign makes den > 0 in front of the source
     x, y, z = (a.to(dtype) for a in grid.axis_coordinates(dtype=torch.float64, device=device))
 
     def row(i):

@@ -7,7 +7,7 @@ with your two images (raw counts, ``(rows, cols)`` each) and your nominal or DIC
 What it does:
 
 1. builds a "true" bi-planar geometry that deviates from nominal by a realistic
-   miscalibration (distances off by ~15 mm, principal point by ~3 mm, tilts ~1.5 deg);
+   miscalibration (distances off by ~15 mm, detector offset by ~3 mm, tilts ~1.5 deg);
 2. simulates raw radiographs of ``bead_cage`` (exact line integrals, 1000 photons/pixel,
    Poisson noise) on 832 x 832 detectors of 0.3 mm;
 3. calibrates from the nominal geometry: bead detection, correspondence, bi-planar fit,

@@ -12,7 +12,7 @@ Steps: (1) a dataset with train/val/test splits (skip with ``--data``); (2) ``bp
 trained refiner; (3) metrics on the test split (PSNR in both conventions, 3D SSIM, MAE, bone
 Dice, ASSD/HD95 in mm, projection consistency; normal vs craniosynostosis); (4) the
 miscalibration study: test X-rays re-synthesised with a geometry off by SDD +-10 mm,
-principal point +-2 mm, tilts +-1 deg, the refiner given the nominal geometry, then the
+detector offset +-2 mm, tilts +-1 deg, the refiner given the nominal geometry, then the
 calibrated geometry (true + the residual error of a bead calibration).
 """
 

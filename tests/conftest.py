@@ -30,7 +30,7 @@ BACKENDS = registry_backends()
 def random_parameters(rng: np.random.Generator, name: str, primary_deg: float, *, shape=(40, 48),
                       pitch=(3.0, 2.5), offsets_mm=10.0, tilt_deg=3.0, rotation_deg=5.0,
                       source_to_isocenter=None, source_to_detector=None) -> tp.ViewParameters:
-    """A miscalibrated view: principal-point and isocenter offsets up to ``offsets_mm``,
+    """A miscalibrated view: detector and isocenter offsets up to ``offsets_mm``,
     tilts up to ``tilt_deg``, in-plane rotation up to ``rotation_deg``."""
     sod = source_to_isocenter if source_to_isocenter is not None else rng.uniform(700, 1100)
     sdd = source_to_detector if source_to_detector is not None else sod * rng.uniform(1.3, 1.7)

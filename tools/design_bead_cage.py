@@ -20,7 +20,7 @@ Criterion (weighted A-optimality on the distances, in mm^2)::
     + 1e3 * sum over the other parameters of max(0, sd / limit - 1)^2
 
 with limits (1 sigma, sigma = 0.1 px, the training beads only, i.e. 80 % of them) well inside
-the calibration targets: principal point 0.05 px (target 0.2 px), in-plane rotation
+the calibration targets: detector offset 0.05 px (target 0.2 px), in-plane rotation
 0.003 deg (0.01 deg), tilts 0.05 deg (0.1 deg). The source angles (primary, secondary)
 have no target and no limit.
 

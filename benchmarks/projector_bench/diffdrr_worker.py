@@ -109,7 +109,7 @@ def run_diffdrr(cfg):
         sdd = float((c - s) @ beam)
         offset = (c - s) - sdd * beam
         if np.linalg.norm(offset) > 1e-6 * sdd:
-            notes.append("principal point off the detector centre: not mapped to DiffDRR")
+            notes.append("detector offset (principal point off the detector centre): not mapped to DiffDRR")
         sdds.append(sdd)
         m = np.eye(4)
         m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = eu, -ev, beam, s

@@ -78,7 +78,7 @@ def detector_panel(ax) -> None:
                 fontsize=8)
     pp = (centre[0] + 1.6, centre[1] - 1.1)
     ax.plot(*pp, "o", mfc="none", mec="tab:purple", ms=10, mew=2)
-    ax.annotate("principal point: centre + (u0, v0) mm\n(foot of the source perpendicular)", pp,
+    ax.annotate("central ray: centre +\ndetector offset (u0, v0) mm", pp,
                 textcoords="offset points", xytext=(8, -22), color="tab:purple", fontsize=8)
     ax.set_xlim(-1, cols + 1.5)
     ax.set_ylim(rows + 0.2, -1.2)  # rows grow downward, as images are shown

@@ -17,7 +17,7 @@ def deg(x: float) -> float:
 
 def true_and_initial(seed: int):
     """A 'true' bi-planar setup (small realistic deviations from nominal) and a
-    miscalibrated initial guess: distances off by 10-20 mm, principal point by 2-5 mm,
+    miscalibrated initial guess: distances off by 10-20 mm, detector offset by 2-5 mm,
     tilts by 1-2 deg, in-plane rotation and gantry angle by 0.5-1 deg."""
     rng = np.random.default_rng(100 + seed)
 

@@ -125,7 +125,7 @@ def test_cage_cramer_rao_bound_of_the_distances(cage):
     for sd in sd_all:
         assert sd[SDD] < 0.6 and sd[SOD] < 0.4, (sd[SDD], sd[SOD])
         train = sd * math.sqrt(1 / 0.8)
-        assert train[4] / 0.2 < 0.05 and train[5] / 0.2 < 0.05              # principal point, px
+        assert train[4] / 0.2 < 0.05 and train[5] / 0.2 < 0.05              # detector offset, px
         assert math.degrees(train[6]) < 0.003                                # in-plane rotation
         assert math.degrees(train[7]) < 0.05 and math.degrees(train[8]) < 0.05  # tilts
     # against the previous shell design (46 beads on r = 76 mm near the diagonals): a

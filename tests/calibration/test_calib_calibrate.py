@@ -60,7 +60,7 @@ def test_targets_on_simulated_points(target_runs, cage):
     rms = lambda x: float(np.sqrt(np.mean(np.square(x))))  # noqa: E731
     assert rms(held) <= 0.1                      # held-out prediction error vs truth, px
     assert max(tri) <= 0.2                       # bi-planar triangulation, mm
-    assert rms(pp) <= 0.2 / 3                    # principal point, px (3-sigma inside 0.2 px)
+    assert rms(pp) <= 0.2 / 3                    # detector offset, px (3-sigma inside 0.2 px)
     assert rms(rot) <= 0.01 / 3                  # in-plane rotation, deg
     assert rms(tilt) <= 0.1                      # tilts, deg (1 sigma; see docs/calibration.md)
     # distances: the reported 1-sigma uncertainty is about 1 mm for this phantom and noise,

@@ -33,7 +33,7 @@ def _reference(ph: Phantom, view: tp.View, s: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def setup():
     """A 24 x 20 detector of 0.4 mm pixels around a 1.5 mm steel bead (shadow ~6 px across),
-    its principal point placed so the shadow centre falls at an off-grid position."""
+    its detector offset (u0, v0) chosen so the shadow centre falls at an off-grid position."""
     bead = Sphere(center=(12.0, -20.0, 30.0), radius=0.75, density=0.94, label="bead")
     params = tp.geometry.default_frontal(pixel_pitch=0.4, detector_shape=(24, 20))
     c, r = params.to_view().project_points(bead.center[None]).numpy()[0]

@@ -121,7 +121,7 @@ def test_calibrate_dicom_and_npy_recovers_the_geometry(bead_images, tmp_path, li
     assert "QA verdict: PASS" in r.output
     geom = tp.Geometry.load(out / "geometry.yaml")
     for est, t in zip(geom.parameters, true.parameters):
-        # 0.8 mm pixels, 3000 photons: distances to a few mm, principal point to a fraction of a pixel
+        # 0.8 mm pixels, 3000 photons: distances to a few mm, detector offset to a fraction of a pixel
         assert abs(est.source_to_detector - t.source_to_detector) < 5.0
         assert abs(est.u0 - t.u0) / 0.8 < 0.2
         assert abs(math.degrees(est.detector_rotation - t.detector_rotation)) < 0.02

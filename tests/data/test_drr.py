@@ -40,7 +40,7 @@ def test_perturbation_is_bounded_recorded_and_reproducible(volume, tiny_geometry
     # and it survives the geometry file format
     loaded = tp.Geometry.from_dict(res.geometry.to_dict())
     assert torch.allclose(loaded.vectors, res.geometry.vectors.double(), atol=1e-9)
-    # the view moved by about the size asked for (principal point shift of up to ~5 mm)
+    # the view moved by about the size asked for (detector offset shift of up to ~5 mm)
     shift = (res.geometry.vectors - tiny_geometry.vectors)[:, 3:6].norm(dim=1)
     assert bool((shift > 0).all()) and bool((shift < 40).all())
 

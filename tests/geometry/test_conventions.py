@@ -89,13 +89,14 @@ def test_project_points_of_a_pixel_returns_that_pixel():
         assert pc[:, 1].tolist() == pytest.approx(rows.tolist(), abs=1e-8)
 
 
-def test_principal_point_offset_in_pixels():
+def test_detector_offset_in_pixels():
     p = tp.ViewParameters(u0=3.0, v0=-2.0, pixel_pitch=(0.5, 0.25), detector_shape=(100, 200))
     view = p.to_view()
     col, row = view.principal_point.tolist()
     assert col == pytest.approx(99.5 + 3.0 / 0.25)
     assert row == pytest.approx(49.5 - 2.0 / 0.5)
-    # the isocenter lies on the central ray, so it projects to the principal point
+    # the isocenter lies on the central ray, so it projects to the principal point (the untilted
+    # detector's principal point is its centre shifted by the detector offset)
     iso = view.project_points([[0.0, 0.0, 0.0]])[0]
     assert iso.tolist() == pytest.approx([col, row])
     assert float(view.source_to_detector) == pytest.approx(1500.0)

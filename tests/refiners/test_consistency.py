@@ -4,7 +4,7 @@ DRRs are made at 1.0 mm per pixel at the isocenter (256 x 256 pixels of 1.5 mm, 
 1000 mm from the isocenter and 1500 mm from the detector) of an off-centre phantom; the
 check is run with the true geometry and with back-projector geometries that assume 0.83 mm
 (PSCT-Net's public code) and 0.95 mm per pixel. Measured (192^2 images, slabs 6 pixels
-wide): true 0.11%, 0.95 mm 0.34%, 0.83 mm 1.12%; lateral principal point 4 mm off: ~9%.
+wide): true 0.11%, 0.95 mm 0.34%, 0.83 mm 1.12%; lateral detector offset 4 mm off: ~9%.
 """
 
 import pytest
@@ -53,7 +53,7 @@ def test_psctnet_pixel_size_mismatch_is_detected(drrs):
     assert right < slightly < psct.inconsistency  # grows with the size of the error
 
 
-def test_principal_point_offset_is_detected(drrs):
+def test_detector_offset_is_detected(drrs):
     right = check_prior_consistency(drrs, _geom(1.0)).inconsistency
     moved = tp.BiplanarGeometry.from_parameters(
         default_frontal(pixel_pitch=1.5 * 256 / N, detector_shape=(N, N)),

@@ -1,5 +1,5 @@
 """Projectors against exact line integrals: the 3D Shepp-Logan head rasterised at 128^3,
-projected through randomly miscalibrated bi-planar views (principal-point and isocenter
+projected through randomly miscalibrated bi-planar views (detector and isocenter
 offsets up to 10 mm, detector tilts up to 3 degrees, in-plane rotation), every backend in the
 registry (``tests/conftest.py::BACKENDS``; one that cannot run here is skipped with the reason).
 

@@ -31,7 +31,7 @@ def test_head_points_fill_a_ball():
         head_points(-1.0)
 
 
-def test_principal_point_and_distances_match_closed_forms():
+def test_detector_offset_and_distances_match_closed_forms():
     pitch = 0.2
     p = tp.ViewParameters(name="pa", pixel_pitch=pitch, detector_shape=(1536, 1536))
     pts = head_points(150.0, 15.0)
@@ -80,7 +80,7 @@ def test_default_setup_at_published_pitch_is_close_to_published_values():
         for view in ("frontal", "lateral"):
             got = rows[(view, name)].mean_px
             assert got == pytest.approx(ref, rel=0.3), (view, name, got, ref)
-    # ordering as published: tilt is the least observable, principal point the most
+    # ordering as published: tilt is the least observable, detector offset the most
     f = {n: rows[("frontal", n)].mean_px for n in REFERENCE_PX}
     assert f["detector_tilt_u"] < f["source_to_detector"] < f["source_to_isocenter"] < f["detector_rotation"] < f["u0"]
 

@@ -5,7 +5,7 @@ detections of one view:
 
 1. Coarse translation: every pairing (design bead i, detection j) proposes the shift
    ``det_j - pred_i``; the shifts that bring the most predictions within ``gate_px`` of a
-   detection are kept as candidates. This absorbs principal-point and isocenter errors of
+   detection are kept as candidates. This absorbs detector-offset and isocenter errors of
    many pixels without any bead being special. Each candidate is then grown by a 2D
    similarity/affine alignment (ICP-like, in :func:`tomoprior.calibration.calibrate`) and
    the candidate that ends with the most matches wins, so a shift by one bead spacing of a

@@ -118,7 +118,7 @@ def parameter_errors(estimated: Sequence[ViewParameters], true: Sequence[ViewPar
                      ) -> list[dict]:
     """Per view and parameter: true, nominal, estimated value, error, 1-sigma, target.
 
-    Principal point in pixels of the view, angles in degrees, distances in mm.
+    Detector offset (u0, v0) in pixels of the view, angles in degrees, distances in mm.
     ``uncertainty[i]`` maps parameter name -> 1-sigma in those display units (optional).
     """
     rows = []

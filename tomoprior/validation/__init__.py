@@ -1,11 +1,13 @@
 """Validation: does the model match the physics? Projector-vs-analytic comparison,
 reprojection error of a geometry against calibration beads, 3D triangulation, a
-sensitivity table of the calibrated parameters, the calibration QA verdict (tolerances,
+sensitivity table of the calibrated parameters, the epipolar consistency of X-rays with their
+geometry, the calibration QA verdict (tolerances,
 baselines, trends), reports (HTML + PDF + PNG + JSON) and the main job pipeline
 (simulate -> detect -> calibrate -> judge -> report)."""
 
 from . import qa
 from .analytic import ProjectorComparison, compare_to_analytic
+from .epipolar import EpipolarConsistency, EpipolarPair, epipolar_consistency
 from .images import Radiograph, dicom_view_parameters, read_radiograph
 from .pipeline import (
     DEFAULT_MISCALIBRATION,
@@ -36,6 +38,8 @@ from .trend import collect_reports, trend_report
 __all__ = [
     "DEFAULT_MISCALIBRATION",
     "TARGETS",
+    "EpipolarConsistency",
+    "EpipolarPair",
     "FitConditioning",
     "MainJobConfig",
     "PipelineError",
@@ -54,6 +58,7 @@ __all__ = [
     "collect_reports",
     "compare_to_analytic",
     "dicom_view_parameters",
+    "epipolar_consistency",
     "fit_conditioning",
     "format_summary",
     "head_points",

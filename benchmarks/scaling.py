@@ -197,10 +197,6 @@ def plot(rows: list[dict], fits: dict, path: str) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    available = tp.projectors.available_backends()
-    if "numba" not in available:
-        print(f"error: the 'numba' backend is not available here ({available})", file=sys.stderr)
-        return 2
     started = time.perf_counter()
     load_before = os.getloadavg()
     machine = bench.machine_info(args.threads)

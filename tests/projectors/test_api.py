@@ -97,8 +97,7 @@ def test_projector_operator_and_transpose(geom):
     assert P.T.T is P
 
 
-def test_auto_backend_is_numba_on_cpu_when_installed(geom):
-    pytest.importorskip("numba")
+def test_auto_backend_is_numba_on_cpu(geom):
     assert tp.projectors.resolve_backend("auto", "cpu") == "numba"
     assert tp.projectors.resolve_backend("auto", "cuda") == "torch"  # resolving needs no GPU
     assert tp.projectors.resolve_backend("reference", "cpu") == "reference"

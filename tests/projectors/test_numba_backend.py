@@ -8,15 +8,13 @@ degenerate grids.
 import math
 import multiprocessing
 
+import numba
 import pytest
 import torch
 
 import tomoprior as tp
 from tests.conftest import random_geometry
-
-numba = pytest.importorskip("numba")
-
-from tomoprior.projectors import numba_backend  # noqa: E402
+from tomoprior.projectors import numba_backend
 
 
 def _blob(grid: tp.VolumeGrid, dtype=torch.float64) -> torch.Tensor:

@@ -234,7 +234,7 @@ def _save_preview(path: Path, image: np.ndarray, title: str, pitch) -> None:
 @click.option("--grid", "grid_size", default=None, type=click.IntRange(min=2),
               help="Voxels per axis over the geometry's volume box (default: the geometry's grid, 128).")
 @click.option("--backend", default="auto", show_default=True,
-              help="Projector backend: auto (numba on CPU when installed, else torch), numba, torch, reference.")
+              help="Projector backend: auto (numba on CPU, torch on CUDA), numba, torch, reference.")
 @click.option("--supersample", default=2, show_default=True, type=click.IntRange(min=1),
               help="Sub-samples per voxel and axis when rasterising the phantom.")
 @click.option("--format", "fmt", type=click.Choice(["npy", "h5", "both"]), default="both", show_default=True)

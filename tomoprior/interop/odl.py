@@ -42,7 +42,7 @@ class ProjectionOperator(odl.Operator):
     geometry : Geometry
         Its views must share one detector shape (ODL range is one array).
     backend : str
-        tomoprior projector backend (default ``"auto"``: ``"numba"`` when installed, else ``"torch"``).
+        tomoprior projector backend (default ``"auto"``: ``"numba"`` on CPU, ``"torch"`` on CUDA).
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     **options

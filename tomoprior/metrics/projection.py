@@ -21,7 +21,7 @@ def projection_consistency(volume, xrays, geometry: Geometry, *, backend: str = 
     geometry : Geometry
         The geometry the X-rays were acquired (or synthesised) with.
     backend : str
-        Projector backend ("auto": numba on CPU when installed), passed to :func:`tomoprior.project` with ``**options``.
+        Projector backend ("auto": numba on CPU, torch on CUDA), passed to :func:`tomoprior.project` with ``**options``.
 
     Returns
     -------

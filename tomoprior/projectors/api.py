@@ -121,8 +121,8 @@ def project(volume, geometry: Geometry, backend: str | Backend = "auto", *, prog
         Grid and views. Gradients flow into the view vectors if they require grad (e.g.
         views built from :class:`~tomoprior.geometry.ViewParameters` holding tensors).
     backend : str or Backend
-        ``"auto"`` (default): ``"numba"`` for CPU tensors when numba is installed, else
-        ``"torch"`` (see :func:`tomoprior.projectors.resolve_backend`). Or a name:
+        ``"auto"`` (default): ``"numba"`` for CPU tensors, ``"torch"`` on other devices
+        (see :func:`tomoprior.projectors.resolve_backend`). Or a name:
         ``"numba"`` (Joseph's method, parallel CPU kernels), ``"torch"`` (trilinear ray
         marching, CPU and CUDA), ``"reference"`` (exact Siddon path lengths, slow),
         ``"astra"`` (CUDA only), any name in :func:`tomoprior.projectors.available_backends`.

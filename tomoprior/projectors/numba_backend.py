@@ -84,7 +84,6 @@ that is read-only), so later processes load them in about 0.3 s.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -95,15 +94,12 @@ import torch
 from ..geometry.grid import VolumeGrid
 from .base import Backend
 
-try:  # the module imports without numba; the backend is then reported as unavailable
+try:  # numba is a required dependency: a failing import is a broken installation, say so
     import numba
     from numba import njit, prange
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None
-    prange = range
-
-    def njit(*args, **kwargs):
-        return lambda f: f
+except ImportError as err:  # pragma: no cover - only on a broken installation
+    raise ImportError(f"tomoprior's CPU projector needs numba, a required dependency, and `import numba` failed "
+                      f"({err}); reinstall it with: pip install --force-reinstall 'numba>=0.59'") from err
 
 
 #: Detector pixels (rays) per work item of the forward kernel (dynamically scheduled).
@@ -124,11 +120,6 @@ _INV_ONE = 1.0 / _ONE
 # Columns of the per-ray integer table built by _setup_ray.
 _AXIS, _K0, _K1, _P, _DP, _Q, _DQ, _LO, _HI = range(9)
 _RAY_COLUMNS = 10
-
-
-def numba_available() -> bool:
-    """Whether numba is importable here."""
-    return importlib.util.find_spec("numba") is not None
 
 
 # -- kernels ------------------------------------------------------------------------------
@@ -639,8 +630,6 @@ class NumbaBackend(Backend):
 
     def __init__(self, **options):
         super().__init__(**options)  # no options: a clear error for any
-        if numba is None:
-            raise RuntimeError("the 'numba' projector backend needs numba: pip install numba")
 
     def describe(self) -> dict:
         return {"backend": self.name, "model": "Joseph: bilinear in each voxel plane of the dominant axis",
@@ -708,11 +697,9 @@ class NumbaBackend(Backend):
 
 
 def register() -> None:
-    """Register this backend as ``"numba"`` (available when numba is importable)."""
+    """Register this backend as ``"numba"``."""
     from .registry import register_backend
 
     register_backend("numba", NumbaBackend,
                      "Joseph projector as parallel numba CPU kernels (fast; 'auto' on CPU)",
-                     is_available=numba_available,
-                     unavailable_reason=lambda: "numba is not installed (pip install numba)",
                      overwrite=True)

@@ -15,7 +15,7 @@ class Projector:
     ----------
     geometry : Geometry
     backend : str or Backend
-        ``"auto"`` (default: ``"numba"`` for CPU tensors when installed, else ``"torch"``,
+        ``"auto"`` (default: ``"numba"`` for CPU tensors, ``"torch"`` on other devices,
         chosen per call by the tensor's device) or any name of
         :func:`tomoprior.projectors.available_backends`.
     **options

@@ -19,6 +19,14 @@ coherent scattering included) from the shipped table of :mod:`tomoprior.units`, 
 This is the usual effective-energy approximation: it treats every tissue as water of a
 different density, so bone is somewhat under-attenuating at low energies; state the energy
 with every result.
+
+Stored values that are not HU: CTs kept as unsigned integers store ``HU + 1024`` and need
+their rescale intercept; files that lost it have no value below 0 (air, near -1000 HU, is
+stored near 0) and soft tissue near 1024. With ``hu_offset="auto"`` (the default) the readers
+recognise that (:func:`detect_hu_offset`), subtract 1024 and warn saying so; pass the offset
+to be explicit (``hu_offset=-1024``, or ``0`` for values that already are HU). A CT in HU
+without a single bone-valued voxel (above the bone threshold of :mod:`tomoprior.units`) is
+read but warned about: it is not a head, or its values are not HU.
 """
 
 from __future__ import annotations
@@ -31,12 +39,18 @@ import numpy as np
 import torch
 
 from ..geometry import VolumeGrid
-from ..units import DEFAULT_ENERGY_KEV, hu_to_mu, mu_water
+from ..units import BONE_THRESHOLD_MU, DEFAULT_ENERGY_KEV, hu_to_mu, mu_to_hu, mu_water
 
 #: Spacings outside this range (mm) are almost certainly wrong metadata (e.g. metres or um).
 PLAUSIBLE_SPACING_MM = (0.01, 20.0)
 #: Tolerance on the cosine between a voxel axis and a patient axis to call it aligned.
 _ALIGNED_COS = 1.0 - 1e-4
+#: Offset of the usual unsigned CT storage: stored value = HU + 1024 (DICOM rescale intercept -1024).
+STORED_HU_OFFSET = -1024.0
+#: Stored values with the 1024 offset: soft tissue (about -100..+176 HU) falls in this range.
+_OFFSET_TISSUE_RANGE = (900.0, 1200.0)
+#: Fraction of voxels in that range above which offset storage is assumed (a head CT has 15-30%).
+_OFFSET_TISSUE_FRACTION = 0.05
 
 
 class VolumeWarning(UserWarning):
@@ -133,7 +147,8 @@ def volume_from_affine(array: np.ndarray, index_to_lps: np.ndarray, *, oblique: 
     steps = np.linalg.norm(m, axis=0)
     if not np.all(steps > 0) or abs(np.linalg.det(m)) < 1e-12 * max(steps.prod(), 1e-300):
         raise ValueError(f"{source}: the affine is singular (a voxel axis has zero length or two axes are "
-                         f"parallel): {m.tolist()}; the orientation/spacing metadata is unusable")
+                         f"parallel): {m.tolist()}; the orientation/spacing metadata is unusable: give the affine "
+                         "explicitly (load_nifti(path, affine=...), index -> RAS mm)")
     dirs = m / steps
     world_axis = np.argmax(np.abs(dirs), axis=0)  # for each array axis, its patient axis
     if len(set(world_axis.tolist())) != 3:
@@ -178,13 +193,79 @@ def _check_spacing(spacing, source: str) -> None:
             return
 
 
+# -- value checks ---------------------------------------------------------------------------
+
+def detect_hu_offset(values) -> tuple[float, str]:
+    """The offset to add to stored CT values to get HU, guessed from the values alone.
+
+    A CT in HU has air near -1000. Values with none below 0 and at least 5% of the voxels
+    between 900 and 1200 (soft tissue stored as HU + 1024) are unsigned storage whose rescale
+    intercept was dropped: the offset is then :data:`STORED_HU_OFFSET` (-1024). Whether the
+    scanner used 1000 or 1024 cannot be told from the values (air is noisy); -1024 is the
+    DICOM convention.
+
+    Returns
+    -------
+    offset : float
+        ``0.0`` (the values look like HU, or nothing can be said) or ``-1024.0``.
+    reason : str
+        Why, in words, for messages.
+    """
+    v = np.asarray(values)
+    v = v[np.isfinite(v)]  # non-finite voxels are refused later, with their index
+    if v.size == 0:
+        return 0.0, "the volume is empty"
+    vmin, vmax = float(v.min()), float(v.max())
+    if vmin < 0:
+        return 0.0, f"the values reach {vmin:.0f} (below 0, as HU do for air)"
+    lo, hi = _OFFSET_TISSUE_RANGE
+    frac = float(np.count_nonzero((v >= lo) & (v < hi))) / v.size
+    if frac >= _OFFSET_TISSUE_FRACTION:
+        return STORED_HU_OFFSET, (f"the values run from {vmin:.0f} to {vmax:.0f}, none below 0, and {frac:.0%} of the "
+                                  f"voxels lie between {lo:.0f} and {hi:.0f}: that is HU + 1024 storage (air near 0, "
+                                  "soft tissue near 1024), not HU (air would be near -1000)")
+    return 0.0, f"no value below 0 but only {frac:.1%} of the voxels near 1024: not recognisably offset"
+
+
+def _apply_hu_offset(hu: np.ndarray, hu_offset, source: str) -> tuple[np.ndarray, float]:
+    """Add the stored-value offset (``"auto"``: :func:`detect_hu_offset`, with a warning)."""
+    if isinstance(hu_offset, str):
+        if hu_offset != "auto":
+            raise ValueError(f"hu_offset must be 'auto' or a number of HU to add, got {hu_offset!r}")
+        offset, reason = detect_hu_offset(hu)
+        if offset != 0.0:
+            warnings.warn(f"{source}: {reason}. Assumed HU = stored value {offset:+.0f}; pass hu_offset={offset:.0f} "
+                          "to say so (no warning), hu_offset=0 if the values already are HU, or the offset your "
+                          "scanner used", VolumeWarning, stacklevel=4)
+    else:
+        try:
+            offset = float(hu_offset)
+        except (TypeError, ValueError):
+            raise ValueError(f"hu_offset must be 'auto' or a number of HU to add, got {hu_offset!r}") from None
+        if not np.isfinite(offset):
+            raise ValueError(f"hu_offset must be finite, got {hu_offset!r}")
+    return (hu + offset if offset != 0.0 else hu), offset
+
+
+def _check_head_values(hu: np.ndarray, energy_kev: float, source: str) -> None:
+    """Warn when a CT in HU has no bone-valued voxel (not a head, or not HU)."""
+    if hu.size == 0 or not np.isfinite(hu).all():  # refused later, with the index of the bad voxel
+        return
+    bone_hu = float(mu_to_hu(BONE_THRESHOLD_MU, energy_kev))
+    top = float(np.max(hu))
+    if not top >= bone_hu:
+        warnings.warn(f"{source}: no voxel reaches bone (the bone threshold is {bone_hu:.0f} HU at {energy_kev:g} keV, "
+                      f"the largest value is {top:.0f} HU): this is not a CT of a head, or its values are not HU. "
+                      "Check the file, units= ('HU' or 'mu_per_mm') and hu_offset=", VolumeWarning, stacklevel=4)
+
+
 # -- NIfTI ---------------------------------------------------------------------------------
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def load_nifti(path, *, units: str = "HU", energy_kev: float = DEFAULT_ENERGY_KEV, affine=None,
-               oblique: str = "error") -> Volume:
+               oblique: str = "error", hu_offset: float | str = "auto") -> Volume:
     """Read a 3D NIfTI-1/2 volume (nibabel) onto an LPS :class:`VolumeGrid`.
 
     NIfTI affines map voxel indices to RAS+ millimetres; this converts them to LPS
@@ -201,11 +282,36 @@ def load_nifti(path, *, units: str = "HU", energy_kev: float = DEFAULT_ENERGY_KE
         an sform nor a qform (codes 0), because then its orientation is unknown.
     oblique : {"error", "snap"}
         See the module docstring.
+    hu_offset : "auto" or float
+        HU added to the stored values (after nibabel's scaling) when ``units="HU"``. ``"auto"``
+        recognises HU + 1024 storage, subtracts 1024 and warns (see :func:`detect_hu_offset`).
 
     Returns
     -------
-    Volume in ``mu_per_mm``; ``metadata`` records the file, orientation and energy.
+    Volume in ``mu_per_mm``; ``metadata`` records the file, orientation, energy and the HU
+    offset applied.
+
+    Raises
+    ------
+    ValueError
+        No affine (sform and qform codes 0) and none given; a qform-only header with zero
+        voxel sizes (the spacing is missing); oblique axes (with ``oblique="error"``); a
+        non-3D or unreadable file; non-finite voxels.
+
+    Warns
+    -----
+    VolumeWarning
+        Implausible spacing (metres or micrometres?), values taken as HU + 1024, an HU volume
+        without a bone-valued voxel.
     """
+    return read_nifti(path, units=units, affine=affine, oblique=oblique, hu_offset=hu_offset,
+                      energy_kev=energy_kev).to_mu(energy_kev)
+
+
+def read_nifti(path, *, units: str = "HU", affine=None, oblique: str = "error", hu_offset: float | str = "auto",
+               energy_kev: float = DEFAULT_ENERGY_KEV) -> Volume:
+    """:func:`load_nifti` without the conversion: the :class:`Volume` in the file's ``units``
+    (HU stay HU; ``energy_kev`` only sets the bone threshold of the head check)."""
     import nibabel as nib
 
     path = Path(path)
@@ -229,6 +335,8 @@ def load_nifti(path, *, units: str = "HU", energy_kev: float = DEFAULT_ENERGY_KE
                 f"{path}: the header has no usable affine (sform_code and qform_code are both 0), so the "
                 "orientation and position are unknown; pass affine=... (index -> RAS mm) explicitly"
             )
+        if int(scode) == 0:
+            _check_qform_spacing(img, path)
         ras = np.asarray(img.affine, dtype=np.float64)
         where = "the header affine"
     else:
@@ -238,10 +346,33 @@ def load_nifti(path, *, units: str = "HU", energy_kev: float = DEFAULT_ENERGY_KE
         array = np.asarray(img.dataobj, dtype=np.float64).reshape(shape)
     except Exception as exc:
         raise ValueError(f"{path}: cannot read the voxel data ({exc}); is the file truncated?") from exc
+    units = _units(units)
+    offset = 0.0
+    if units == "HU":
+        array, offset = _apply_hu_offset(array, hu_offset, str(path))
+    elif hu_offset not in ("auto", 0, 0.0):
+        raise ValueError(f"hu_offset={hu_offset!r} applies to units='HU' only; {path} is read as {units}")
     data, grid, info = volume_from_affine(array, _RAS_TO_LPS @ ras, oblique=oblique, source=f"{path} ({where})")
-    vol = Volume(torch.from_numpy(data), grid, "HU" if units == "HU" else _units(units),
-                 {"source": str(path), "format": "nifti", **info})
-    return vol.to_mu(energy_kev)
+    if units == "HU":
+        _check_head_values(data, energy_kev, str(path))
+    return Volume(torch.from_numpy(data), grid, units, {"source": str(path), "format": "nifti", "hu_offset": offset,
+                                                         **info})
+
+
+def _check_qform_spacing(img, path: Path) -> None:
+    """A qform-only header takes its voxel sizes from ``pixdim``, which nibabel silently sets to 1
+    where the file has 0: read the file's own values and refuse a missing spacing."""
+    try:
+        from nibabel.openers import ImageOpener
+
+        holder = img.file_map.get("header") or img.file_map["image"]  # a .hdr/.img pair or one .nii
+        with ImageOpener(holder.filename) as f:
+            pixdim = type(img.header).from_fileobj(f, check=False)["pixdim"][1:4]
+    except Exception:  # an unusual container: keep nibabel's reading
+        return
+    if not np.all(np.asarray(pixdim, dtype=np.float64) > 0):
+        raise ValueError(f"{path}: the voxel spacing is missing (pixdim[1:4] = {[float(x) for x in pixdim]}, the "
+                         "header has a qform but no sform); pass affine=... (index -> RAS mm) with the real spacing")
 
 
 def _units(units: str) -> str:
@@ -270,7 +401,8 @@ def save_nifti(volume: Volume, path) -> None:
 # -- DICOM ---------------------------------------------------------------------------------
 
 def load_dicom_series(folder, *, series_uid: str | None = None, energy_kev: float = DEFAULT_ENERGY_KEV,
-                      oblique: str = "error", spacing_tolerance: float = 0.01) -> Volume:
+                      oblique: str = "error", spacing_tolerance: float = 0.01,
+                      hu_offset: float | str = "auto") -> Volume:
     """Read a DICOM CT series (one folder of single-slice files) onto an LPS grid.
 
     Slices are sorted by their position along the slice normal (``ImagePositionPatient``
@@ -286,6 +418,9 @@ def load_dicom_series(folder, *, series_uid: str | None = None, energy_kev: floa
         skipped).
     series_uid : str, optional
         Pick one series when the folder holds several.
+    hu_offset : "auto" or float
+        HU added after the rescale, for series whose ``RescaleIntercept`` was lost (see
+        :func:`detect_hu_offset`); ``"auto"`` subtracts 1024 from HU + 1024 values and warns.
 
     Raises
     ------
@@ -380,6 +515,8 @@ def load_dicom_series(folder, *, series_uid: str | None = None, energy_kev: floa
         intercept = float(ds.get("RescaleIntercept", 0.0))
         stack.append(px * slope + intercept)
     array = np.stack(stack)  # (slice, row, column)
+    array, offset = _apply_hu_offset(array, hu_offset, str(folder))
+    _check_head_values(array, energy_kev, str(folder))
     affine = np.eye(4)
     affine[:3, 0] = normal * step
     affine[:3, 1] = col_dir * pixel_spacing[0]  # moving down a column = next row
@@ -387,5 +524,5 @@ def load_dicom_series(folder, *, series_uid: str | None = None, energy_kev: floa
     affine[:3, 3] = pos[0]
     data, grid, info = volume_from_affine(array, affine, oblique=oblique, source=str(folder))
     meta = {"source": str(folder), "format": "dicom", "series_uid": str(slices[0][1].get("SeriesInstanceUID", "")),
-            "num_slices": len(slices), **info}
+            "num_slices": len(slices), "hu_offset": offset, **info}
     return Volume(torch.from_numpy(data), grid, "HU", meta).to_mu(energy_kev)

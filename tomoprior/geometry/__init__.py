@@ -11,6 +11,7 @@ from .geometry import (
     isocenter_pixel_size,
     magnification_at,
     view_sees_box,
+    volume_coverage,
     volume_relation,
 )
 from .grid import VolumeGrid
@@ -38,5 +39,6 @@ __all__ = [
     "read_view_parameters",
     "triangulate",
     "view_sees_box",
+    "volume_coverage",
     "volume_relation",
 ]

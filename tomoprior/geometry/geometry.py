@@ -17,6 +17,10 @@ class GeometryWarning(UserWarning):
     """A geometry that is valid but probably not what was meant (e.g. a view misses the volume)."""
 
 
+#: A view that sees less than this fraction of the volume box warns (most of the volume would
+#: be cut off its X-ray).
+COVERAGE_WARN_FRACTION = 0.5
+
 #: Default grid of the pediatric setup: 128^3 voxels of 1.5 mm (192 mm field of view),
 #: enough for heads up to about two years of age.
 DEFAULT_GRID = VolumeGrid(shape=(128, 128, 128), spacing=(1.5, 1.5, 1.5), center=(0.0, 0.0, 0.0))
@@ -43,6 +47,9 @@ class Geometry:
         beyond the detector, or outside the cone), or if a detector plane cuts through the
         box. Rays run from the source to the pixel only, in every projector and in the
         phantoms' exact line integrals, so nothing beyond a detector is ever projected.
+        How much of the box each view sees is :meth:`coverage`; :meth:`warn_if_partly_seen`
+        warns when it is less than half (e.g. a real CT placed off-centre in scanner
+        coordinates, see :meth:`ParametricGeometry.aimed_at`).
 
     Examples
     --------
@@ -93,6 +100,31 @@ class Geometry:
             }.get(relation)
             if message is not None:
                 warnings.warn(f"{label}: {message}", GeometryWarning, stacklevel=3)
+
+    def warn_if_partly_seen(self, fraction: float = COVERAGE_WARN_FRACTION, stacklevel: int = 2) -> tuple[float, ...]:
+        """Warn (:class:`GeometryWarning`) for every view that sees less than ``fraction`` of the
+        volume box (but some of it: a view that sees none already warned when the geometry was
+        made). Called where a volume's own grid meets a geometry, e.g.
+        :meth:`BiplanarGeometry.from_parameters` with ``grid=``. Returns :meth:`coverage`."""
+        seen = self.coverage()
+        lo, hi = self.grid.bounds()
+        for i, (view, f) in enumerate(zip(self.views, seen)):
+            if f >= fraction or volume_relation(view, self.grid) != "sees":
+                continue
+            label = f"views[{i}]" + (f" ({view.name})" if view.name else "")
+            centre = [round(float(c), 1) for c in self.grid.center]
+            box = f"{[round(float(x), 1) for x in lo]}..{[round(float(x), 1) for x in hi]} mm"
+            warnings.warn(f"{label}: only {f:.0%} of the volume box {box} (centre {centre} mm) projects onto the "
+                          "detector; the rest is cut off its X-ray. Aim the views at the volume "
+                          "(BiplanarGeometry.from_parameters(..., grid=grid, isocenter='volume') or "
+                          "geometry.aimed_at(grid)), move the volume (grid.center) or use a larger detector",
+                          GeometryWarning, stacklevel=stacklevel + 1)
+        return seen
+
+    def coverage(self) -> tuple[float, ...]:
+        """Per view, the fraction of the volume box whose rays reach the detector (see
+        :func:`volume_coverage`)."""
+        return tuple(volume_coverage(v, self.grid) for v in self.views)
 
     # -- basic properties ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -269,6 +301,33 @@ class ParametricGeometry(Geometry):
     def with_grid(self, grid: VolumeGrid) -> ParametricGeometry:
         return type(self)(grid, self.parameters)
 
+    def aimed_at(self, grid: VolumeGrid | None = None) -> ParametricGeometry:
+        """The same views moved so that their shared isocenter is the centre of ``grid``.
+
+        Real CTs sit where the scanner put them (e.g. a volume centred at (101, -101, -69) mm),
+        while a geometry's isocenter is at the origin unless set: without aiming, most of
+        such a volume falls outside the detectors. Moving the isocenter moves every source and
+        detector rigidly (the calibrated angles, distances and detector offsets are kept).
+
+        Parameters
+        ----------
+        grid : VolumeGrid, optional
+            The volume to aim at; also becomes the geometry's grid. Default: the current grid.
+
+        Examples
+        --------
+        >>> from tomoprior.geometry import VolumeGrid
+        >>> grid = VolumeGrid((32, 32, 32), (4.0, 4.0, 4.0), center=(100.0, -100.0, -70.0))
+        >>> g = BiplanarGeometry.from_parameters(binning=8).aimed_at(grid)
+        >>> [float(x) for x in g.parameters[0].isocenter], [round(c, 2) for c in g.coverage()]
+        ([100.0, -100.0, -70.0], [1.0, 1.0])
+        """
+        grid = self.grid if grid is None else grid
+        if not isinstance(grid, VolumeGrid):
+            raise ValueError(f"aimed_at: grid must be a VolumeGrid, got {type(grid).__name__}")
+        iso = tuple(float(c) for c in grid.center)
+        return type(self)(grid, [p.replace(isocenter=iso) for p in self.parameters])
+
     def with_parameters(self, parameters: Sequence[ViewParameters]) -> ParametricGeometry:
         """The same grid with other view parameters (e.g. calibrated ones)."""
         return ParametricGeometry.of(self.grid, parameters)
@@ -325,6 +384,7 @@ class BiplanarGeometry(ParametricGeometry):
         grid: VolumeGrid | None = None,
         *,
         binning: int = 1,
+        isocenter=None,
     ) -> BiplanarGeometry:
         """A bi-planar geometry; defaults are the pediatric skull setup.
 
@@ -335,16 +395,42 @@ class BiplanarGeometry(ParametricGeometry):
             source-to-detector 1500 mm (magnification 1.5), 1536 x 1536 pixels of 0.2 mm
             (see :mod:`tomoprior.geometry.parameters` for where these come from).
         grid : VolumeGrid, optional
-            Default 128^3 voxels of 1.5 mm centred on the isocenter.
+            Default 128^3 voxels of 1.5 mm centred on the isocenter. A view that sees less
+            than half of a given grid's box warns (:meth:`warn_if_partly_seen`).
         binning : int
             Detector binning applied to both views (e.g. 4 -> 384 x 384 pixels of 0.8 mm),
             convenient for fast simulation.
+        isocenter : "volume" or (x, y, z) mm, optional
+            Where both views aim, replacing the views' own isocenter: ``"volume"`` is the
+            centre of ``grid`` (as :meth:`aimed_at`), for real CTs that sit off-centre in
+            scanner coordinates. Default: the views' isocenter (the origin for the defaults).
+
+        Examples
+        --------
+        >>> from tomoprior.geometry import VolumeGrid
+        >>> ct = VolumeGrid((93, 64, 64), (1.5, 3.2, 3.2), center=(100.8, -100.8, -69.0))
+        >>> g = BiplanarGeometry.from_parameters(grid=ct, binning=8, isocenter="volume")
+        >>> [round(c, 2) for c in g.coverage()]
+        [1.0, 1.0]
         """
         frontal = default_frontal() if frontal is None else frontal
         lateral = default_lateral() if lateral is None else lateral
         if binning != 1:
             frontal, lateral = frontal.binned(binning), lateral.binned(binning)
-        return cls(DEFAULT_GRID if grid is None else grid, (frontal, lateral))
+        given_grid = grid is not None
+        grid = DEFAULT_GRID if grid is None else grid
+        if isocenter is not None:
+            if isinstance(isocenter, str):
+                if isocenter != "volume":
+                    raise ValueError(f"isocenter must be 'volume' or (x, y, z) in mm, got {isocenter!r}")
+                if not isinstance(grid, VolumeGrid):
+                    raise ValueError(f"grid must be a tomoprior VolumeGrid, got {type(grid).__name__}")
+                isocenter = tuple(float(c) for c in grid.center)
+            frontal, lateral = frontal.replace(isocenter=isocenter), lateral.replace(isocenter=isocenter)
+        geometry = cls(grid, (frontal, lateral))
+        if given_grid:
+            geometry.warn_if_partly_seen(stacklevel=2)
+        return geometry
 
     @property
     def frontal(self) -> View:
@@ -368,6 +454,38 @@ def volume_relation(view: View, grid: VolumeGrid) -> str:
         front of the detector but its image falls outside the detector.
     """
     return _relation(view, grid.corners())
+
+
+def volume_coverage(view: View, grid: VolumeGrid, samples: int = 8) -> float:
+    """The fraction of the volume box that ``view`` sees: whose rays from the source reach the
+    detector, in front of the source and before the detector plane.
+
+    Estimated on a ``samples^3`` lattice of points at the centres of equal cells of the box
+    (default 512 points; exact to about ``1/samples`` of the box along each axis).
+
+    Returns
+    -------
+    float in [0, 1]
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive integer, got {samples!r}")
+    lo, hi = (np.asarray(b, dtype=np.float64) for b in grid.bounds())
+    t = (np.arange(samples) + 0.5) / samples
+    axes = [lo[a] + t * (hi[a] - lo[a]) for a in range(3)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    vec = view.vector.detach().double().cpu()
+    s, c = vec[0:3].numpy(), vec[3:6].numpy()
+    n = np.cross(vec[6:9].numpy(), vec[9:12].numpy())
+    n = n / np.linalg.norm(n)
+    toward_det = n if np.dot(c - s, n) > 0 else -n
+    depth = (pts - s) @ toward_det
+    in_slab = (depth > 0) & (depth < float(np.dot(c - s, toward_det)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pix = _project_points(vec, view.shape, torch.as_tensor(pts), warn=False).numpy()
+    rows, cols = view.shape
+    on_detector = ((pix[:, 0] >= -0.5) & (pix[:, 0] <= cols - 0.5) & (pix[:, 1] >= -0.5) & (pix[:, 1] <= rows - 0.5))
+    return float(np.count_nonzero(in_slab & on_detector)) / len(pts)
 
 
 def view_sees_box(view: View, corners) -> bool:
@@ -421,6 +539,7 @@ def isocenter_pixel_size(view: View, point=(0.0, 0.0, 0.0)) -> tuple[float, floa
 
 
 __all__ = [
+    "COVERAGE_WARN_FRACTION",
     "DEFAULT_GRID",
     "BiplanarGeometry",
     "Geometry",
@@ -429,6 +548,7 @@ __all__ = [
     "isocenter_pixel_size",
     "magnification_at",
     "view_sees_box",
+    "volume_coverage",
     "volume_relation",
 ]
 

@@ -19,6 +19,7 @@ from .._version import __version__
 #: Sub-command name -> ``"module:attribute"`` of its click command inside ``tomoprior.cli``.
 COMMANDS = {
     "calibrate": "calibrate:calibrate",
+    "check-geometry": "check_geometry:check_geometry",
     "dataset": "dataset:dataset",
     "evaluate": "evaluate:evaluate",
     "info": "info:info",

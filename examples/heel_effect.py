@@ -43,8 +43,9 @@ def main() -> None:
     # 2. a heel-shaped, noisy radiograph and its flat-field + log correction
     geom = tp.BiplanarGeometry.from_parameters(binning=8)  # 192 x 192 pixels of 1.6 mm
     phantom = tp.phantoms.Phantom.load("shepp_logan_3d_modified")
-    out = physics.radiograph(phantom, geom, photons_per_pixel=args.photons, kvp=args.kvp,
-                             heel={"anode_angle_deg": args.anode_angle}, focal_spot_mm=0.6, seed=0, return_all=True)
+    settings = physics.RadiographSettings(photons_per_pixel=args.photons, kvp=args.kvp,
+                                          heel={"anode_angle_deg": args.anode_angle}, focal_spot_mm=0.6)
+    out = physics.radiograph(phantom, geom, settings, seed=0, return_all=True)
     heel = out["heel"]
     corrected = physics.log_transform(out["raw"], out["flat"])
     err = (corrected - out["line_integrals"]).abs()

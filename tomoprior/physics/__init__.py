@@ -1,7 +1,8 @@
 """Physics: X-ray spectra (SpekPy), attenuation data (the shipped NIST/xraylib table of
 :mod:`tomoprior.units`, re-exported here), mono- and polychromatic Beer-Lambert, the anode
 heel effect, photon noise, focal-spot and detector blur, flat-field and log correction, and
-:func:`radiograph`, which turns a volume or an analytic phantom into a realistic raw image.
+:func:`radiograph`, which turns a volume or an analytic phantom into a realistic raw image
+(its acquisition in one :class:`RadiographSettings`, object scatter by :class:`ScatterModel`).
 Sits above ``projectors`` and below ``data``.
 
 Units: mm, keV, linear attenuation in 1/mm, angles in degrees at this API (anode angle).
@@ -45,7 +46,9 @@ from .heel import (
     spekpy_heel_profile,
     tube_coordinates,
 )
-from .radiograph import phantom_path_lengths, radiograph
+from .radiograph import heel_map, phantom_path_lengths, radiograph
+from .scatter import ScatterModel, scatter_image, scatter_kernel
+from .settings import RadiographSettings
 from .spectrum import Spectrum, spectrum, spekpy_fluence
 
 __all__ = [
@@ -53,6 +56,8 @@ __all__ = [
     "ENERGY_RANGE_KEV",
     "HeelParameters",
     "MaterialData",
+    "RadiographSettings",
+    "ScatterModel",
     "Spectrum",
     "angular_emission",
     "attenuation_volume",
@@ -66,6 +71,7 @@ __all__ = [
     "focal_spot_blur_mm",
     "focal_spot_widths_px",
     "heel_effect",
+    "heel_map",
     "linear_attenuation",
     "log_transform",
     "mass_attenuation",
@@ -78,6 +84,8 @@ __all__ = [
     "poisson_noise",
     "polychromatic_intensity",
     "radiograph",
+    "scatter_image",
+    "scatter_kernel",
     "spectrum",
     "spekpy_fluence",
     "spekpy_heel_profile",

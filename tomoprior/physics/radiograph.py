@@ -5,16 +5,19 @@ The chain, per view::
     line integrals p           tp.project(volume) or phantom.line_integrals (exact)
     transmission T             exp(-p) (monochromatic) or sum_E w(E) exp(-sum_m mu_m(E) L_m)
     flat field  I0             photons_per_pixel * heel map (1.0 without heel)
-    expected    I0 * T         -> focal-spot blur -> detector blur
+    primary     I0 * T         -> focal-spot blur
+    scatter     S              convolution of I0 T * SPR(p) with a broad kernel (optional)
+    expected    blur(I0 T) + S -> detector blur
     raw                        Poisson(expected) (+ Gaussian electronic noise)
 
 ``-log(raw / flat)`` (see :func:`tomoprior.physics.log_transform`) gives back ``p`` in the
-noise-free, blur-free monochromatic case.
+noise-free, blur-free, scatter-free monochromatic case. Every acquisition choice is one field of
+:class:`~tomoprior.physics.RadiographSettings`.
 """
 
 from __future__ import annotations
 
-import math
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -27,7 +30,8 @@ from ..projectors.api import project
 from .beer_lambert import polychromatic_intensity
 from .detector import detector_blur, focal_spot_blur, poisson_noise
 from .heel import heel_effect
-from .spectrum import Spectrum
+from .scatter import scatter_image
+from .settings import RadiographSettings
 from .spectrum import spectrum as _make_spectrum
 
 
@@ -147,14 +151,22 @@ def _heel_maps(heel, geom: Geometry, kvp, filtration, anode_angle_deg, anode_dir
     return _per_view(heel_effect(geom, **kw), n)
 
 
-def radiograph(volume_or_phantom, geom: Geometry, *, photons_per_pixel: float = 1000.0, kvp: float | None = None,
-               heel=None, focal_spot_mm: float = 0.0, detector_blur_px: float = 0.0, noise: bool = True,
-               seed: int | None = None, backend: str | None = None, spectrum: Spectrum | None = None,
-               filtration: Mapping[str, float] | None = None, anode_angle_deg: float = 12.0,
-               anode_direction="+v", electronic_noise: float = 0.0, focal_spot_kernel: str = "gaussian",
-               object_point=None, weighting: str = "photon", densities: Mapping[str, float] | None = None,
-               projector_options: Mapping | None = None, polychromatic: bool | None = None,
-               material_map: Mapping[str, str | None] | None = None, return_all: bool = False):
+def heel_map(geom: Geometry, settings: RadiographSettings) -> Tensor | None:
+    """The heel-effect flat-field map ``(views, rows, cols)`` that :func:`radiograph` uses for
+    ``settings`` on ``geom`` (relative intensity, 1 = no heel effect), or None when
+    ``settings.heel`` is off. Precompute it to reuse it as ``settings.replace(heel=map)``: the
+    map belongs to the tube and detector, so it does not change when only the object moves."""
+    if not isinstance(settings, RadiographSettings):
+        raise TypeError(f"settings must be a RadiographSettings, got {type(settings).__name__}")
+    maps = _heel_maps(settings.heel, geom, settings.kvp, settings.filtration, settings.anode_angle_deg,
+                      settings.anode_direction)
+    if maps is None:
+        return None
+    return torch.stack(maps) if len({tuple(m.shape) for m in maps}) == 1 else tuple(maps)
+
+
+def radiograph(volume_or_phantom, geom: Geometry, settings: RadiographSettings | None = None, *,
+               seed: int | None = None, backend: str | None = None, return_all: bool = False, **legacy):
     """Simulate raw X-ray images (counts) from a volume or an analytic phantom.
 
     Parameters
@@ -168,87 +180,84 @@ def radiograph(volume_or_phantom, geom: Geometry, *, photons_per_pixel: float = 
           :func:`tomoprior.physics.materials`), each value a volume or Phantom of the
           material's **volume fraction** (or density relative to nominal, 1 = pure
           material). Its line integrals are path lengths in mm; the image is
-          **polychromatic** and needs ``kvp`` (or ``spectrum``);
-        - with ``polychromatic=True``, a Phantom whose shapes name their ``material``: per
-          material path lengths from :func:`phantom_path_lengths` (``material_map`` renames
-          or drops materials), polychromatic.
+          **polychromatic** and needs ``settings.kvp`` (or ``settings.spectrum``);
+        - with ``settings.polychromatic=True``, a Phantom whose shapes name their
+          ``material``: per material path lengths from :func:`phantom_path_lengths`
+          (``settings.material_map`` renames or drops materials), polychromatic.
     geom : Geometry
-    photons_per_pixel : float
-        Expected unattenuated photons per pixel on the principal ray (the flat field is
-        this times the heel map).
-    kvp : float, optional
-        Tube potential (kV): the spectrum of a polychromatic image and of the heel model.
-        Monochromatic images ignore it except through ``heel`` (default 70 kV there).
-    heel : None, bool, float, dict or Tensor
-        ``None``/``False``: uniform flat field. ``True``: :func:`heel_effect` with
-        ``anode_angle_deg``, ``anode_direction``, ``kvp``, ``filtration`` (includes inverse
-        square and flat-panel obliquity). A number: the anode angle in degrees. A dict:
-        keyword arguments of :func:`heel_effect`. A tensor ``(views, rows, cols)``: the map.
-    focal_spot_mm : float
-        Nominal focal-spot size (mm); blur width ``f (M - 1)`` on the detector at the plane
-        through ``object_point`` (default the grid centre), Gaussian FWHM or box width per
-        ``focal_spot_kernel``.
-    detector_blur_px : float or (row, col)
-        Gaussian detector blur, standard deviation in pixels.
-    noise : bool
-        Poisson photon noise (plus ``electronic_noise`` Gaussian counts); else expected counts.
+    settings : RadiographSettings, optional
+        The acquisition: dose (``photons_per_pixel``), beam (``kvp``, ``filtration``,
+        ``spectrum``), heel effect, focal-spot and detector blur, noise, scatter (see
+        :class:`~tomoprior.physics.RadiographSettings` for every field, its unit and default).
+        Default ``RadiographSettings()``: 1000 photons per pixel, Poisson noise, nothing else.
     seed : int, optional
         Seed of the noise generator (reproducible images).
     backend : str, optional
         Projector backend for volumes (default: :func:`tomoprior.project`'s default).
-    spectrum : Spectrum, optional
-        Beam spectrum for polychromatic images (default
-        ``tomoprior.physics.spectrum(kvp, anode_angle_deg, filtration)``).
-    weighting : {"photon", "energy"}
-        Polychromatic detector weighting (see :func:`polychromatic_intensity`).
-    polychromatic : bool, optional
-        Default: polychromatic exactly when ``volume_or_phantom`` is a material dict.
-        ``True`` with a Phantom uses its shapes' materials; ``True`` with a plain volume is
-        an error (a volume carries no materials).
-    material_map : dict, optional
-        For ``polychromatic=True`` Phantoms, see :func:`phantom_path_lengths`.
     return_all : bool
         Return a dict instead of the raw image.
+    **legacy
+        Deprecated: the fields of ``RadiographSettings`` as loose keywords (the former
+        signature, e.g. ``photons_per_pixel=500.0, heel=True``). They still work and emit a
+        ``DeprecationWarning``; they cannot be combined with ``settings``.
+
+    The chain per view: flat field ``I0 = photons_per_pixel * heel``; primary ``I0 T``; scatter
+    from the primary and the line integrals (:func:`~tomoprior.physics.scatter_image`); the
+    primary blurred by the focal spot, plus scatter; then detector blur; then noise. The flat
+    field (open beam) is blurred alike and holds no scatter.
 
     Returns
     -------
-    Tensor ``(views, rows, cols)``: raw counts (float; noisy if ``noise``). A tuple of
+    Tensor ``(views, rows, cols)``: raw counts (float; noisy if ``settings.noise``). A tuple of
     per-view tensors when detector shapes differ. With ``return_all``: dict with ``raw``,
-    ``expected`` (noise-free counts after blur), ``flat`` (noise-free open-beam counts, blurred
-    alike), ``heel`` (map or None), ``line_integrals`` (monochromatic ``p``, or the
-    polychromatic ``-log T`` before blur), ``transmission``, ``spectrum`` (or None),
-    ``path_lengths`` (dict, polychromatic only).
+    ``expected`` (noise-free counts after blur, scatter included), ``flat`` (noise-free
+    open-beam counts, blurred alike), ``heel`` (map or None), ``line_integrals``
+    (monochromatic ``p``, or the polychromatic ``-log T`` before blur), ``transmission``,
+    ``primary`` (``I0 T`` before blur), ``scatter`` (scatter counts, or None), ``spectrum`` (or
+    None), ``path_lengths`` (dict, polychromatic only), ``settings``.
 
     Notes
     -----
-    Limits: scatter, detector energy response (beyond ``weighting``), lag and the spectral
-    change of the beam across the heel field are not modelled (the heel map scales the
-    intensity only); the focal-spot blur is shift-invariant at one object plane.
+    Limits: detector energy response (beyond ``weighting``), lag and the spectral change of
+    the beam across the heel field are not modelled (the heel map scales the intensity only);
+    the focal-spot blur is shift-invariant at one object plane; scatter is a single-kernel
+    convolution model (see :mod:`tomoprior.physics.scatter`).
 
     Examples
     --------
     >>> import torch, tomoprior as tp
+    >>> from tomoprior.physics import RadiographSettings
     >>> geom = tp.BiplanarGeometry.from_parameters(binning=32, grid=tp.VolumeGrid((16, 16, 16), (8, 8, 8)))
-    >>> raw = radiograph(torch.full((16, 16, 16), 0.002), geom, photons_per_pixel=500.0, seed=0)
+    >>> raw = radiograph(torch.full((16, 16, 16), 0.002), geom, RadiographSettings(photons_per_pixel=500.0), seed=0)
     >>> raw.shape
     torch.Size([2, 48, 48])
     """
+    if legacy:
+        if settings is not None:
+            raise TypeError(f"give either settings= or the deprecated loose keywords {sorted(legacy)}, not both")
+        unknown = sorted(set(legacy) - set(RadiographSettings.field_names()))
+        if unknown:
+            raise TypeError(f"radiograph() got unexpected keyword argument(s) {unknown}; the acquisition settings are "
+                            f"{list(RadiographSettings.field_names())}")
+        warnings.warn("passing acquisition settings to radiograph() as loose keywords is deprecated; pass "
+                      f"settings=RadiographSettings({', '.join(f'{k}=...' for k in sorted(legacy))})",
+                      DeprecationWarning, stacklevel=2)
+        settings = RadiographSettings(**legacy)
+    elif settings is None:
+        settings = RadiographSettings()
+    elif not isinstance(settings, RadiographSettings):
+        raise TypeError(f"settings must be a RadiographSettings, got {type(settings).__name__}")
+    s = settings
     if not isinstance(geom, Geometry):
         raise TypeError(f"geom must be a tomoprior Geometry, got {type(geom).__name__}")
-    if isinstance(photons_per_pixel, bool) or not isinstance(photons_per_pixel, (int, float)) \
-            or not math.isfinite(photons_per_pixel) or photons_per_pixel <= 0:
-        raise ValueError(f"photons_per_pixel must be a finite number > 0, got {photons_per_pixel!r}")
-    if not isinstance(noise, bool):
-        raise TypeError(f"noise must be True or False, got {noise!r}")
-    opts = dict(projector_options or {})
+    opts = dict(s.projector_options or {})
     n = geom.num_views
-    spec = spectrum
+    spec = s.spectrum
+    polychromatic = s.polychromatic
     paths = None
     is_dict = isinstance(volume_or_phantom, Mapping)
     if polychromatic is None:
         polychromatic = is_dict
-    if not isinstance(polychromatic, bool):
-        raise TypeError(f"polychromatic must be True, False or None, got {polychromatic!r}")
     if is_dict and not polychromatic:
         raise ValueError("a material dict input is polychromatic; drop polychromatic=False or pass one volume in 1/mm")
     if polychromatic and not is_dict and not isinstance(volume_or_phantom, Phantom):
@@ -256,11 +265,10 @@ def radiograph(volume_or_phantom, geom: Geometry, *, photons_per_pixel: float = 
                          "Phantom whose shapes have a material")
     if polychromatic:
         if spec is None:
-            if kvp is None:
-                raise ValueError("a polychromatic (material-labelled) input needs kvp= (or spectrum=)")
-            spec = _make_spectrum(kvp, anode_angle_deg, filtration)
-        elif not isinstance(spec, Spectrum):
-            raise TypeError(f"spectrum must be a Spectrum, got {type(spec).__name__}")
+            if s.kvp is None:
+                raise ValueError("a polychromatic (material-labelled) input needs kvp "
+                                 "(RadiographSettings.kvp, or .spectrum)")
+            spec = _make_spectrum(s.kvp, s.anode_angle_deg, s.filtration)
         if is_dict:
             if not volume_or_phantom:
                 raise ValueError("the material dict is empty; give e.g. {'soft_tissue': tissue_fraction}")
@@ -268,34 +276,40 @@ def radiograph(volume_or_phantom, geom: Geometry, *, photons_per_pixel: float = 
                      for m, v in volume_or_phantom.items()}
         else:
             paths = {m: _per_view(v, n) for m, v in
-                     phantom_path_lengths(volume_or_phantom, geom, material_map=material_map).items()}
-        trans = [polychromatic_intensity({m: paths[m][i] for m in paths}, spec, 1.0, weighting=weighting,
-                                         densities=densities) for i in range(n)]
+                     phantom_path_lengths(volume_or_phantom, geom, material_map=s.material_map).items()}
+        trans = [polychromatic_intensity({m: paths[m][i] for m in paths}, spec, 1.0, weighting=s.weighting,
+                                         densities=s.densities) for i in range(n)]
         p = [-torch.log(t.clamp(min=torch.finfo(t.dtype).tiny)) for t in trans]
     else:
         p = _line_integrals(volume_or_phantom, geom, backend, opts, "volume_or_phantom")
         trans = [torch.exp(-q) for q in p]
-    heel_maps = _heel_maps(heel, geom, kvp, filtration, anode_angle_deg, anode_direction)
-    flats, expected = [], []
+    heel_maps = _heel_maps(s.heel, geom, s.kvp, s.filtration, s.anode_angle_deg, s.anode_direction)
+    flats, expected, primaries, scatters = [], [], [], []
     for i, view in enumerate(geom.views):
-        flat = torch.full(view.shape, float(photons_per_pixel), dtype=trans[i].dtype, device=trans[i].device)
+        flat = torch.full(view.shape, s.photons_per_pixel, dtype=trans[i].dtype, device=trans[i].device)
         if heel_maps is not None:
             flat = flat * heel_maps[i].to(flat)
-        img = flat * trans[i]
-        if focal_spot_mm:
-            plane = geom.grid.center if object_point is None else object_point
-            img = focal_spot_blur(img[None], view, focal_spot_mm, object_point=plane, kind=focal_spot_kernel)[0]
-        if detector_blur_px:
-            img = detector_blur(img[None], detector_blur_px)[0]
-            flat = detector_blur(flat[None], detector_blur_px)[0]
+        primary = flat * trans[i]
+        img = primary
+        if s.focal_spot_mm:
+            plane = geom.grid.center if s.object_point is None else s.object_point
+            img = focal_spot_blur(img[None], view, s.focal_spot_mm, object_point=plane, kind=s.focal_spot_kernel)[0]
+        if s.scatter is not None:
+            sc = scatter_image(primary, p[i].to(primary), view, s.scatter)
+            img = img + sc
+            scatters.append(sc)
+        if s.detector_blur_px:
+            img = detector_blur(img[None], s.detector_blur_px)[0]
+            flat = detector_blur(flat[None], s.detector_blur_px)[0]
         flats.append(flat)
+        primaries.append(primary)
         expected.append(img)
-    if noise:
+    if s.noise:
         gen = None
         if seed is not None:
             gen = torch.Generator(device=expected[0].device)
             gen.manual_seed(int(seed))
-        raw = [poisson_noise(e.detach(), generator=gen, electronic_sigma=electronic_noise) for e in expected]
+        raw = [poisson_noise(e.detach(), generator=gen, electronic_sigma=s.electronic_noise) for e in expected]
     else:
         raw = expected
 
@@ -313,6 +327,9 @@ def radiograph(volume_or_phantom, geom: Geometry, *, photons_per_pixel: float = 
         "heel": pack(heel_maps),
         "line_integrals": pack(p),
         "transmission": pack(trans),
+        "primary": pack(primaries),
+        "scatter": pack(scatters) if scatters else None,
+        "settings": s,
         "spectrum": spec,
         "path_lengths": None if paths is None else {m: pack(v) for m, v in paths.items()},
     }

@@ -147,14 +147,6 @@ def _paths(d, prefix=()):
 _ALL_PATHS = {name: [p for p in _paths(doc) if p] for name, doc in (("good", GOOD), ("plain", PLAIN))}
 
 
-def _label(path) -> str:
-    """How a message names a field at ``path``, e.g. ``views[0].source``."""
-    out = ""
-    for k in path:
-        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
-    return out
-
-
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(base=st.sampled_from(["good", "plain"]), data=st.data(), action=st.sampled_from(["set", "delete", "add"]),

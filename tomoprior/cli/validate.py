@@ -39,13 +39,6 @@ def _miscalibration_text(mis: dict) -> str:
     return "\n".join(parts)
 
 
-def write_outcome_report(outcome, out: Path, title: str) -> Path:
-    """Report folder for a pipeline outcome (atomic); returns the HTML path."""
-    from .qa_common import write_qa_report
-
-    return write_qa_report(outcome, Path(out), title)
-
-
 @click.command(epilog=EXIT_CODES_HELP)
 @click.option("--out", "out_dir", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
               help="Report folder (created if missing; files of the same names are replaced atomically).")

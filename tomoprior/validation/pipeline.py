@@ -233,7 +233,7 @@ def run_calibration(points_or_images, phantom, initial: Geometry, *, heldout: fl
     return calibrate(points_or_images, phantom, initial, heldout=heldout, seed=seed)
 
 
-def _result_parameters(result, fallback: Sequence[ViewParameters]) -> list[ViewParameters]:
+def _result_parameters(result) -> list[ViewParameters]:
     params = getattr(result, "parameters", None)
     if params is not None and not isinstance(params, dict) and all(isinstance(p, ViewParameters) for p in params):
         return list(params)
@@ -362,7 +362,7 @@ def analyse(images, detections, result, design_positions, names, *, initial: Geo
         raise PipelineError(f"the calibration result has no Geometry (got {type(geom).__name__})")
     if not isinstance(geom, ParametricGeometry):  # keep the parameters (saved in geometry.yaml)
         geom = geom.detach()
-    params = _result_parameters(result, true_parameters or [])
+    params = _result_parameters(result)
     pred = geom.project_points(torch.as_tensor(design_positions)).detach().numpy()
     detections = [_positions(d) for d in detections]
     calib_matches = getattr(result, "matches", None)

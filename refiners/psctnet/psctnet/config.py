@@ -315,10 +315,6 @@ class PSCTNetConfig:
         return tuple(n // f for n in self.volume_shape)  # type: ignore[return-value]
 
     @property
-    def bottleneck_xray_size(self) -> int:
-        return self.xray_size // 2**self.num_stages
-
-    @property
     def resolved_dec_widths(self) -> tuple[int, ...]:
         if self.dec_widths is not None:
             return self.dec_widths

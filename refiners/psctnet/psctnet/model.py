@@ -210,10 +210,6 @@ class PSCTNet(Refiner):
             return
         state_dict[key] = torch.tensor(float(self.config.target_scale))
 
-    def to_network_units(self, volume: torch.Tensor) -> torch.Tensor:
-        """A volume in 1/mm divided by ``config.target_scale`` (the network's ~[0, 1] units)."""
-        return volume / self.config.target_scale
-
     def head_activation(self, pre: torch.Tensor) -> torch.Tensor:
         """The output activation on the head's pre-activations (network units)."""
         act = self.config.output_activation

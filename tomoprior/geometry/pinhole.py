@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .._yaml import brief
+from ._tensor import as_positive_int_pair
 
 #: Default relative tolerance for the checks that ``P`` came from a flat detector with the
 #: given pixel pitch (aspect ratio) and perpendicular pixel axes (cosine of the axis angle).
@@ -59,8 +60,8 @@ def _as_matrix(value, shape: tuple[int, int], name: str) -> np.ndarray:
     return arr
 
 
-def _as_pitch(pixel_pitch) -> tuple[float, float]:
-    """``(row pitch, column pitch)`` in mm from a number or a pair."""
+def as_pixel_pitch(pixel_pitch) -> tuple[float, float]:
+    """``(row pitch, column pitch)`` in mm from a number or a pair; ValueError names the fix."""
     if isinstance(pixel_pitch, (str, bytes, bool)) or pixel_pitch is None:
         raise ValueError(f"pixel_pitch must be a number or (row, col) numbers in mm, got {brief(pixel_pitch)}")
     arr = np.asarray(pixel_pitch, dtype=np.float64).reshape(-1)
@@ -129,8 +130,8 @@ def view_from_projection_matrix(P, shape, pixel_pitch, *, w_sign: int = 1, rtol:
     """The :class:`View` of a 3x4 pinhole projection matrix (see :meth:`View.from_projection_matrix`)."""
     from .view import View
 
-    rows, cols = _shape(shape)
-    pr, pc = _as_pitch(pixel_pitch)
+    rows, cols = as_detector_shape(shape)
+    pr, pc = as_pixel_pitch(pixel_pitch)
     if not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol > 0):
         raise ValueError(f"rtol must be a positive number, got {brief(rtol)}")
     K, R, s = decompose_projection_matrix(P, w_sign=w_sign)
@@ -191,7 +192,6 @@ def projection_matrix_from_krt(K, R, t) -> np.ndarray:
     return (K / K[2, 2]) @ np.concatenate([R, t[:, None]], axis=1)
 
 
-def _shape(shape) -> tuple[int, int]:
-    from ._tensor import as_positive_int_pair
-
+def as_detector_shape(shape) -> tuple[int, int]:
+    """``(rows, cols)`` as two positive ints; ValueError names the parameter otherwise."""
     return as_positive_int_pair(shape, "shape (rows, cols)")

@@ -301,9 +301,16 @@ def resolve_checkpoint(refiner: str, checkpoint: str | None):
     return str(path)
 
 
+#: Skull model version of ``--demo``: the one the shipped demo weights were trained on.
+DEMO_SKULL_ANATOMY = "v1"
+
+
 def demo_sample(*, variant: str = "normal", age_years: float = 1.0, seed: int = 0, grid: int = 64) -> dict:
     """The built-in demo case: one procedural skull and its frontal + lateral line integrals,
     made by the same code as ``tomoprior dataset make`` (``tomoprior.data.synthetic``).
+    The skull is the model version the shipped demo weights were trained on (``anatomy="v1"``,
+    see ``tomoprior.phantoms.skull.ANATOMY_VERSIONS``), so their metrics are those of the
+    data they know.
 
     Returns ``{"volume": (nz, ny, nx) 1/mm tensor, "xrays": (2, rows, cols) tensor, "geometry":
     Geometry, "spacing": (sz, sy, sx) mm, "labels": dict}``.
@@ -316,7 +323,7 @@ def demo_sample(*, variant: str = "normal", age_years: float = 1.0, seed: int = 
     if not 0 <= age_years <= 18:
         raise ValueError(f"--demo-age must be in [0, 18] years, got {age_years!r}")
     spec = SampleSpec(index=0, seed=sample_seed(seed, 0), variant=variant, age_years=float(age_years), split="test",
-                      grid=grid)
+                      grid=grid, skull_anatomy=DEMO_SKULL_ANATOMY)
     s = generate_sample(spec)
     return {"volume": s.volume, "xrays": s.xrays, "geometry": s.geometry, "spacing": s.grid.spacing,
             "labels": s.labels}

@@ -222,10 +222,12 @@ def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _weighted_gradients(image: torch.Tensor, vec: torch.Tensor, shape, smoothing: float = 0.0,
-                        reach: float = DEFAULT_BORDER) -> tuple[torch.Tensor, torch.Tensor]:
+                        reach: float = DEFAULT_BORDER,
+                        threshold: float = DEFAULT_TRUNCATION) -> tuple[torch.Tensor, torch.Tensor]:
     """``(stack, |u x v|)``: ``stack (3, rows, cols)`` holds d/dcol and d/drow of the blurred,
-    cosine-weighted image and the largest ``|image|`` within ``reach`` pixels (for the
-    truncation test: a line whose neighbours cross a truncated object is not whole either)."""
+    cosine-weighted image and 1 where some pixel within ``reach`` exceeds ``threshold`` times
+    the image's peak, else 0 (for the truncation test: a line whose neighbours cross a
+    truncated object is not whole either)."""
     rows, cols = shape
     s, c0, u, v = vec[0:3], vec[3:6], vec[6:9], vec[9:12]
     normal = torch.linalg.cross(u, v)
@@ -237,8 +239,13 @@ def _weighted_gradients(image: torch.Tensor, vec: torch.Tensor, shape, smoothing
     weighted = _gaussian_blur(image, smoothing) * (dist / torch.linalg.norm(w, dim=-1))
     g_row, g_col = torch.gradient(weighted, dim=(0, 1))
     r = max(0, math.ceil(reach))
-    with torch.no_grad():
-        near = torch.nn.functional.max_pool2d(image.abs()[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
+    with torch.no_grad():  # pixels within r of a value above the threshold, by two 1D max passes
+        peak = image.detach().abs().max()
+        near = (image.detach().abs() > threshold * peak).to(torch.float32)[None, None]
+        if r:
+            near = torch.nn.functional.max_pool2d(near, (1, 2 * r + 1), stride=1, padding=(0, r))
+            near = torch.nn.functional.max_pool2d(near, (2 * r + 1, 1), stride=1, padding=(r, 0))
+        near = near[0, 0].to(image.dtype)
     return torch.stack([g_col, g_row, near]), area
 
 
@@ -301,7 +308,7 @@ def _plane_family(va, vb, box_corners: torch.Tensor | None, n_planes: int):
 
 
 def _line_derivatives(stack: torch.Tensor, area: torch.Tensor, vec: torch.Tensor, shape, normals: torch.Tensor,
-                      step: float, border: float, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      step: float, border: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F (P,), truncated (P,))``: plane-integral derivatives from one view for planes
     through its source with the given unit ``normals (P, 3)``."""
     rows, cols = shape
@@ -330,8 +337,7 @@ def _line_derivatives(stack: torch.Tensor, area: torch.Tensor, vec: torch.Tensor
         edge_dist = torch.minimum(torch.minimum(pc, cols - 1 - pc), torch.minimum(pr, rows - 1 - pr))
         inside = edge_dist >= 0
         near_edge = inside & (edge_dist < border)
-        peak = stack[2].abs().max()
-        hot = samp[2].abs() > threshold * peak
+        hot = samp[2] > 0
         truncated = (near_edge & hot).any(-1) | ~inside.any(-1)
     return deriv, truncated
 
@@ -429,15 +435,15 @@ def epipolar_consistency(images, geometry, *, n_planes: int = DEFAULT_PLANES, st
 
     def per_view(i):
         if i not in cache:
-            cache[i] = _weighted_gradients(ims[i], vecs[i], views[i].shape, float(smoothing), reach)
+            cache[i] = _weighted_gradients(ims[i], vecs[i], views[i].shape, float(smoothing), reach, truncation)
         return cache[i]
 
     results = []
     for a, b in pairs:
         va, vb = _VecView(views[a], vecs[a]), _VecView(views[b], vecs[b])
         kappa, normals = _plane_family(va, vb, box, n_planes)
-        fa, ta = _line_derivatives(*per_view(a), vecs[a], views[a].shape, normals, step, border, truncation)
-        fb, tb = _line_derivatives(*per_view(b), vecs[b], views[b].shape, normals, step, border, truncation)
+        fa, ta = _line_derivatives(*per_view(a), vecs[a], views[a].shape, normals, step, border)
+        fb, tb = _line_derivatives(*per_view(b), vecs[b], views[b].shape, normals, step, border)
         valid = ~(ta | tb)
         res = torch.where(valid, fa - fb, torch.zeros_like(fa))
         nv = valid.sum().clamp(min=1)
@@ -484,7 +490,7 @@ def plane_derivatives(image, view, normals, *, smoothing: float = 0.0) -> tuple[
     im = torch.as_tensor(image).to(dtype=vec.dtype, device=vec.device)
     n = torch.as_tensor(normals).to(dtype=vec.dtype, device=vec.device)
     stack, area = _weighted_gradients(im, vec, view.shape, float(smoothing), 3.0 * smoothing + 1.0)
-    return _line_derivatives(stack, area, vec, view.shape, n, 1.0, DEFAULT_BORDER, DEFAULT_TRUNCATION)
+    return _line_derivatives(stack, area, vec, view.shape, n, 1.0, DEFAULT_BORDER)
 
 
 def line_integral_check(image) -> str | None:

@@ -89,6 +89,11 @@ def _floats(text: str, n: int, hint: str) -> tuple[float, ...]:
               help="Radiographs: unattenuated photons per pixel (default physics': 1000).")
 @click.option("--heel", "heel_deg", default=None, type=click.FloatRange(min=1, max=30),
               help="Radiographs: anode heel effect with this anode angle in degrees (default: none).")
+@click.option("--realism", "realism_text", default="none", show_default=True, metavar="none|realistic|FILE.yaml",
+              help="Realistic X-rays: head pose, head motion between the two exposures, heel effect, focal-spot and "
+                   "detector blur, scatter and quantum noise, then flat-field and -log (docs/data.md). 'none' keeps "
+                   "noise-free line integrals; a YAML file sets each effect (keys preset, radiograph, "
+                   "photons_per_mm2, pose, motion).")
 @click.option("--perturb", default=None,
               help="Calibration-error augmentation, e.g. 'sdd=5,offset=2,tilt=0.5,rotation=0.5' (mm / deg, "
                    "uniform +-).")
@@ -97,10 +102,23 @@ def _floats(text: str, n: int, hint: str) -> tuple[float, ...]:
 @click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True)
 @click.option("--append", is_flag=True, help="Append to an existing file (indices and seeds continue).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, kind, photons, heel_deg, perturb,
-         intensity, fractions, compression, append, quiet):
+def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, kind, photons, heel_deg, realism_text,
+         perturb, intensity, fractions, compression, append, quiet):
     """Generate N samples into OUT: volume, frontal + lateral X-rays, geometry, labels, provenance."""
-    from ..data import DatasetFile, GeometryPerturbation, IntensityAugmentation, generate, generate_dask, make_specs
+    from ..data import (
+        DatasetFile,
+        GeometryPerturbation,
+        IntensityAugmentation,
+        Realism,
+        generate,
+        generate_dask,
+        make_specs,
+    )
+
+    try:
+        realism = Realism.parse(realism_text)
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--realism") from exc
 
     try:
         pert = GeometryPerturbation.parse(perturb) if perturb else None
@@ -120,6 +138,10 @@ def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, 
         physics["heel"] = heel_deg
     if physics and kind != "radiograph":
         raise click.BadParameter("--photons and --heel apply to --kind radiograph", param_hint="--kind")
+    if physics and realism.radiograph is not None:
+        raise click.BadParameter("--photons and --heel conflict with the physics of --realism; set the dose and "
+                                 "the heel in the realism YAML (photons_per_mm2, radiograph.heel)",
+                                 param_hint="--realism")
     start = 0
     if append:
         if engine == "dask":
@@ -137,7 +159,7 @@ def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, 
             n, seed=seed, grid=grid, binning=binning, phantom=phantom, kind=kind, perturbation=pert, intensity=inten,
             variants=[v.strip() for v in variants.split(",")] if variants else None,
             age_range=_floats(ages, 2, "--ages"), fractions=_floats(fractions, 3, "--split"), start=start,
-            physics=physics or None,
+            physics=physics or None, realism=realism,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -9,6 +9,7 @@ from .dataset import TomopriorDataset, assign_splits
 from .drr import DRRResult, GeometryPerturbation, IntensityAugmentation, check_views_see_volume, synthesize
 from .h5 import SCHEMA, SCHEMA_VERSION, DatasetFile, DatasetFormatError, DatasetWriter, Sample, merge
 from .real import REAL_CT_DIR, real_ct, real_cts
+from .realism import PoseJitter, Realism
 from .synthetic import SampleSpec, generate, generate_dask, generate_sample, make_specs, sample_seed
 from .volumes import (
     STORED_HU_OFFSET,
@@ -34,6 +35,8 @@ __all__ = [
     "DatasetWriter",
     "GeometryPerturbation",
     "IntensityAugmentation",
+    "PoseJitter",
+    "Realism",
     "Sample",
     "SampleSpec",
     "TomopriorDataset",

@@ -25,6 +25,7 @@ import torch
 from ..geometry import Geometry, GeometryWarning, ParametricGeometry, VolumeGrid
 from ..geometry.geometry import view_sees_box
 from ..projectors import project
+from .realism import Realism, posed_geometry
 from .volumes import Volume, check_volume
 
 
@@ -208,9 +209,30 @@ def check_views_see_volume(geometry: Geometry) -> None:
             )
 
 
+_HEEL_CACHE: dict = {}
+
+
+def _heel_map(geometry: Geometry, settings) -> torch.Tensor:
+    """The heel map ``(views, rows, cols)`` of ``settings.heel`` on ``geometry``, cached per geometry
+    and tube settings (a dataset without calibration-error augmentation has one)."""
+    from ..physics import heel_map
+
+    key = (geometry.vectors.detach().double().cpu().numpy().tobytes(), tuple(v.shape for v in geometry.views),
+           repr(settings.heel), settings.kvp, repr(settings.filtration), settings.anode_angle_deg,
+           repr(settings.anode_direction))
+    hit = _HEEL_CACHE.get(key)
+    if hit is None:
+        hit = heel_map(geometry, settings)
+        if len(_HEEL_CACHE) >= 8:
+            _HEEL_CACHE.pop(next(iter(_HEEL_CACHE)))
+        _HEEL_CACHE[key] = hit
+    return hit
+
+
 def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, kind: str = "line_integrals",
                perturbation: GeometryPerturbation | None = None, intensity: IntensityAugmentation | None = None,
-               seed=None, backend: str = "auto", physics_options: dict | None = None) -> DRRResult:
+               seed=None, backend: str = "auto", physics_options: dict | None = None,
+               realism: Realism | None = None) -> DRRResult:
     """Make the X-rays of a volume.
 
     Parameters
@@ -230,6 +252,11 @@ def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, ki
         Seeds the perturbation, the intensity augmentation and the physics noise.
     backend : str
         Projector backend for line integrals.
+    realism : Realism, optional
+        Head pose, motion between the exposures and acquisition physics (see
+        :mod:`tomoprior.data.realism`). With physics, ``kind="line_integrals"`` stores
+        ``-log(raw / flat)`` of the simulated radiograph, ``kind="radiograph"`` the raw counts.
+        Every draw and setting goes into ``augmentation`` (``pose``, ``motion``, ``physics``).
 
     Returns
     -------
@@ -242,6 +269,10 @@ def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, ki
     """
     if kind not in ("line_integrals", "radiograph"):
         raise ValueError(f"kind must be 'line_integrals' or 'radiograph', got {kind!r}")
+    if realism is not None and not isinstance(realism, Realism):
+        raise TypeError(f"realism must be a tomoprior.data.Realism or None, got {type(realism).__name__}")
+    if realism is not None and realism.radiograph is not None and physics_options:
+        raise ValueError("give the acquisition either as realism.radiograph or as physics_options, not both")
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a tomoprior Geometry, got {type(geometry).__name__}")
     if isinstance(volume, Volume):
@@ -259,14 +290,44 @@ def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, ki
         warnings.simplefilter("ignore", GeometryWarning)  # we raise a clear error below instead
         nominal = geometry.with_grid(grid) if geometry.grid != grid else geometry
         ss = np.random.SeedSequence(seed)
-        s_geom, s_int, s_phys = ss.spawn(3)
+        # a fourth child for the pose: the first three (and so every existing dataset) are unchanged
+        s_geom, s_int, s_phys, s_pose = ss.spawn(4)
         aug: dict = {}
         used = nominal
         if perturbation is not None and not perturbation.is_zero:
             used, drawn = perturbation.sample(nominal, s_geom)
             aug["perturbation"] = {"size": asdict(perturbation), "drawn": drawn}
+        scanner = used  # the scanner's geometry (perturbed, not posed): tube and detector move together
+        if realism is not None and not (realism.pose.is_zero and realism.motion.is_zero):
+            rng = np.random.default_rng(s_pose)
+            pose, motion = realism.pose.draw(rng), realism.motion.draw(rng)
+            center = [float(x) for x in used.grid.center]
+            used = posed_geometry(used, None if realism.pose.is_zero else pose,
+                                  None if realism.motion.is_zero else motion)
+            if not realism.pose.is_zero:
+                aug["pose"] = {"size": asdict(realism.pose), "drawn": pose, "center_mm": center,
+                               "applies_to_views": list(range(used.num_views))}
+            if not realism.motion.is_zero:
+                aug["motion"] = {"size": asdict(realism.motion), "drawn": motion, "center_mm": center,
+                                 "applies_to_views": list(range(1, used.num_views))}
     check_views_see_volume(used)
-    if kind == "line_integrals":
+    settings = realism.settings_for(used) if realism is not None else None
+    if settings is not None:
+        from ..physics import log_transform, radiograph
+
+        recorded = settings.to_dict()
+        if settings.heel is not None and settings.heel is not False and not isinstance(settings.heel, torch.Tensor):
+            # the flat field belongs to the tube and detector, which a head pose does not move
+            settings = settings.replace(heel=_heel_map(scanner, settings))
+        with torch.no_grad():
+            out = radiograph(data, used, settings, seed=int(s_phys.generate_state(1)[0]), backend=backend,
+                             return_all=True)
+            if isinstance(out["raw"], (tuple, list)):
+                raise ValueError("views with different detector shapes are not supported by the dataset pipeline")
+            xr = out["raw"] if kind == "radiograph" else log_transform(out["raw"], out["flat"])
+        aug["physics"] = {**recorded, "photons_per_mm2": realism.photons_per_mm2,
+                          "stored": "raw counts" if kind == "radiograph" else "-log(raw / flat)"}
+    elif kind == "line_integrals":
         with torch.no_grad():
             xr = project(data, used, backend=backend)
     else:
@@ -277,8 +338,11 @@ def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, ki
         opts = dict(physics_options or {})
         opts.setdefault("seed", int(s_phys.generate_state(1)[0]))
         opts.setdefault("backend", backend)
+        settings_kw = {k: v for k, v in opts.items() if k not in ("seed", "backend", "return_all")}
+        from ..physics import RadiographSettings
+
         with torch.no_grad():
-            xr = radiograph(data, used, **opts)
+            xr = radiograph(data, used, RadiographSettings(**settings_kw), seed=opts["seed"], backend=opts["backend"])
         aug["physics"] = {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
                           for k, v in opts.items()}
     if isinstance(xr, (tuple, list)):

@@ -186,7 +186,7 @@ class DatasetWriter:
             with DatasetFile(self.path) as existing:  # validates before we touch anything
                 old = existing.attrs
             self.compression = old.get("compression", self.compression)
-            for key in ("xray_kind", "xray_units", "volume_units"):
+            for key in ("xray_kind", "xray_units", "volume_units", "realism"):
                 if key in self.attrs and key in old and str(self.attrs[key]) != str(old[key]):
                     raise ValueError(f"cannot append to {self.path}: its {key} is {old[key]!r} but the new samples' is "
                                      f"{self.attrs[key]!r}; write them to another file")

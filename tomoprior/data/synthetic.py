@@ -30,6 +30,7 @@ from ..geometry import DEFAULT_GRID, BiplanarGeometry, VolumeGrid
 from .dataset import assign_splits
 from .drr import GeometryPerturbation, IntensityAugmentation, synthesize
 from .h5 import DatasetWriter, Sample, merge
+from .realism import Realism
 
 PHANTOMS = ("skull", "shepp_logan")
 #: Ages of the PedSkull cohort (1-24 months), in years.
@@ -76,6 +77,7 @@ class SampleSpec:
     backend: str = "auto"
     supersample: int = 2
     physics: tuple = ()  # keyword arguments of tomoprior.physics.radiograph as (key, value) pairs
+    realism: str = ""  # Realism.to_json() (pose, motion, acquisition physics); "" = none
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -87,13 +89,16 @@ def make_specs(n: int, *, seed: int = 0, grid: int = 64, binning: int = DEFAULT_
                variants: Sequence[str] | None = None, age_range=DEFAULT_AGE_RANGE, phantom: str = "skull",
                kind: str = "line_integrals", perturbation: GeometryPerturbation | None = None,
                intensity: IntensityAugmentation | None = None, fractions=(0.8, 0.1, 0.1), start: int = 0,
-               backend: str = "auto", supersample: int = 2, physics: dict | None = None) -> list[SampleSpec]:
+               backend: str = "auto", supersample: int = 2, physics: dict | None = None,
+               realism: Realism | None = None) -> list[SampleSpec]:
     """Specs of samples ``start .. start + n - 1``.
 
     Variants cycle through ``variants`` in order (balanced classes); ages are uniform in
     ``age_range`` (years); the split is :func:`assign_splits` of the block. ``physics`` holds
     keyword arguments of ``tomoprior.physics.radiograph`` for ``kind="radiograph"`` (e.g.
     ``photons_per_pixel``, ``heel``, ``focal_spot_mm``); numbers, strings and booleans only.
+    ``realism`` (:class:`~tomoprior.data.Realism`) adds head pose, motion between the exposures
+    and the acquisition physics to every sample (None or ``Realism.preset("none")``: off).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -119,7 +124,12 @@ def make_specs(n: int, *, seed: int = 0, grid: int = 64, binning: int = DEFAULT_
         raise ValueError(f"age_range must be (min, max) years with 0 <= min <= max <= 18, got {age_range!r}")
     if kind not in ("line_integrals", "radiograph"):
         raise ValueError(f"kind must be 'line_integrals' or 'radiograph', got {kind!r}")
+    if realism is not None and not isinstance(realism, Realism):
+        raise ValueError(f"realism must be a tomoprior.data.Realism or None, got {type(realism).__name__}")
+    realism_json = "" if realism is None or realism.is_none else realism.to_json()
     physics = dict(physics or {})
+    if physics and realism is not None and realism.radiograph is not None:
+        raise ValueError("give the acquisition either as realism.radiograph or as physics options, not both")
     if physics and kind != "radiograph":
         raise ValueError("physics options apply to kind='radiograph' only")
     for k, v in physics.items():
@@ -138,6 +148,7 @@ def make_specs(n: int, *, seed: int = 0, grid: int = 64, binning: int = DEFAULT_
             perturbation=tuple(asdict(perturbation).items()) if perturbation is not None else (),
             intensity=tuple(asdict(intensity).items()) if intensity is not None else (),
             backend=backend, supersample=supersample, physics=tuple(sorted(physics.items())),
+            realism=realism_json,
         ))
     return specs
 
@@ -207,8 +218,9 @@ def generate_sample(spec: SampleSpec) -> Sample:
         volume = torch.as_tensor(volume).to(torch.float32)
         pert = GeometryPerturbation(**dict(spec.perturbation)) if spec.perturbation else None
         inten = IntensityAugmentation(**dict(spec.intensity)) if spec.intensity else None
+        realism = Realism.from_json(spec.realism) if spec.realism else None
         drr = synthesize(volume, geom, kind=spec.kind, perturbation=pert, intensity=inten, seed=spec.seed,
-                         backend=spec.backend, physics_options=dict(spec.physics) or None)
+                         backend=spec.backend, physics_options=dict(spec.physics) or None, realism=realism)
     labels = {"variant": spec.variant, "age_years": spec.age_years, "normal": spec.variant == "normal", **extra}
     prov = {"spec": asdict(spec), "phantom_parameters": params, "augmentation": drr.augmentation,
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
@@ -278,7 +290,7 @@ def generate(specs: Sequence[SampleSpec], out, *, workers: int = 1, mode: str = 
         bar = tqdm(total=len(specs), desc="samples", unit="sample")
     attrs = {"xray_kind": specs[0].kind,
              "xray_units": "attenuation x mm" if specs[0].kind == "line_integrals" else "raw detector counts",
-             "phantom": specs[0].phantom}
+             "phantom": specs[0].phantom, "realism": specs[0].realism or "none"}
     try:
         with DatasetWriter(out, mode=mode, compression=compression, attrs=attrs, expected_samples=len(specs)) as w, \
                 contextlib.closing(iter_samples(specs, workers)) as samples:

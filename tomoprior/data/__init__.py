@@ -1,5 +1,6 @@
 """Data: volumes from NIfTI / DICOM CT (HU -> attenuation), DRR synthesis with calibration-
-error and intensity augmentation, the HDF5 dataset format, a lazy torch ``Dataset`` and
+error and intensity augmentation and optional realism (head pose and motion, and radiograph
+physics through ``tomoprior.physics``), the HDF5 dataset format, a lazy torch ``Dataset`` and
 parallel (process pool or Dask) synthetic dataset generation, and the shipped real head CTs
 (:func:`real_ct`, :func:`real_cts`). The HU conversions are those of :mod:`tomoprior.units`,
 re-exported."""

@@ -119,3 +119,13 @@ def test_an_unaimed_geometry_warns_and_loses_the_volume(headsq_hu):
     assert aimed.coverage() == pytest.approx((1.0, 1.0))
     lost, full = tp.project(vol.data, geom), tp.project(vol.data, aimed)
     assert float(lost.sum()) < 0.8 * float(full.sum())
+
+
+def test_synthesize_warns_when_the_volume_brings_an_unseen_grid(headsq_hu):
+    geom = tp.BiplanarGeometry.from_parameters(binning=16)  # built for the default grid at the origin
+    with pytest.warns(tp.GeometryWarning, match=r"only 4\d% of the volume box"):
+        data.synthesize(headsq_hu, geom)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = data.synthesize(headsq_hu, geom.aimed_at(headsq_hu.grid))
+    assert res.xrays.shape == (2, 96, 96) and float(res.xrays.amax()) > 3.0

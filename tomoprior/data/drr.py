@@ -266,6 +266,13 @@ def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, ki
     ------
     ValueError
         Non-finite voxels, a grid mismatch, a view that misses the volume, an unknown kind.
+
+    Warns
+    -----
+    GeometryWarning
+        When the volume brings its own grid (a :class:`Volume`, or ``grid=``) and a view sees
+        less than half of it, e.g. a real CT off-centre in scanner coordinates: aim the
+        geometry at it first (``geometry.aimed_at(volume.grid)``).
     """
     if kind not in ("line_integrals", "radiograph"):
         raise ValueError(f"kind must be 'line_integrals' or 'radiograph', got {kind!r}")
@@ -311,6 +318,8 @@ def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, ki
                 aug["motion"] = {"size": asdict(realism.motion), "drawn": motion, "center_mm": center,
                                  "applies_to_views": list(range(1, used.num_views))}
     check_views_see_volume(used)
+    if nominal is not geometry:  # the volume brought its own grid: warn if the views see little of it
+        nominal.warn_if_partly_seen(stacklevel=2)
     settings = realism.settings_for(used) if realism is not None else None
     if settings is not None:
         from ..physics import log_transform, radiograph

@@ -65,16 +65,16 @@ def test_each_view_gives_the_analytic_plane_integral_derivative(geom):
         got, truncated = plane_derivatives(ims[i], view, normals)
         assert int(truncated.sum()) <= 2  # at most the planes that graze a detector corner
         err = float((got - truth)[inner].pow(2).mean().sqrt()) / scale
-        assert err < 0.02, f"view {i}: relative RMS error {err:.3g}"  # measured 1.2e-2 (128^2), 7.7e-3 (256^2)
+        assert err < 0.02, f"view {i}: relative RMS error {err:.3g}"  # measured 1.2e-2 (128^2), 8.9e-3 (256^2)
 
 
 def test_exact_geometry_residual_is_at_discretisation_level_and_converges(geom, images):
     pair = epipolar_consistency(images, geom, n_planes=128).pairs[0]
     assert pair.n_valid >= 120  # the outermost planes only graze a detector corner
     assert float(pair.relative) < 0.008  # measured 5.3e-3 at 128^2 (3.8e-3 at 256^2)
-    # the blur lowers the aliasing floor of sharp edges (unblurred: 1.7e-2 at 128^2, 1.35e-2 at 256^2)
+    # the blur lowers the aliasing floor of sharp edges (unblurred: 2.0e-2 at 128^2, 1.5e-2 at 256^2)
     sharp = float(epipolar_consistency(images, geom, n_planes=128, smoothing=0).relative)
-    assert sharp > 2 * float(pair.relative)
+    assert sharp > 2 * float(pair.relative)  # 2.0e-2 vs 5.3e-3
 
 
 SWEEPS = {
@@ -130,7 +130,7 @@ def test_gradient_wrt_view_parameters_matches_finite_differences(geom, images):
     grad = x.grad
     assert float(grad.abs().max()) > 1e-3
     gen = torch.Generator().manual_seed(0)
-    h = 1e-4  # mm, or microradians for angles
+    h = 1e-4  # mm, or mrad for angles
     for _ in range(3):  # directional derivatives along random directions of all 18 parameters
         d = torch.randn(18, generator=gen, dtype=torch.float64)
         with torch.no_grad():

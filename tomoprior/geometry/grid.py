@@ -24,6 +24,11 @@ class VolumeGrid:
 
         center + ((i - (nx-1)/2) * sx, (j - (ny-1)/2) * sy, (k - (nz-1)/2) * sz)
 
+    Index rule: voxel indices are always given in array order ``(k, j, i)`` (z, y, x index),
+    as in ``volume[k, j, i]``: :meth:`voxel_center`, :meth:`world_to_index`,
+    :meth:`array_affine`. The single exception is :meth:`affine`, the NIfTI-style
+    ``(i, j, k)`` matrix handed to NIfTI writers; world points are always ``(x, y, z)``.
+
     Parameters
     ----------
     shape : (nz, ny, nx)
@@ -146,14 +151,32 @@ class VolumeGrid:
         return ijk.flip(-1)
 
     def affine(self) -> np.ndarray:
-        """4x4 matrix mapping homogeneous array indices ``(i, j, k, 1)`` to world ``(x, y, z, 1)``.
+        """4x4 NIfTI-style matrix mapping ``(i, j, k, 1)`` to world ``(x, y, z, 1)`` (LPS mm).
 
-        Note the index order ``(i, j, k)`` = (x, y, z) index, as used by NIfTI affines.
+        The one place tomoprior writes voxel indices in ``(i, j, k)`` = (x, y, z) index order:
+        this is the matrix NIfTI files and nibabel expect next to an array stored as
+        ``(nx, ny, nz)`` (i.e. ``volume.transpose()``; NIfTI's RAS frame also needs
+        ``diag(-1, -1, 1, 1) @ affine``). Everywhere else indices are in array order
+        ``(k, j, i)``; :meth:`array_affine` is this matrix in that order.
         """
         a = np.eye(4)
         a[0, 0], a[1, 1], a[2, 2] = self.spacing_xyz
         origin = self.voxel_center(0, 0, 0)
         a[:3, 3] = origin
+        return a
+
+    def array_affine(self) -> np.ndarray:
+        """4x4 matrix mapping array-order indices ``(k, j, i, 1)`` to world ``(x, y, z, 1)`` mm.
+
+        ``array_affine() @ (k, j, i, 1)`` equals ``voxel_center(k, j, i)`` (and the inverse of
+        :meth:`world_to_index`): the same index order as ``volume[k, j, i]`` on a
+        ``(nz, ny, nx)`` array. :meth:`affine` is the NIfTI ``(i, j, k)`` form.
+        """
+        a = np.zeros((4, 4))
+        a[3, 3] = 1.0
+        sx, sy, sz = self.spacing_xyz
+        a[0, 2], a[1, 1], a[2, 0] = sx, sy, sz
+        a[:3, 3] = self.voxel_center(0, 0, 0)
         return a
 
     # -- serialisation ----------------------------------------------------------------

@@ -267,8 +267,10 @@ def test_attenuation_table_matches_xraylib():
             assert linear_attenuation(key, e) == pytest.approx(rho * mass / 10.0, rel=1e-3), (key, e)
 
 
-def test_refined_rasterisation_equals_brute_force_supersampling(skulls):
-    skull = skulls["metopic"]
+def test_refined_rasterisation_equals_brute_force_supersampling():
+    # no seed: the mean anatomy, without the smooth tissue texture (which unrefined voxels take
+    # at their centre), so every voxel is exactly the mean of its sub-samples' materials
+    skull = make_skull(age_years=1.0, variant="metopic", seed=None)
     grid = VolumeGrid(shape=(20, 22, 18), spacing=(7.5, 7.0, 6.5), center=(2.0, -20.0, 10.0))
     k = 2
     fast = skull.rasterize(grid, supersample=k)
@@ -391,3 +393,35 @@ def test_bad_calls_raise_clear_errors(skulls):
         make_skull(SkullParameters(), age_years=2.0)
     with pytest.raises(ValueError, match=r"grid\.shape"):
         measure_shape_indices(np.zeros((4, 4, 4), bool), default_grid(16))
+
+
+def test_anatomy_v2_texture_suture_margins_spine_and_v1_kept():
+    """Anatomy v2 adds a smooth, seeded tissue texture (std 1 %, clipped at 3 %), thinned bone at
+    open suture margins, the cervical spine and dense petrous pyramids; v1 keeps the first model."""
+    import numpy as np
+
+    from tomoprior.phantoms.skull.model import TEXTURE_CLIP
+
+    with pytest.raises(ValueError, match="anatomy must be one of"):
+        make_skull(age_years=1.0, anatomy="v3")
+    a, b, c = (make_skull(age_years=0.5, seed=s) for s in (3, 3, 4))
+    v1 = make_skull(age_years=0.5, seed=3, anatomy="v1")
+    assert a.anatomy == "v2" and v1.anatomy == "v1"
+    lo, hi = a.bounding_box()
+    pts = torch.as_tensor(np.random.default_rng(0).uniform(lo, hi, (20000, 3)))
+    labels = a.labels(pts)
+    soft = (a._materials_at(pts) == 1)
+    rel = a.values(pts)[soft] / a.attenuation["soft_tissue"] - 1.0
+    assert 0.004 < float(rel.std()) < 0.02 and float(rel.abs().max()) <= TEXTURE_CLIP + 1e-6
+    assert torch.equal(a.values(pts), b.values(pts)) and not torch.equal(a.values(pts), c.values(pts))
+    soft1 = v1._materials_at(pts) == 1
+    assert torch.all(v1.values(pts)[soft1] == v1.attenuation["soft_tissue"])  # v1: uniform tissues
+    # the spine: bone below the foramen magnum on the midline, none in v1
+    spine_pts = torch.as_tensor(np.array([p[3] for p in a._spine.parts if p[2] == "ell"]) + a.c0)
+    assert bool((a.labels(spine_pts) == 3).all())
+    assert v1._spine is None and bool((labels >= 0).all())
+    # open sutures: bone within the margin is thinner (fibrous tissue from the inner table out)
+    mid = a.suture_points("sagittal", n=9, depth=0.9)
+    side = mid + np.array([0.5 * a.suture_width_mm + 0.6, 0.0, 0.0])
+    assert int((a.labels(torch.as_tensor(side)) == 4).sum()) >= 6
+    assert int((v1.labels(torch.as_tensor(mid + np.array([0.5 * v1.suture_width_mm + 0.6, 0, 0]))) == 4).sum()) == 0

@@ -78,6 +78,7 @@ class SampleSpec:
     supersample: int = 2
     physics: tuple = ()  # keyword arguments of tomoprior.physics.radiograph as (key, value) pairs
     realism: str = ""  # Realism.to_json() (pose, motion, acquisition physics); "" = none
+    skull_anatomy: str = "v2"  # model version of the procedural skull (tomoprior.phantoms.skull.ANATOMY_VERSIONS)
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -189,7 +190,8 @@ def _phantom(spec: SampleSpec):
     """The phantom object and its label/provenance extras."""
     if spec.phantom == "skull":
         mod = skull_module()
-        skull = mod.make_skull(age_years=spec.age_years, variant=spec.variant, seed=spec.seed)
+        skull = mod.make_skull(age_years=spec.age_years, variant=spec.variant, seed=spec.seed,
+                               anatomy=spec.skull_anatomy)
         extra = {}
         with contextlib.suppress(Exception):
             extra["cephalic_index"] = float(skull.cephalic_index())

@@ -1,29 +1,121 @@
 """The face and the skull base of the procedural skull, placed from the fitted vault.
 
 The face is orbits (bony walls, orbital fat, globes), maxilla, palate, nasal cavity, the
-mandible, zygomatic arches and nasal bones (capsules), with its soft tissue (a face
-ellipsoid and the nose). The skull base is the petrous ridges and the clivus (dense bone)
-and the foramen magnum. Everything is an ellipsoid or a capsule placed from the vault's
-landmarks and half-axes and scaled with the face's age (``face_scale``, 1 at one year).
-Coordinates are relative to the vault centre (mm, LPS axes).
+mandible, zygomatic arches and nasal bones, with its soft tissue (a face ellipsoid and the
+nose). The skull base is the petrous ridges and the clivus (dense bone) and the foramen
+magnum. Everything is an ellipsoid, a capsule or one of the swept shapes of
+:mod:`.primitives`, placed from the vault's landmarks and half-axes and scaled with the
+face's age (``face_scale``, 1 at one year). Coordinates are relative to the vault centre
+(mm, LPS axes).
+
+Anatomy ``"v1"`` (the first model) has capsules for the mandible and petrous ridges and a
+sharp step under the anterior cranial fossa. Anatomy ``"v2"`` adds, as :data:`Part` lists
+painted in order:
+
+* the mandible as a U-shaped body of vertical elliptical cross-section (about 13 x 5 mm at
+  one year) swept along a parabola from gonion to gonion, plate-like rami up to ellipsoidal
+  condyles in front of the ear, and coronoid processes;
+* orbit rims (elliptical rings of bone round each orbit's opening), the piriform nasal
+  aperture and small maxillary sinuses cut into the maxilla;
+* a rounded sphenoid ridge (the anterior fossa floor blends into the middle fossa over
+  about 10 mm instead of a right-angle step), the lesser sphenoid wings along it, the
+  sphenoid body with the sella turcica, a flat clivus sloping from the dorsum sellae to the
+  front of the foramen magnum, petrous pyramids (tapered: thin apex, thick base at the ear),
+  mastoid processes (growing with age) and the occipital condyles.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .primitives import Box, capsule_box, capsule_sdf, ellipsoid_box, ellipsoid_sdf, smin
-from .tissues import AIR, BRAIN, DENSE, EYE, FACIAL, FAT, SOFT
+from .primitives import (
+    Box,
+    capsule_box,
+    capsule_sdf,
+    ellipsoid_box,
+    ellipsoid_sdf,
+    flat_capsule_sdf,
+    ring_sdf,
+    smin,
+    tapered_capsule_sdf,
+)
+from .tissues import AIR, BRAIN, DENSE, DIPLOE, EYE, FACIAL, FAT, SOFT, TABLE
 from .variants import VariantShape
 from .vault import VaultShape
 
 Tensor = torch.Tensor
 
-__all__ = ["Face", "SkullBase", "place_face", "place_skull_base"]
+__all__ = ["Face", "Part", "SkullBase", "part_box", "part_sdf", "place_face", "place_skull_base"]
+
+#: A shape painted with a material: ``(material index, rule, kind, *parameters)``. ``rule`` is
+#: ``"all"`` (paint everywhere), ``"bone"`` (only where the point is already bone: cuts such
+#: as sinuses) or ``"cavity"`` (only inside the vault's outer table). ``kind`` and its
+#: parameters (mm, relative to the vault centre): ``"ell"`` centre, semi-axes;
+#: ``"cap"`` a, b, radius; ``"taper"`` a, b, radius at a, radius at b; ``"flat"`` a, b, wide
+#: direction, half-width along it, half-thickness; ``"ring"`` centre, (2,) radii, normal axis,
+#: tube radius (see :mod:`.primitives`).
+Part = tuple
+
+
+def part_sdf(q: Tensor, part: Part) -> Tensor:
+    """Signed distance (mm, ``(N,)``) from points ``q`` ``(N, 3)`` to a :data:`Part`'s shape."""
+    kind, args = part[2], part[3:]
+    if kind == "ell":
+        return ellipsoid_sdf(q, *args)
+    if kind == "cap":
+        return capsule_sdf(q, *args)
+    if kind == "taper":
+        return tapered_capsule_sdf(q, *args)
+    if kind == "flat":
+        return flat_capsule_sdf(q, *args)
+    if kind == "ring":
+        return ring_sdf(q, *args)
+    raise ValueError(f"unknown part kind {kind!r}")
+
+
+def part_box(part: Part) -> Box:
+    """Bounding box of a :data:`Part`'s shape."""
+    kind, args = part[2], part[3:]
+    if kind == "ell":
+        return ellipsoid_box(*args)
+    if kind in ("cap", "taper", "flat"):
+        r = max(args[2:]) if kind != "flat" else max(args[3], args[4])
+        return capsule_box(args[0], args[1], r)
+    c, radii, axis, tube = args
+    ext = np.full(3, tube, dtype=float)
+    ext[[k for k in range(3) if k != axis]] += np.asarray(radii, float)
+    return Box(np.asarray(c, float) - ext, np.asarray(c, float) + ext)
+
+
+def paint_parts(parts: list, mat: Tensor, near: Tensor | None, q: Tensor,
+                inside_vault: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Paint ``parts`` (:data:`Part`) in order over ``mat`` at points ``q`` ``(N, 3)``;
+    ``inside_vault`` (bool ``(N,)``) serves the ``"cavity"`` rule. Returns ``(mat, near)``."""
+    mat = mat.clone()
+    if near is not None:
+        near = near.clone()
+    for part in parts:
+        material, rule = part[0], part[1]
+        # only the points in the part's box (grown by the refinement reach) are evaluated
+        idx = part_box(part).shifted(np.zeros(3), 6.0).mask(q).nonzero().squeeze(-1)
+        if not idx.numel():
+            continue
+        dist = part_sdf(q[idx], part)
+        hit = dist < 0
+        m = mat[idx]
+        if rule == "bone":
+            hit = hit & ((m == FACIAL) | (m == DENSE) | (m == TABLE) | (m == DIPLOE))
+        elif rule == "cavity":
+            hit = hit & inside_vault[idx]
+        mat[idx] = torch.where(hit, material, m)
+        if near is not None:
+            near[idx] = torch.minimum(near[idx], dist.abs())
+    return mat, near
 
 
 @dataclass
@@ -40,6 +132,8 @@ class Face:
     capsules: list  # mandible, zygomatic arches, nasal bones
     skin: tuple  # soft tissue of the face
     nose: tuple
+    parts: list = None  # anatomy v2: mandible, orbit rims, aperture, sinuses (Part), painted last
+    skin_parts: int = 0  # the first skin_parts of parts are bone the soft tissue wraps (the mandible)
 
     def materials(self, q: Tensor, d_skin: Tensor, need_near: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """Materials of the face region at points ``q`` ``(N, 3)``.
@@ -60,6 +154,9 @@ class Face:
         ds = smin(ds, dn, 4.0)
         caps = torch.stack([capsule_sdf(q, a_, b_, r_) for a_, b_, r_ in self.capsules]).amin(0)
         ds = smin(ds, caps - 5.0, 6.0)
+        if self.skin_parts:
+            wrap = torch.stack([part_sdf(q, pt) for pt in self.parts[: self.skin_parts]]).amin(0)
+            ds = smin(ds, wrap - 5.0, 6.0)
         mat = torch.where(ds < 0, SOFT, AIR)
         dm = ellipsoid_sdf(q, *self.maxilla)
         dp = ellipsoid_sdf(q, *self.palate)
@@ -82,6 +179,8 @@ class Face:
         mat = torch.where(caps < 0, FACIAL, mat)
         upd(caps)
         upd(ds)
+        if self.parts:
+            mat, near = paint_parts(self.parts, mat, near, q)
         return mat, ds, near
 
     def skin_box(self) -> Box:
@@ -89,6 +188,9 @@ class Face:
         box = ellipsoid_box(*self.skin).union(ellipsoid_box(*self.nose))
         for a_, b_, r_ in self.capsules:
             box = box.union(capsule_box(a_, b_, r_ + 4.0))
+        for pt in (self.parts or [])[: self.skin_parts]:
+            b = part_box(pt)
+            box = box.union(Box(b.lo - 5.0, b.hi + 5.0))
         return box
 
     def region_box(self) -> Box:
@@ -96,11 +198,13 @@ class Face:
         box = self.skin_box()
         for o, semi in self.orbits:
             box = box.union(ellipsoid_box(o, semi, margin=self.orbit_wall))
+        for pt in self.parts or []:
+            box = box.union(part_box(pt))
         return box.union(ellipsoid_box(*self.maxilla)).union(ellipsoid_box(*self.palate))
 
 
 def place_face(shape: VaultShape, landmarks: dict, face_scale: float, age_years: float, variant: VariantShape,
-               side: str) -> tuple[Face, dict]:
+               side: str, anatomy: str = "v2") -> tuple[Face, dict]:
     """Place the face under the vault's nasion.
 
     Parameters
@@ -115,6 +219,8 @@ def place_face(shape: VaultShape, landmarks: dict, face_scale: float, age_years:
         Age (the globes grow from 8.5 to 11 mm radius).
     variant, side
         The variant's face changes (interorbital distance, raised orbit on the fused side).
+    anatomy : str
+        Model version (``"v1"`` or ``"v2"``, see the module notes).
 
     Returns
     -------
@@ -144,7 +250,8 @@ def place_face(shape: VaultShape, landmarks: dict, face_scale: float, age_years:
     # anterior cranial fossa floor: a plane just above the orbit roofs
     # (horizontal, from the front back to the sphenoid ridge over the orbit apices)
     z_floor = max(o[2] + o_semi[2] for o in orbits) + 1.0 * F
-    floor = (z_floor, y_orb + 0.6 * o_semi[1], 4.0 * F)
+    # v2: the sphenoid ridge is rounded over about 10 mm (v1: a near right-angle step)
+    floor = (z_floor, y_orb + 0.6 * o_semi[1], (4.0 if anatomy == "v1" else 10.0) * F)
 
     chin = np.array([0.0, nasion[1] + 9 * F, z_orb - 46 * F])
     caps = []
@@ -152,7 +259,8 @@ def place_face(shape: VaultShape, landmarks: dict, face_scale: float, age_years:
         mid = np.array([x * 19 * F, nasion[1] + 26 * F, z_orb - 44 * F])
         gon = np.array([x * 28 * F, y_ear - 12 * F, z_orb - 38 * F])
         con = np.array([x * 30 * F, y_ear - 6 * F, z_ear])
-        caps += [(chin, mid, 4.2 * F), (mid, gon, 4.0 * F), (gon, con, 3.3 * F)]  # mandible
+        if anatomy == "v1":
+            caps += [(chin, mid, 4.2 * F), (mid, gon, 4.0 * F), (gon, con, 3.3 * F)]  # mandible
         zyg0 = np.array([x * (ipd / 2 + 13 * F), nasion[1] + 12 * F, z_orb - 10 * F])
         zyg1 = np.array([x * min(x_ear - 4, ipd / 2 + 33 * F), y_ear - 12 * F, z_ear - 1 * F])
         caps.append((zyg0, zyg1, 2.6 * F))  # zygomatic arch
@@ -169,7 +277,45 @@ def place_face(shape: VaultShape, landmarks: dict, face_scale: float, age_years:
               np.array([0.5 * shape.a + 8 * F, 32.0 * F, 37.0 * F])),
         nose=(np.array([0.0, nasion[1] - 3 * F, z_orb - 13 * F]), np.array([8.0, 9.0, 12.0]) * F),
     )
+    if anatomy != "v1":
+        face.parts, face.skin_parts = _face_parts_v2(face, nasion, chin, y_ear, z_ear, z_orb, o_semi, F)
     return face, {"floor": floor, "y_ear": y_ear, "z_ear": z_ear}
+
+
+def _face_parts_v2(face: Face, nasion, chin, y_ear, z_ear, z_orb, o_semi, F) -> tuple[list, int]:
+    """Mandible (U-shaped body, rami, condyles, coronoids), then orbit rims, nasal aperture and
+    maxillary sinuses; returns ``(parts, number of mandible parts)``."""
+    ez, ey = np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 0.0])
+    mand = []
+    body_h, body_t = 6.5 * F, 2.6 * F  # half-height and half-thickness of the mandibular body
+    for x in (1.0, -1.0):
+        gon = np.array([x * 27 * F, y_ear - 13 * F, z_orb - 37 * F])
+        con = np.array([x * 30 * F, y_ear - 5 * F, z_ear - 1 * F])
+        # the body: a parabola in the horizontal plane from the chin to the gonial angle
+        pts = []
+        for t in np.linspace(0.0, 1.0, 5):
+            pts.append(np.array([x * 27 * F * t, chin[1] + (gon[1] - chin[1]) * t**2 * 1.0,
+                                 chin[2] + (gon[2] - chin[2]) * t + 3.0 * F]))
+        for a_, b_ in itertools.pairwise(pts):
+            mand.append((FACIAL, "all", "flat", a_, b_, ez, body_h, body_t))
+        # ramus: a plate (wide front to back) from the angle up to the condylar neck
+        mand.append((FACIAL, "all", "flat", gon + np.array([0, -2 * F, 2 * F]), con - np.array([0, 0, 4 * F]),
+                     ey, 5.5 * F, 2.0 * F))
+        mand.append((FACIAL, "all", "ell", con, np.array([4.5, 3.0, 3.2]) * F))  # condyle
+        cor0 = gon + np.array([0.0, -7 * F, 8 * F])
+        mand.append((FACIAL, "all", "flat", cor0, np.array([x * 27 * F, y_ear - 19 * F, z_ear - 4 * F]),
+                     ey, 3.0 * F, 1.6 * F))  # coronoid process
+    parts = list(mand)
+    for o, semi in face.orbits:
+        c = np.array([o[0], o[1] - 0.55 * semi[1], o[2]])
+        parts.append((FACIAL, "all", "ring", c, np.array([semi[0] * 0.86, semi[2] * 0.86]), 1, 2.0 * F))
+    cm = face.maxilla[0]
+    parts.append((AIR, "bone", "ell", np.array([0.0, nasion[1] + 2 * F, z_orb - 16 * F]),
+                  np.array([6.5, 7.0, 9.5]) * F))  # piriform aperture, opening the nasal cavity forward
+    for x in (1.0, -1.0):
+        parts.append((AIR, "bone", "ell", np.array([x * 13 * F, cm[1] - 1 * F, cm[2] + 2 * F]),
+                      np.array([5.5, 7.0, 5.0]) * F))  # maxillary sinus
+    return parts, len(mand)
 
 
 @dataclass
@@ -180,14 +326,19 @@ class SkullBase:
     petrous: list
     clivus: tuple
     foramen: tuple
+    parts: list = None  # anatomy v2 (Part): replaces the capsules
 
     def capsules(self) -> list:
-        """The dense-bone capsules: both petrous ridges and the clivus."""
+        """The dense-bone capsules: both petrous ridges and the clivus (anatomy v1)."""
         return [*self.petrous, self.clivus]
 
     def box(self) -> Box:
-        """Box around the dense-bone capsules."""
+        """Box around the skull-base bone."""
         box = Box(np.full(3, np.inf), np.full(3, -np.inf))
+        if self.parts:
+            for pt in self.parts:
+                box = box.union(part_box(pt))
+            return box
         for a_, b_, r_ in self.capsules():
             box = box.union(capsule_box(a_, b_, r_))
         return box
@@ -208,6 +359,8 @@ class SkullBase:
     def dense_bone(self, mat: Tensor, near: Tensor | None, q: Tensor, d: Tensor) -> tuple[Tensor, Tensor | None]:
         """Paint the petrous ridges and clivus inside the vault (``d < 0``) at points ``q``
         ``(M, 3)`` (the points in :meth:`box`). Returns ``(mat, near)`` of those points."""
+        if self.parts:
+            return paint_parts(self.parts, mat, near, q, d < 0)
         db = torch.stack([capsule_sdf(q, a_, b_, r_) for a_, b_, r_ in self.capsules()]).amin(0)
         mat = torch.where((db < 0) & (d < 0), DENSE, mat)
         if near is not None:
@@ -215,9 +368,11 @@ class SkullBase:
         return mat, near
 
 
-def place_skull_base(shape: VaultShape, face_scale: float, y_ear: float, z_ear: float) -> SkullBase:
+def place_skull_base(shape: VaultShape, face_scale: float, y_ear: float, z_ear: float, anatomy: str = "v2",
+                     age_years: float = 1.0) -> SkullBase:
     """Place the skull base on the vault floor (``shape`` with its anterior fossa set),
-    relative to the ear position ``(y_ear, z_ear)`` mm from :func:`place_face`."""
+    relative to the ear position ``(y_ear, z_ear)`` mm from :func:`place_face`; ``anatomy``
+    the model version, ``age_years`` the age (the mastoids grow)."""
     F = face_scale
     petrous = []
     y_fm = y_ear + 18 * F
@@ -231,4 +386,41 @@ def place_skull_base(shape: VaultShape, face_scale: float, y_ear: float, z_ear: 
     ends = [(0.0, y_ear - 14 * F), (0.0, y_fm - fm_semi[1] - 3 * F)]
     zs = shape.z_below(ends)
     clivus = (np.array([*ends[0], zs[0] + 12 * F]), np.array([*ends[1], zs[1] + 3 * F]), 5.0 * F)
-    return SkullBase(petrous=petrous, clivus=clivus, foramen=(np.array([0.0, y_fm]), fm_semi, z_ear + 5 * F))
+    base = SkullBase(petrous=petrous, clivus=clivus, foramen=(np.array([0.0, y_fm]), fm_semi, z_ear + 5 * F))
+    if anatomy != "v1":
+        base.parts = _base_parts_v2(shape, base, F, y_ear, z_ear, age_years)
+    return base
+
+
+def _base_parts_v2(shape: VaultShape, base: SkullBase, F: float, y_ear: float, z_ear: float,
+                   age_years: float) -> list:
+    """Sphenoid (lesser wings, body, sella), clivus, petrous pyramids, mastoids, occipital condyles."""
+    ex, ey = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    z_floor, y_ridge, _ = shape.floor
+    y_fm = float(base.foramen[0][1])
+    fm_y = float(base.foramen[1][1])
+    parts = []
+    for x in (1.0, -1.0):  # lesser wings: thin plates along the sphenoid ridge, sweeping back laterally
+        parts.append((FACIAL, "all", "flat", np.array([x * 5 * F, y_ridge - 1 * F, z_floor - 0.5 * F]),
+                      np.array([x * 0.5 * shape.a, y_ridge + 5 * F, z_floor + 0.5 * F]), ey, 3.5 * F, 1.3 * F))
+    # sphenoid body behind the ridge, its top hollowed by the sella turcica (pituitary)
+    y_sella = y_ridge + 0.45 * (y_fm - fm_y - y_ridge)
+    z_sella = z_floor - 6 * F
+    parts.append((FACIAL, "cavity", "ell", np.array([0.0, y_sella - 2 * F, z_sella - 4 * F]),
+                  np.array([9.0, 9.0, 7.0]) * F))
+    # clivus: a plate wide across, sloping from the dorsum sellae down to the foramen magnum
+    z_fm = float(shape.z_below([(0.0, y_fm - fm_y - 2 * F)])[0])
+    top = np.array([0.0, y_sella + 4 * F, z_sella + 2 * F])
+    bottom = np.array([0.0, y_fm - fm_y - 2 * F, z_fm + 3.5 * F])
+    parts.append((DENSE, "cavity", "flat", top, bottom, ex, 7.0 * F, 3.0 * F))
+    parts.append((BRAIN, "cavity", "ell", np.array([0.0, y_sella, z_sella + 1.5 * F]), np.array([4.5, 4.0, 3.5]) * F))
+    for a_, b_, r_ in base.petrous:  # pyramids: thick base at the ear, thin apex by the clivus
+        parts.append((DENSE, "cavity", "taper", a_, b_, 1.25 * r_, 0.6 * r_))
+    m = 0.6 + 0.4 * min(age_years, 6.0) / 6.0  # the mastoid process grows through childhood
+    for x in (1.0, -1.0):
+        a_pt = base.petrous[0 if x > 0 else 1][0]
+        parts.append((FACIAL, "all", "ell", np.array([x * (abs(a_pt[0]) + 1 * F), y_ear + 9 * F, z_ear - 5 * F]),
+                      np.array([5.0, 7.0, 8.0]) * F * m))  # mastoid
+        parts.append((FACIAL, "all", "ell", np.array([x * 8 * F, y_fm - 3 * F, z_fm - 1.5 * F]),
+                      np.array([3.5, 6.0, 3.0]) * F))  # occipital condyle
+    return parts

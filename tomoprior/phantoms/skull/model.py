@@ -46,13 +46,22 @@ from . import growth
 from .face import place_face, place_skull_base
 from .parameters import DEFAULT_CEPHALIC_INDEX, SUTURES, SkullParameters
 from .primitives import Box, crossings, ellipsoid_box, ellipsoid_sdf, fibonacci_sphere, smin, unit
-from .tissues import AIR, LABELS, MATERIAL_LABELS, MATERIALS, SOFT, material_attenuation
+from .spine import place_spine
+from .tissues import AIR, BRAIN, LABELS, MATERIAL_LABELS, MATERIALS, SOFT, material_attenuation
 from .variants import VARIANT_SHAPES
 from .vault import Vault, VaultShape, fit_size, make_fontanelles, make_sutures
 
 Tensor = torch.Tensor
 
-__all__ = ["LABELS", "MATERIALS", "MATERIAL_LABELS", "Skull", "default_grid", "make_skull"]
+__all__ = ["ANATOMY_VERSIONS", "LABELS", "MATERIALS", "MATERIAL_LABELS", "Skull", "default_grid", "make_skull"]
+
+#: Versions of the anatomy: ``"v1"`` is the first model (flat skull base with a step under the
+#: anterior fossa, capsule face and mandible, no spine, uniform tissues, sutures as plain
+#: gaps), kept so that weights trained on it (the PSCT-Net demo weights) are evaluated on
+#: the skull they were trained on; ``"v2"`` (the default) adds the sloped skull base,
+#: petrous pyramids, mastoids, a U-shaped mandible, orbit rims, the upper cervical spine,
+#: soft tissue and brain texture and sutures with thinned margins (docs/skull.md).
+ANATOMY_VERSIONS = ("v1", "v2")
 
 #: Field of view (mm) of :func:`default_grid`: holds any head the parameters allow (6 years,
 #: cephalic index 55-110, maximal variation) with a margin.
@@ -71,6 +80,13 @@ REFINE_SAFETY = 1.6
 EVAL_THREADS: int | None = 1
 
 _DTYPE = torch.float32
+
+#: Tissue texture (anatomy v2): relative standard deviation of the attenuation of soft tissue
+#: and of brain (a sum of :data:`TEXTURE_WAVES` plane waves of 10-40 mm wavelength), and its
+#: clip (the texture never moves a value by more than this fraction).
+TEXTURE_STD = 0.01
+TEXTURE_CLIP = 0.03
+TEXTURE_WAVES = 8
 
 
 def _eval_threads():
@@ -106,8 +122,10 @@ def default_grid(shape: int = 64, fov_mm: float = DEFAULT_FOV_MM) -> VolumeGrid:
     return VolumeGrid(shape=(int(shape),) * 3, spacing=(s, s, s), center=(0.0, 0.0, 0.0))
 
 
-def make_skull(parameters: SkullParameters | None = None, **kwargs) -> Skull:
+def make_skull(parameters: SkullParameters | None = None, *, anatomy: str = "v2", **kwargs) -> Skull:
     """Build a :class:`Skull` from :class:`SkullParameters` or from their fields as keywords.
+
+    ``anatomy`` is the model version (:data:`ANATOMY_VERSIONS`).
 
     Examples
     --------
@@ -121,7 +139,7 @@ def make_skull(parameters: SkullParameters | None = None, **kwargs) -> Skull:
         parameters = SkullParameters(**kwargs)
     elif not isinstance(parameters, SkullParameters):
         raise ValueError(f"parameters must be a SkullParameters, got {type(parameters).__name__}")
-    return Skull(parameters)
+    return Skull(parameters, anatomy=anatomy)
 
 
 def _slabs(grid: VolumeGrid):
@@ -148,6 +166,8 @@ class Skull:
     Parameters
     ----------
     parameters : SkullParameters
+    anatomy : str
+        Model version, ``"v2"`` (default) or ``"v1"`` (:data:`ANATOMY_VERSIONS`).
 
     Notes
     -----
@@ -157,7 +177,11 @@ class Skull:
     Labels: :data:`LABELS`.
     """
 
-    def __init__(self, parameters: SkullParameters):
+    def __init__(self, parameters: SkullParameters, anatomy: str = "v2"):
+        if anatomy not in ANATOMY_VERSIONS:
+            raise ValueError(f"anatomy must be one of {ANATOMY_VERSIONS} (model version), got {anatomy!r}")
+        #: model version (:data:`ANATOMY_VERSIONS`)
+        self.anatomy = anatomy
         if not isinstance(parameters, SkullParameters):
             raise ValueError(f"parameters must be a SkullParameters, got {type(parameters).__name__}")
         self.parameters = parameters
@@ -200,6 +224,9 @@ class Skull:
         variant = VARIANT_SHAPES[p.variant]
         shape = VaultShape(a=60.0, b=75.0, c_up=60.0, c_down=45.0, harmonics=harm, taper=variant.taper,
                            bulges=variant.bulge_list(p.side), planes=variant.plane_list(p.side))
+        if self.anatomy != "v1":
+            # the posterior cranial fossa dips below the middle fossa toward the foramen magnum
+            shape.bulges = [*shape.bulges, (unit([0.0, 0.5, -0.87]), 0.22, 0.15)]
         landmarks = fit_size(shape, variant.ridge_list(p.side), (variant.height_up, 0.62),
                              self.head_circumference_target_cm * 10.0, self.cephalic_index_target, self.scalp_mm)
 
@@ -212,9 +239,9 @@ class Skull:
                                        growth.posterior_fontanelle_mm(age, 0.2), 1.0 + 0.2 * z_font)
 
         # face under the nasion; its orbit roofs set the anterior cranial fossa; the skull base on that floor
-        self._face, levels = place_face(shape, landmarks, self.face_scale, age, variant, p.side)
+        self._face, levels = place_face(shape, landmarks, self.face_scale, age, variant, p.side, self.anatomy)
         shape.floor = levels["floor"]
-        self._base = place_skull_base(shape, self.face_scale, levels["y_ear"], levels["z_ear"])
+        self._base = place_skull_base(shape, self.face_scale, levels["y_ear"], levels["z_ear"], self.anatomy, age)
         ventricles = [
             (np.array([x * 0.13 * shape.a, 0.05 * shape.b, 0.12 * shape.c_up]),
              np.array([0.07 * shape.a, 0.38 * shape.b, 0.1 * shape.c_up]))
@@ -222,7 +249,41 @@ class Skull:
         ]
         self._vault = Vault(shape, landmarks, self.thickness_mm, self.diploe_fraction, self.csf_mm, sutures,
                             fontanelles, ventricles)
+        if self.anatomy != "v1":  # bone edges thinned over twice the gap's width along open sutures and fontanelles
+            self._vault.suture_margin_mm = 2.0 * self.suture_width_mm
+        self._spine = None
+        if self.anatomy != "v1":
+            y_fm = float(self._base.foramen[0][1])
+            self._spine = place_spine(y_fm, float(shape.z_below([(0.0, y_fm)])[0]), self.face_scale)
+        self._texture = self._make_texture(rng) if self.anatomy != "v1" else None
         self._place_head(levels["y_ear"], levels["z_ear"])
+
+    def _make_texture(self, rng) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Plane waves of the tissue texture (own generator, so the anatomy's draws keep their
+        order): ``(wave vectors (2, K, 3) 1/mm, phases (2, K), textured-material weights
+        (materials, 2))`` for soft tissue and brain; ``None`` without a seed."""
+        if self.parameters.seed is None:
+            return None
+        g = np.random.default_rng([int(self.parameters.seed), 0x7E7])
+        k = TEXTURE_WAVES
+        dirs = g.standard_normal((2, k, 3))
+        dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
+        wavelength = g.uniform(10.0, 40.0, (2, k, 1))
+        kvec = torch.as_tensor(2 * math.pi * dirs / wavelength, dtype=_DTYPE)
+        phase = torch.as_tensor(g.uniform(0, 2 * math.pi, (2, k)), dtype=_DTYPE)
+        which = torch.zeros(len(MATERIALS), 2, dtype=_DTYPE)
+        which[SOFT, 0] = 1.0
+        which[BRAIN, 1] = 1.0
+        return kvec, phase, which
+
+    def _texture_factors(self, rel: Tensor) -> Tensor | None:
+        """Relative texture ``(N, 2)`` (soft tissue, brain) at points ``rel`` relative to ``c0``."""
+        if self._texture is None:
+            return None
+        kvec, phase, _ = self._texture
+        amp = TEXTURE_STD * math.sqrt(2.0 / kvec.shape[1])
+        waves = torch.cos(torch.einsum("nc,tkc->ntk", rel, kvec) + phase).sum(-1) * amp
+        return waves.clamp(-TEXTURE_CLIP, TEXTURE_CLIP)
 
     def _set_materials(self, energy: float, age: float) -> None:
         values = material_attenuation(energy, age)
@@ -256,6 +317,7 @@ class Skull:
         self._skin_box = self._head_box.union(ellipsoid_box(*self._neck).shifted(self.c0))
         self._face_box = self._face.region_box().shifted(self.c0, 12.0)
         self._base_box = self._base.box().shifted(self.c0, 2.0)
+        self._spine_box = self._spine.box().shifted(self.c0, 2.0) if self._spine is not None else None
 
     # -- evaluation -----------------------------------------------------------------------
     def _evaluate(self, pts: Tensor, need_near: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -297,6 +359,13 @@ class Skull:
             mat[idx_b], near_b = self._base.dense_bone(mat[idx_b], near_b, rel[idx_b], d[idx_b])
             if need_near:
                 near[idx_b] = near_b
+        if self._spine_box is not None:
+            idx_s = self._spine_box.mask(pts).nonzero().squeeze(-1)
+            if idx_s.numel():
+                near_s = near[idx_s] if need_near else None
+                mat[idx_s], near_s = self._spine.paint(mat[idx_s], near_s, rel[idx_s])
+                if need_near:
+                    near[idx_s] = near_s
         return mat, near
 
     def vault_points(self, directions, depth: float = 0.5) -> np.ndarray:
@@ -343,8 +412,16 @@ class Skull:
         return out.reshape(p.shape[:-1])
 
     def values(self, points) -> Tensor:
-        """Linear attenuation (1/mm, float32) at world points ``(..., 3)`` (x, y, z mm)."""
-        return self._mu[self._materials_at(points)]
+        """Linear attenuation (1/mm, float32) at world points ``(..., 3)`` (x, y, z mm),
+        with the tissue texture (anatomy v2)."""
+        mat = self._materials_at(points)
+        val = self._mu[mat]
+        if self._texture is not None:
+            rel = self._points(points).reshape(-1, 3) - torch.as_tensor(self.c0, dtype=_DTYPE)
+            with torch.no_grad():
+                tex = (self._texture_factors(rel) * self._texture[2][mat.reshape(-1)]).sum(-1)
+            val = val * (1.0 + tex.reshape(val.shape))
+        return val
 
     def labels(self, points) -> Tensor:
         """Tissue labels (uint8, :data:`LABELS`) at world points ``(..., 3)``."""
@@ -381,13 +458,16 @@ class Skull:
             ``grid`` is not a VolumeGrid or ``supersample`` not a positive integer.
         """
         k = _check_grid_and_k(grid, supersample)
-        out = self._rasterize_table(grid, k, self._mu)
+        out = self._rasterize_table(grid, k, self._mu, texture=True)
         if hu:
             out = growth.attenuation_to_hu(out, self.parameters.energy_kev)
         return out.to(device=device, dtype=dtype)
 
-    def _rasterize_table(self, grid: VolumeGrid, k: int, table: Tensor) -> Tensor:
-        """Voxel means of ``table[material]`` (refined where an interface is near)."""
+    def _rasterize_table(self, grid: VolumeGrid, k: int, table: Tensor, texture: bool = False) -> Tensor:
+        """Voxel means of ``table[material]`` (refined where an interface is near); with
+        ``texture`` soft tissue and brain carry the tissue texture (at the same samples)."""
+        texture = texture and self._texture is not None
+        c0 = torch.as_tensor(self.c0, dtype=_DTYPE)
         _, ny, nx = grid.shape
         sz, sy, sx = grid.spacing
         half_diag = 0.5 * math.sqrt(sx * sx + sy * sy + sz * sz)
@@ -400,6 +480,12 @@ class Skull:
                 m = z1 - z0
                 mat, near = self._evaluate(pts, need_near=k > 1)
                 val = table[mat]
+                if texture:  # value x (1 + texture of its tissue); (N, 2) per tissue, zero off soft tissue and brain
+                    tw = table[:, None] * self._texture[2]  # (materials, 2)
+                    tex = torch.zeros(pts.shape[0], 2, dtype=_DTYPE)
+                    it = (self._texture[2].sum(-1) > 0)[mat].nonzero().squeeze(-1)
+                    tex[it] = self._texture_factors(pts[it] - c0)
+                    val = val + (tw[mat] * tex).sum(-1)
                 if k > 1:
                     idx = (near < REFINE_SAFETY * half_diag).nonzero().squeeze(-1)
                     step = max(1, CHUNK_POINTS // sub.shape[0])
@@ -408,6 +494,11 @@ class Skull:
                         sp = (pts[j][:, None, :] + sub[None]).reshape(-1, 3)
                         sm = self._evaluate(sp)[0]
                         val[j] = table[sm].reshape(-1, sub.shape[0]).mean(-1)
+                        if texture:  # at each sub-sample, so refined voxels are exact sub-sample means
+                            ts = torch.zeros(sp.shape[0], 2, dtype=_DTYPE)
+                            it = (self._texture[2].sum(-1) > 0)[sm].nonzero().squeeze(-1)
+                            ts[it] = self._texture_factors(sp[it] - c0)
+                            val[j] += (tw[sm] * ts).sum(-1).reshape(-1, sub.shape[0]).mean(-1)
                 out[z0:z1] = val.reshape(m, ny, nx)
         return out
 

@@ -25,8 +25,11 @@ __all__ = [
     "ellipsoid_box",
     "ellipsoid_sdf",
     "fibonacci_sphere",
+    "flat_capsule_sdf",
+    "ring_sdf",
     "smax",
     "smin",
+    "tapered_capsule_sdf",
     "unit",
 ]
 
@@ -128,3 +131,47 @@ def crossings(x: np.ndarray, y: np.ndarray, y0: float) -> list[float]:
         if (ya - y0) * (yb - y0) <= 0 and ya != yb:
             out.append(xa + (y0 - ya) * (xb - xa) / (yb - ya))
     return out
+
+
+def tapered_capsule_sdf(p: Tensor, a, b, ra: float, rb: float) -> Tensor:
+    """Approximate signed distance (mm) from points ``p`` ``(N, 3)`` to a capsule around the
+    segment ``a`` -> ``b`` (3,) whose radius goes linearly from ``ra`` to ``rb`` mm (a rounded
+    cone; exact for ``ra == rb``, a slight overestimate on the flanks of a steep taper)."""
+    a_t = torch.as_tensor(a, dtype=p.dtype)
+    ab = torch.as_tensor(b, dtype=p.dtype) - a_t
+    ap = p - a_t
+    h = ((ap @ ab) / float(ab @ ab)).clamp(0.0, 1.0)
+    return (ap - h[:, None] * ab).norm(dim=-1) - (ra + (rb - ra) * h)
+
+
+def flat_capsule_sdf(p: Tensor, a, b, wide, r_wide: float, r_thin: float) -> Tensor:
+    """Approximate signed distance (mm) to a segment ``a`` -> ``b`` (3,) swept with an
+    elliptical cross-section: half-width ``r_wide`` mm along ``wide`` (3,) (projected
+    perpendicular to the segment) and ``r_thin`` mm across it (a plate or a bar of bone).
+    Exact on the surface; scaled by the smaller half-width elsewhere. Returns ``(N,)``."""
+    a_np, b_np = np.asarray(a, float), np.asarray(b, float)
+    ab_np = b_np - a_np
+    axis = ab_np / np.linalg.norm(ab_np)
+    w = np.asarray(wide, float) - (np.asarray(wide, float) @ axis) * axis
+    w = w / np.linalg.norm(w)
+    a_t = torch.as_tensor(a_np, dtype=p.dtype)
+    ab = torch.as_tensor(ab_np, dtype=p.dtype)
+    ap = p - a_t
+    h = ((ap @ ab) / float(ab_np @ ab_np)).clamp(0.0, 1.0)
+    q = ap - h[:, None] * ab
+    qw = q @ torch.as_tensor(w, dtype=p.dtype)
+    qt = (q.square().sum(-1) - qw.square()).clamp_min(0.0).sqrt()
+    return (torch.sqrt((qw / r_wide) ** 2 + (qt / r_thin) ** 2) - 1.0) * min(r_wide, r_thin)
+
+
+def ring_sdf(p: Tensor, center, radii, normal_axis: int, tube: float) -> Tensor:
+    """Approximate signed distance (mm) to an elliptical ring (a torus of tube radius ``tube``
+    mm) centred at ``center`` (3,), lying in the plane perpendicular to the world axis
+    ``normal_axis`` (0 x, 1 y, 2 z) with in-plane semi-axes ``radii`` (2,) mm (in the order
+    of the two remaining axes). Returns ``(N,)``."""
+    q = p - torch.as_tensor(center, dtype=p.dtype)
+    i, j = [k for k in range(3) if k != normal_axis]
+    ri, rj = float(radii[0]), float(radii[1])
+    e = torch.sqrt((q[:, i] / ri) ** 2 + (q[:, j] / rj) ** 2)
+    radial = (e - 1.0) * min(ri, rj)
+    return torch.sqrt(radial**2 + q[:, normal_axis] ** 2) - tube

@@ -309,6 +309,10 @@ class Vault:
     sutures: dict  # name -> Suture
     fontanelles: list
     ventricles: list  # (centre (3,), semi-axes (3,)) of the lateral ventricles
+    #: width (mm) of the thinned bone margins along open sutures and round fontanelles: the
+    #: bone tapers from full thickness to :data:`MARGIN_MIN_FRACTION` of it at the gap (fibrous
+    #: tissue in its place, from the inner table out); 0 = plain gaps (anatomy v1)
+    suture_margin_mm: float = 0.0
 
     def thickness(self, u: Tensor) -> Tensor:
         """Bone thickness (mm) along unit directions ``u`` ``(N, 3)``: thicker at the front,
@@ -351,6 +355,8 @@ class Vault:
                                    u @ torch.as_tensor(np.cross(sut.end, sut.wedge_normal), dtype=rel.dtype))
             band = torch.maximum((rel @ n).abs() - sut.width / 2, -r * extent)
             mat = torch.where(shell & (band < 0), SUTURE, mat)
+            if self.suture_margin_mm > 0:
+                mat = self._thin_margin(mat, shell, band, d, t, near)
             if near is not None:
                 near = torch.minimum(near, torch.maximum(band.abs(), shell_sdf))
         for f in self.fontanelles:
@@ -360,9 +366,24 @@ class Vault:
             dia = (s_.abs() / hs + l_.abs() / f.lateral - 1.0) / torch.sqrt(1.0 / hs**2 + 1.0 / f.lateral**2)
             dia = torch.where(u @ torch.as_tensor(f.direction, dtype=rel.dtype) > 0.7, dia, torch.full_like(dia, 1e3))
             mat = torch.where(shell & (dia < 0), SUTURE, mat)
+            if self.suture_margin_mm > 0:
+                mat = self._thin_margin(mat, shell, dia, d, t, near)
             if near is not None:
                 near = torch.minimum(near, torch.maximum(dia.abs(), shell_sdf))
         return mat, near, shell, shell_sdf
+
+    def _thin_margin(self, mat: Tensor, shell: Tensor, gap: Tensor, d: Tensor, t: Tensor,
+                     near: Tensor | None) -> Tensor:
+        """Thin the bone within :attr:`suture_margin_mm` of a gap (``gap`` < 0 inside it, mm):
+        below the local bone depth ``t x (f + (1 - f) gap / margin)`` the shell is fibrous
+        tissue. ``near`` is lowered in place at the tapered surface."""
+        m = self.suture_margin_mm
+        frac = MARGIN_MIN_FRACTION + (1.0 - MARGIN_MIN_FRACTION) * (gap / m).clamp(0.0, 1.0)
+        inner = d + t * frac  # < 0 below the thinned inner surface
+        mat = torch.where(shell & (gap >= 0) & (gap < m) & (inner < 0), SUTURE, mat)
+        if near is not None:
+            near.copy_(torch.minimum(near, torch.where((gap >= -1.0) & (gap < m + 1.0), inner.abs(), near)))
+        return mat
 
     def cavity(self, mat: Tensor, near: Tensor | None, rel: Tensor, d: Tensor,
                t: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -386,3 +407,7 @@ class Vault:
         u = torch.as_tensor(directions)
         radius = self.shape.surface_radius(u) - depth * self.thickness(u)
         return (radius[:, None] * u).numpy()
+#: Thinnest bone (fraction of the local thickness) at the edge of an open suture or fontanelle
+#: when :attr:`Vault.suture_margin_mm` > 0.
+MARGIN_MIN_FRACTION = 0.35
+

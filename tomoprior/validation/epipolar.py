@@ -225,8 +225,8 @@ def _weighted_gradients(image: torch.Tensor, vec: torch.Tensor, shape, smoothing
                         reach: float = DEFAULT_BORDER,
                         threshold: float = DEFAULT_TRUNCATION) -> tuple[torch.Tensor, torch.Tensor]:
     """``(stack, |u x v|)``: ``stack (3, rows, cols)`` holds d/dcol and d/drow of the blurred,
-    cosine-weighted image and 1 where some pixel within ``reach`` exceeds ``threshold`` times
-    the image's peak, else 0 (for the truncation test: a line whose neighbours cross a
+    cosine-weighted image and 1 where some pixel of the blurred image within ``reach`` exceeds
+    ``threshold`` times its peak, else 0 (for the truncation test: a line whose neighbours cross a
     truncated object is not whole either)."""
     rows, cols = shape
     s, c0, u, v = vec[0:3], vec[3:6], vec[6:9], vec[9:12]
@@ -236,12 +236,14 @@ def _weighted_gradients(image: torch.Tensor, vec: torch.Tensor, shape, smoothing
     cc = torch.arange(cols, dtype=vec.dtype, device=vec.device) - (cols - 1) / 2
     rr = torch.arange(rows, dtype=vec.dtype, device=vec.device) - (rows - 1) / 2
     w = (c0 - s) + cc[None, :, None] * u + rr[:, None, None] * v
-    weighted = _gaussian_blur(image, smoothing) * (dist / torch.linalg.norm(w, dim=-1))
+    blurred = _gaussian_blur(image, smoothing)
+    weighted = blurred * (dist / torch.linalg.norm(w, dim=-1))
     g_row, g_col = torch.gradient(weighted, dim=(0, 1))
     r = max(0, math.ceil(reach))
     with torch.no_grad():  # pixels within r of a value above the threshold, by two 1D max passes
-        peak = image.detach().abs().max()
-        near = (image.detach().abs() > threshold * peak).to(torch.float32)[None, None]
+        # on the blurred image, so that pixel noise in the background does not count as object
+        level = blurred.detach().abs()
+        near = (level > threshold * level.max()).to(torch.float32)[None, None]
         if r:
             near = torch.nn.functional.max_pool2d(near, (1, 2 * r + 1), stride=1, padding=(0, r))
             near = torch.nn.functional.max_pool2d(near, (2 * r + 1, 1), stride=1, padding=(r, 0))

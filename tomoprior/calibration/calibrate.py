@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -224,7 +226,42 @@ def _match_view(params, world, det, gate0, max_nfev):
     return cur, di, dj
 
 
-def _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev, outlier_sigma, min_beads):
+@dataclass(frozen=True)
+class _FitSetup:
+    """What every joint fit of one calibration shares: the start parameters per view, the
+    bead design, the gauge, the fitted fields, the initial phantom pose (6,) and the budget."""
+
+    start: list
+    design: BeadDesign
+    gauge: str
+    fit_fields: Sequence[str] | None
+    pose0: np.ndarray
+    max_nfev: int
+
+    def problem(self, obs) -> FitProblem:
+        """The least-squares problem for ``obs`` (per view: design indices, ``(k, 2)`` px)."""
+        return FitProblem.build(self.start, self.design.positions, obs, gauge=self.gauge, fit_fields=self.fit_fields,
+                                pose=self.pose0)
+
+
+class _JointFit(NamedTuple):
+    problem: FitProblem
+    outcome: object
+    obs: list
+    limit_px: float
+    rejected: list
+
+
+class _HeldOut(NamedTuple):
+    """Held-out prediction errors per view: residuals ``(m_v, 2)`` px, their bead ids, and the
+    ids of held-out beads whose match lies beyond the outlier limit (not counted)."""
+
+    residuals: list
+    ids: list
+    rejected: list
+
+
+def _joint_fit(setup: _FitSetup, obs, outlier_sigma, min_beads) -> _JointFit:
     """Joint least-squares fit of all views plus one round of outlier rejection.
 
     Returns ``(problem, outcome, inlier observations, limit_px, rejected)``: ``limit_px`` is
@@ -232,8 +269,8 @@ def _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev, outlier_s
     to held-out beads, so every statistic is computed over one inlier set) and
     ``rejected[v]`` the design indices dropped from view ``v``.
     """
-    problem = FitProblem.build(start, design.positions, obs, gauge=gauge, fit_fields=fit_fields, pose=pose0)
-    outcome = fit_geometry(problem, max_nfev=max_nfev)
+    problem = setup.problem(obs)
+    outcome = fit_geometry(problem, max_nfev=setup.max_nfev)
     lengths = [np.hypot(r[:, 0], r[:, 1]) for r in outcome.residuals]
     limit = outlier_limit(outcome.sigma, outlier_sigma)
     rejected = [idx[ln > limit] for (idx, _), ln in zip(obs, lengths)]
@@ -246,9 +283,9 @@ def _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev, outlier_s
                     f"{min_beads}. The correspondence or the detections are probably wrong", view=i,
                     matched=len(idx), needed=min_beads,
                 )
-        problem = FitProblem.build(start, design.positions, obs, gauge=gauge, fit_fields=fit_fields, pose=pose0)
-        outcome = fit_geometry(problem, x0=outcome.x, max_nfev=max_nfev)
-    return problem, outcome, obs, limit, rejected
+        problem = setup.problem(obs)
+        outcome = fit_geometry(problem, x0=outcome.x, max_nfev=setup.max_nfev)
+    return _JointFit(problem, outcome, obs, limit, rejected)
 
 
 def outlier_limit(sigma_px: float, outlier_sigma: float) -> float:
@@ -367,6 +404,8 @@ def calibrate(
 
 def _calibrate(images_or_points, phantom, initial_geometry, *, heldout, seed, kfold, gauge, kind, flat, detect_kwargs,
                fit_fields, phantom_pose, min_beads, gate_px, max_nfev, outlier_sigma) -> CalibrationResult:
+    """The steps of :func:`calibrate`: inputs, correspondence per view, joint fit with outlier
+    rejection, held-out prediction errors, triangulation check, result."""
     params, grid = _initial_parameters(initial_geometry)
     design = bead_design(phantom)
     if isinstance(min_beads, bool) or not isinstance(min_beads, int) or min_beads < 5:
@@ -374,6 +413,29 @@ def _calibrate(images_or_points, phantom, initial_geometry, *, heldout, seed, kf
     dets = _views_input(images_or_points, params, kind, flat, detect_kwargs)
     pose0 = np.zeros(6) if phantom_pose is None else np.asarray(phantom_pose, dtype=np.float64).reshape(6)
     world = (design.positions @ rotation_from_vector(torch.as_tensor(pose0[:3])).numpy().T) + pose0[3:]
+    train_mask = _train_mask(design, heldout, seed, kfold, min_beads)
+    matched = [_match_one_view(i, p, det, design, world, train_mask, min_beads, gate_px)
+               for i, (p, det) in enumerate(zip(params, dets))]
+
+    # -- joint fit on the training beads -------------------------------------------------------
+    setup = _FitSetup(_fit_start(matched, params, gauge), design, gauge, fit_fields, pose0, max_nfev)
+    obs = [(di[train_mask[di]], det.positions[dj[train_mask[di]]]) for (_, di, dj), det in zip(matched, dets)]
+    fit = _joint_fit(setup, obs, outlier_sigma, min_beads)
+    world_fit = fit.problem.world_points(torch.as_tensor(fit.outcome.pose)).detach().numpy()
+
+    # -- held-out prediction errors over one inlier set ---------------------------------------
+    inliers = _inlier_matches(matched, fit.obs, train_mask)
+    if kfold:
+        held = _kfold_heldout(setup, fit, kfold, seed, len(params))
+    else:
+        held = _split_heldout(fit, inliers, dets, train_mask, design, world_fit)
+    tri_rms, tri_err = _triangulation_check(fit.outcome.parameters, inliers, dets, design, world_fit)
+    return _assemble_result(setup, params, grid, dets, fit, world_fit, held, inliers, tri_rms, tri_err)
+
+
+def _train_mask(design: BeadDesign, heldout, seed: int, kfold, min_beads: int) -> np.ndarray:
+    """Boolean mask ``(len(design),)`` of the beads the fit may use (False: held out). With
+    ``kfold`` every bead is fitted (the folds give the held-out errors)."""
     if kfold is not None:
         if isinstance(kfold, bool) or not isinstance(kfold, int) or not 2 <= kfold <= len(design):
             raise ValueError(f"kfold must be an integer in [2, {len(design)}], got {kfold!r}")
@@ -384,96 +446,109 @@ def _calibrate(images_or_points, phantom, initial_geometry, *, heldout, seed, kf
     if train_mask.sum() < min_beads:
         raise ValueError(f"only {int(train_mask.sum())} beads left for the fit after holding out {len(held)}; "
                          "hold out fewer")
+    return train_mask
 
-    matched = []
-    for i, (p, det) in enumerate(zip(params, dets)):
-        where = f"view {i} ({p.name!r})"
-        if len(det) < min_beads:
-            raise CalibrationError(
-                f"{where}: found only {len(det)} bead(s) (need >= {min_beads} of the {len(design)} in "
-                f"{design.name!r}) at (col, row) px: {_fmt_points(det.positions)}. Check exposure, kind='raw' vs "
-                "'line_integrals', expected_radius_px or the detection threshold", view=i, view_name=p.name,
-                matched=0, detected=len(det), needed=min_beads,
-            )
-        pred = _project(p, world)
-        finite = pred[np.all(np.isfinite(pred), axis=1)]
-        if len(finite) < 2:
-            raise ValueError(f"{where}: the design beads do not project onto the detector with the initial geometry")
-        dd = np.linalg.norm(finite[:, None] - finite[None], axis=-1) + np.eye(len(finite)) * 1e9
-        gate0 = float(gate_px) if gate_px is not None else max(0.45 * float(dd.min()), 2.0)
-        p_fit, di, dj = _match_view(p, world, det, gate0, 50)
-        n_train = int(train_mask[di].sum())
-        if n_train < min_beads:
-            raise CalibrationError(
-                f"{where}: only {len(di)} of {len(det)} detected beads could be matched to the design "
-                f"({n_train} for the fit; need >= {min_beads}). Detected at (col, row) px: "
-                f"{_fmt_points(det.positions)}. Check the initial geometry (angles, distances, detector offset) "
-                "and the phantom name", view=i, view_name=p.name, matched=len(di), detected=len(det), needed=min_beads,
-            )
-        matched.append((p_fit, di, dj))
 
-    # -- joint fit on the training beads -------------------------------------------------------
+def _match_one_view(i, p, det, design, world, train_mask, min_beads, gate_px):
+    """Correspondence of view ``i`` (parameters ``p``, detections ``det``) with the design beads
+    placed at ``world`` (mm): ``(view parameters fitted to the matches, design_idx, det_idx)``.
+    Raises :class:`CalibrationError` when too few beads are detected or matched."""
+    where = f"view {i} ({p.name!r})"
+    if len(det) < min_beads:
+        raise CalibrationError(
+            f"{where}: found only {len(det)} bead(s) (need >= {min_beads} of the {len(design)} in "
+            f"{design.name!r}) at (col, row) px: {_fmt_points(det.positions)}. Check exposure, kind='raw' vs "
+            "'line_integrals', expected_radius_px or the detection threshold", view=i, view_name=p.name,
+            matched=0, detected=len(det), needed=min_beads,
+        )
+    pred = _project(p, world)
+    finite = pred[np.all(np.isfinite(pred), axis=1)]
+    if len(finite) < 2:
+        raise ValueError(f"{where}: the design beads do not project onto the detector with the initial geometry")
+    dd = np.linalg.norm(finite[:, None] - finite[None], axis=-1) + np.eye(len(finite)) * 1e9
+    gate0 = float(gate_px) if gate_px is not None else max(0.45 * float(dd.min()), 2.0)
+    p_fit, di, dj = _match_view(p, world, det, gate0, 50)
+    n_train = int(train_mask[di].sum())
+    if n_train < min_beads:
+        raise CalibrationError(
+            f"{where}: only {len(di)} of {len(det)} detected beads could be matched to the design "
+            f"({n_train} for the fit; need >= {min_beads}). Detected at (col, row) px: "
+            f"{_fmt_points(det.positions)}. Check the initial geometry (angles, distances, detector offset) "
+            "and the phantom name", view=i, view_name=p.name, matched=len(di), detected=len(det), needed=min_beads,
+        )
+    return p_fit, di, dj
+
+
+def _fit_start(matched, params, gauge: str) -> list:
+    """Start parameters of the joint fit: each view's single-view fit; with ``gauge="view0"``
+    view 0's frame-defining fields keep the user's initial values."""
     start = [m[0] for m in matched]
-    obs = [(di[train_mask[di]], det.positions[dj[train_mask[di]]]) for (_, di, dj), det in zip(matched, dets)]
     if gauge == "view0":
-        # keep view 0's fixed fields at the user's initial values (they define the frame)
         start[0] = start[0].replace(**{f: getattr(params[0], f) for f in
                                        ("primary_angle", "secondary_angle", "source_to_isocenter",
                                         "detector_rotation", "detector_tilt_u", "detector_tilt_v")})
-    problem, outcome, obs, limit, rejected = _joint_fit(start, design, obs, gauge, fit_fields, pose0, max_nfev,
-                                                        outlier_sigma, min_beads)
-    fitted, pose = outcome.parameters, outcome.pose
-    world_fit = problem.world_points(torch.as_tensor(pose)).detach().numpy()
-    residuals = list(outcome.residuals)
-    residual_ids = [tuple(design.ids[k] for k in idx) for idx, _ in obs]
-    h_res, h_ids, h_rejected = [], [], []
-    # one inlier set for every statistic: the fit's inliers plus the held-out matches within
-    # the fit's outlier limit (a held-out bead matched to a stray blob must not count as a
-    # geometry error, nor enter the triangulation)
+    return start
+
+
+def _inlier_matches(matched, obs, train_mask) -> list:
+    """One inlier set for every statistic: the fit's inliers plus the held-out matches (the
+    held-out ones beyond the outlier limit are dropped later by :func:`_split_heldout`: a
+    held-out bead matched to a stray blob must not count as a geometry error, nor enter the
+    triangulation). Per view ``(design_idx, det_idx)``."""
     inliers = []
     for (_, di, dj), (idx_fit, _) in zip(matched, obs):
         keep = np.isin(di, idx_fit) | ~train_mask[di]
         inliers.append((di[keep], dj[keep]))
-    if kfold:
-        # k-fold cross-validation: each fold is predicted by a fit that never saw it
-        folds = np.random.default_rng(seed).permutation(len(design)) % kfold
-        h_res = [np.zeros((0, 2)) for _ in params]
-        h_ids = [() for _ in params]
-        h_rejected = [() for _ in params]
-        for f in range(kfold):
-            keep = [folds[idx] != f for idx, _ in obs]
-            obs_f = [(idx[k], pts[k]) for (idx, pts), k in zip(obs, keep)]
-            if any(len(idx) < 5 for idx, _ in obs_f):
-                raise ValueError(f"kfold={kfold} leaves fewer than 5 beads in a view for fold {f}; use fewer folds")
-            prob_f = FitProblem.build(start, design.positions, obs_f, gauge=gauge, fit_fields=fit_fields, pose=pose0)
-            out_f = fit_geometry(prob_f, x0=outcome.x, max_nfev=max_nfev)
-            w_f = prob_f.world_points(torch.as_tensor(out_f.pose)).detach().numpy()
-            for v, ((idx, pts), k) in enumerate(zip(obs, keep)):
-                pred = _project(out_f.parameters[v], w_f[idx[~k]])
-                h_res[v] = np.concatenate([h_res[v], pred - pts[~k]])
-                h_ids[v] = h_ids[v] + tuple(design.ids[j] for j in idx[~k])
-    else:
-        for v, ((di, dj), det) in enumerate(zip(inliers, dets)):
-            hm = ~train_mask[di]
-            r = _project(fitted[v], world_fit[di[hm]]) - det.positions[dj[hm]]
-            ok = np.hypot(r[:, 0], r[:, 1]) <= limit
-            h_res.append(r[ok])
-            h_ids.append(tuple(design.ids[k] for k in di[hm][ok]))
-            h_rejected.append(tuple(design.ids[k] for k in di[hm][~ok]))
-            drop = np.isin(di, di[hm][~ok])
-            inliers[v] = (di[~drop], dj[~drop])
-    all_r = np.concatenate(residuals)
-    rms = float(np.sqrt(np.mean(np.sum(all_r**2, axis=1))))
-    per_view = [float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) for r in residuals]
-    max_px = [float(np.hypot(r[:, 0], r[:, 1]).max()) for r in residuals]
-    hr = np.concatenate(h_res) if h_res else np.zeros((0, 2))
-    h_rms = float(np.sqrt(np.mean(np.sum(hr**2, axis=1)))) if len(hr) else float("nan")
+    return inliers
 
-    # -- triangulation: inlier beads matched in at least two views ----------------------------
+
+def _kfold_heldout(setup: _FitSetup, fit: _JointFit, kfold: int, seed: int, n_views: int) -> _HeldOut:
+    """k-fold cross-validation: each fold is predicted by a fit that never saw it."""
+    design, obs = setup.design, fit.obs
+    folds = np.random.default_rng(seed).permutation(len(design)) % kfold
+    h_res = [np.zeros((0, 2)) for _ in range(n_views)]
+    h_ids = [() for _ in range(n_views)]
+    h_rejected = [() for _ in range(n_views)]
+    for f in range(kfold):
+        keep = [folds[idx] != f for idx, _ in obs]
+        obs_f = [(idx[k], pts[k]) for (idx, pts), k in zip(obs, keep)]
+        if any(len(idx) < 5 for idx, _ in obs_f):
+            raise ValueError(f"kfold={kfold} leaves fewer than 5 beads in a view for fold {f}; use fewer folds")
+        prob_f = setup.problem(obs_f)
+        out_f = fit_geometry(prob_f, x0=fit.outcome.x, max_nfev=setup.max_nfev)
+        w_f = prob_f.world_points(torch.as_tensor(out_f.pose)).detach().numpy()
+        for v, ((idx, pts), k) in enumerate(zip(obs, keep)):
+            pred = _project(out_f.parameters[v], w_f[idx[~k]])
+            h_res[v] = np.concatenate([h_res[v], pred - pts[~k]])
+            h_ids[v] = h_ids[v] + tuple(design.ids[j] for j in idx[~k])
+    return _HeldOut(h_res, h_ids, h_rejected)
+
+
+def _split_heldout(fit: _JointFit, inliers: list, dets, train_mask, design: BeadDesign, world_fit) -> _HeldOut:
+    """Prediction errors of the held-out beads under the joint fit. Held-out matches beyond
+    the fit's outlier limit are reported as rejected and removed from ``inliers`` (in place)."""
+    fitted = fit.outcome.parameters
+    h_res, h_ids, h_rejected = [], [], []
+    for v, ((di, dj), det) in enumerate(zip(inliers, dets)):
+        hm = ~train_mask[di]
+        r = _project(fitted[v], world_fit[di[hm]]) - det.positions[dj[hm]]
+        ok = np.hypot(r[:, 0], r[:, 1]) <= fit.limit_px
+        h_res.append(r[ok])
+        h_ids.append(tuple(design.ids[k] for k in di[hm][ok]))
+        h_rejected.append(tuple(design.ids[k] for k in di[hm][~ok]))
+        drop = np.isin(di, di[hm][~ok])
+        inliers[v] = (di[~drop], dj[~drop])
+    return _HeldOut(h_res, h_ids, h_rejected)
+
+
+def _triangulation_check(fitted, inliers, dets, design: BeadDesign, world_fit) -> tuple[float, dict]:
+    """Triangulate the inlier beads matched in at least two views with the fitted geometry:
+    ``(RMS 3D error in mm, {bead id: error in mm})`` against the design placed by the fitted
+    pose; ``(nan, {})`` for one view or no bead seen twice."""
     tri_err: dict = {}
     tri_rms = float("nan")
-    if len(params) >= 2:
-        table = np.full((len(params), len(design), 2), np.nan)
+    if len(fitted) >= 2:
+        table = np.full((len(fitted), len(design), 2), np.nan)
         for v, ((di, dj), det) in enumerate(zip(inliers, dets)):
             table[v, di] = det.positions[dj]
         seen = np.sum(np.all(np.isfinite(table), axis=2), axis=0) >= 2
@@ -482,22 +557,44 @@ def _calibrate(images_or_points, phantom, initial_geometry, *, heldout, seed, kf
             err = np.linalg.norm(xyz - world_fit[seen], axis=1)
             tri_err = {design.ids[k]: float(e) for k, e in zip(np.flatnonzero(seen), err)}
             tri_rms = float(np.sqrt(np.mean(err**2)))
+    return tri_rms, tri_err
 
-    uncertainty, pose_std = _uncertainty(outcome, problem, fitted)
+
+def _residual_summary(residuals: list, heldout_residuals: list) -> dict:
+    """RMS residual length over all views and per view, largest per view, and the held-out
+    RMS (NaN without held-out beads); all in pixels."""
+    all_r = np.concatenate(residuals)
+    hr = np.concatenate(heldout_residuals) if heldout_residuals else np.zeros((0, 2))
+    return {
+        "rms_px": float(np.sqrt(np.mean(np.sum(all_r**2, axis=1)))),
+        "rms_per_view": [float(np.sqrt(np.mean(np.sum(r**2, axis=1)))) for r in residuals],
+        "max_px": [float(np.hypot(r[:, 0], r[:, 1]).max()) for r in residuals],
+        "heldout_rms_px": float(np.sqrt(np.mean(np.sum(hr**2, axis=1)))) if len(hr) else float("nan"),
+    }
+
+
+def _assemble_result(setup: _FitSetup, params, grid, dets, fit: _JointFit, world_fit, held: _HeldOut,
+                     inliers, tri_rms: float, tri_err: dict) -> CalibrationResult:
+    """Gather the fit, its uncertainty and every check into a :class:`CalibrationResult`."""
+    design, outcome = setup.design, fit.outcome
+    fitted = outcome.parameters
+    residuals = list(outcome.residuals)
+    uncertainty, pose_std = _uncertainty(outcome, fit.problem, fitted)
     grid = grid if grid is not None else DEFAULT_GRID
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         geometry = ParametricGeometry.of(grid, fitted)
     return CalibrationResult(
         geometry=geometry, parameters=fitted, uncertainty=uncertainty, residuals=residuals,
-        residual_ids=residual_ids, heldout_residuals=h_res, heldout_ids=h_ids, rms_px=rms, rms_per_view=per_view,
-        max_px=max_px, heldout_rms_px=h_rms, triangulation_rms_mm=tri_rms, triangulation_errors_mm=tri_err,
-        pose=pose, pose_uncertainty=pose_std, gauge=gauge, converged=outcome.converged, message=outcome.message,
+        residual_ids=[tuple(design.ids[k] for k in idx) for idx, _ in fit.obs], heldout_residuals=held.residuals,
+        heldout_ids=held.ids, **_residual_summary(residuals, held.residuals), triangulation_rms_mm=tri_rms,
+        triangulation_errors_mm=tri_err, pose=outcome.pose, pose_uncertainty=pose_std, gauge=setup.gauge,
+        converged=outcome.converged, message=outcome.message,
         sigma_px=outcome.sigma, condition_number=outcome.condition, covariance=outcome.covariance,
         parameter_names=[f"view{i}.{f}" if i >= 0 else f for i, f in outcome.names], detections=dets,
         phantom=design.name, nfev=outcome.nfev, initial_parameters=list(params), n_design=len(design),
         matches=[(design_index.copy(), detection_index.copy()) for design_index, detection_index in inliers],
-        rejected_ids=[tuple(design.ids[k] for k in r) for r in rejected], heldout_rejected_ids=h_rejected,
-        outlier_limit_px=limit, design_ids=tuple(design.ids), solver_message=outcome.solver_message,
+        rejected_ids=[tuple(design.ids[k] for k in r) for r in fit.rejected], heldout_rejected_ids=held.rejected,
+        outlier_limit_px=fit.limit_px, design_ids=tuple(design.ids), solver_message=outcome.solver_message,
         world_points=world_fit,
     )

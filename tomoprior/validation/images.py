@@ -255,6 +255,9 @@ def _ds_number(ds, keyword: str, where: str):
         raise ValueError(f"{where}: DICOM {keyword} {_tag(keyword)} is not a valid number: {str(val)[:60]!r}") from exc
     if not ok:
         raise ValueError(f"{where}: DICOM {keyword} {_tag(keyword)} has an invalid value {str(val)[:60]!r}")
+    if keyword.startswith("Distance") and out <= 0:
+        raise ValueError(f"{where}: DICOM {keyword} {_tag(keyword)} is {out:g} mm; a source distance must be > 0 mm "
+                         "(fix or remove the attribute to use the nominal value)")
     return out
 
 

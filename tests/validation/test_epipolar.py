@@ -139,6 +139,36 @@ def test_gradient_wrt_view_parameters_matches_finite_differences(geom, images):
         assert abs(float(fd) - exact) < 1e-4 * abs(exact), (float(fd), exact)  # measured ~1e-6
 
 
+@pytest.mark.slow  # about 10 s: an optimisation of 40 L-BFGS iterations
+def test_minimising_the_score_recovers_a_miscalibration(geom, images):
+    # self-calibration in miniature: three parameters of the frontal view from a wrong start,
+    # L-BFGS on the differentiable score
+    start = geom.perturbed({"frontal": {"v0": 1.0, "source_to_detector": 10.0, "detector_tilt_u_deg": 1.0}})
+    x = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+
+    def geometry(x):
+        f, lat = start.parameters
+        f = f.replace(v0=f.v0 + x[0], source_to_detector=f.source_to_detector + 10 * x[1],
+                      detector_tilt_u=f.detector_tilt_u + 0.01 * x[2])
+        return tp.geometry.ParametricGeometry(geom.grid, [f, lat])
+
+    opt = torch.optim.LBFGS([x], lr=1, max_iter=40, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = 1e3 * epipolar_consistency(images, geometry(x), n_planes=128).score
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    f = geometry(x.detach()).parameters[0]
+    assert abs(float(f.v0)) < 0.2, float(f.v0)  # from 1 mm; measured 0.10
+    assert abs(float(f.source_to_detector) - 1500.0) < 1.0  # from +10 mm; measured -0.06
+    assert abs(math.degrees(float(f.detector_tilt_u))) < 1.0  # a weak direction: 1 -> 0.65 deg
+    rel = float(epipolar_consistency(images, geometry(x.detach())).relative)
+    assert rel < 1.1 * float(epipolar_consistency(images, geom).relative)
+
+
 def _skew(w):
     return torch.tensor([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]], dtype=torch.float64)
 

@@ -102,8 +102,11 @@ def _floats(text: str, n: int, hint: str) -> tuple[float, ...]:
 @click.option("--compression", type=click.Choice(["gzip", "lzf", "none"]), default="gzip", show_default=True)
 @click.option("--append", is_flag=True, help="Append to an existing file (indices and seeds continue).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--skull-anatomy", type=click.Choice(["v1", "v2"]), default="v2", show_default=True,
+              help="Model version of the procedural skull: v2, or v1 (the first model, which the PSCT-Net demo "
+                   "weights were trained on; docs/skull.md).")
 def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, kind, photons, heel_deg, realism_text,
-         perturb, intensity, fractions, compression, append, quiet):
+         perturb, intensity, fractions, compression, append, quiet, skull_anatomy):
     """Generate N samples into OUT: volume, frontal + lateral X-rays, geometry, labels, provenance."""
     from ..data import (
         DatasetFile,
@@ -159,7 +162,7 @@ def make(n, grid, out, seed, workers, engine, binning, variants, phantom, ages, 
             n, seed=seed, grid=grid, binning=binning, phantom=phantom, kind=kind, perturbation=pert, intensity=inten,
             variants=[v.strip() for v in variants.split(",")] if variants else None,
             age_range=_floats(ages, 2, "--ages"), fractions=_floats(fractions, 3, "--split"), start=start,
-            physics=physics or None, realism=realism,
+            physics=physics or None, realism=realism, skull_anatomy=skull_anatomy,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc

@@ -91,7 +91,7 @@ def make_specs(n: int, *, seed: int = 0, grid: int = 64, binning: int = DEFAULT_
                kind: str = "line_integrals", perturbation: GeometryPerturbation | None = None,
                intensity: IntensityAugmentation | None = None, fractions=(0.8, 0.1, 0.1), start: int = 0,
                backend: str = "auto", supersample: int = 2, physics: dict | None = None,
-               realism: Realism | None = None) -> list[SampleSpec]:
+               realism: Realism | None = None, skull_anatomy: str = "v2") -> list[SampleSpec]:
     """Specs of samples ``start .. start + n - 1``.
 
     Variants cycle through ``variants`` in order (balanced classes); ages are uniform in
@@ -100,7 +100,12 @@ def make_specs(n: int, *, seed: int = 0, grid: int = 64, binning: int = DEFAULT_
     ``photons_per_pixel``, ``heel``, ``focal_spot_mm``); numbers, strings and booleans only.
     ``realism`` (:class:`~tomoprior.data.Realism`) adds head pose, motion between the exposures
     and the acquisition physics to every sample (None or ``Realism.preset("none")``: off).
+    ``skull_anatomy`` is the procedural skull's model version (``"v2"``, or ``"v1"``: the
+    first model, e.g. to regenerate data that older weights were trained on).
     """
+    if skull_anatomy not in ("v1", "v2"):
+        raise ValueError(f"skull_anatomy must be 'v1' or 'v2' (the procedural skull's model version), "
+                         f"got {skull_anatomy!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     if phantom not in PHANTOMS:
@@ -149,7 +154,7 @@ def make_specs(n: int, *, seed: int = 0, grid: int = 64, binning: int = DEFAULT_
             perturbation=tuple(asdict(perturbation).items()) if perturbation is not None else (),
             intensity=tuple(asdict(intensity).items()) if intensity is not None else (),
             backend=backend, supersample=supersample, physics=tuple(sorted(physics.items())),
-            realism=realism_json,
+            realism=realism_json, skull_anatomy=skull_anatomy,
         ))
     return specs
 

@@ -238,6 +238,15 @@ def test_truncated_lines_are_masked(geom):
     assert float(loose.relative) > 2 * float(pair.relative)
 
 
+def test_float32_follows_the_geometry_dtype(geom, images):
+    # device and dtype come from the geometry (float32, as on a GPU); the numbers barely change
+    g32 = geom.to(dtype=torch.float32)
+    ecc = epipolar_consistency(images.float(), g32, n_planes=64)
+    ref = epipolar_consistency(images, geom, n_planes=64)
+    assert ecc.pairs[0].residual.dtype == torch.float32
+    assert abs(float(ecc.relative) - float(ref.relative)) < 0.05 * float(ref.relative)
+
+
 def test_background_noise_is_not_taken_for_truncation(geom, images):
     # Poisson-like noise on the open-beam background (about 1000 photons per pixel) exceeds 2 % of
     # the peak at single pixels; the truncation test looks at the blurred image, so the planes stay

@@ -425,3 +425,16 @@ def test_anatomy_v2_texture_suture_margins_spine_and_v1_kept():
     side = mid + np.array([0.5 * a.suture_width_mm + 0.6, 0.0, 0.0])
     assert int((a.labels(torch.as_tensor(side)) == 4).sum()) >= 6
     assert int((v1.labels(torch.as_tensor(mid + np.array([0.5 * v1.suture_width_mm + 0.6, 0, 0]))) == 4).sum()) == 0
+
+
+def test_fused_suture_stays_bone_without_thinned_margin():
+    """A fused suture (sagittal synostosis) is bone through its gap and its would-be margins."""
+    import numpy as np
+
+    s = make_skull(age_years=0.5, variant="sagittal", seed=3)
+    assert s.suture_planes["sagittal"][1] == 0.0 and s.suture_planes["coronal_left"][1] > 0
+    for depth in (0.5, 0.9):
+        mid = s.suture_points("sagittal", n=9, depth=depth)
+        beside = mid + np.array([0.5 * s.suture_width_mm + 0.6, 0.0, 0.0])
+        assert bool((s.labels(torch.as_tensor(mid)) == 3).all())
+        assert bool((s.labels(torch.as_tensor(beside)) == 3).all())

@@ -101,8 +101,17 @@ def paint_parts(parts: list, mat: Tensor, near: Tensor | None, q: Tensor,
         near = near.clone()
     for part in parts:
         material, rule = part[0], part[1]
-        # only the points in the part's box (grown by the refinement reach) are evaluated
-        idx = part_box(part).shifted(np.zeros(3), 6.0).mask(q).nonzero().squeeze(-1)
+        # only the points in the part's box (grown by the refinement reach) are evaluated;
+        # z first (one comparison pair over all points), then x and y over those
+        box = part_box(part)
+        lo, hi = box.lo - 6.0, box.hi + 6.0
+        z = q[:, 2]
+        idx = ((z >= float(lo[2])) & (z <= float(hi[2]))).nonzero().squeeze(-1)
+        if idx.numel():
+            xy = q[idx, :2]
+            keep = ((xy[:, 0] >= float(lo[0])) & (xy[:, 0] <= float(hi[0])) & (xy[:, 1] >= float(lo[1]))
+                    & (xy[:, 1] <= float(hi[1])))
+            idx = idx[keep]
         if not idx.numel():
             continue
         dist = part_sdf(q[idx], part)

@@ -378,11 +378,17 @@ class Vault:
         below the local bone depth ``t x (f + (1 - f) gap / margin)`` the shell is fibrous
         tissue. ``near`` is lowered in place at the tapered surface."""
         m = self.suture_margin_mm
-        frac = MARGIN_MIN_FRACTION + (1.0 - MARGIN_MIN_FRACTION) * (gap / m).clamp(0.0, 1.0)
-        inner = d + t * frac  # < 0 below the thinned inner surface
-        mat = torch.where(shell & (gap >= 0) & (gap < m) & (inner < 0), SUTURE, mat)
+        # only shell points near the gap (and, for ``near``, a mm either side) are worked on
+        idx = (shell & (gap >= -1.0) & (gap < m + 1.0)).nonzero().squeeze(-1)
+        if not idx.numel():
+            return mat
+        g = gap[idx]
+        frac = MARGIN_MIN_FRACTION + (1.0 - MARGIN_MIN_FRACTION) * (g / m).clamp(0.0, 1.0)
+        inner = d[idx] + t[idx] * frac  # < 0 below the thinned inner surface
+        mat = mat.clone()
+        mat[idx] = torch.where((g >= 0) & (g < m) & (inner < 0), SUTURE, mat[idx])
         if near is not None:
-            near.copy_(torch.minimum(near, torch.where((gap >= -1.0) & (gap < m + 1.0), inner.abs(), near)))
+            near[idx] = torch.minimum(near[idx], inner.abs())
         return mat
 
     def cavity(self, mat: Tensor, near: Tensor | None, rel: Tensor, d: Tensor,

@@ -210,6 +210,27 @@ def test_rigid_motions_and_the_baseline_shift_are_unobservable(geom, images):
         assert float(torch.linalg.norm(jvp(d))) > 1e-4 * gain
 
 
+def test_the_18_view_parameters_of_a_pair_have_a_7_dimensional_null_space(geom, images):
+    # Jacobian of the residual vector w.r.t. both views' 9 parameters (mm, mrad) by central
+    # differences; the views alone (no grid box), so the plane family moves with them
+    def residual(x):
+        views = [p.to_view() for p in _parametric(geom.parameters, x)]
+        return epipolar_consistency(images, views, n_planes=64).pairs[0].residual
+
+    h = 1e-5  # small: a null direction of the parameters is a motion only to first order
+    cols = []
+    with torch.no_grad():
+        for i in range(18):
+            e = torch.zeros(18, dtype=torch.float64)
+            e[i] = h
+            cols.append((residual(e) - residual(-e)) / (2 * h))
+    s = torch.linalg.svdvals(torch.stack(cols, dim=1))
+    rel = s / s[0]
+    # rigid motions (6) and one view along the baseline (1)
+    assert int((rel < 1e-8).sum()) == 7, str([f"{v:.1e}" for v in rel.tolist()])
+    assert float(rel[10]) > 1e-7  # the weakest observable direction (measured ~2e-6)
+
+
 def test_three_views_give_three_pairs_and_named_pairs(images):
     ps = [tp.geometry.default_frontal(), tp.geometry.default_lateral(),
           tp.ViewParameters.from_degrees(name="oblique", primary_angle_deg=45)]

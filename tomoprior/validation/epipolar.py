@@ -78,7 +78,7 @@ class EpipolarPair:
         Indices ``(a, b)`` of the pair in the geometry.
     names : (str or None, str or None)
     kappa : Tensor ``(planes,)``, rad
-        Angle of each plane about the baseline (0: the plane through the grid centre).
+        Angle of each plane about the baseline (0: the plane through view a's detector centre).
     derivative_a, derivative_b : Tensor ``(planes,)``, dimensionless
         ``d/drho`` of the object's plane integral from view a and from view b (for images in
         attenuation x mm; differentiable).

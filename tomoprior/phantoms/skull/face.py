@@ -14,7 +14,8 @@ painted in order:
 
 * the mandible as a U-shaped body of vertical elliptical cross-section (about 13 x 5 mm at
   one year) swept along a parabola from gonion to gonion, plate-like rami up to ellipsoidal
-  condyles in front of the ear, and coronoid processes;
+  condyles in front of the ear, and coronoid processes; deciduous tooth crowns (dense) along
+  both alveolar arches, five per quadrant;
 * orbit rims (elliptical rings of bone round each orbit's opening), the piriform nasal
   aperture and small maxillary sinuses cut into the maxilla;
 * a rounded sphenoid ridge (the anterior fossa floor blends into the middle fossa over
@@ -324,6 +325,16 @@ def _face_parts_v2(face: Face, nasion, chin, y_ear, z_ear, z_orb, o_semi, F) -> 
     for x in (1.0, -1.0):
         parts.append((AIR, "bone", "ell", np.array([x * 13 * F, cm[1] - 1 * F, cm[2] + 2 * F]),
                       np.array([5.5, 7.0, 5.0]) * F))  # maxillary sinus
+    # deciduous tooth crowns (dense enamel) along the alveolar arches, five per quadrant
+    pc, ps = face.palate
+    for x in (1.0, -1.0):
+        for i, t in enumerate(np.linspace(0.12, 0.62, 5)):
+            size = np.array([1.6, 1.8, 2.0]) * F * (1.0 + 0.25 * i)  # incisors small, molars larger
+            low = np.array([x * 27 * F * t, chin[1] + (y_ear - 13 * F - chin[1]) * t**2,
+                            chin[2] + 3.0 * F + (z_orb - 37 * F - chin[2]) * t + 0.45 * body_h])
+            parts.append((DENSE, "all", "ell", low, size))
+            up = np.array([x * (4.0 + 16.0 * t) * F, pc[1] - ps[1] * (0.9 - 1.2 * t), pc[2] - ps[2] - 1.0 * F])
+            parts.append((DENSE, "all", "ell", up, size))
     return parts, len(mand)
 
 

@@ -522,7 +522,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, should_stop=None) -> dict[s
     OSError
         The run folder cannot be written or the disk is full (``DiskFullError``).
     """
-    from .._atomic import NotWritableError, check_writable
     from ..data import TomopriorDataset
 
     data_path = Path(cfg.data)
@@ -542,38 +541,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, should_stop=None) -> dict[s
             raise ValueError(f"{data_path} has no 'train' samples; make the dataset with a train fraction "
                              "(`tomoprior dataset make --split 0.8,0.1,0.1`)")
         if dist.is_main:
-            if out.exists() and not out.is_dir():
-                raise ValueError(f"the run folder {out} is a file; give a folder (--out)")
-            if not out.exists():
-                try:
-                    out.mkdir(parents=True)
-                except OSError as exc:
-                    raise NotWritableError(f"cannot create the run folder {out} ({exc.strerror or exc}); choose a "
-                                           "writable --out", exc.errno) from exc
-                created_out = True
-            check_writable(out, what="run (--out)")
-            if last_path.exists() and not resume:
-                raise ValueError(f"{last_path} exists; pass resume=True (--resume) to continue it, or another out")
-            if resume and not last_path.exists():
-                raise ValueError(f"resume requested but {last_path} does not exist")
+            created_out = _make_run_folder(out)
+            _check_run_folder(out, last_path, resume)
         _barrier(dist)
 
         ckpt = read_checkpoint(last_path) if resume else None
         data_hash = file_sha256(data_path)
         if ckpt is not None:
-            extra = ckpt["extra"]
-            if extra.get("train_state_version") != TRAIN_STATE_VERSION:
-                raise ValueError(f"{last_path} was not written by tomoprior's training loop (no train state)")
-            saved = TrainConfig.from_dict(extra["train_config"])
-            if extra["data_sha256"] != data_hash:
-                raise ValueError(
-                    f"{data_path} differs from the data file {last_path} was trained on (SHA-256 "
-                    f"{extra['data_sha256'][:12]}... vs {data_hash[:12]}...); resume with the same file")
-            # the run's identity comes from the checkpoint; only the stop point, workers and
-            # progress bars may change on resume
-            cfg = dataclasses.replace(saved, epochs=cfg.epochs, max_steps=cfg.max_steps, workers=cfg.workers,
-                                      progress=cfg.progress, out=str(out), data=str(data_path))
-
+            cfg = _resumed_config(cfg, ckpt, data_path, data_hash, last_path, out)
         seed_everything(cfg.seed, cfg.deterministic)
         if cfg.data_range == "auto":
             cfg = dataclasses.replace(cfg, data_range=_auto_data_range(val_ds) if len(val_ds) else 1.0)
@@ -593,122 +568,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, should_stop=None) -> dict[s
                 f"choose best.pt. Make the dataset with a val fraction (`tomoprior dataset make --split "
                 f"0.8,0.1,0.1`; with few samples, a fraction that rounds to at least one) or append samples")
 
-        hooks = find_hooks(model)
-        aux = {k: m.to(device) for k, m in hooks.build_aux(model).items()}
-        lr, betas, wd = _adam_settings(cfg, model)
-        optimizers = hooks.make_optimizers(model, aux, lr, betas, wd)
-
-        per_epoch = math.ceil(math.ceil(len(train_ds) / dist.world_size) / cfg.batch_size)
-        # the LR schedule spans all epochs; max_steps only stops early (a time budget), so a run
-        # stopped by max_steps and resumed follows the same schedule as an uninterrupted one
-        sched_total = per_epoch * cfg.epochs
-        total = sched_total if cfg.max_steps is None else min(cfg.max_steps, sched_total)
-        schedulers = {
-            k: torch.optim.lr_scheduler.LambdaLR(
-                o, lambda s, _t=sched_total: lr_factor(s, _t, cfg.decay_start, cfg.lr_end))
-            for k, o in optimizers.items()
-        }
-
-        step, epoch, in_epoch = 0, 0, 0
-        history: list[dict] = []
-        best: dict | None = None
-        running: dict[str, float] = {}
-        n_run = 0
-        if ckpt is not None:
-            extra = ckpt["extra"]
-            model.load_state_dict(ckpt["state_dict"])
-            for k, m in aux.items():
-                m.load_state_dict(extra["aux"][k])
-            for k, o in optimizers.items():
-                o.load_state_dict(extra["optimizers"][k])
-            for k, s in schedulers.items():
-                s.load_state_dict(extra["schedulers"][k])
-            step, epoch, in_epoch = int(extra["step"]), int(extra["epoch"]), int(extra["step_in_epoch"])
-            history = json.loads(extra["history"])
-            best = json.loads(extra["best"]) if extra.get("best") else None
-            if in_epoch and extra.get("epoch_running"):  # the unfinished epoch's statistics so far
-                saved_run = json.loads(extra["epoch_running"])
-                running, n_run = {k: float(v) for k, v in saved_run["sums"].items()}, int(saved_run["n"])
-            set_rng_state(extra["rng"][dist.rank] if dist.rank < len(extra["rng"]) else extra["rng"][0])
-
+        opt = _optimisation(cfg, model, len(train_ds), dist, device)
+        prog = _restore_progress(ckpt, model, opt, dist) if ckpt is not None else _Progress()
         check_fits(cfg, model, train_ds, data_path, dist.world_size, device)
-
-        forward, aux_forward = model, dict(aux)
-        if dist.enabled:
-            forward = _ddp(model, device)
-            aux_forward = {k: _ddp(m, device) for k, m in aux.items()}
-        ctx = StepContext(model, forward, aux, aux_forward, optimizers, step, epoch)
-        log = _JsonlLog(out / "metrics.jsonl")
-        if dist.is_main:
-            write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-            if history:
-                log.write(history)
-
-        state = _RunState(cfg, model, aux, optimizers, schedulers, data_hash, dist, last_path, best_path)
-        t_train, n_samples = 0.0, 0
-        progress = cfg.progress and dist.is_main
-        stopped = False
-        while epoch < cfg.epochs and step < total:
-            sampler = EpochSampler(len(train_ds), cfg.seed, epoch, dist.rank, dist.world_size,
-                                   start=in_epoch * cfg.batch_size)
-            loader = _loader(train_ds, sampler, cfg.batch_size, cfg.workers, cfg.seed, epoch)
-            bar = _bar(progress, per_epoch, in_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
-            t_epoch = time.perf_counter()  # throughput includes data loading and the prior
-            for raw in _clean_loader_errors(loader):
-                if step >= total:
-                    break
-                batch = make_batch(raw, device)
-                ctx.step, ctx.epoch = step, epoch
-                stats = hooks.training_step(ctx, batch)
-                for s in schedulers.values():
-                    s.step()
-                n_samples += batch.xrays.shape[0] * dist.world_size
-                _check_diverged(stats, model, aux, cfg, lr, step, epoch, batch.index)
-                step += 1
-                in_epoch += 1
-                n_run += 1
-                for k, v in stats.items():
-                    running[k] = running.get(k, 0.0) + v
-                if bar is not None:
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if math.isfinite(v)}, refresh=False)
-                    bar.update(1)
-                if should_stop is not None and should_stop() and in_epoch < per_epoch:
-                    stopped = True
-                    break
-                if cfg.save_every and step % cfg.save_every == 0 and in_epoch < per_epoch:
-                    state.save(step, epoch, in_epoch, history, best, running=(running, n_run))
-            t_train += time.perf_counter() - t_epoch
-            if bar is not None:
-                bar.close()
-            if in_epoch < per_epoch:  # stopped by max_steps or should_stop inside the epoch
-                state.save(step, epoch, in_epoch, history, best, running=(running, n_run))
-                break
-            epoch += 1
-            in_epoch = 0
-            record = {"epoch": epoch, "step": step, "lr": schedulers[next(iter(schedulers))].get_last_lr()[0]}
-            record.update({f"train_{k}": v / max(1, n_run) for k, v in running.items()})
-            record["samples_per_s"] = n_samples / t_train if t_train > 0 else None
-            running, n_run = {}, 0
-            if dist.is_main and len(val_ds):
-                metrics = evaluate(model, val_ds, float(cfg.data_range), batch_size=cfg.batch_size, device=device,
-                                   progress=progress, bone_threshold=float(cfg.bone_threshold))
-                record.update({f"val_{k}": v for k, v in metrics.items()})
-                record["data_range"] = float(cfg.data_range)
-            record["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            history.append(record)
-            is_best = is_better(record, best, cfg.select)
-            if is_best:
-                best = record
-            state.save(step, epoch, 0, history, best, best_too=is_best)
-            if dist.is_main:
-                log.write(history)
-            if should_stop is not None and should_stop() and epoch < cfg.epochs and step < total:
-                stopped = True
-                break
-        return {"history": history, "best": best, "steps": step, "epochs": epoch,
-                "samples_per_s": n_samples / t_train if t_train > 0 else None, "out": str(out),
+        loop = _EpochLoop.start(cfg, model, opt, prog, dist, device, train_ds, val_ds,
+                                _RunState(cfg, model, opt.aux, opt.optimizers, opt.schedulers, data_hash, dist,
+                                          last_path, best_path), should_stop)
+        loop.run(prog)
+        return {"history": prog.history, "best": prog.best, "steps": prog.step, "epochs": prog.epoch,
+                "samples_per_s": prog.n_samples / prog.t_train if prog.t_train > 0 else None, "out": str(out),
                 "last": str(last_path), "best_path": str(best_path) if best_path.exists() else None,
-                "stopped": stopped}
+                "stopped": prog.stopped}
     except BaseException:
         if created_out:  # a run that failed before writing anything leaves no empty folder
             with contextlib.suppress(OSError):
@@ -717,6 +587,251 @@ def train(cfg: TrainConfig, *, resume: bool = False, should_stop=None) -> dict[s
     finally:
         if dist.initialized_here:
             torch.distributed.destroy_process_group()
+
+
+# -- steps of train() ------------------------------------------------------------------------
+
+def _make_run_folder(out: Path) -> bool:
+    """Create the run folder if needed; True when it was created here (removed again if the
+    run fails before writing anything)."""
+    from .._atomic import NotWritableError
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the run folder {out} is a file; give a folder (--out)")
+    if out.exists():
+        return False
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise NotWritableError(f"cannot create the run folder {out} ({exc.strerror or exc}); choose a "
+                               "writable --out", exc.errno) from exc
+    return True
+
+
+def _check_run_folder(out: Path, last_path: Path, resume: bool) -> None:
+    """The run folder is writable and holds a ``last.pt`` exactly when resuming."""
+    from .._atomic import check_writable
+
+    check_writable(out, what="run (--out)")
+    if last_path.exists() and not resume:
+        raise ValueError(f"{last_path} exists; pass resume=True (--resume) to continue it, or another out")
+    if resume and not last_path.exists():
+        raise ValueError(f"resume requested but {last_path} does not exist")
+
+
+def _resumed_config(cfg: TrainConfig, ckpt: dict, data_path: Path, data_hash: str, last_path: Path,
+                    out: Path) -> TrainConfig:
+    """The configuration of a resumed run: the checkpoint's, but for the stop point, workers
+    and progress bars. Refuses a checkpoint not written by this loop or trained on other data."""
+    extra = ckpt["extra"]
+    if extra.get("train_state_version") != TRAIN_STATE_VERSION:
+        raise ValueError(f"{last_path} was not written by tomoprior's training loop (no train state)")
+    saved = TrainConfig.from_dict(extra["train_config"])
+    if extra["data_sha256"] != data_hash:
+        raise ValueError(
+            f"{data_path} differs from the data file {last_path} was trained on (SHA-256 "
+            f"{extra['data_sha256'][:12]}... vs {data_hash[:12]}...); resume with the same file")
+    # the run's identity comes from the checkpoint; only the stop point, workers and
+    # progress bars may change on resume
+    return dataclasses.replace(saved, epochs=cfg.epochs, max_steps=cfg.max_steps, workers=cfg.workers,
+                               progress=cfg.progress, out=str(out), data=str(data_path))
+
+
+@dataclass
+class _Optimisation:
+    """The model-specific training pieces (from the refiner's training hooks) and the step budget."""
+
+    hooks: Any
+    aux: dict
+    lr: float
+    optimizers: dict
+    schedulers: dict
+    per_epoch: int  # optimiser steps per epoch on this rank
+    total: int      # steps this run may take (max_steps or the whole schedule)
+
+
+def _optimisation(cfg: TrainConfig, model: Refiner, n_train: int, dist: DistInfo, device) -> _Optimisation:
+    """Hooks, auxiliary modules, optimisers and learning-rate schedulers of a run."""
+    hooks = find_hooks(model)
+    aux = {k: m.to(device) for k, m in hooks.build_aux(model).items()}
+    lr, betas, wd = _adam_settings(cfg, model)
+    optimizers = hooks.make_optimizers(model, aux, lr, betas, wd)
+
+    per_epoch = math.ceil(math.ceil(n_train / dist.world_size) / cfg.batch_size)
+    # the LR schedule spans all epochs; max_steps only stops early (a time budget), so a run
+    # stopped by max_steps and resumed follows the same schedule as an uninterrupted one
+    sched_total = per_epoch * cfg.epochs
+    total = sched_total if cfg.max_steps is None else min(cfg.max_steps, sched_total)
+    schedulers = {
+        k: torch.optim.lr_scheduler.LambdaLR(
+            o, lambda s, _t=sched_total: lr_factor(s, _t, cfg.decay_start, cfg.lr_end))
+        for k, o in optimizers.items()
+    }
+    return _Optimisation(hooks, aux, lr, optimizers, schedulers, per_epoch, total)
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: completed steps and epochs, steps of the unfinished epoch, the
+    per-epoch records, the best one, the unfinished epoch's statistic sums, throughput."""
+
+    step: int = 0
+    epoch: int = 0
+    in_epoch: int = 0
+    history: list = field(default_factory=list)
+    best: dict | None = None
+    running: dict = field(default_factory=dict)
+    n_run: int = 0
+    t_train: float = 0.0
+    n_samples: int = 0
+    stopped: bool = False
+
+
+def _restore_progress(ckpt: dict, model: Refiner, opt: _Optimisation, dist: DistInfo) -> _Progress:
+    """Load the weights, optimiser/scheduler/auxiliary states and this rank's RNG state from a
+    training checkpoint and return the run's progress at that point."""
+    extra = ckpt["extra"]
+    model.load_state_dict(ckpt["state_dict"])
+    for k, m in opt.aux.items():
+        m.load_state_dict(extra["aux"][k])
+    for k, o in opt.optimizers.items():
+        o.load_state_dict(extra["optimizers"][k])
+    for k, s in opt.schedulers.items():
+        s.load_state_dict(extra["schedulers"][k])
+    prog = _Progress(step=int(extra["step"]), epoch=int(extra["epoch"]), in_epoch=int(extra["step_in_epoch"]),
+                     history=json.loads(extra["history"]),
+                     best=json.loads(extra["best"]) if extra.get("best") else None)
+    if prog.in_epoch and extra.get("epoch_running"):  # the unfinished epoch's statistics so far
+        saved_run = json.loads(extra["epoch_running"])
+        prog.running, prog.n_run = {k: float(v) for k, v in saved_run["sums"].items()}, int(saved_run["n"])
+    set_rng_state(extra["rng"][dist.rank] if dist.rank < len(extra["rng"]) else extra["rng"][0])
+    return prog
+
+
+@dataclass
+class _EpochLoop:
+    """The epoch loop of :func:`train`: optimiser steps, then per epoch the validation
+    metrics, ``best.pt`` selection, ``last.pt`` and ``metrics.jsonl``."""
+
+    cfg: TrainConfig
+    model: Refiner
+    opt: _Optimisation
+    ctx: StepContext
+    dist: DistInfo
+    device: torch.device
+    train_ds: Any
+    val_ds: Any
+    state: _RunState
+    log: _JsonlLog
+    should_stop: Any
+
+    @classmethod
+    def start(cls, cfg, model, opt, prog, dist, device, train_ds, val_ds, state, should_stop) -> _EpochLoop:
+        """Wrap the modules for DistributedDataParallel when distributed, write ``config.json``
+        and the resumed history (main process)."""
+        forward, aux_forward = model, dict(opt.aux)
+        if dist.enabled:
+            forward = _ddp(model, device)
+            aux_forward = {k: _ddp(m, device) for k, m in opt.aux.items()}
+        ctx = StepContext(model, forward, opt.aux, aux_forward, opt.optimizers, prog.step, prog.epoch)
+        log = _JsonlLog(Path(cfg.out) / "metrics.jsonl")
+        if dist.is_main:
+            write_text_atomic(Path(cfg.out) / "config.json",
+                              json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n")
+            if prog.history:
+                log.write(prog.history)
+        return cls(cfg, model, opt, ctx, dist, device, train_ds, val_ds, state, log, should_stop)
+
+    @property
+    def progress(self) -> bool:
+        return self.cfg.progress and self.dist.is_main
+
+    def _stop_requested(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+    def run(self, prog: _Progress) -> None:
+        """Train until the last epoch, ``max_steps`` or a stop request (``prog`` is updated)."""
+        while prog.epoch < self.cfg.epochs and prog.step < self.opt.total:
+            if not self._train_epoch(prog):
+                break
+            if self._finish_epoch(prog):
+                break
+
+    def _train_epoch(self, prog: _Progress) -> bool:
+        """The optimiser steps of one epoch (from ``prog.in_epoch`` on). False when the epoch
+        was cut short by ``max_steps`` or a stop request (``last.pt`` is written then)."""
+        cfg, dist, opt = self.cfg, self.dist, self.opt
+        sampler = EpochSampler(len(self.train_ds), cfg.seed, prog.epoch, dist.rank, dist.world_size,
+                               start=prog.in_epoch * cfg.batch_size)
+        loader = _loader(self.train_ds, sampler, cfg.batch_size, cfg.workers, cfg.seed, prog.epoch)
+        bar = _bar(self.progress, opt.per_epoch, prog.in_epoch, f"epoch {prog.epoch + 1}/{cfg.epochs}")
+        t_epoch = time.perf_counter()  # throughput includes data loading and the prior
+        for raw in _clean_loader_errors(loader):
+            if prog.step >= opt.total:
+                break
+            batch = make_batch(raw, self.device)
+            self.ctx.step, self.ctx.epoch = prog.step, prog.epoch
+            stats = opt.hooks.training_step(self.ctx, batch)
+            for s in opt.schedulers.values():
+                s.step()
+            prog.n_samples += batch.xrays.shape[0] * dist.world_size
+            _check_diverged(stats, self.model, opt.aux, cfg, opt.lr, prog.step, prog.epoch, batch.index)
+            prog.step += 1
+            prog.in_epoch += 1
+            prog.n_run += 1
+            for k, v in stats.items():
+                prog.running[k] = prog.running.get(k, 0.0) + v
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if math.isfinite(v)}, refresh=False)
+                bar.update(1)
+            if self._stop_requested() and prog.in_epoch < opt.per_epoch:
+                prog.stopped = True
+                break
+            if cfg.save_every and prog.step % cfg.save_every == 0 and prog.in_epoch < opt.per_epoch:
+                self.state.save(prog.step, prog.epoch, prog.in_epoch, prog.history, prog.best,
+                                running=(prog.running, prog.n_run))
+        prog.t_train += time.perf_counter() - t_epoch
+        if bar is not None:
+            bar.close()
+        if prog.in_epoch < opt.per_epoch:  # stopped by max_steps or should_stop inside the epoch
+            self.state.save(prog.step, prog.epoch, prog.in_epoch, prog.history, prog.best,
+                            running=(prog.running, prog.n_run))
+            return False
+        return True
+
+    def _finish_epoch(self, prog: _Progress) -> bool:
+        """Log the completed epoch (training means, validation metrics), pick ``best.pt``, save.
+        True when a stop was requested before the last epoch."""
+        cfg = self.cfg
+        prog.epoch += 1
+        prog.in_epoch = 0
+        record = self._epoch_record(prog)
+        prog.running, prog.n_run = {}, 0
+        if self.dist.is_main and len(self.val_ds):
+            metrics = evaluate(self.model, self.val_ds, float(cfg.data_range), batch_size=cfg.batch_size,
+                               device=self.device, progress=self.progress, bone_threshold=float(cfg.bone_threshold))
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            record["data_range"] = float(cfg.data_range)
+        record["time_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        prog.history.append(record)
+        is_best = is_better(record, prog.best, cfg.select)
+        if is_best:
+            prog.best = record
+        self.state.save(prog.step, prog.epoch, 0, prog.history, prog.best, best_too=is_best)
+        if self.dist.is_main:
+            self.log.write(prog.history)
+        if self._stop_requested() and prog.epoch < cfg.epochs and prog.step < self.opt.total:
+            prog.stopped = True
+            return True
+        return False
+
+    def _epoch_record(self, prog: _Progress) -> dict:
+        """Epoch, step, learning rate, the epoch's mean training statistics and throughput."""
+        schedulers = self.opt.schedulers
+        record = {"epoch": prog.epoch, "step": prog.step, "lr": schedulers[next(iter(schedulers))].get_last_lr()[0]}
+        record.update({f"train_{k}": v / max(1, prog.n_run) for k, v in prog.running.items()})
+        record["samples_per_s"] = prog.n_samples / prog.t_train if prog.t_train > 0 else None
+        return record
 
 
 def _check_diverged(stats: dict, model, aux: dict, cfg: TrainConfig, lr: float, step: int, epoch: int,

@@ -26,6 +26,8 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -134,6 +136,39 @@ def _prepare_bp_prior(model, explicit_cfg: dict, data, fit: bool, max_fit: int, 
              f"offset={model.config.offset:.5f} /mm fitted on up to {max_fit} train samples")
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """The options of ``tomoprior evaluate``, one field per command-line option (see its
+    ``--help``); ``data`` and ``refiner_spec`` are required, the rest have the CLI defaults."""
+
+    data: str
+    refiner_spec: str
+    checkpoint: str | None = None
+    config_items: tuple[str, ...] = ()
+    label: str | None = None
+    split: str = "test"
+    compare: tuple[str, ...] = ()
+    out: str | None = None
+    miscalibration: str | None = None
+    calibrations: str = "residual"
+    fit_bp_prior: bool = True
+    fit_bone_threshold: bool = False
+    fit_samples: int = 16
+    batch_size: int = 2
+    device: str = "cpu"
+    seed: int = 0
+    max_samples: int | None = None
+    output_to_mu: float | None = None
+    groups: str = "all,normal,craniosynostosis"
+    paired_label: str | None = None
+    quiet: bool = False
+
+    def common(self) -> dict:
+        """Keyword arguments shared by every evaluation and study of the run."""
+        return {"batch_size": self.batch_size, "device": self.device, "seed": self.seed,
+                "max_samples": self.max_samples, "output_to_mu": self.output_to_mu}
+
+
 @click.command()
 @click.option("--data", "data", required=True, type=click.Path(dir_okay=False), help="Dataset file (.h5).")
 @click.option("--refiner", "refiner_spec", required=True,
@@ -170,9 +205,7 @@ def _prepare_bp_prior(model, explicit_cfg: dict, data, fit: bool, max_fit: int, 
               help="Label of one refiner to compare skull by skull with every other one (mean and median "
                    "difference, fraction of skulls where it is better, Wilcoxon signed-rank p).")
 @click.option("--quiet", is_flag=True, help="Only the tables.")
-def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare, out, miscalibration, calibrations,
-             fit_bp_prior, fit_bone_threshold, fit_samples, batch_size, device, seed, max_samples, output_to_mu, groups,
-             paired_label, quiet):
+def evaluate(**options):
     """Evaluate refiners on a dataset split: PSNR (X2CT-GAN MAX 4095 and PSCT-Net MAX 2500), 3D SSIM,
     MAE, bone Dice, ASSD/HD95 (mm), projection consistency; normal vs craniosynostosis.
 
@@ -183,44 +216,88 @@ def evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare
 
     try:
         with signals_as_exceptions():
-            _evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare, out, miscalibration,
-                      calibrations, fit_bp_prior, fit_bone_threshold, fit_samples, batch_size, device, seed,
-                      max_samples, output_to_mu, groups, paired_label, quiet)
+            _evaluate(EvaluateOptions(**options))
     except Terminated as exc:
         click.echo(f"tomoprior evaluate: {exc}; result files already written are complete, the others were not "
                    "written", err=True)
         sys.exit(128 + exc.signum)
 
 
-def _evaluate(data, refiner_spec, checkpoint, config_items, label, split, compare, out, miscalibration, calibrations,
-              fit_bp_prior, fit_bone_threshold, fit_samples, batch_size, device, seed, max_samples, output_to_mu,
-              groups, paired_label, quiet):
-    from .._atomic import check_writable, disk_full_error, is_disk_full, write_text_atomic
-    from ..data import DatasetFile, GeometryPerturbation
-    from ..refiners import resolve_device
-    from ..studies.evaluation import (
-        check_group,
-        compare_markdown,
-        paired_comparison,
-        paired_markdown,
-    )
-    from ..studies.evaluation import evaluate as run_evaluate
-    from ..studies.evaluation import fit_bone_threshold as run_fit_bone_threshold
-    from ..studies.miscalibration import PAPER_MISCALIBRATION, bead_cage_calibrator, miscalibration_study
+def _evaluate(opts: EvaluateOptions) -> None:
+    """Check every option, load the refiners, score each (bone-level fit, evaluation,
+    miscalibration study), then print and write the tables and JSON files."""
+    echo = (lambda *a, **k: None) if opts.quiet else (lambda msg: click.echo(msg, err=True))
+    plan = _plan(opts)
+    run = _Run(opts, plan, echo, {"dataset": str(opts.data), "split": opts.split, "refiners": {},
+                                  "miscalibration": {}})
+    models = [_load_refiner(opts, entry, echo) for entry in plan.entries]
+    if opts.fit_bone_threshold:
+        run.summary["bone_threshold_fits"] = {}
+    for lbl, model, ckpt_path in models:
+        run.score(lbl, model, ckpt_path)
+    text = run.markdown()
+    click.echo(text)
+    if plan.out_dir is not None:
+        _save(text, plan.out_dir / "results.md")
+        _save(json.dumps(run.summary, indent=1) + "\n", plan.out_dir / "evaluation.json")
+        echo(f"wrote {plan.out_dir}/results.md, evaluation.json and one JSON per refiner/study")
 
-    echo = (lambda *a, **k: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+# -- option checks (all before any evaluation) ------------------------------------------------
+
+@dataclass
+class _Plan:
+    """The checked options: groups of the tables, refiners to evaluate ``(label, spec,
+    checkpoint, config, option)``, the miscalibration (or None), calibrated arms, result folder."""
+
+    groups: list[str]
+    entries: list[tuple]
+    perturbation: object | None
+    calibrations: list[str]
+    out_dir: Path | None
+
+
+def _plan(opts: EvaluateOptions) -> _Plan:
+    """Check the options in the order of the command line's help; errors are ``click.BadParameter``."""
+    from ..refiners import resolve_device
+
     try:
-        resolve_device(device, option="--device")
+        resolve_device(opts.device, option="--device")
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--device") from exc
+    groups = _check_groups(opts.groups)
+    _check_splits(opts)
+    entries = _refiner_entries(opts)
+    pert = _perturbation(opts.miscalibration) if opts.miscalibration else None
+    cal_modes = [c.strip() for c in opts.calibrations.split(",") if c.strip()]
+    bad = [c for c in cal_modes if c not in CALIBRATIONS]
+    if bad or not cal_modes:
+        raise click.BadParameter(f"unknown calibration(s) {bad}; use {', '.join(CALIBRATIONS)}",
+                                 param_hint="--calibration")
+    out_dir = Path(opts.out) if opts.out else None
+    if out_dir is not None:  # before any evaluation: a run must not fail at its end for want of a folder
+        _prepare_out(out_dir)
+    return _Plan(groups, entries, pert, cal_modes, out_dir)
+
+
+def _check_groups(groups: str) -> list[str]:
+    from ..studies.evaluation import check_group
+
     group_list = [g.strip() for g in groups.split(",") if g.strip()]
     if not group_list:
         raise click.BadParameter("give at least one group (all, normal, craniosynostosis, variant:NAME)",
                                  param_hint="--groups")
     try:
-        group_list = [check_group(g) for g in group_list]
+        return [check_group(g) for g in group_list]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--groups") from exc
+
+
+def _check_splits(opts: EvaluateOptions) -> None:
+    """The data file opens and holds the evaluated split (and a train split to fit bone levels on)."""
+    from ..data import DatasetFile
+
+    data, split = opts.data, opts.split
     try:
         with DatasetFile(data) as ds:
             counts = {s: ds.splits().count(s) for s in ("train", "val", "test")}
@@ -229,147 +306,194 @@ def _evaluate(data, refiner_spec, checkpoint, config_items, label, split, compar
     if counts[split] == 0:
         raise click.BadParameter(f"{data} has no sample in split {split!r} (samples per split: {counts})",
                                  param_hint="--split")
-    if fit_bone_threshold and counts["train"] == 0:
+    if opts.fit_bone_threshold and counts["train"] == 0:
         raise click.BadParameter(f"{data} has no train sample to fit the bone levels on (samples per split: "
                                  f"{counts})", param_hint="--fit-bone-threshold")
-    if fit_bone_threshold and split == "train":
+    if opts.fit_bone_threshold and split == "train":
         click.echo("warning: --fit-bone-threshold fits the bone levels on the train split, which is the split "
                    "evaluated here: the bone metrics are optimistic", err=True)
-    main_cfg = _parse_config(config_items, "--config")
-    entries = [(label or refiner_spec.split(":")[0].split("@")[0], refiner_spec, checkpoint, main_cfg, "--refiner")]
-    entries += [(lbl, spec, None, {}, "--compare") for lbl, spec in _compare_specs(compare)]
+
+
+def _refiner_entries(opts: EvaluateOptions) -> list[tuple]:
+    """``(label, spec, checkpoint, config, option)`` of --refiner and each --compare entry."""
+    main_cfg = _parse_config(opts.config_items, "--config")
+    spec = opts.refiner_spec
+    entries = [(opts.label or spec.split(":")[0].split("@")[0], spec, opts.checkpoint, main_cfg, "--refiner")]
+    entries += [(lbl, s, None, {}, "--compare") for lbl, s in _compare_specs(opts.compare)]
     if len({e[0] for e in entries}) != len(entries):
         raise click.BadParameter("the --compare labels must differ from each other and from --label",
                                  param_hint="--compare")
-    if paired_label is not None and paired_label not in {e[0] for e in entries}:
-        raise click.BadParameter(f"{paired_label!r} is not one of the evaluated labels {[e[0] for e in entries]}",
-                                 param_hint="--paired")
-    pert = None
-    if miscalibration:
-        try:
-            pert = PAPER_MISCALIBRATION if miscalibration.strip() == "paper" else \
-                GeometryPerturbation.parse(miscalibration)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--miscalibration") from exc
-        if pert.is_zero:
-            raise click.BadParameter("the miscalibration is zero", param_hint="--miscalibration")
-    cal_modes = [c.strip() for c in calibrations.split(",") if c.strip()]
-    bad = [c for c in cal_modes if c not in CALIBRATIONS]
-    if bad or not cal_modes:
-        raise click.BadParameter(f"unknown calibration(s) {bad}; use {', '.join(CALIBRATIONS)}",
-                                 param_hint="--calibration")
-    out_dir = Path(out) if out else None
-    if out_dir is not None:  # before any evaluation: a run must not fail at its end for want of a folder
-        if out_dir.exists() and not out_dir.is_dir():
-            raise click.BadParameter(f"{out_dir} is a file; give a folder for the results", param_hint="--out")
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            check_writable(out_dir, what="--out")
-        except (OSError, ValueError) as exc:
-            raise click.BadParameter(f"cannot write results to {out_dir}: {getattr(exc, 'strerror', None) or exc}; "
-                                     "choose a writable folder", param_hint="--out") from exc
+    if opts.paired_label is not None and opts.paired_label not in {e[0] for e in entries}:
+        raise click.BadParameter(f"{opts.paired_label!r} is not one of the evaluated labels "
+                                 f"{[e[0] for e in entries]}", param_hint="--paired")
+    return entries
 
-    def save(obj, path: Path) -> None:
-        try:
-            obj.save(path) if not isinstance(obj, str) else write_text_atomic(path, obj)
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise EvaluateError(str(disk_full_error(path, exc))) from exc
-            raise EvaluateError(f"cannot write {path}: {exc.strerror or exc}; the files written before it are "
-                                "complete, this one was not written") from exc
 
-    models = []
-    for lbl, spec, ckpt, cfg, hint in entries:
-        explicit = dict(cfg)
-        if ":" in spec and "@" not in spec and not Path(spec).exists():
-            explicit.update(_parse_config([spec.split(":", 1)[1]], hint))
-        model, ckpt_path = build_refiner(spec, checkpoint=ckpt, config=cfg, hint=hint)
-        _prepare_bp_prior(model, explicit, data, fit_bp_prior, fit_samples, echo)
-        n_params = sum(p.numel() for p in model.parameters())
-        if ckpt_path is None and n_params:
-            click.echo(f"warning: {lbl!r} has {n_params} parameters but no checkpoint: its weights are untrained "
-                       "(random); pass NAME@checkpoint.pt", err=True)
-        models.append((lbl, model, ckpt_path))
+def _perturbation(text: str):
+    from ..data import GeometryPerturbation
+    from ..studies.miscalibration import PAPER_MISCALIBRATION
 
-    common = {"batch_size": batch_size, "device": device, "seed": seed, "max_samples": max_samples,
-              "output_to_mu": output_to_mu}
-    results, studies, summary = {}, {}, {"dataset": str(data), "split": split, "refiners": {}, "miscalibration": {}}
-    fits, shown = {}, {}  # label -> fit_bone_threshold result; label -> row label of the tables
-    if fit_bone_threshold:
-        summary["bone_threshold_fits"] = {}
-    for lbl, model, ckpt_path in models:
+    try:
+        pert = PAPER_MISCALIBRATION if text.strip() == "paper" else GeometryPerturbation.parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--miscalibration") from exc
+    if pert.is_zero:
+        raise click.BadParameter("the miscalibration is zero", param_hint="--miscalibration")
+    return pert
+
+
+def _prepare_out(out_dir: Path) -> None:
+    from .._atomic import check_writable
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise click.BadParameter(f"{out_dir} is a file; give a folder for the results", param_hint="--out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(out_dir, what="--out")
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(f"cannot write results to {out_dir}: {getattr(exc, 'strerror', None) or exc}; "
+                                 "choose a writable folder", param_hint="--out") from exc
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def _save(obj, path: Path) -> None:
+    """Write a result object (its ``save``) or a text, atomically; a failure is an :class:`EvaluateError`."""
+    from .._atomic import disk_full_error, is_disk_full, write_text_atomic
+
+    try:
+        obj.save(path) if not isinstance(obj, str) else write_text_atomic(path, obj)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise EvaluateError(str(disk_full_error(path, exc))) from exc
+        raise EvaluateError(f"cannot write {path}: {exc.strerror or exc}; the files written before it are "
+                            "complete, this one was not written") from exc
+
+
+def _load_refiner(opts: EvaluateOptions, entry: tuple, echo) -> tuple:
+    """Build or load one refiner (fitting bp-prior's level if asked): ``(label, model, checkpoint path)``."""
+    lbl, spec, ckpt, cfg, hint = entry
+    explicit = dict(cfg)
+    if ":" in spec and "@" not in spec and not Path(spec).exists():
+        explicit.update(_parse_config([spec.split(":", 1)[1]], hint))
+    model, ckpt_path = build_refiner(spec, checkpoint=ckpt, config=cfg, hint=hint)
+    _prepare_bp_prior(model, explicit, opts.data, opts.fit_bp_prior, opts.fit_samples, echo)
+    n_params = sum(p.numel() for p in model.parameters())
+    if ckpt_path is None and n_params:
+        click.echo(f"warning: {lbl!r} has {n_params} parameters but no checkpoint: its weights are untrained "
+                   "(random); pass NAME@checkpoint.pt", err=True)
+    return lbl, model, ckpt_path
+
+
+@dataclass
+class _Run:
+    """Results gathered over the refiners: evaluations, miscalibration studies, bone-level
+    fits, table row labels, and the ``evaluation.json`` summary."""
+
+    opts: EvaluateOptions
+    plan: _Plan
+    echo: Callable
+    summary: dict
+    results: dict = field(default_factory=dict)
+    studies: dict = field(default_factory=dict)
+    fits: dict = field(default_factory=dict)    # label -> fit_bone_threshold result
+    shown: dict = field(default_factory=dict)   # label -> row label of the tables
+
+    def score(self, lbl: str, model, ckpt_path) -> None:
+        """Fit the bone level (if asked), evaluate, and run the miscalibration study (if asked)."""
         level = None
-        if fit_bone_threshold:
-            t0 = time.perf_counter()
-            try:
-                fit = run_fit_bone_threshold(model, data, "train", max_samples=fit_samples, output_to_mu=output_to_mu,
-                                             batch_size=batch_size, device=device)
-            except (ValueError, TypeError) as exc:
-                raise EvaluateError(f"fitting the bone level of {lbl!r} on the train split: {exc}") from exc
-            fits[lbl], level = fit, fit["threshold_mu"]
-            summary["bone_threshold_fits"][lbl] = fit
-            echo(f"{lbl}: prediction bone level {level:.4g} /mm (train Dice {fit['dice']:.3f}; "
-                 f"{fit['dice_at_default']:.3f} at {fit['bone_threshold_mu']:g} /mm) fitted on {fit['n_samples']} "
-                 f"train samples in {time.perf_counter() - t0:.1f} s" + (f"; {fit['note']}" if fit["note"] else ""))
-        shown[lbl] = _row_label(lbl, fits.get(lbl))
+        if self.opts.fit_bone_threshold:
+            fit = self._fit_bone_level(lbl, model)
+            self.fits[lbl], level = fit, fit["threshold_mu"]
+            self.summary["bone_threshold_fits"][lbl] = fit
+        self.shown[lbl] = _row_label(lbl, self.fits.get(lbl))
+        self._evaluate(lbl, model, ckpt_path, level)
+        if self.plan.perturbation is not None:
+            self._study(lbl, model, ckpt_path, level)
+
+    def _fit_bone_level(self, lbl: str, model) -> dict:
+        from ..studies.evaluation import fit_bone_threshold
+
+        opts = self.opts
         t0 = time.perf_counter()
         try:
-            res = run_evaluate(model, data, split, label=lbl, checkpoint=ckpt_path, pred_bone_threshold_mu=level,
-                               **common)
+            fit = fit_bone_threshold(model, opts.data, "train", max_samples=opts.fit_samples,
+                                     output_to_mu=opts.output_to_mu, batch_size=opts.batch_size, device=opts.device)
+        except (ValueError, TypeError) as exc:
+            raise EvaluateError(f"fitting the bone level of {lbl!r} on the train split: {exc}") from exc
+        self.echo(f"{lbl}: prediction bone level {fit['threshold_mu']:.4g} /mm (train Dice {fit['dice']:.3f}; "
+                  f"{fit['dice_at_default']:.3f} at {fit['bone_threshold_mu']:g} /mm) fitted on {fit['n_samples']} "
+                  f"train samples in {time.perf_counter() - t0:.1f} s" + (f"; {fit['note']}" if fit["note"] else ""))
+        return fit
+
+    def _evaluate(self, lbl: str, model, ckpt_path, level) -> None:
+        from ..studies.evaluation import evaluate as run_evaluate
+
+        t0 = time.perf_counter()
+        try:
+            res = run_evaluate(model, self.opts.data, self.opts.split, label=lbl, checkpoint=ckpt_path,
+                               pred_bone_threshold_mu=level, **self.opts.common())
         except (ValueError, TypeError) as exc:
             raise EvaluateError(f"evaluating {lbl!r}: {exc}") from exc
-        echo(f"{lbl}: {len(res.per_sample)} samples in {time.perf_counter() - t0:.1f} s")
-        if lbl in fits:
-            res.settings["bone_threshold_fit"] = fits[lbl]
-        results[lbl] = res
-        if out_dir is not None:
-            save(res, out_dir / f"{_safe(lbl)}.json")
-            summary["refiners"][lbl] = f"{_safe(lbl)}.json"
-        if pert is not None:
-            cal = [bead_cage_calibrator() if mode == "bead" else mode for mode in cal_modes]
-            t0 = time.perf_counter()
-            try:
-                st = miscalibration_study(model, data, split, perturbation=pert, calibration=cal, label=lbl,
-                                          checkpoint=ckpt_path, pred_bone_threshold_mu=level, **common)
-            except (ValueError, TypeError) as exc:
-                raise EvaluateError(f"miscalibration study of {lbl!r}: {exc}") from exc
-            echo(f"{lbl}: miscalibration study in {time.perf_counter() - t0:.1f} s")
-            if lbl in fits:
-                for arm in st.arms.values():
-                    arm.settings["bone_threshold_fit"] = fits[lbl]
-            studies[lbl] = st
-            if out_dir is not None:
-                name = f"miscalibration_{_safe(lbl)}.json"
-                save(st, out_dir / name)
-                summary["miscalibration"][lbl] = name
+        self.echo(f"{lbl}: {len(res.per_sample)} samples in {time.perf_counter() - t0:.1f} s")
+        if lbl in self.fits:
+            res.settings["bone_threshold_fit"] = self.fits[lbl]
+        self.results[lbl] = res
+        if self.plan.out_dir is not None:
+            _save(res, self.plan.out_dir / f"{_safe(lbl)}.json")
+            self.summary["refiners"][lbl] = f"{_safe(lbl)}.json"
 
-    md = [f"# tomoprior evaluate: `{data}`, split `{split}`", ""]
-    if fits:
-        md += _fits_markdown(fits)
-    shown_results = {shown[lbl]: res for lbl, res in results.items()}
-    for g in group_list:
-        md += [f"## {g}", "", compare_markdown(shown_results, group=g)]
-    if paired_label is not None:
-        summary["paired"] = {}
-        md += [f"## paired per-skull comparisons of {paired_label} (same skulls; a minus b)", ""]
-        for other, res in results.items():
-            if other == paired_label:
-                continue
-            md += [paired_markdown(results[paired_label], res)]
-            summary["paired"][other] = paired_comparison(results[paired_label], res)
-    if studies:
-        md += [f"## miscalibration study ({_pert_text(pert)}; refiner given the nominal geometry)", ""]
-        for lbl, st in studies.items():
-            md += [f"### {shown[lbl]}; calibrated: {st.calibration}", ""]
-            for g in group_list:
-                md += [f"{g}:", "", st.to_markdown(group=g)]
-            md += ["paired differences to nominal-correct (same skulls), all:", "", st.differences_markdown()]
-    text = "\n".join(md)
-    click.echo(text)
-    if out_dir is not None:
-        save(text, out_dir / "results.md")
-        save(json.dumps(summary, indent=1) + "\n", out_dir / "evaluation.json")
-        echo(f"wrote {out_dir}/results.md, evaluation.json and one JSON per refiner/study")
+    def _study(self, lbl: str, model, ckpt_path, level) -> None:
+        from ..studies.miscalibration import bead_cage_calibrator, miscalibration_study
+
+        cal = [bead_cage_calibrator() if mode == "bead" else mode for mode in self.plan.calibrations]
+        t0 = time.perf_counter()
+        try:
+            st = miscalibration_study(model, self.opts.data, self.opts.split, perturbation=self.plan.perturbation,
+                                      calibration=cal, label=lbl, checkpoint=ckpt_path, pred_bone_threshold_mu=level,
+                                      **self.opts.common())
+        except (ValueError, TypeError) as exc:
+            raise EvaluateError(f"miscalibration study of {lbl!r}: {exc}") from exc
+        self.echo(f"{lbl}: miscalibration study in {time.perf_counter() - t0:.1f} s")
+        if lbl in self.fits:
+            for arm in st.arms.values():
+                arm.settings["bone_threshold_fit"] = self.fits[lbl]
+        self.studies[lbl] = st
+        if self.plan.out_dir is not None:
+            name = f"miscalibration_{_safe(lbl)}.json"
+            _save(st, self.plan.out_dir / name)
+            self.summary["miscalibration"][lbl] = name
+
+    def markdown(self) -> str:
+        """``results.md``: bone-level fits, one comparison table per group, the paired
+        comparisons (also added to the summary) and the miscalibration studies."""
+        from ..studies.evaluation import compare_markdown, paired_comparison, paired_markdown
+
+        opts, results, groups = self.opts, self.results, self.plan.groups
+        md = [f"# tomoprior evaluate: `{opts.data}`, split `{opts.split}`", ""]
+        if self.fits:
+            md += _fits_markdown(self.fits)
+        shown_results = {self.shown[lbl]: res for lbl, res in results.items()}
+        for g in groups:
+            md += [f"## {g}", "", compare_markdown(shown_results, group=g)]
+        paired_label = opts.paired_label
+        if paired_label is not None:
+            self.summary["paired"] = {}
+            md += [f"## paired per-skull comparisons of {paired_label} (same skulls; a minus b)", ""]
+            for other, res in results.items():
+                if other == paired_label:
+                    continue
+                md += [paired_markdown(results[paired_label], res)]
+                self.summary["paired"][other] = paired_comparison(results[paired_label], res)
+        if self.studies:
+            md += [f"## miscalibration study ({_pert_text(self.plan.perturbation)}; refiner given the nominal "
+                   "geometry)", ""]
+            for lbl, st in self.studies.items():
+                md += [f"### {self.shown[lbl]}; calibrated: {st.calibration}", ""]
+                for g in groups:
+                    md += [f"{g}:", "", st.to_markdown(group=g)]
+                md += ["paired differences to nominal-correct (same skulls), all:", "", st.differences_markdown()]
+        return "\n".join(md)
 
 
 def _row_label(label: str, fit: dict | None) -> str:

@@ -356,15 +356,28 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
         ``extra_files`` holds the calibrated geometry as ``geometry.yaml`` when the verdict
         passes (or there is no verdict), else as ``geometry.FAILED.yaml``.
     """
-    from ..geometry.io import dumps
-    from .report import _result_dict
-
     inputs = inputs or {"files": [], "signoff": {}, "dicom_tags": []}
-    rep, tri, res = outcome.reprojection, outcome.triangulation, outcome.result
     verdict = outcome.verdict
-    passed = verdict is None or verdict.passed
-    phantom = getattr(res, "phantom", "") or str(outcome.config.get("phantom", ""))
-    tables, appendix, figures = [], [], []
+    phantom = getattr(outcome.result, "phantom", "") or str(outcome.config.get("phantom", ""))
+    tables = _outcome_tables(outcome, inputs)
+    figures = _outcome_figures(outcome)
+    appendix, figures_app = _outcome_appendix(outcome)
+    figures += figures_app
+    geometry_name, geometry_yaml = _geometry_file(outcome, passed=verdict is None or verdict.passed)
+    numbers = _outcome_numbers(outcome, inputs, phantom, geometry_name, geometry_yaml)
+    banner = _banner(verdict) if verdict is not None else None
+    report = Report(title=title, summary=_summary_rows(outcome), tables=tables, figures=figures, numbers=numbers,
+                    texts=[(f"Calibrated geometry ({geometry_name})", geometry_yaml)],
+                    notes=[] if verdict is not None else list(outcome.notes),
+                    banner=banner, signoff=_signoff_rows(inputs, phantom), appendix=appendix)
+    return report, {geometry_name: geometry_yaml}
+
+
+def _outcome_tables(outcome, inputs: dict) -> list:
+    """The report's main tables: failed items, calibrated parameters, errors against the truth,
+    drift against a baseline, reprojection per view, input files, starting geometry."""
+    rep, verdict = outcome.reprojection, outcome.verdict
+    tables = []
     if verdict is not None and verdict.failed:
         tables.append(("Failed QA items (root causes first)", _verdict_rows(verdict, verdict.failed)))
     tables.append(("Calibrated parameters (value, 1-sigma from the fit, starting value)", _parameter_rows(outcome)))
@@ -391,11 +404,16 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
              for s in (outcome.initial_source or [])]
     if start:
         tables.append(("Starting geometry and the DICOM attributes used", start))
+    return tables
 
-    figures.append(Figure("blobs.png", "Detected blobs over each radiograph (-log display): green = matched and "
-                          "fitted, blue = matched and held out, magenta + = design bead with no blob (predicted "
-                          "position), red square = blob matched to no bead.",
-                          blob_figure(outcome.images, outcome.detections, outcome, outcome.names)))
+
+def _outcome_figures(outcome) -> list:
+    """The report's main figures: detected blobs, residual vectors per view, heel effect."""
+    rep = outcome.reprojection
+    figures = [Figure("blobs.png", "Detected blobs over each radiograph (-log display): green = matched and "
+                      "fitted, blue = matched and held out, magenta + = design bead with no blob (predicted "
+                      "position), red square = blob matched to no bead.",
+                      blob_figure(outcome.images, outcome.detections, outcome, outcome.names))]
     for i, v in enumerate(rep.views):
         png, mag = residual_figure(
             _display(outcome.images[i]), v.observed, v.residuals, heldout=v.heldout,
@@ -408,8 +426,12 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
                               "(1 = no heel effect), as simulated.",
                               map_figure(list(outcome.heel), outcome.names, suptitle="anode heel effect",
                                          label="relative intensity")))
+    return figures
 
-    # -- appendix ------------------------------------------------------------------------------
+
+def _calibration_details(outcome) -> list[dict]:
+    """Appendix rows: the solver's messages and numbers, the report's own triangulation, timings."""
+    res, tri = outcome.result, outcome.triangulation
     details = [
         {"item": "calibration", "value": getattr(res, "message", "")},
         {"item": "solver's own message", "value": getattr(res, "solver_message", "")},
@@ -425,6 +447,15 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
                         "value": f"RMS {tri.rms_mm:.3f} mm, max {tri.max_mm:.3f} mm over {tri.n} beads"})
     for k, v in outcome.timings.items():
         details.append({"item": f"time: {k} (s)", "value": f"{v:.2f}"})
+    return details
+
+
+def _outcome_appendix(outcome) -> tuple[list, list]:
+    """The appendix tables (every QA item, beads, calibration details, conditioning,
+    sensitivity, projector check) and the appendix figures."""
+    verdict = outcome.verdict
+    appendix, figures_app = [], []
+    details = _calibration_details(outcome)
     if verdict is not None:
         appendix.append(("All QA items (every check, its value and its limit)", _verdict_rows(verdict)))
     appendix.append(("Beads (role in each view, residual length, 3D triangulation error)", _bead_rows(outcome)))
@@ -442,39 +473,60 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
                            "mean px": _num(r["mean_px"], "px"), "max px": _num(r["max_px"], "px"),
                            "published px (at this pitch)": _num(r.get("reference_at_pitch_px"), "px")}
                           for r in outcome.sensitivity]))
-        figures_app = [Figure("sensitivity.png", "Mean image displacement per parameter error; dashed lines: "
-                              "published values (0.15 mm pixels) converted to this pixel pitch.",
-                              sensitivity_figure(outcome.sensitivity))]
-    else:
-        figures_app = []
-    pm = outcome.projector_map
-    if pm is not None:
-        cmp = pm["comparison"]
-        target = pm.get("target_median", 0.01)
-        appendix.append((f"Projector check: {cmp['backend'].get('name', '')} projector of the rasterised "
-                         f"{pm['phantom']} ({pm['grid']['shape'][0]}^3 grid, {pm.get('supersample', 2)}^3 sub-samples "
-                         f"per voxel) against its exact line integrals under the calibrated geometry, rays through "
-                         f"the head (target: median <= {100 * target:g} %). The 95th percentile is the phantom's "
-                         "sharp edges resampled on voxels, not the projector.",
-                         [{"view": s["view"], "median relative error": f"{100 * s['median_relative_error']:.3f} %",
-                           "95th percentile": f"{100 * s['p95_relative_error']:.2f} %",
-                           "relative L2": f"{100 * s['relative_l2_error']:.2f} %",
-                           "meets target": Cell("yes" if s["median_relative_error"] <= target else "NO",
-                                                "pass" if s["median_relative_error"] <= target else "fail")}
-                          for s in cmp["per_view"]]))
-        err = [p - a for p, a in zip(pm["projected"], pm["analytic"])]
-        figures_app.append(Figure("projector_error.png",
-                                  f"Projector minus exact line integrals of {pm['phantom']} under the calibrated "
-                                  "geometry (coarse detector); the error sits on the phantom's edges.",
-                                  map_figure(err, outcome.names, suptitle="projector - analytic", cmap="RdBu_r",
-                                             label="line integral error", symmetric=True)))
-    figures += figures_app
+        figures_app.append(Figure("sensitivity.png", "Mean image displacement per parameter error; dashed lines: "
+                                  "published values (0.15 mm pixels) converted to this pixel pitch.",
+                                  sensitivity_figure(outcome.sensitivity)))
+    if outcome.projector_map is not None:
+        table, figure = _projector_check(outcome.projector_map, outcome.names)
+        appendix.append(table)
+        figures_app.append(figure)
+    return appendix, figures_app
+
+
+def _projector_check(pm: dict, names) -> tuple[tuple, Figure]:
+    """Appendix table and figure of the projector against the phantom's exact line integrals."""
+    cmp = pm["comparison"]
+    target = pm.get("target_median", 0.01)
+    table = (f"Projector check: {cmp['backend'].get('name', '')} projector of the rasterised "
+             f"{pm['phantom']} ({pm['grid']['shape'][0]}^3 grid, {pm.get('supersample', 2)}^3 sub-samples "
+             f"per voxel) against its exact line integrals under the calibrated geometry, rays through "
+             f"the head (target: median <= {100 * target:g} %). The 95th percentile is the phantom's "
+             "sharp edges resampled on voxels, not the projector.",
+             [{"view": s["view"], "median relative error": f"{100 * s['median_relative_error']:.3f} %",
+               "95th percentile": f"{100 * s['p95_relative_error']:.2f} %",
+               "relative L2": f"{100 * s['relative_l2_error']:.2f} %",
+               "meets target": Cell("yes" if s["median_relative_error"] <= target else "NO",
+                                    "pass" if s["median_relative_error"] <= target else "fail")}
+              for s in cmp["per_view"]])
+    err = [p - a for p, a in zip(pm["projected"], pm["analytic"])]
+    figure = Figure("projector_error.png",
+                    f"Projector minus exact line integrals of {pm['phantom']} under the calibrated "
+                    "geometry (coarse detector); the error sits on the phantom's edges.",
+                    map_figure(err, names, suptitle="projector - analytic", cmap="RdBu_r",
+                               label="line integral error", symmetric=True))
+    return table, figure
+
+
+def _geometry_file(outcome, passed: bool) -> tuple[str, str]:
+    """``(file name, YAML text)`` of the calibrated geometry; a failed QA gets a warning header
+    and the name ``geometry.FAILED.yaml``."""
+    from ..geometry.io import dumps
 
     geometry_yaml = dumps(outcome.calibrated, "yaml")
     geometry_name = "geometry.yaml" if passed else "geometry.FAILED.yaml"
     if not passed:
         geometry_yaml = ("# FAILED CALIBRATION: this geometry did not pass its QA (see report.html / report.json).\n"
                          "# Do not use it for reconstruction.\n") + geometry_yaml
+    return geometry_name, geometry_yaml
+
+
+def _outcome_numbers(outcome, inputs: dict, phantom: str, geometry_name: str, geometry_yaml: str) -> dict:
+    """Everything of the run for ``report.json``: verdict, summary, inputs, configuration, fit
+    results and checks, detections, timings."""
+    from .report import _result_dict
+
+    rep, tri, res, verdict = outcome.reprojection, outcome.triangulation, outcome.result, outcome.verdict
+    pm = outcome.projector_map
     summary_numbers = {
         "views": list(outcome.names),
         "beads_in_design": len(outcome.design_positions),
@@ -492,7 +544,7 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
         "true_geometry_rms_px": outcome.reprojection_true.rms_px if outcome.reprojection_true is not None else None,
         "geometry_file": geometry_name,
     }
-    numbers = {
+    return {
         "verdict": verdict.to_dict() if verdict is not None else None,
         "summary": summary_numbers,
         "signoff": {"phantom": phantom, **(inputs.get("signoff") or {})},
@@ -526,12 +578,6 @@ def outcome_report(outcome, title: str = "tomoprior calibration QA report", inpu
         "notes": outcome.notes,
         "geometry_yaml": geometry_yaml,
     }
-    banner = _banner(verdict) if verdict is not None else None
-    report = Report(title=title, summary=_summary_rows(outcome), tables=tables, figures=figures, numbers=numbers,
-                    texts=[(f"Calibrated geometry ({geometry_name})", geometry_yaml)],
-                    notes=[] if verdict is not None else list(outcome.notes),
-                    banner=banner, signoff=_signoff_rows(inputs, phantom), appendix=appendix)
-    return report, {geometry_name: geometry_yaml}
 
 
 def failure_report(title: str, reason: str, *, images=None, names=None, detections=None, inputs=None,

@@ -495,7 +495,16 @@ def evaluate(result, *, tolerances: Tolerances | None = None, names: Sequence[st
     conv = bool(result.converged)
     verdict.add(VerdictItem("fit_converged", conv, "", True, "==", conv, None,
                             None if conv else f"the geometry fit did not converge: {result.message}", "sanity"))
-    # -- beads matched per view ---------------------------------------------------------------
+    _check_beads_matched(verdict, result, tol, names)
+    _check_reprojection(verdict, result, tol, names, n_views=len(params))
+    _check_parameters(verdict, result, tol, names, truth)
+    if baseline is not None:
+        _check_drift(verdict, result, tol, names, baseline)
+    return verdict
+
+
+def _check_beads_matched(verdict: Verdict, result, tol: Tolerances, names: list) -> None:
+    """Items ``beads_matched``: the percentage of design beads matched in each view."""
     n_design = int(getattr(result, "n_design", 0) or 0)
     matches = getattr(result, "matches", None) or []
     lim = tol.scalar("beads_matched")
@@ -511,7 +520,11 @@ def evaluate(result, *, tolerances: Tolerances | None = None, names: Sequence[st
                         f"{_where_missing(result, v, missing)})")
             _check(verdict, "beads_matched", frac, lim, ">=", unit="%", view=name, label="design beads matched",
                    group="sanity", hint=hint, extra={"matched": len(di), "design": n_design})
-    # -- reprojection statistics --------------------------------------------------------------
+
+
+def _check_reprojection(verdict: Verdict, result, tol: Tolerances, names: list, n_views: int) -> None:
+    """Items of the reprojection statistics: held-out RMS (all and per view), held-out beads
+    rejected as mismatches, largest fit residual, 3D triangulation RMS (two views or more)."""
     held_ids = list(getattr(result, "heldout_ids", []) or [])
     n_held = sum(len(h) for h in held_ids)
     nothing_held = " (no beads were held out; hold some out or switch heldout_rms off)" if n_held == 0 else ""
@@ -535,10 +548,15 @@ def evaluate(result, *, tolerances: Tolerances | None = None, names: Sequence[st
     for name, mx in zip(names, result.max_px):
         _check(verdict, "fit_residual_max", mx, tol.scalar("fit_residual_max"), "<=", view=name,
                label="largest fit residual")
-    if len(params) >= 2:
+    if n_views >= 2:
         _check(verdict, "triangulation_rms", result.triangulation_rms_mm, tol.scalar("triangulation_rms"), "<=",
                label="3D triangulation RMS")
-    # -- per-parameter groups -----------------------------------------------------------------
+
+
+def _check_parameters(verdict: Verdict, result, tol: Tolerances, names: list, truth) -> None:
+    """Per-parameter items: 1-sigma uncertainty, change from the starting geometry and, for a
+    simulation (``truth``), the error against the true parameters."""
+    params = list(result.parameters)
     initial = list(getattr(result, "initial_parameters", []) or [])
     for v, (name, p) in enumerate(zip(names, params)):
         unc = result.uncertainty[v] if v < len(result.uncertainty) else {}
@@ -562,24 +580,28 @@ def evaluate(result, *, tolerances: Tolerances | None = None, names: Sequence[st
                     e = parameter_value(p, f, lim.unit) - parameter_value(truth[v], f, lim.unit)
                     _check(verdict, f"error_vs_truth.{f}", abs(e), lim, "<=", view=name, group="truth",
                            label=f"error of {f} against the truth", extra={"signed": e})
-    if baseline is not None:
-        for row in baseline_deltas(result, baseline, tol, names):
-            lim = _in_pixels(tol.param("drift", row["parameter"]), params[names.index(row["view"])],
-                             row["parameter"])
-            if lim is None:
-                continue
-            z = row["z"]
-            big = abs(row["delta"]) > lim.to(row["unit"]) + 1e-12
-            significant = tol.drift_z is None or z is None or abs(z) > tol.drift_z
-            ok = not (big and significant)
-            reason = None if ok else (
-                f"{row['view']}: {row['parameter']} drifted by {row['delta']:+.3g} {row['unit']} from the baseline "
-                f"(limit {_num(lim.to(row['unit']))} {row['unit']}"
-                + (f", z = {z:+.1f}" if z is not None else "") + ")")
-            verdict.add(VerdictItem(f"drift.{row['parameter']}", abs(row["delta"]), row["unit"],
-                                    lim.to(row["unit"]), "<=", ok, row["view"], reason, "drift",
-                                    {"signed": row["delta"], "z": z, "z_limit": tol.drift_z}))
-    return verdict
+
+
+def _check_drift(verdict: Verdict, result, tol: Tolerances, names: list, baseline) -> None:
+    """Items ``drift.*``: parameter changes against a baseline calibration that are both beyond
+    the limit and significant (``|z| > tol.drift_z``)."""
+    params = list(result.parameters)
+    for row in baseline_deltas(result, baseline, tol, names):
+        lim = _in_pixels(tol.param("drift", row["parameter"]), params[names.index(row["view"])],
+                         row["parameter"])
+        if lim is None:
+            continue
+        z = row["z"]
+        big = abs(row["delta"]) > lim.to(row["unit"]) + 1e-12
+        significant = tol.drift_z is None or z is None or abs(z) > tol.drift_z
+        ok = not (big and significant)
+        reason = None if ok else (
+            f"{row['view']}: {row['parameter']} drifted by {row['delta']:+.3g} {row['unit']} from the baseline "
+            f"(limit {_num(lim.to(row['unit']))} {row['unit']}"
+            + (f", z = {z:+.1f}" if z is not None else "") + ")")
+        verdict.add(VerdictItem(f"drift.{row['parameter']}", abs(row["delta"]), row["unit"],
+                                lim.to(row["unit"]), "<=", ok, row["view"], reason, "drift",
+                                {"signed": row["delta"], "z": z, "z_limit": tol.drift_z}))
 
 
 def _in_pixels(limit: Quantity | None, p: ViewParameters, name: str) -> Quantity | None:

@@ -635,6 +635,36 @@ def trend_report(records: list, out_dir, tolerances: Tolerances | None = None) -
                          "calibrate or validate")
     tol = _tolerances_of(records, tolerances)
     bands = _bands(records, tol)
+    outside, flagged = _outside_bands(records, bands)
+    figures = _trend_figures(records, bands, outside, tol)
+    notes = ["Every number of this page is in trend.json. Dates marked * are when the report was written "
+             "(the report has no acquisition date)."]
+    if len(records) == 1:
+        notes.insert(0, "Only one report: no trend yet. The band around its values shows where the next runs must "
+                        "stay.")
+    tables = [("Runs (oldest first)", _run_rows(records, outside, tol))]
+    if flagged:
+        tables.append(("Values outside their tolerance band (first run ± drift limit)", [
+            {"date": x["date_label"], "view": x["view"], "parameter": LABELS[x["parameter"]][0],
+             "unit": x["unit"], "value": f"{x['value']:.4f}", "change": Cell(f"{x['change']:+.4g}", "fail"),
+             "limit": f"± {x['limit']:.4g}", "report": x["path"]} for x in flagged]))
+    numbers = {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
+        "units": {"length": "mm", "angle": "deg", "u0_v0": "px", "heldout_rms": "px", "triangulation_rms": "mm"},
+        "runs": [r.to_dict() for r in records],
+        "tolerances": tol.to_dict(), "tolerances_source": tol.source,
+        "bands": bands, "outside_band": flagged,
+    }
+    report = Report(title="tomoprior calibration QA trend", summary=_trend_summary(records, bands, flagged, tol),
+                    tables=tables, figures=figures, numbers=numbers, notes=notes,
+                    appendix=[("Tolerance bands (first run ± drift limit)", _band_rows(records, bands))],
+                    figure_heading="Trends")
+    return write_report(report, out_dir, html_name="trend.html", json_name="trend.json")
+
+
+def _outside_bands(records: list, bands: dict) -> tuple[dict, list[dict]]:
+    """Values outside their tolerance band: ``{(view, report path, parameter): True}`` and one
+    row per such value (date, view, parameter, value, band centre, change, limit, unit)."""
     outside, flagged = {}, []
     for r in records:
         for v in r.views:
@@ -646,9 +676,11 @@ def trend_report(records: list, out_dir, tolerances: Tolerances | None = None) -
                                     "view": v.name, "parameter": f,
                                     "value": v.values[f], "baseline": b["center"],
                                     "change": v.values[f] - b["center"], "limit": b["half_width"], "unit": b["unit"]})
-    held_lim = tol.scalar("heldout_rms")
-    tri_lim = tol.scalar("triangulation_rms")
+    return outside, flagged
 
+
+def _trend_figures(records: list, bands: dict, outside: dict, tol: Tolerances) -> list:
+    """One parameter figure per view, then the RMS figure."""
     figures = []
     for i, name in enumerate(bands):
         out_v = {(p, f): True for (vn, p, f) in outside if vn == name}
@@ -661,7 +693,14 @@ def trend_report(records: list, out_dir, tolerances: Tolerances | None = None) -
                           "Held-out reprojection RMS (px; overall and per view) and 3D triangulation RMS (mm) over "
                           "time; dashed red line = the QA limit; red squares = runs whose QA failed.",
                           _rms_figure(records, tol)))
+    return figures
 
+
+def _run_rows(records: list, outside: dict, tol: Tolerances) -> list[dict]:
+    """The runs table: date, verdict, views, system, RMS values (flagged beyond their QA
+    limits), count of values outside their band, report path."""
+    held_lim = tol.scalar("heldout_rms")
+    tri_lim = tol.scalar("triangulation_rms")
     table = []
     for r in records:
         n_out = sum(1 for (_, p, _) in outside if p == str(r.path))
@@ -679,6 +718,11 @@ def trend_report(records: list, out_dir, tolerances: Tolerances | None = None) -
             "values outside the band": Cell(n_out, "fail" if n_out else None),
             "report": str(r.path),
         })
+    return table
+
+
+def _band_rows(records: list, bands: dict) -> list[dict]:
+    """Appendix rows: each view's parameter band (first run ± limit) and the newest value."""
     band_rows = []
     for name, per in bands.items():
         for f, b in per.items():
@@ -687,6 +731,13 @@ def trend_report(records: list, out_dir, tolerances: Tolerances | None = None) -
                               "± limit": "-" if b["half_width"] is None else f"{b['half_width']:.4g}",
                               "newest": next((f"{r.view(name).values[f]:.4f}" for r in reversed(records)
                                               if r.view(name) is not None), "-")})
+    return band_rows
+
+
+def _trend_summary(records: list, bands: dict, flagged: list, tol: Tolerances) -> list:
+    """Summary rows: runs, dates, verdict counts, views, values outside bands, tolerances."""
+    held_lim = tol.scalar("heldout_rms")
+    tri_lim = tol.scalar("triangulation_rms")
     span = f"{records[0].date:%Y-%m-%d} to {records[-1].date:%Y-%m-%d}"
     summary = [("runs", len(records)), ("dates", span),
                ("QA PASS / FAIL", f"{sum(r.verdict == 'PASS' for r in records)} / "
@@ -696,25 +747,4 @@ def trend_report(records: list, out_dir, tolerances: Tolerances | None = None) -
                ("tolerances from", tol.source),
                ("held-out RMS limit", "-" if held_lim is None else str(held_lim)),
                ("triangulation RMS limit", "-" if tri_lim is None else str(tri_lim))]
-    notes = ["Every number of this page is in trend.json. Dates marked * are when the report was written "
-             "(the report has no acquisition date)."]
-    if len(records) == 1:
-        notes.insert(0, "Only one report: no trend yet. The band around its values shows where the next runs must "
-                        "stay.")
-    tables = [("Runs (oldest first)", table)]
-    if flagged:
-        tables.append(("Values outside their tolerance band (first run ± drift limit)", [
-            {"date": x["date_label"], "view": x["view"], "parameter": LABELS[x["parameter"]][0],
-             "unit": x["unit"], "value": f"{x['value']:.4f}", "change": Cell(f"{x['change']:+.4g}", "fail"),
-             "limit": f"± {x['limit']:.4g}", "report": x["path"]} for x in flagged]))
-    numbers = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-        "units": {"length": "mm", "angle": "deg", "u0_v0": "px", "heldout_rms": "px", "triangulation_rms": "mm"},
-        "runs": [r.to_dict() for r in records],
-        "tolerances": tol.to_dict(), "tolerances_source": tol.source,
-        "bands": bands, "outside_band": flagged,
-    }
-    report = Report(title="tomoprior calibration QA trend", summary=summary, tables=tables, figures=figures,
-                    numbers=numbers, notes=notes, appendix=[("Tolerance bands (first run ± drift limit)", band_rows)],
-                    figure_heading="Trends")
-    return write_report(report, out_dir, html_name="trend.html", json_name="trend.json")
+    return summary

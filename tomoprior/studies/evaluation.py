@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -677,6 +678,45 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
         whose grid does not match the volumes, a non-finite or wrongly shaped output, an
         unavailable ``device``, non-finite weights (``CheckpointError``, naming ``checkpoint``).
     """
+    _check_evaluate_args(refiner, batch_size, perturbation, geometry_override, calibration_error)
+    if pred_bone_threshold_mu is not None:
+        pred_bone_threshold_mu = _positive_level(pred_bone_threshold_mu, "pred_bone_threshold_mu")
+    path, indices = _open_split(dataset_or_path, split)
+    if max_samples is not None:
+        _check_max_samples(max_samples)
+        indices = indices[:max_samples]
+    scale = _output_to_mu(refiner, output_to_mu)
+    device = resolve_device(device)
+    check_finite_weights(refiner, _refiner_where(refiner, checkpoint))
+    refiner = refiner.to(device).eval()
+
+    setting = _Setting(geometry_override, perturbation, calibration_error, seed, energy_kev, resynthesize)
+    t_start = time.perf_counter()
+    per_sample = _score_samples(refiner, path, indices, device, scale, batch_size, setting,
+                                (bone_threshold_mu, pred_bone_threshold_mu), progress)
+    settings = _evaluation_settings(setting, bone_threshold_mu, pred_bone_threshold_mu, scale)
+    settings.update({"device": str(device), "batch_size": batch_size, "n_samples": len(per_sample),
+                     "wall_seconds": time.perf_counter() - t_start})
+    return EvaluationResult(label or type(refiner).name, _describe_refiner(refiner, checkpoint), str(path),
+                            split if not isinstance(dataset_or_path, TomopriorDataset) else str(dataset_or_path.split),
+                            settings, per_sample)
+
+
+class _Setting(NamedTuple):
+    """How the samples of an evaluation are prepared (the arguments of :func:`_prepare`
+    after the sample): geometry given to the refiner, X-ray perturbation, residual
+    calibration error, seed, HU energy (keV), re-synthesis of unperturbed X-rays."""
+
+    geometry_override: GeometryChoice
+    perturbation: GeometryPerturbation | None
+    calibration_error: object
+    seed: int
+    energy_kev: float | None
+    resynthesize: bool
+
+
+def _check_evaluate_args(refiner, batch_size, perturbation, geometry_override, calibration_error) -> None:
+    """Type and value checks of :func:`evaluate`'s arguments, before any file is opened."""
     if not isinstance(refiner, Refiner):
         raise TypeError(f"refiner must be a tomoprior Refiner (refiners.load(name) or Refiner.from_checkpoint(path)), "
                         f"got {type(refiner).__name__}")
@@ -695,24 +735,19 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
     if calibration_error is not None and geometry_override not in (None, "true"):
         raise ValueError("calibration_error adds a residual error to the true geometry; it cannot be combined "
                          f"with geometry_override={geometry_override!r}")
-    if pred_bone_threshold_mu is not None:
-        pred_bone_threshold_mu = _positive_level(pred_bone_threshold_mu, "pred_bone_threshold_mu")
-    path, indices = _open_split(dataset_or_path, split)
-    if max_samples is not None:
-        _check_max_samples(max_samples)
-        indices = indices[:max_samples]
-    scale = _output_to_mu(refiner, output_to_mu)
-    device = resolve_device(device)
-    check_finite_weights(refiner, _refiner_where(refiner, checkpoint))
-    refiner = refiner.to(device).eval()
 
+
+def _score_samples(refiner: Refiner, path, indices, device, scale: float, batch_size: int, setting: _Setting,
+                   bone_levels: tuple, progress: bool) -> list[dict]:
+    """Run the refiner batch by batch over the samples ``indices`` of ``path`` and score each
+    prediction (:func:`sample_metrics` at ``bone_levels = (target level, prediction level)``):
+    one record per sample."""
+    bone_threshold_mu, pred_bone_threshold_mu = bone_levels
     per_sample: list[dict] = []
-    t_start = time.perf_counter()
     with DatasetFile(path) as ds:
         for start in range(0, len(indices), batch_size):
             batch = indices[start:start + batch_size]
-            items = [_prepare(ds, i, geometry_override, perturbation, calibration_error, seed, energy_kev,
-                              resynthesize) for i in batch]
+            items = [_prepare(ds, i, *setting) for i in batch]
             t0 = time.perf_counter()
             pred = _run_refiner(refiner, items, device, scale)
             dt = (time.perf_counter() - t0) / len(items)
@@ -728,16 +763,24 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
                 per_sample.append(rec)
             if progress:
                 print(f"  {type(refiner).name}: {len(per_sample)}/{len(indices)} samples", flush=True)
-    settings = {
-        "description": _describe_setting(geometry_override, perturbation, calibration_error, resynthesize),
-        "xrays": "re-synthesised" if (perturbation is not None or resynthesize) else "stored",
-        "geometry_given_to_refiner": _override_name(geometry_override, calibration_error),
+    return per_sample
+
+
+def _evaluation_settings(setting: _Setting, bone_threshold_mu: float, pred_bone_threshold_mu, scale: float) -> dict:
+    """The ``settings`` of an :class:`EvaluationResult`: what the refiner was given, the
+    perturbation and residual error, bone levels, output scaling and metric conventions
+    (the caller adds device, batch size, sample count and wall time)."""
+    go, perturbation, calibration_error = setting.geometry_override, setting.perturbation, setting.calibration_error
+    return {
+        "description": _describe_setting(go, perturbation, calibration_error, setting.resynthesize),
+        "xrays": "re-synthesised" if (perturbation is not None or setting.resynthesize) else "stored",
+        "geometry_given_to_refiner": _override_name(go, calibration_error),
         "perturbation": dataclasses.asdict(perturbation) if perturbation is not None else None,
         "calibration_error": (dict(calibration_error) if isinstance(calibration_error, Mapping) else
                               dataclasses.asdict(calibration_error) if calibration_error is not None else None),
-        "seed": seed, "bone_threshold_mu": bone_threshold_mu, "pred_bone_threshold_mu": pred_bone_threshold_mu,
+        "seed": setting.seed, "bone_threshold_mu": bone_threshold_mu, "pred_bone_threshold_mu": pred_bone_threshold_mu,
         "bone_levels": _bone_levels_text(bone_threshold_mu, pred_bone_threshold_mu), "output_to_mu": scale,
-        "energy_kev": energy_kev if energy_kev is not None else "from provenance (default 60)",
+        "energy_kev": setting.energy_kev if setting.energy_kev is not None else "from provenance (default 60)",
         "conventions": {
             "x2ctgan": "clip(HU + 1024, 0, 4095), PSNR over the volume with MAX 4095, 3D SSIM range 4095",
             "psctnet": "bone window clip(HU - 200, 0, 2500) (= 2500 x the [0, 1] bone target), PSNR slice-averaged "
@@ -745,12 +788,7 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
             "hu": "HU = 1000 (mu / mu_water(E) - 1)",
             "std": "sample standard deviation (ddof 1)",
         },
-        "device": str(device), "batch_size": batch_size, "n_samples": len(per_sample),
-        "wall_seconds": time.perf_counter() - t_start,
     }
-    return EvaluationResult(label or type(refiner).name, _describe_refiner(refiner, checkpoint), str(path),
-                            split if not isinstance(dataset_or_path, TomopriorDataset) else str(dataset_or_path.split),
-                            settings, per_sample)
 
 
 def _refiner_where(refiner: Refiner, checkpoint) -> str:
@@ -965,19 +1003,7 @@ def fit_bone_threshold(refiner: Refiner, dataset_or_path, split: str = "train", 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     t0 = _positive_level(bone_threshold_mu, "bone_threshold_mu")
-    if thresholds is None:
-        cand = BONE_THRESHOLD_CANDIDATES
-    else:
-        try:
-            cand = np.asarray(thresholds, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"thresholds must be a sequence of levels in 1/mm, got {thresholds!r}") from exc
-        if cand.ndim != 1 or cand.size == 0:
-            raise ValueError(f"thresholds must be a non-empty 1-D sequence of levels in 1/mm, got shape {cand.shape}")
-        if not (np.isfinite(cand).all() and (cand > 0).all()):
-            raise ValueError("thresholds must be positive finite levels in 1/mm, got "
-                             f"{[float(c) for c in cand if not (math.isfinite(c) and c > 0)]}")
-    cand = np.unique(np.append(cand, t0))  # sorted, the target level exactly included
+    cand = _candidate_levels(thresholds, t0)
     fit_split = dataset_or_path.split if isinstance(dataset_or_path, TomopriorDataset) else split
     if fit_split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val' (a dataset object: of that split), got {fit_split!r}: a "
@@ -1001,16 +1027,39 @@ def fit_bone_threshold(refiner: Refiner, dataset_or_path, split: str = "train", 
                 total += _dice_curve(p, it["volume"] > t0, cand)
     mean = total / len(indices)
     k0 = int(np.flatnonzero(cand == t0)[0])
-    best_dice = float(mean.max())
-    note = None
-    if best_dice <= 0.0:
-        k = k0
-        note = (f"no candidate level between {cand[0]:.4g} and {cand[-1]:.4g} /mm gives any overlap with the "
-                f"targets' bone on {len(indices)} {split} samples; kept {t0:g} /mm")
-    else:
-        ties = np.flatnonzero(mean >= best_dice - _DICE_TIE)
-        k = int(ties[np.argmin(np.abs(cand[ties] - t0))])
+    k, note = _best_level(cand, mean, k0, f"{len(indices)} {split} samples")
     return {"threshold_mu": float(cand[k]), "dice": float(mean[k]), "dice_at_default": float(mean[k0]),
             "bone_threshold_mu": t0, "split": fit_split, "n_samples": len(indices),
             "indices": [int(i) for i in indices],
             "curve": [(float(t), float(d)) for t, d in zip(cand, mean)], "note": note}
+
+
+def _candidate_levels(thresholds, t0: float) -> np.ndarray:
+    """Sorted unique candidate prediction levels (1/mm) with the target level ``t0`` included;
+    ``thresholds`` None gives :data:`BONE_THRESHOLD_CANDIDATES`."""
+    if thresholds is None:
+        cand = BONE_THRESHOLD_CANDIDATES
+    else:
+        try:
+            cand = np.asarray(thresholds, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"thresholds must be a sequence of levels in 1/mm, got {thresholds!r}") from exc
+        if cand.ndim != 1 or cand.size == 0:
+            raise ValueError(f"thresholds must be a non-empty 1-D sequence of levels in 1/mm, got shape {cand.shape}")
+        if not (np.isfinite(cand).all() and (cand > 0).all()):
+            raise ValueError("thresholds must be positive finite levels in 1/mm, got "
+                             f"{[float(c) for c in cand if not (math.isfinite(c) and c > 0)]}")
+    return np.unique(np.append(cand, t0))  # sorted, the target level exactly included
+
+
+def _best_level(cand: np.ndarray, mean: np.ndarray, k0: int, samples: str) -> tuple[int, str | None]:
+    """Index of the level with the best mean Dice (ties within :data:`_DICE_TIE` go to the one
+    closest to the target level ``cand[k0]``) and a note; without any overlap the target level
+    is kept and the note says so (``samples`` names what was averaged)."""
+    t0 = cand[k0]
+    best_dice = float(mean.max())
+    if best_dice <= 0.0:
+        return k0, (f"no candidate level between {cand[0]:.4g} and {cand[-1]:.4g} /mm gives any overlap with the "
+                    f"targets' bone on {samples}; kept {t0:g} /mm")
+    ties = np.flatnonzero(mean >= best_dice - _DICE_TIE)
+    return int(ties[np.argmin(np.abs(cand[ties] - t0))]), None

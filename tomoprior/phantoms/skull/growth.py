@@ -9,10 +9,13 @@ Sources
 - Head circumference: WHO Child Growth Standards, head circumference-for-age, medians of
   boys and girls averaged (0-5 years); 6 years continued with the Nellhaus (1968) composite
   curve. Values read from the published tables and rounded to 0.1 cm.
-- Vault thickness: parietal bone thickness in CT studies of infants and children, e.g.
-  Li, Park, Liu et al., "A statistical skull geometry model for children 0-3 years old",
-  PLoS One 10(5):e0127322 (2015), and Margulies & Thibault, J Biomech Eng 122:364 (2000)
-  for the newborn (about 1 mm); approximate.
+  Sex: the mean curve times the cube root of the sex's share of the normative intracranial
+  volume (below), which puts boys 1.6 % above and girls 1.6 % below the mean at one year, as
+  the WHO sex-specific medians are.
+- Bone thickness (frontal, parietal, occipital), cephalic index and intracranial volume:
+  the normative model of Porras et al., "Data-driven normative reference of pediatric
+  cranial bone development" (2,068 head CTs, 0-10 years), shipped in
+  :mod:`tomoprior.phantoms.skull.norms`, by sex or the mean of both.
 - Fontanelle and suture closure: posterior fontanelle closed by 2-3 months, anterior
   fontanelle by 18-24 months (median about 14 months, Duc & Largo 1986); metopic suture
   fuses between 3 and 9 months (Vu et al. 2001; Weinzweig et al. 2003). Anterior fontanelle
@@ -33,6 +36,7 @@ from ... import units
 from ...units import DEFAULT_ENERGY_KEV, EFFECTIVE_ENERGY_RANGE_KEV
 from ...units import hu_to_mu as hu_to_attenuation
 from ...units import mu_to_hu as attenuation_to_hu
+from . import norms
 
 __all__ = [
     "DEFAULT_ENERGY_KEV",
@@ -40,16 +44,20 @@ __all__ = [
     "anterior_fontanelle_mm",
     "attenuation_to_hu",
     "bone_mineral_fraction",
+    "bone_thickness_mm",
+    "cephalic_index",
     "diploe_fraction",
     "extra_axial_csf_mm",
     "face_scale",
     "head_circumference_cm",
     "hu_to_attenuation",
+    "intracranial_volume_ml",
     "linear_attenuation",
     "metopic_open_fraction",
     "posterior_fontanelle_mm",
     "suture_width_mm",
     "vault_thickness_mm",
+    "vault_thickness_v1_mm",
 ]
 
 #: Ages (years) covered by the curves.
@@ -59,9 +67,12 @@ AGE_RANGE = (0.0, 6.0)
 _HC_AGE_Y = np.array([0, 1, 2, 3, 4, 6, 9, 12, 18, 24, 36, 48, 60, 72], dtype=float) / 12.0
 _HC_CM = np.array([34.2, 36.9, 38.7, 40.0, 41.1, 42.8, 44.4, 45.5, 46.8, 47.8, 49.0, 49.8, 50.3, 50.8])
 
-# total parietal vault thickness (outer table to inner table), mm
-_THICK_AGE_Y = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0])
-_THICK_MM = np.array([1.2, 1.7, 2.3, 3.0, 3.5, 3.9, 4.6])
+# anatomy v1's parietal vault thickness (outer table to inner table), mm: rounded readings of
+# CT studies (Li, Park, Liu et al., "A statistical skull geometry model for children 0-3 years
+# old", PLoS One 2015; Margulies & Thibault, J Biomech Eng 2000, about 1 mm in newborns),
+# thicker than the CT norms above 1 year
+_V1_THICK_AGE_Y = np.array([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0])
+_V1_THICK_MM = np.array([1.2, 1.7, 2.3, 3.0, 3.5, 3.9, 4.6])
 
 # facial skeleton size relative to a 1-year-old (the face grows faster than the vault)
 _FACE_AGE_Y = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 6.0])
@@ -85,20 +96,59 @@ def _age(age_years: float) -> float:
     return a
 
 
-def head_circumference_cm(age_years: float) -> float:
+def head_circumference_cm(age_years: float, sex: str | None = None) -> float:
     """Median head circumference (cm, over the scalp) at ``age_years`` (0-6).
+
+    ``sex`` ``"female"`` or ``"male"`` scales the mean of both sexes by the cube root of the
+    sex's intracranial volume over the mean of both (:func:`intracranial_volume_ml`).
 
     Examples
     --------
     >>> head_circumference_cm(0.0), head_circumference_cm(1.0)
     (34.2, 45.5)
+    >>> round(head_circumference_cm(1.0, "male"), 1), round(head_circumference_cm(1.0, "female"), 1)
+    (46.2, 44.8)
     """
-    return round(float(np.interp(_age(age_years), _HC_AGE_Y, _HC_CM)), 6)
+    a = _age(age_years)
+    hc = float(np.interp(a, _HC_AGE_Y, _HC_CM))
+    if sex is not None:
+        hc *= (intracranial_volume_ml(a, sex) / intracranial_volume_ml(a)) ** (1.0 / 3.0)
+    return round(hc, 6)
 
 
-def vault_thickness_mm(age_years: float) -> float:
-    """Typical parietal vault thickness (mm, outer to inner table surface) at ``age_years``."""
-    return float(np.interp(_age(age_years), _THICK_AGE_Y, _THICK_MM))
+def bone_thickness_mm(age_years: float, sex: str | None = None) -> dict[str, float]:
+    """Normative mean thickness (mm, outer to inner table) of the ``"frontal"``,
+    ``"parietal"`` and ``"occipital"`` bones at ``age_years`` (0-6) for ``sex`` (``None``:
+    the mean of both sexes).
+
+    Examples
+    --------
+    >>> bone_thickness_mm(1.0, "female")
+    {'frontal': 2.04, 'parietal': 1.83, 'occipital': 1.88}
+    """
+    a = _age(age_years)
+    return {b: float(norms.norm_curve(f"{b}_thickness_mm", a, sex)) for b in ("frontal", "parietal", "occipital")}
+
+
+def vault_thickness_mm(age_years: float, sex: str | None = None) -> float:
+    """Normative parietal bone thickness (mm, outer to inner table) at ``age_years`` (0-6)."""
+    return bone_thickness_mm(age_years, sex)["parietal"]
+
+
+def vault_thickness_v1_mm(age_years: float) -> float:
+    """Anatomy v1's parietal vault thickness (mm) at ``age_years`` (0-6): the first model's
+    rounded literature curve, kept so that v1 skulls stay what they were."""
+    return float(np.interp(_age(age_years), _V1_THICK_AGE_Y, _V1_THICK_MM))
+
+
+def cephalic_index(age_years: float, sex: str | None = None) -> float:
+    """Normative cephalic index (100 x maximum width / maximum length) at ``age_years`` (0-6)."""
+    return float(norms.norm_curve("cephalic_index", _age(age_years), sex))
+
+
+def intracranial_volume_ml(age_years: float, sex: str | None = None) -> float:
+    """Normative intracranial volume (mL) at ``age_years`` (0-6)."""
+    return float(norms.norm_curve("intracranial_volume_ml", _age(age_years), sex))
 
 
 def face_scale(age_years: float) -> float:

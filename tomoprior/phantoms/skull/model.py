@@ -35,6 +35,7 @@ and rasterises it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -44,12 +45,13 @@ from ..._threads import torch_threads
 from ...geometry.grid import VolumeGrid
 from . import growth
 from .face import place_face, place_skull_base
+from .measure import base_in_cavity_mm3, cavity_volume_mm3, cranial_measures, mean_bone_thickness
 from .parameters import DEFAULT_CEPHALIC_INDEX, SUTURES, SkullParameters
 from .primitives import Box, crossings, ellipsoid_box, ellipsoid_sdf, fibonacci_sphere, smin, unit
 from .spine import place_spine
 from .tissues import AIR, BRAIN, LABELS, MATERIAL_LABELS, MATERIALS, SOFT, material_attenuation
 from .variants import VARIANT_SHAPES
-from .vault import Vault, VaultShape, fit_size, make_fontanelles, make_sutures
+from .vault import BONES, Vault, VaultShape, _landmarks_and_ridges, fit_size, make_fontanelles, make_sutures
 
 Tensor = torch.Tensor
 
@@ -142,6 +144,24 @@ def make_skull(parameters: SkullParameters | None = None, *, anatomy: str = "v2"
     return Skull(parameters, anatomy=anatomy)
 
 
+@functools.cache
+def _fit_directions() -> Tensor:
+    """Directions (a Fibonacci lattice, float64 ``(1000, 3)``) on which the thickness and volume are fitted."""
+    return torch.as_tensor(fibonacci_sphere(1000), dtype=torch.float64)
+
+
+def _fit_thickness(vault: Vault, target: dict, iterations: int = 2) -> None:
+    """Scale each bone's thickness along the ray (``vault.bone_thickness_mm``, in place) so that
+    its mean thickness along the surface normal (what CT measures) is ``target[bone]`` (mm):
+    the ray from the centre crosses the shell obliquely where the surface is not
+    perpendicular to it (most at the occiput)."""
+    u = _fit_directions()
+    for _ in range(iterations):
+        got = mean_bone_thickness(vault, u, iterations=10)
+        for bone in BONES:
+            vault.bone_thickness_mm[bone] *= target[bone] / got[f"{bone}_thickness_mm"]
+
+
 def _slabs(grid: VolumeGrid):
     """Voxel centres of ``grid`` in z-slabs of at most :data:`CHUNK_POINTS` points (at least one
     plane): yields ``(z0, z1, points)`` with ``points`` ``((z1 - z0) ny nx, 3)`` as ``(x, y, z)`` mm."""
@@ -204,16 +224,30 @@ class Skull:
         z_hc, z_ci, z_t, z_font, z_close, z_face = z(), z(), z(), z(), z(), z()
         harm = z(9) * np.array([0.005, 0.012, 0.010, 0.005, 0.012, 0.005, 0.010, 0.010, 0.008])
 
+        # anatomy v2 follows the pediatric CT norms (bone thickness, cephalic index, volume)
+        normative = self.anatomy != "v1"
+        if not normative and p.sex is not None:
+            raise ValueError(f"sex={p.sex!r} needs anatomy 'v2' (the normative growth curves by sex); anatomy 'v1' "
+                             "is the first, sex-neutral model: leave sex None")
         self.head_circumference_target_cm = (
             p.head_circumference_cm if p.head_circumference_cm is not None
-            else growth.head_circumference_cm(age) * (1.0 + 0.03 * z_hc)
+            else growth.head_circumference_cm(age, p.sex) * (1.0 + 0.03 * z_hc)
         )
+        ci = (growth.cephalic_index(age, p.sex) if normative and p.variant == "normal"
+              else DEFAULT_CEPHALIC_INDEX[p.variant])
         self.cephalic_index_target = (
-            p.cephalic_index if p.cephalic_index is not None
-            else float(np.clip(DEFAULT_CEPHALIC_INDEX[p.variant] + 2.0 * z_ci, 56.0, 109.0))
+            p.cephalic_index if p.cephalic_index is not None else float(np.clip(ci + 2.0 * z_ci, 56.0, 109.0))
         )
         self.scalp_mm = 4.0
-        self.thickness_mm = growth.vault_thickness_mm(age) * (1.0 + 0.08 * z_t)
+        #: mean thickness (mm, along the surface normal) of the frontal, parietal and occipital
+        #: bones; ``None`` in anatomy v1 (one thickness, :attr:`thickness_mm`)
+        self.bone_thickness_mm = None
+        if normative:
+            bones = growth.bone_thickness_mm(age, p.sex)
+            self.bone_thickness_mm = {k: float(v * (1.0 + 0.08 * z_t)) for k, v in bones.items()}
+            self.thickness_mm = self.bone_thickness_mm["parietal"]
+        else:
+            self.thickness_mm = growth.vault_thickness_v1_mm(age) * (1.0 + 0.08 * z_t)
         self.diploe_fraction = growth.diploe_fraction(age)
         self.csf_mm = growth.extra_axial_csf_mm(age)
         self.suture_width_mm = growth.suture_width_mm(age)
@@ -227,8 +261,24 @@ class Skull:
         if self.anatomy != "v1":
             # the posterior cranial fossa dips below the middle fossa toward the foramen magnum
             shape.bulges = [*shape.bulges, (unit([0.0, 0.5, -0.87]), 0.22, 0.15)]
-        landmarks = fit_size(shape, variant.ridge_list(p.side), (variant.height_up, 0.62),
-                             self.head_circumference_target_cm * 10.0, self.cephalic_index_target, self.scalp_mm)
+        ridges = variant.ridge_list(p.side)
+        landmarks = fit_size(shape, ridges, (variant.height_up, 0.62), self.head_circumference_target_cm * 10.0,
+                             self.cephalic_index_target, self.scalp_mm)
+
+        # face under the nasion; its orbit roofs set the anterior cranial fossa; the skull base on that floor
+        self._face, levels = place_face(shape, landmarks, self.face_scale, age, variant, p.side, self.anatomy)
+        shape.floor = levels["floor"]
+        self._base = place_skull_base(shape, self.face_scale, levels["y_ear"], levels["z_ear"], self.anatomy, age)
+
+        # the normal vault's height above the centre holds the normative intracranial volume
+        # (scaled with the head size); a craniosynostosis keeps its designed proportions
+        self.intracranial_volume_target_ml = None
+        self._ray_thickness = dict(self.bone_thickness_mm) if normative else None
+        if normative and p.variant == "normal":
+            hc_median = growth.head_circumference_cm(age, p.sex)
+            self.intracranial_volume_target_ml = (growth.intracranial_volume_ml(age, p.sex)
+                                                  * (self.head_circumference_target_cm / hc_median) ** 3)
+            landmarks = self._fit_height(shape, landmarks, ridges)
 
         # sutures and fontanelles on the fitted shape
         w = self.suture_width_mm
@@ -237,20 +287,17 @@ class Skull:
         self.fontanelle_closure_years = {"anterior": close_a, "posterior": 0.2}
         fontanelles = make_fontanelles(landmarks, growth.anterior_fontanelle_mm(age, close_a),
                                        growth.posterior_fontanelle_mm(age, 0.2), 1.0 + 0.2 * z_font)
-
-        # face under the nasion; its orbit roofs set the anterior cranial fossa; the skull base on that floor
-        self._face, levels = place_face(shape, landmarks, self.face_scale, age, variant, p.side, self.anatomy)
-        shape.floor = levels["floor"]
-        self._base = place_skull_base(shape, self.face_scale, levels["y_ear"], levels["z_ear"], self.anatomy, age)
         ventricles = [
             (np.array([x * 0.13 * shape.a, 0.05 * shape.b, 0.12 * shape.c_up]),
              np.array([0.07 * shape.a, 0.38 * shape.b, 0.1 * shape.c_up]))
             for x in (1.0, -1.0)
         ]
         self._vault = Vault(shape, landmarks, self.thickness_mm, self.diploe_fraction, self.csf_mm, sutures,
-                            fontanelles, ventricles)
+                            fontanelles, ventricles, self._ray_thickness)
         if self.anatomy != "v1":  # bone edges thinned over twice the gap's width along open sutures and fontanelles
             self._vault.suture_margin_mm = 2.0 * self.suture_width_mm
+        if normative:
+            _fit_thickness(self._vault, self.bone_thickness_mm, iterations=1 if p.variant == "normal" else 2)
         self._spine = None
         if self.anatomy != "v1":
             y_fm = float(self._base.foramen[0][1])
@@ -284,6 +331,30 @@ class Skull:
         amp = TEXTURE_STD * math.sqrt(2.0 / kvec.shape[1])
         waves = torch.cos(torch.einsum("nc,tkc->ntk", rel, kvec) + phase).sum(-1) * amp
         return waves.clamp(-TEXTURE_CLIP, TEXTURE_CLIP)
+
+    def _fit_height(self, shape: VaultShape, landmarks: dict, ridges: list, iterations: int = 2) -> dict:
+        """Scale the vault's height above its centre (``shape.c_up``, in place) until the
+        cranial cavity (less the skull base rising into it) holds
+        :attr:`intracranial_volume_target_ml`; returns the landmarks on the new shape.
+
+        The head circumference and cephalic index are measured in and near the plane of
+        the centre, so this leaves them as :func:`fit_size` set them; only the dome and the
+        landmarks on it (bregma, lambda) move.
+        """
+        target = self.intracranial_volume_target_ml * 1000.0
+        u = _fit_directions()
+        ray_thickness = self._ray_thickness
+        for i in range(iterations):
+            vault = Vault(shape, landmarks, self.thickness_mm, self.diploe_fraction, self.csf_mm, {}, [], [],
+                          ray_thickness)
+            if i == 0:  # the dome's height hardly changes the thickness along the rays
+                _fit_thickness(vault, self.bone_thickness_mm, iterations=1)
+                base = base_in_cavity_mm3(vault, self._base, step=2.0)
+            total, upper = cavity_volume_mm3(vault, u, iterations=14)
+            # the part above the centre grows in proportion to the height
+            shape.c_up *= float(np.clip(1.0 + (target - (total - base)) / upper, 0.7, 1.4))
+            landmarks = _landmarks_and_ridges(shape, ridges)
+        return landmarks
 
     def _set_materials(self, energy: float, age: float) -> None:
         values = material_attenuation(energy, age)
@@ -577,6 +648,13 @@ class Skull:
             "head_circumference_cm": self._vault.shape.circumference(self.scalp_mm) / 10.0,
         }
 
+    def cranial_measures(self, n_directions: int = 4000) -> dict:
+        """The measures the pediatric norms tabulate, taken on the analytic model: mean frontal,
+        parietal and occipital bone thickness (mm, along the surface normal), cephalic index
+        and intracranial volume (mL); see :func:`tomoprior.phantoms.skull.measure.cranial_measures`
+        and, for the norms, :func:`tomoprior.phantoms.skull.norms.cranial_norms`."""
+        return cranial_measures(self, n_directions)
+
     # -- geometry and metadata ------------------------------------------------------------------
     @property
     def landmarks(self) -> dict[str, np.ndarray]:
@@ -625,7 +703,7 @@ class Skull:
     def to_dict(self) -> dict:
         """Parameters and derived anatomy (plain Python types; YAML/JSON friendly)."""
         ind = self.shape_indices()
-        return {
+        out = {
             "parameters": self.parameters.to_dict(),
             "fused_sutures": list(self.parameters.fused_sutures),
             "head_circumference_cm": round(ind["head_circumference_cm"], 3),
@@ -645,6 +723,11 @@ class Skull:
             "labels": dict(LABELS),
             "landmarks_mm": {k: [round(float(c), 3) for c in v] for k, v in self.landmarks.items()},
         }
+        if self.bone_thickness_mm is not None:
+            out["bone_thickness_mm"] = {k: round(v, 4) for k, v in self.bone_thickness_mm.items()}
+            out["intracranial_volume_target_ml"] = (None if self.intracranial_volume_target_ml is None
+                                                    else round(self.intracranial_volume_target_ml, 2))
+        return out
 
     def __repr__(self) -> str:
         p = self.parameters

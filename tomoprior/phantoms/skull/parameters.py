@@ -8,18 +8,23 @@ from dataclasses import asdict, dataclass, fields
 from ...units import EFFECTIVE_ENERGY_RANGE_KEV
 from .growth import AGE_RANGE
 
-__all__ = ["CI_RANGE", "DEFAULT_CEPHALIC_INDEX", "SIDES", "SUTURES", "VARIANTS", "SkullParameters", "fused_sutures"]
+__all__ = ["CI_RANGE", "DEFAULT_CEPHALIC_INDEX", "SEXES", "SIDES", "SUTURES", "VARIANTS", "SkullParameters",
+           "fused_sutures"]
 
 #: Skull variants: normal and the five single-suture (or bicoronal) craniosynostoses.
 VARIANTS = ("normal", "sagittal", "metopic", "unicoronal", "bicoronal", "lambdoid")
 #: Side of a unilateral synostosis (patient's side: "left" is world +x in LPS).
 SIDES = ("left", "right")
+#: Sexes of the growth curves (``None`` in :class:`SkullParameters`: the mean of the two).
+SEXES = ("female", "male")
 #: Sutures of the model (coronal and lambdoid in left and right halves).
 SUTURES = ("metopic", "sagittal", "coronal_left", "coronal_right", "lambdoid_left", "lambdoid_right")
 #: Accepted cephalic index range (100 x maximum width / maximum length of the vault).
 CI_RANGE = (55.0, 110.0)
-#: Cephalic index of each variant when none is given: normal infants 75-85; scaphocephaly
-#: below about 70; brachycephaly above about 90.
+#: Cephalic index of each variant when none is given: scaphocephaly below about 70;
+#: brachycephaly above about 90. The normal skull of anatomy v2 follows the normative curve of
+#: its age and sex instead (:func:`tomoprior.phantoms.skull.growth.cephalic_index`, 83 at 3
+#: months to 80 at 6 years); the entry ``"normal"`` is anatomy v1's.
 DEFAULT_CEPHALIC_INDEX = {
     "normal": 79.0,
     "sagittal": 66.0,
@@ -50,14 +55,17 @@ class SkullParameters:
     ----------
     age_years : float
         Age in years, ``0 <= age <= 6``: sets head size (WHO head circumference median),
-        vault thickness, diploe, mineralisation, suture width and fontanelle closure.
+        intracranial volume, bone thickness and cephalic index (pediatric CT norms; anatomy v1:
+        a rounded literature thickness curve), diploe, mineralisation, suture width and
+        fontanelle closure.
     variant : str
         One of :data:`VARIANTS`: ``"normal"``, ``"sagittal"`` (scaphocephaly), ``"metopic"``
         (trigonocephaly), ``"unicoronal"`` (anterior plagiocephaly), ``"bicoronal"``
         (brachycephaly), ``"lambdoid"`` (posterior plagiocephaly).
     cephalic_index : float or None
-        Target cephalic index of the vault (outer table), ``55-110``. ``None``: the variant's
-        default (:data:`DEFAULT_CEPHALIC_INDEX`) plus a seeded jitter (sd 2).
+        Target cephalic index of the vault (outer table), ``55-110``. ``None``: for the normal
+        skull the normative index of its age and sex (anatomy v2), for a craniosynostosis the
+        variant's default (:data:`DEFAULT_CEPHALIC_INDEX`), plus a seeded jitter (sd 2).
     seed : int or None
         Seed of the anatomical variation (size, index, thickness, shape harmonics, fontanelle
         size and closure age). ``None``: the mean anatomy, no variation.
@@ -69,6 +77,10 @@ class SkullParameters:
         Effective energy (keV, 30-150) at which attenuation is stated. Default 60.
     head_circumference_cm : float or None
         Overrides the growth-curve head circumference (cm, 25-60).
+    sex : str or None
+        ``"female"`` or ``"male"``: the sex of the growth curves (head size, intracranial
+        volume, bone thickness, cephalic index). ``None``: the mean of the two. Anatomy v1
+        (the first model) has no sex and refuses one.
 
     Raises
     ------
@@ -95,6 +107,7 @@ class SkullParameters:
     variation: float = 1.0
     energy_kev: float = 60.0
     head_circumference_cm: float | None = None
+    sex: str | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -114,6 +127,8 @@ class SkullParameters:
             raise ValueError(f"side must be 'left' or 'right' (the patient's side), got {self.side!r}")
         set_(self, "variation", _real(self.variation, "variation", 0.0, 3.0, ""))
         set_(self, "energy_kev", _real(self.energy_kev, "energy_kev", *EFFECTIVE_ENERGY_RANGE_KEV, "keV"))
+        if self.sex is not None and (not isinstance(self.sex, str) or self.sex not in SEXES):
+            raise ValueError(f"sex must be 'female', 'male' or None (the mean of both), got {self.sex!r}")
         if self.head_circumference_cm is not None:
             set_(self, "head_circumference_cm", _real(self.head_circumference_cm, "head_circumference_cm", 25.0, 60.0,
                                                       "cm"))
@@ -124,8 +139,12 @@ class SkullParameters:
         return fused_sutures(self.variant, self.side)
 
     def to_dict(self) -> dict:
-        """Plain ``dict`` of the fields (YAML/JSON friendly)."""
-        return asdict(self)
+        """Plain ``dict`` of the fields (YAML/JSON friendly); ``sex`` only when set, so the
+        files of sex-neutral skulls read as they did before the field existed."""
+        out = asdict(self)
+        if out["sex"] is None:
+            del out["sex"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "parameters") -> SkullParameters:

@@ -22,8 +22,8 @@ from .tissues import BRAIN, CSF, DIPLOE, SUTURE, TABLE
 
 Tensor = torch.Tensor
 
-__all__ = ["LANDMARK_DIRECTIONS", "SUTURE_LANDMARKS", "Fontanelle", "Suture", "Vault", "VaultShape", "fit_size",
-           "make_fontanelles", "make_sutures"]
+__all__ = ["BONES", "LANDMARK_DIRECTIONS", "SUTURE_LANDMARKS", "Fontanelle", "Suture", "Vault", "VaultShape",
+           "bone_plane_normals", "bone_weights", "fit_size", "make_fontanelles", "make_sutures"]
 
 #: Directions of the vault landmarks on the unit sphere, before the sphere is stretched to the
 #: vault's half-axes (bregma 25 deg in front of the vertex, lambda 65 deg behind it, nasion
@@ -309,23 +309,41 @@ class Vault:
     sutures: dict  # name -> Suture
     fontanelles: list
     ventricles: list  # (centre (3,), semi-axes (3,)) of the lateral ventricles
+    #: frontal, parietal and occipital thickness (mm, along the ray; :meth:`thickness`);
+    #: ``None``: ``thickness_mm`` everywhere
+    bone_thickness_mm: dict | None = None
     #: width (mm) of the thinned bone margins along open sutures and round fontanelles: the
     #: bone tapers from full thickness to :data:`MARGIN_MIN_FRACTION` of it at the gap (fibrous
     #: tissue in its place, from the inner table out); 0 = plain gaps (anatomy v1)
     suture_margin_mm: float = 0.0
 
+    def __post_init__(self):
+        self.bone_planes = bone_plane_normals(self.landmarks)
+
     def thickness(self, u: Tensor) -> Tensor:
-        """Bone thickness (mm) along unit directions ``u`` ``(N, 3)``: thicker at the front,
-        occiput and base, thinner at the temporal squama."""
+        """Bone thickness (mm, along the ray from the centre) in unit directions ``u``
+        ``(N, 3)``.
+
+        Each bone (frontal in front of the coronal sutures, parietal, occipital behind the
+        lambdoid sutures; :func:`bone_weights`) has its own thickness, blended over about
+        10 degrees across the sutures; the temporal squama is thinner (down to 0.65 x at the
+        side) and the skull base thicker (up to 1.4 x). Without ``bone_thickness_mm`` (anatomy
+        v1) ``thickness_mm`` is scaled up to 1.15 x at the forehead and 1.3 x at the occiput.
+        """
         ux, uy, uz = u.unbind(-1)
-        f = (
-            1.0
-            + 0.15 * (-uy).clamp_min(0.0) ** 2
-            + 0.30 * torch.exp((0.8 * uy - 0.6 * uz - 1.0) / 0.12)
-            - 0.35 * torch.exp((ux.abs() - 1.0) / 0.06)
-            + 0.40 * ((-uz - 0.5) / 0.5).clamp(0.0, 1.0)
-        )
-        return self.thickness_mm * f.clamp_min(0.5)
+        if not self.bone_thickness_mm:  # anatomy v1: one thickness, thicker at the front and occiput
+            f = (
+                1.0
+                + 0.15 * (-uy).clamp_min(0.0) ** 2
+                + 0.30 * torch.exp((0.8 * uy - 0.6 * uz - 1.0) / 0.12)
+                - 0.35 * torch.exp((ux.abs() - 1.0) / 0.06)
+                + 0.40 * ((-uz - 0.5) / 0.5).clamp(0.0, 1.0)
+            )
+            return self.thickness_mm * f.clamp_min(0.5)
+        w = bone_weights(u, self.bone_planes, sharpness=0.08)
+        t = sum(self.bone_thickness_mm[k] * w[k] for k in BONES)
+        f = 1.0 - 0.35 * torch.exp((ux.abs() - 1.0) / 0.06) + 0.40 * ((-uz - 0.5) / 0.5).clamp(0.0, 1.0)
+        return t * f
 
     def shell(self, mat: Tensor, near: Tensor | None, rel: Tensor, d: Tensor, t: Tensor, u: Tensor,
               r: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
@@ -413,7 +431,54 @@ class Vault:
         u = torch.as_tensor(directions)
         radius = self.shape.surface_radius(u) - depth * self.thickness(u)
         return (radius[:, None] * u).numpy()
+
+
 #: Thinnest bone (fraction of the local thickness) at the edge of an open suture or fontanelle
 #: when :attr:`Vault.suture_margin_mm` > 0.
 MARGIN_MIN_FRACTION = 0.35
 
+#: Bones whose mean thickness :meth:`Vault.bone_regions` delimits.
+BONES = ("frontal", "parietal", "occipital")
+
+
+def _side_plane(a: np.ndarray, b: np.ndarray, toward: np.ndarray) -> np.ndarray:
+    """Unit normal of the plane through the vault centre and directions ``a``, ``b``, pointing
+    to the side of ``toward``."""
+    n = unit(np.cross(a, b))
+    return n if n @ toward > 0 else -n
+
+
+def bone_plane_normals(landmarks: dict) -> dict[str, np.ndarray]:
+    """Normals ``(2, 3)`` (left, right) of the planes through the vault centre that bound the
+    bones: ``"coronal"`` (bregma-pterion, pointing to the front), ``"lambdoid"``
+    (lambda-asterion, pointing to the back) and ``"squamosal"`` (pterion-asterion, pointing
+    up). Landmarks are unit directions (3,) by name."""
+    out = {"coronal": [], "lambdoid": [], "squamosal": []}
+    for side in ("left", "right"):
+        out["coronal"].append(_side_plane(landmarks["bregma"], landmarks[f"pterion_{side}"], landmarks["nasion"]))
+        out["lambdoid"].append(_side_plane(landmarks["lambda"], landmarks[f"asterion_{side}"], np.array([0, 1.0, 0])))
+        out["squamosal"].append(_side_plane(landmarks[f"pterion_{side}"], landmarks[f"asterion_{side}"],
+                                            np.array([0, 0, 1.0])))
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def bone_weights(u: Tensor, planes: dict[str, np.ndarray], sharpness: float = 0.0) -> dict[str, Tensor]:
+    """How much each direction ``u`` ``(N, 3)`` belongs to the frontal, parietal and occipital
+    bones (weights summing to 1 over the vault above the skull base).
+
+    The frontal bone lies in front of the coronal planes, the occipital behind the lambdoid
+    planes, the parietal between them (the left or right plane by the sign of ``u_x``).
+    ``sharpness`` 0 gives hard 0/1 membership; > 0 a logistic blend whose width (in ``u .
+    normal``) is ``sharpness``. The squamosal plane (the parietal bone's lower edge) is not
+    used here: below it the temporal squama takes the parietal weight.
+    """
+    left = (u[:, 0] >= 0)[:, None]
+
+    def side(n):
+        nl, nr = (torch.as_tensor(v, dtype=u.dtype) for v in n)
+        s = torch.where(left, u * nl, u * nr).sum(-1)
+        return (s > 0).to(u.dtype) if sharpness <= 0 else torch.sigmoid(s / sharpness)
+
+    front = side(planes["coronal"])
+    back = side(planes["lambdoid"]) * (1.0 - front)
+    return {"frontal": front, "parietal": (1.0 - front - back).clamp_min(0.0), "occipital": back}

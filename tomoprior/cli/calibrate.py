@@ -186,19 +186,8 @@ def calibrate(images, phantom, initial_path, sdd, sod, pitch, primary, secondary
     written as geometry.FAILED.yaml instead (and a geometry.yaml left in the folder by an
     earlier run is removed), so a failed calibration is never picked up as accepted.
     """
-    from ..calibration import CalibrationError, bead_design
-    from ..phantoms import load as load_phantom
-    from ..validation.images import read_radiograph
-    from ..validation.pipeline import (
-        PipelineError,
-        add_checks,
-        analyse,
-        check_distinct_views,
-        detect,
-        format_summary,
-        judge,
-        run_calibration,
-    )
+    from ..calibration import CalibrationError
+    from ..validation.pipeline import PipelineError, format_summary
 
     t0 = time.perf_counter()
 
@@ -209,47 +198,17 @@ def calibrate(images, phantom, initial_path, sdd, sod, pitch, primary, secondary
     out = Path(out_dir)
     tolerances, baseline = load_qa_inputs(tolerances_path, baseline_path)
     check_output_folder(out)
-    overrides = {
-        "source_to_detector": _per_view(sdd, 2, "--source-to-detector", "mm", positive=True),
-        "source_to_isocenter": _per_view(sod, 2, "--source-to-isocenter", "mm", positive=True),
-        "pixel_pitch": _per_view(pitch, 2, "--pixel-pitch", "mm", positive=True),
-        "primary_angle_deg": _per_view(primary, 2, "--primary-angles", "deg"),
-        "secondary_angle_deg": _per_view(secondary, 2, "--secondary-angles", "deg"),
-    }
-    if (overrides["primary_angle_deg"] is None) != (overrides["secondary_angle_deg"] is None):
-        raise click.UsageError("give --primary-angles and --secondary-angles together")
+    overrides = _overrides(sdd, sod, pitch, primary, secondary)
+    title = f"tomoprior calibrate: {', '.join(images)}"
+    done: dict = {}  # what the pipeline produced before a failure: radiographs, detections
     try:
-        progress("read images")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            radiographs = [read_radiograph(p, name=n) for p, n in zip(images, names)]
-        for w in caught:
-            click.echo(f"warning: {w.message}", err=True)
-        ph = load_phantom(phantom)
-        design = bead_design(ph)
-        geom0, sources = initial_geometry(radiographs, initial_path, names, overrides)
-        if not quiet:
-            click.echo("starting geometry:\n" + "\n".join(f"  {s}" for s in sources))
-        imgs = [r.image for r in radiographs]
-        progress("detect")
-        try:
-            detections = detect(imgs, list(names), design.positions, kind=kind)
-        except PipelineError as exc:  # readable images, too few beads: the QA ran and fails
-            raise CalibrationError(str(exc)) from exc
-        check_distinct_views(imgs, detections, list(names), list(images))
-        progress("calibrate")
-        result = run_calibration(detections, ph, geom0, heldout=heldout, seed=seed)
-        progress("validate")
-        outcome = analyse(imgs, detections, result, design.positions, list(names), initial=geom0,
-                          design_ids=design.ids)
-        judge(outcome, tolerances=tolerances, baseline=baseline, detections=detections, phantom=ph, initial=geom0,
-              heldout=heldout, seed=seed)
-        # the projector check measures the projector, not these images: left out of real-image reports
-        add_checks(outcome, analytic_phantom=None)
+        outcome, geom0, sources = _run_pipeline(images, names, phantom, initial_path, overrides, (kind, heldout, seed),
+                                                (tolerances, baseline), progress, quiet, done)
     except CalibrationError as exc:
-        html = write_qa_report(None, out, f"tomoprior calibrate: {', '.join(images)}", failure=str(exc),
+        radiographs = done["radiographs"]
+        html = write_qa_report(None, out, title, failure=str(exc),
                                images=[r.image for r in radiographs], names=list(names),
-                               detections=locals().get("detections"), radiographs=radiographs, pdf=pdf,
+                               detections=done.get("detections"), radiographs=radiographs, pdf=pdf,
                                signoff=_signoff(site, system, serial, operator, phantom_serial, acquisition_date, kvp),
                                tolerances=tolerances)
         click.echo(f"QA verdict: FAIL\n  FAIL: {exc}")
@@ -261,7 +220,7 @@ def calibrate(images, phantom, initial_path, sdd, sod, pitch, primary, secondary
     outcome.config = {"images": list(images), "phantom": phantom, "initial": sources, "kind": kind,
                       "heldout": heldout, "seed": seed, "initial_geometry": geom0.to_dict()}
     progress("report")
-    html = write_qa_report(outcome, out, f"tomoprior calibrate: {', '.join(images)}", radiographs=radiographs,
+    html = write_qa_report(outcome, out, title, radiographs=done["radiographs"],
                            pdf=pdf, signoff=_signoff(site, system, serial, operator, phantom_serial,
                                                      acquisition_date, kvp))
     click.echo(format_summary(outcome))
@@ -269,6 +228,73 @@ def calibrate(images, phantom, initial_path, sdd, sod, pitch, primary, secondary
     if not outcome.verdict.passed:
         raise QAFailed(f"the calibration FAILS its QA ({len(outcome.verdict.failed)} item(s)); the geometry was "
                        f"written as {out / 'geometry.FAILED.yaml'}, not as geometry.yaml")
+
+
+def _overrides(sdd, sod, pitch, primary, secondary) -> dict:
+    """The starting-geometry values given on the command line (None where not given), per view."""
+    overrides = {
+        "source_to_detector": _per_view(sdd, 2, "--source-to-detector", "mm", positive=True),
+        "source_to_isocenter": _per_view(sod, 2, "--source-to-isocenter", "mm", positive=True),
+        "pixel_pitch": _per_view(pitch, 2, "--pixel-pitch", "mm", positive=True),
+        "primary_angle_deg": _per_view(primary, 2, "--primary-angles", "deg"),
+        "secondary_angle_deg": _per_view(secondary, 2, "--secondary-angles", "deg"),
+    }
+    if (overrides["primary_angle_deg"] is None) != (overrides["secondary_angle_deg"] is None):
+        raise click.UsageError("give --primary-angles and --secondary-angles together")
+    return overrides
+
+
+def _run_pipeline(images, names, phantom, initial_path, overrides, fit: tuple, qa: tuple, progress, quiet,
+                  done: dict):
+    """Read the radiographs, build the starting geometry, detect, calibrate and judge:
+    ``(outcome, starting geometry, its sources)``. ``fit = (kind, heldout, seed)``, ``qa =
+    (tolerances, baseline)``; ``done`` receives ``radiographs`` and ``detections`` as soon as
+    they exist, for the failure report."""
+    from ..calibration import CalibrationError, bead_design
+    from ..phantoms import load as load_phantom
+    from ..validation.images import read_radiograph
+    from ..validation.pipeline import (
+        PipelineError,
+        add_checks,
+        analyse,
+        check_distinct_views,
+        detect,
+        judge,
+        run_calibration,
+    )
+
+    kind, heldout, seed = fit
+    tolerances, baseline = qa
+    progress("read images")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        radiographs = [read_radiograph(p, name=n) for p, n in zip(images, names)]
+    done["radiographs"] = radiographs
+    for w in caught:
+        click.echo(f"warning: {w.message}", err=True)
+    ph = load_phantom(phantom)
+    design = bead_design(ph)
+    geom0, sources = initial_geometry(radiographs, initial_path, names, overrides)
+    if not quiet:
+        click.echo("starting geometry:\n" + "\n".join(f"  {s}" for s in sources))
+    imgs = [r.image for r in radiographs]
+    progress("detect")
+    try:
+        detections = detect(imgs, list(names), design.positions, kind=kind)
+    except PipelineError as exc:  # readable images, too few beads: the QA ran and fails
+        raise CalibrationError(str(exc)) from exc
+    done["detections"] = detections
+    check_distinct_views(imgs, detections, list(names), list(images))
+    progress("calibrate")
+    result = run_calibration(detections, ph, geom0, heldout=heldout, seed=seed)
+    progress("validate")
+    outcome = analyse(imgs, detections, result, design.positions, list(names), initial=geom0,
+                      design_ids=design.ids)
+    judge(outcome, tolerances=tolerances, baseline=baseline, detections=detections, phantom=ph, initial=geom0,
+          heldout=heldout, seed=seed)
+    # the projector check measures the projector, not these images: left out of real-image reports
+    add_checks(outcome, analytic_phantom=None)
+    return outcome, geom0, sources
 
 
 def _signoff(site, system, serial, operator, phantom_serial, acquisition_date, kvp) -> dict:

@@ -68,7 +68,7 @@ def build_refiner(spec: str, *, checkpoint=None, config: dict | None = None, hin
     Returns ``(refiner, checkpoint_path_or_None)``; errors are ``click.BadParameter`` with the
     reason (unknown name listing the installed ones, a checkpoint of another refiner, ...).
     """
-    from ..refiners import CheckpointWarning, Refiner, RefinerPluginError, available, load
+    from ..refiners import CheckpointWarning, Refiner, RefinerPluginError, available_refiners, load
 
     name, ckpt, cfg = spec.strip(), checkpoint, dict(config or {})
     if "@" in name:
@@ -92,8 +92,8 @@ def build_refiner(spec: str, *, checkpoint=None, config: dict | None = None, hin
                 raise click.BadParameter(f"{ckpt} holds a {type(model).name!r} refiner, not {name!r}; pass "
                                          f"--refiner {type(model).name} or another checkpoint", param_hint=hint)
             return model, str(ckpt)
-        if name not in available():
-            raise click.BadParameter(f"unknown refiner {name!r}; installed: {', '.join(available())}",
+        if name not in available_refiners():
+            raise click.BadParameter(f"unknown refiner {name!r}; installed: {', '.join(available_refiners())}",
                                      param_hint=hint)
         return load(name, **cfg), None
     except (ValueError, TypeError, RefinerPluginError) as exc:
@@ -526,6 +526,6 @@ def _safe(label: str) -> str:
 
 
 def _pert_text(p) -> str:
-    return (f"source-to-detector ±{p.source_to_detector_mm:g} mm, principal point ±{p.offset_mm:g} mm, "
+    return (f"source-to-detector ±{p.source_to_detector_mm:g} mm, detector offset ±{p.offset_mm:g} mm, "
             f"tilts ±{p.tilt_deg:g} deg" + (f", in-plane rotation ±{p.rotation_deg:g} deg" if p.rotation_deg else "")
             + (f", source-to-isocenter ±{p.source_to_isocenter_mm:g} mm" if p.source_to_isocenter_mm else ""))

@@ -85,7 +85,7 @@ class TrainConfig:
     data : str
         HDF5 dataset (``tomoprior dataset make``); its ``train`` split trains, ``val`` validates.
     refiner : str
-        Registry name (``tomoprior.refiners.available()``).
+        Registry name (``tomoprior.refiners.available_refiners()``).
     refiner_config : dict
         Config fields of the refiner (``{"preset": "tiny", "volume_shape": [32, 32, 32]}``
         for PSCT-Net). A ``volume_shape`` field the user does not set is taken from the data.

@@ -50,23 +50,15 @@ def _load_geometry(path: str):
 
 
 def _read_images(paths, geom, image_kind, i0, note):
-    import warnings
 
     import numpy as np
 
     from ..validation.epipolar import line_integral_check
-    from .reconstruct import read_xray
+    from .reconstruct import read_view_xrays
 
-    if len(paths) != geom.num_views:
-        raise ValueError(f"the geometry has {geom.num_views} views but {len(paths)} X-ray file(s) were given; give "
-                         "one per view, in the geometry's view order (--xrays A B)")
     images = []
-    for v, (p, view) in enumerate(zip(paths, geom.views)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            im = read_xray(p, image_kind=image_kind, i0=i0)
-        for w in caught:
-            note(f"warning: {w.message}")
+    for v, (p, view, im) in enumerate(zip(paths, geom.views, read_view_xrays(paths, geom, image_kind, i0, note,
+                                                                            hint=" (--xrays A B)"))):
         if tuple(im.shape) != tuple(view.shape):
             raise ValueError(f"{p}: image of {im.shape} pixels, but view {v} ({view.name}) of the geometry has a "
                              f"detector of {tuple(view.shape)} (rows, cols); give the image of that detector, or the "

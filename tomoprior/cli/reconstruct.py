@@ -343,6 +343,26 @@ def _resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out[0, 0].numpy()
 
 
+def read_view_xrays(paths, geom, image_kind, i0, note, hint: str = "") -> list:
+    """One image per view of ``geom`` from ``paths`` (in view order), read with :func:`read_xray`.
+
+    The reader's warnings are passed to ``note`` as ``"warning: ..."`` lines; a count that does
+    not match the geometry's views is a ValueError (``hint`` is appended to its message). The
+    shapes are the callers' to check: reconstruct may resample, check-geometry refuses.
+    """
+    if len(paths) != geom.num_views:
+        raise ValueError(f"the geometry has {geom.num_views} views but {len(paths)} X-ray file(s) were given; "
+                         f"give one per view, in the geometry's view order{hint}")
+    images = []
+    for p in paths:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            images.append(read_xray(p, image_kind=image_kind, i0=i0))
+        for w in caught:
+            note(f"warning: {w.message}")
+    return images
+
+
 def _read_inputs(paths, geometry_path, image_kind, i0, resample, note) -> tuple:
     """Geometry and X-rays ``(1, V, rows, cols)`` float32 tensor from the files (ValueError on bad input)."""
     import numpy as np
@@ -354,16 +374,8 @@ def _read_inputs(paths, geometry_path, image_kind, i0, resample, note) -> tuple:
         geom = Geometry.load(geometry_path)
     except (ValueError, TypeError, KeyError, OSError) as exc:
         raise ValueError(f"--geometry {geometry_path}: {exc}") from exc
-    if len(paths) != geom.num_views:
-        raise ValueError(f"the geometry has {geom.num_views} views but {len(paths)} X-ray file(s) were given; "
-                         "give one per view, in the geometry's view order")
     images = []
-    for v, (p, view) in enumerate(zip(paths, geom.views)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            im = read_xray(p, image_kind=image_kind, i0=i0)
-        for w in caught:
-            note(f"warning: {w.message}")
+    for v, (p, view, im) in enumerate(zip(paths, geom.views, read_view_xrays(paths, geom, image_kind, i0, note))):
         det = tuple(int(n) for n in view.shape)
         if im.shape != det:
             ar_img, ar_det = im.shape[1] / im.shape[0], det[1] / det[0]

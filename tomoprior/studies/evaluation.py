@@ -681,14 +681,8 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
     _check_evaluate_args(refiner, batch_size, perturbation, geometry_override, calibration_error)
     if pred_bone_threshold_mu is not None:
         pred_bone_threshold_mu = _positive_level(pred_bone_threshold_mu, "pred_bone_threshold_mu")
-    path, indices = _open_split(dataset_or_path, split)
-    if max_samples is not None:
-        _check_max_samples(max_samples)
-        indices = indices[:max_samples]
-    scale = _output_to_mu(refiner, output_to_mu)
-    device = resolve_device(device)
-    check_finite_weights(refiner, _refiner_where(refiner, checkpoint))
-    refiner = refiner.to(device).eval()
+    refiner, path, indices, scale, device = _prepare_run(refiner, dataset_or_path, split, max_samples, output_to_mu,
+                                                         device, checkpoint)
 
     setting = _Setting(geometry_override, perturbation, calibration_error, seed, energy_kev, resynthesize)
     t_start = time.perf_counter()
@@ -789,6 +783,19 @@ def _evaluation_settings(setting: _Setting, bone_threshold_mu: float, pred_bone_
             "std": "sample standard deviation (ddof 1)",
         },
     }
+
+
+def _prepare_run(refiner: Refiner, dataset_or_path, split, max_samples, output_to_mu, device, checkpoint) -> tuple:
+    """What evaluate and fit_bone_threshold both start from: ``(refiner on device in eval mode,
+    dataset path, sample indices (at most max_samples), output-to-mu scale, device)``."""
+    path, indices = _open_split(dataset_or_path, split)
+    if max_samples is not None:
+        _check_max_samples(max_samples)
+        indices = indices[:max_samples]
+    scale = _output_to_mu(refiner, output_to_mu)
+    device = resolve_device(device)
+    check_finite_weights(refiner, _refiner_where(refiner, checkpoint))
+    return refiner.to(device).eval(), path, indices, scale, device
 
 
 def _refiner_where(refiner: Refiner, checkpoint) -> str:
@@ -1008,14 +1015,8 @@ def fit_bone_threshold(refiner: Refiner, dataset_or_path, split: str = "train", 
     if fit_split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val' (a dataset object: of that split), got {fit_split!r}: a "
                          "bone level fitted on the test samples would tune the metric on the data being reported")
-    path, indices = _open_split(dataset_or_path, split)
-    if max_samples is not None:
-        _check_max_samples(max_samples)
-        indices = indices[:max_samples]
-    scale = _output_to_mu(refiner, output_to_mu)
-    device = resolve_device(device)
-    check_finite_weights(refiner, _refiner_where(refiner, None))
-    refiner = refiner.to(device).eval()
+    refiner, path, indices, scale, device = _prepare_run(refiner, dataset_or_path, split, max_samples, output_to_mu,
+                                                         device, None)
 
     total = np.zeros(cand.size)
     with DatasetFile(path) as ds:

@@ -141,3 +141,42 @@ def test_realism_settings_file_and_its_errors(tmp_path):
         data.Realism.parse("realist")
     with pytest.raises(ValueError, match="not both"):
         data.make_specs(1, kind="radiograph", physics={"photons_per_pixel": 5.0}, realism=r, phantom="shepp_logan")
+
+
+def test_polychromatic_materials_harden_the_beam_and_are_recorded(geom, tmp_path):
+    # a bone ball: with the two-material split and a 70 kVp spectrum, -log T per unit of the
+    # 60 keV line integral falls with thickness (beam hardening); monochromatic it is constant
+    ball = tp.phantoms.Phantom([tp.phantoms.Sphere((0, 0, 0), 50.0, 0.0574)], name="bone ball")
+    volume = ball.rasterize(geom.grid, supersample=1).to(torch.float64)
+    rad = RadiographSettings(kvp=70.0, filtration={"Al": 2.5}, noise=False, photons_per_pixel=1e4)
+    mono = data.synthesize(volume, geom, seed=0, realism=data.Realism(radiograph=rad))
+    poly = data.synthesize(volume, geom, seed=0, realism=data.Realism(radiograph=rad, materials=("soft_tissue",
+                                                                                                "cortical_bone")))
+    exact = tp.project(volume, geom)[0]
+    m, p = torch.as_tensor(mono.xrays)[0], torch.as_tensor(poly.xrays)[0]
+    thin = (exact > 0.5) & (exact < 1.5)
+    thick = exact > 4.0
+    assert thin.any() and thick.any()
+    torch.testing.assert_close(m[thick] / exact[thick], torch.ones_like(exact[thick]), rtol=1e-3, atol=0)
+    per_unit_thin, per_unit_thick = float((p[thin] / exact[thin]).mean()), float((p[thick] / exact[thick]).mean())
+    assert per_unit_thick < 0.93 * per_unit_thin  # hardening
+    assert per_unit_thin > 1.0  # the 70 kVp beam's mean energy is below 60 keV
+    assert poly.augmentation["physics"]["materials"] == ["soft_tissue", "cortical_bone"]
+    assert mono.augmentation["physics"]["materials"] is None
+    # presets, files and errors
+    assert data.Realism.preset("realistic").materials == ("soft_tissue", "cortical_bone")
+    assert data.Realism.preset("none").materials is None
+    f = tmp_path / "r.yaml"
+    f.write_text("preset: realistic\nmaterials: null\n")
+    assert data.Realism.load(f).materials is None
+    f.write_text("preset: realistic\nmaterials: [water, compact_bone]\n")
+    r = data.Realism.load(f)
+    assert r.materials == ("water", "compact_bone") and data.Realism.from_json(r.to_json()) == r
+    f.write_text("preset: realistic\nradiograph: null\n")
+    assert data.Realism.load(f).materials is None  # no radiograph, no polychromatic beam
+    for text, match in (("materials: [soft_tissue, cortical_bone]\n", "needs radiograph settings with kvp"),
+                        ("preset: realistic\nmaterials: bone\n", "pair"),
+                        ("preset: realistic\nmaterials: [soft_tissue, kryptonite]\n", "kryptonite")):
+        f.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            data.Realism.load(f)

@@ -121,3 +121,32 @@ def test_beer_lambert_bad_inputs(spec70):
         ph.polychromatic_intensity({"water": torch.ones(2)}, spec70, weighting="dose")
     with pytest.raises(ValueError, match="broadcastable"):
         ph.polychromatic_intensity({"water": torch.ones(2), "steel": torch.ones(3)}, spec70)
+
+
+def test_decompose_attenuation_inverts_attenuation_volume_and_names_its_errors():
+    from tomoprior.physics import attenuation_volume, decompose_attenuation
+    from tomoprior.units import linear_attenuation
+
+    mu = torch.linspace(-0.01, 0.2, 301, dtype=torch.float64)  # below air to metal-like
+    f = decompose_attenuation(mu, 60.0)
+    assert set(f) == {"soft_tissue", "cortical_bone"}
+    torch.testing.assert_close(attenuation_volume(f, 60.0), mu.clamp(min=0.0), atol=1e-12, rtol=0)
+    soft, bone = f["soft_tissue"], f["cortical_bone"]
+    assert (soft >= 0).all() and (bone >= 0).all() and (soft <= 1 + 1e-12).all()
+    mu_soft = float(linear_attenuation("soft_tissue", 60.0))
+    assert (bone[mu <= mu_soft] == 0).all()  # no bone in tissue or air
+    # at another energy the mix follows each material: bone gains more attenuation at 40 keV
+    ratio_bone = float(linear_attenuation("cortical_bone", 40.0) / linear_attenuation("cortical_bone", 60.0))
+    ratio_soft = float(linear_attenuation("soft_tissue", 40.0) / linear_attenuation("soft_tissue", 60.0))
+    dense = torch.tensor([0.0574], dtype=torch.float64)
+    at40 = float(attenuation_volume(decompose_attenuation(dense, 60.0), 40.0) / dense)
+    assert at40 == pytest.approx(ratio_bone, rel=1e-2)
+    assert ratio_bone > ratio_soft * 1.3
+    with pytest.raises(ValueError, match="mu contains NaN"):
+        decompose_attenuation(torch.tensor([0.02, float("nan")]), 60.0)
+    with pytest.raises(ValueError, match="swap them"):
+        decompose_attenuation(mu, 60.0, materials=("cortical_bone", "soft_tissue"))
+    with pytest.raises(ValueError, match="pair"):
+        decompose_attenuation(mu, 60.0, materials=("water",))
+    with pytest.raises(ValueError, match="unobtainium"):
+        decompose_attenuation(mu, 60.0, materials=("water", "unobtainium"))

@@ -25,6 +25,7 @@ import torch
 from ..geometry import Geometry, GeometryWarning, ParametricGeometry, VolumeGrid
 from ..geometry.geometry import view_sees_box
 from ..projectors import project
+from ..units import DEFAULT_ENERGY_KEV
 from .realism import Realism, posed_geometry
 from .volumes import Volume, check_volume
 
@@ -328,13 +329,20 @@ def synthesize(volume, geometry: Geometry, *, grid: VolumeGrid | None = None, ki
         if settings.heel is not None and settings.heel is not False and not isinstance(settings.heel, torch.Tensor):
             # the flat field belongs to the tube and detector, which a head pose does not move
             settings = settings.replace(heel=_heel_map(scanner, settings))
+        imaged = data
+        if realism.materials is not None:  # polychromatic: the 60 keV volume split into two materials
+            from ..physics import decompose_attenuation
+
+            imaged = decompose_attenuation(data, DEFAULT_ENERGY_KEV, materials=realism.materials)
         with torch.no_grad():
-            out = radiograph(data, used, settings, seed=int(s_phys.generate_state(1)[0]), backend=backend,
+            out = radiograph(imaged, used, settings, seed=int(s_phys.generate_state(1)[0]), backend=backend,
                              return_all=True)
             if isinstance(out["raw"], (tuple, list)):
                 raise ValueError("views with different detector shapes are not supported by the dataset pipeline")
             xr = out["raw"] if kind == "radiograph" else log_transform(out["raw"], out["flat"])
         aug["physics"] = {**recorded, "photons_per_mm2": realism.photons_per_mm2,
+                          "materials": None if realism.materials is None else list(realism.materials),
+                          "volume_energy_kev": DEFAULT_ENERGY_KEV,
                           "stored": "raw counts" if kind == "radiograph" else "-log(raw / flat)"}
     elif kind == "line_integrals":
         with torch.no_grad():

@@ -19,8 +19,11 @@ What a sample with realism goes through (each step on/off, its size in the prove
    and ``-log``: the stored X-rays are line integrals again, as a network sees them after the
    standard correction (``kind="radiograph"`` keeps the raw counts instead).
 
-The attenuation volumes hold one energy (60 keV), so the beam is monochromatic: ``kvp`` sets
-the heel model's spectrum, not a beam-hardening effect.
+The attenuation volumes hold one energy (60 keV). Without ``materials`` the beam is
+monochromatic and ``kvp`` only sets the heel model's spectrum. With ``materials`` (the
+``realistic`` preset) each voxel is split into soft tissue and cortical bone with the same
+60 keV attenuation and the image is formed energy by energy through the ``kvp`` spectrum, so
+bone hardens the beam as it does in a real radiograph.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ PRESETS = ("none", "realistic")
 #: kerma at 40 keV, about the mean energy of a 70 kVp, 2.5 mm Al beam: 1 / (E mu_en/rho of
 #: air)), times a detective quantum efficiency of 0.45 (CsI flat panel): about 5e4.
 REALISTIC_PHOTONS_PER_MM2 = 5.0e4
+
+#: The two materials a volume is split into for a polychromatic beam (``Realism.materials``).
+DEFAULT_MATERIALS = ("soft_tissue", "cortical_bone")
 
 
 @dataclass(frozen=True)
@@ -152,12 +158,20 @@ class Realism:
         Per-sample head pose.
     motion : PoseJitter
         Head movement between the first and the later exposures.
+    materials : (light, dense) material names, optional
+        Image the volume with a polychromatic beam (the spectrum of ``radiograph.kvp`` and
+        ``filtration``): each voxel's attenuation at 60 keV is split into a light and a dense
+        material (:func:`tomoprior.physics.decompose_attenuation`, default pair
+        ``("soft_tissue", "cortical_bone")``), their path lengths are projected and the beam is
+        attenuated energy by energy, so bone hardens it (beam hardening, cupping). None: the
+        monochromatic 60 keV line integrals. Needs ``radiograph`` with ``kvp``.
     """
 
     radiograph: RadiographSettings | None = None
     photons_per_mm2: float | None = None
     pose: PoseJitter = field(default_factory=PoseJitter)
     motion: PoseJitter = field(default_factory=PoseJitter)
+    materials: tuple[str, str] | None = None
 
     def __post_init__(self):
         if self.radiograph is not None and not isinstance(self.radiograph, RadiographSettings):
@@ -170,6 +184,17 @@ class Realism:
         for k in ("pose", "motion"):
             if not isinstance(getattr(self, k), PoseJitter):
                 raise TypeError(f"{k} must be a PoseJitter, got {type(getattr(self, k)).__name__}")
+        if self.materials is not None:
+            from ..units import material
+
+            m = self.materials
+            if isinstance(m, str) or not isinstance(m, (tuple, list)) or len(m) != 2:
+                raise ValueError(f"materials must be a pair [light, dense] of material names (e.g. "
+                                 f"[soft_tissue, cortical_bone]) or null, got {m!r}")
+            object.__setattr__(self, "materials", tuple(material(str(x)).name for x in m))
+            if self.radiograph is None or (self.radiograph.kvp is None and self.radiograph.spectrum is None):
+                raise ValueError("materials (a polychromatic beam) needs radiograph settings with kvp; add e.g. "
+                                 "radiograph: {kvp: 70} or set materials: null")
 
     @property
     def is_none(self) -> bool:
@@ -184,6 +209,7 @@ class Realism:
         =================  ===========================  ================================================
         dose               5e4 photons/mm^2 detected    5 uGy at the detector, 2.3e4 /mm^2/uGy, DQE 0.45
         spectrum / heel    70 kVp, 2.5 mm Al, 12 deg    typical infant skull technique; SpekPy heel
+        materials          soft tissue + cortical bone  polychromatic beam through the decomposed volume
         focal spot         0.6 mm                       a common small focal spot
         detector blur      0.1 pixel (sigma)            CsI scintillator spread, ~0.2 mm
         scatter            SPR 1.0 at 130 mm water,     ScatterModel (Love and Kruger kernel;
@@ -202,6 +228,7 @@ class Realism:
                 photons_per_mm2=REALISTIC_PHOTONS_PER_MM2,
                 pose=PoseJitter(rotation_deg=3.0, translation_mm=5.0),
                 motion=PoseJitter(rotation_deg=1.0, translation_mm=1.0),
+                materials=DEFAULT_MATERIALS,
             )
         raise ValueError(f"unknown realism preset {name!r}; choose from {PRESETS} or give a YAML file")
 
@@ -213,7 +240,7 @@ class Realism:
         Unknown keys are a ValueError naming the known ones."""
         if not isinstance(d, Mapping):
             raise ValueError(f"realism settings must be a mapping, got {d!r}")
-        known = {"preset", "radiograph", "photons_per_mm2", "pose", "motion"}
+        known = {"preset", "radiograph", "photons_per_mm2", "pose", "motion", "materials"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown realism setting(s) {unknown}; known: {sorted(known)}")
@@ -233,7 +260,10 @@ class Realism:
         ppm = d.get("photons_per_mm2", base.photons_per_mm2)
         pose = PoseJitter.from_dict(d["pose"], "pose") if "pose" in d else base.pose
         motion = PoseJitter.from_dict(d["motion"], "motion") if "motion" in d else base.motion
-        return cls(radiograph=rad, photons_per_mm2=ppm, pose=pose, motion=motion)
+        mats = d["materials"] if "materials" in d else base.materials
+        if rad is None and "materials" not in d:
+            mats = None  # radiograph switched off: the preset's polychromatic beam goes with it
+        return cls(radiograph=rad, photons_per_mm2=ppm, pose=pose, motion=motion, materials=mats)
 
     @classmethod
     def load(cls, path) -> Realism:
@@ -258,7 +288,8 @@ class Realism:
 
     def to_dict(self) -> dict:
         return {"radiograph": None if self.radiograph is None else self.radiograph.to_dict(),
-                "photons_per_mm2": self.photons_per_mm2, "pose": asdict(self.pose), "motion": asdict(self.motion)}
+                "photons_per_mm2": self.photons_per_mm2, "pose": asdict(self.pose), "motion": asdict(self.motion),
+                "materials": None if self.materials is None else list(self.materials)}
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys): stored in a sample's spec; :meth:`from_json` inverts it."""

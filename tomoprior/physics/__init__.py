@@ -20,6 +20,7 @@ from ..units import (
 )
 from .beer_lambert import (
     attenuation_volume,
+    decompose_attenuation,
     effective_energy,
     monochromatic_intensity,
     polychromatic_intensity,
@@ -62,6 +63,7 @@ __all__ = [
     "angular_emission",
     "attenuation_volume",
     "blur",
+    "decompose_attenuation",
     "default_heel_parameters",
     "detector_blur",
     "effective_energy",

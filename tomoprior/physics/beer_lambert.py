@@ -208,3 +208,52 @@ def attenuation_volume(fractions: Mapping[str, Tensor], energy_keV: float, *,
         term = f * linear_attenuation(m, float(energy_keV), density=densities.get(m)).to(f)
         out = term if out is None else out + term
     return out
+
+
+def decompose_attenuation(mu, energy_keV: float, *, materials: tuple[str, str] = ("soft_tissue", "cortical_bone")
+                          ) -> dict[str, Tensor]:
+    """Split a linear attenuation volume (1/mm, at one energy) into two material fraction volumes.
+
+    The inverse of :func:`attenuation_volume` for a two-material model: each voxel is read as
+    a mix of a light material (default ``soft_tissue``) and a dense one (default
+    ``cortical_bone``), so that the volume can be imaged with a polychromatic beam (bone
+    hardens the beam more than soft tissue does). With ``mu_l``, ``mu_d`` the two materials'
+    attenuation at ``energy_keV``:
+
+    - ``mu <= mu_l`` (air, fat, tissue): light material at relative density ``mu / mu_l``;
+    - ``mu_l < mu < mu_d``: a mix, dense fraction ``f = (mu - mu_l) / (mu_d - mu_l)``,
+      light fraction ``1 - f`` (cancellous bone, partial-volume bone edges);
+    - ``mu >= mu_d``: dense material at relative density ``mu / mu_d`` (metal included).
+
+    ``attenuation_volume(decompose_attenuation(mu, E), E)`` returns ``mu`` (to rounding); at
+    other energies the mix follows each material's own energy dependence. Negative values are
+    clamped to 0.
+
+    Parameters
+    ----------
+    mu : Tensor, any shape (typically ``(nz, ny, nx)``)
+        Linear attenuation in 1/mm at ``energy_keV``; finite.
+    energy_keV : float
+        The energy the volume's attenuation refers to (tomoprior volumes: 60 keV).
+    materials : (light, dense)
+        Names from :func:`tomoprior.units.materials`; the light one must attenuate less.
+
+    Returns
+    -------
+    dict ``{light: fraction, dense: fraction}``, tensors of ``mu``'s shape and dtype
+    (relative densities: path lengths in mm after projection).
+    """
+    t = _as_tensor(mu, "mu")  # NaN or inf: a ValueError naming mu
+    if not isinstance(materials, (tuple, list)) or len(materials) != 2:
+        raise ValueError(f"materials must be a pair (light, dense) of material names, got {materials!r}")
+    light, dense = (material(m).name for m in materials)  # raises ValueError listing the materials
+    e = float(energy_keV)
+    mu_l = float(linear_attenuation(light, e))
+    mu_d = float(linear_attenuation(dense, e))
+    if not mu_l < mu_d:
+        raise ValueError(f"materials must be (light, dense): {light} attenuates {mu_l:.4g}/mm and {dense} "
+                         f"{mu_d:.4g}/mm at {e:g} keV; swap them")
+    t = t.clamp(min=0.0)
+    f_dense = torch.where(t >= mu_d, t / mu_d, ((t - mu_l) / (mu_d - mu_l)).clamp(0.0, 1.0))
+    f_light = torch.where(t <= mu_l, t / mu_l, 1.0 - f_dense.clamp(max=1.0))
+    return {light: f_light, dense: f_dense}

@@ -157,3 +157,28 @@ def test_volume_rejects_non_finite_and_mismatch():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data.Volume(torch.zeros(4, 4, 4), grid)
+
+
+def test_resampled_keeps_values_mass_and_position():
+    from tomoprior.data import Volume
+
+    g = tp.VolumeGrid((20, 30, 40), (2.0, 1.0, 0.5), center=(3.0, -2.0, 1.0))
+    ball = tp.phantoms.Phantom([tp.phantoms.Sphere((5.0, -2.0, 1.0), 6.0, 1.0)])
+    v = Volume(ball.rasterize(g, supersample=2), g)
+    torch.testing.assert_close(v.resampled(g, supersample=1).data, v.data, atol=1e-5, rtol=0)
+    coarse = tp.VolumeGrid((12, 12, 12), (4.0, 4.0, 4.0), center=(3.0, -2.0, 1.0))
+    r = v.resampled(coarse)
+    assert r.metadata["resample_supersample"] == 8 and r.grid == coarse
+    # the box filter keeps the mass (volume x value), and the centre of mass stays put
+    assert float(r.data.sum()) * 64.0 == pytest.approx(float(v.data.sum()) * 1.0, rel=1e-3)
+    com = (r.data[..., None] * coarse.voxel_centers().to(torch.float32)).sum((0, 1, 2)) / r.data.sum()
+    torch.testing.assert_close(com, torch.tensor([5.0, -2.0, 1.0]), atol=0.05, rtol=0)
+    # outside the source box: air in the volume's units
+    far = tp.VolumeGrid((4, 4, 4), (1.0, 1.0, 1.0), center=(500.0, 0.0, 0.0))
+    assert float(v.resampled(far).data.abs().max()) == 0.0
+    hu = Volume(torch.zeros(4, 4, 4), tp.VolumeGrid((4, 4, 4), (1.0, 1.0, 1.0)), units="HU")
+    assert float(hu.resampled(far).data.max()) == -1000.0
+    with pytest.raises(ValueError, match="supersample"):
+        v.resampled(coarse, supersample=0)
+    with pytest.raises(TypeError, match="VolumeGrid"):
+        v.resampled((12, 12, 12))

@@ -13,6 +13,9 @@ entry ``LABEL=SPEC``):
 (mean attenuation along each ray, 1/mm) with ``gain``/``offset`` fitted by least squares on the
 train split (``--no-fit-bp-prior`` keeps the config as given).
 
+``atlas`` without a checkpoint is built from every volume of the train split (the mean, or with
+``atlas:mode=nearest`` the nearest training volumes), as ``tomoprior train --refiner atlas`` does.
+
 ``--fit-bone-threshold`` gives every refiner its own bone level for the prediction (the targets
 keep ``mu > 0.035 /mm``): the level maximising its mean bone Dice on ``--fit-samples`` samples of
 the train split (``tomoprior.studies.evaluation.fit_bone_threshold``, after any bp-prior fit).
@@ -134,6 +137,22 @@ def _prepare_bp_prior(model, explicit_cfg: dict, data, fit: bool, max_fit: int, 
             raise EvaluateError(f"fitting bp-prior on the train split: {exc}") from exc
         echo(f"bp-prior: normalization={model.config.normalization}, gain={model.config.gain:.4f}, "
              f"offset={model.config.offset:.5f} /mm fitted on up to {max_fit} train samples")
+
+
+def _prepare_atlas(model, data, echo) -> None:
+    """An ``atlas`` given without a checkpoint (empty) is built from the train split."""
+    from ..refiners.atlas import Atlas
+    from ..studies.evaluation import fit_atlas
+
+    if not isinstance(model, Atlas) or getattr(model, "checkpoint_extra", None) is not None or model.config.num_cases:
+        return
+    t0 = time.perf_counter()
+    try:
+        fit_atlas(model, data, "train")
+    except ValueError as exc:
+        raise EvaluateError(f"building the atlas from the train split: {exc}") from exc
+    echo(f"atlas: mode={model.config.mode}, built from the {model.config.num_cases} train volumes in "
+         f"{time.perf_counter() - t0:.1f} s")
 
 
 @dataclass(frozen=True)
@@ -378,6 +397,7 @@ def _load_refiner(opts: EvaluateOptions, entry: tuple, echo) -> tuple:
         explicit.update(_parse_config([spec.split(":", 1)[1]], hint))
     model, ckpt_path = build_refiner(spec, checkpoint=ckpt, config=cfg, hint=hint)
     _prepare_bp_prior(model, explicit, opts.data, opts.fit_bp_prior, opts.fit_samples, echo)
+    _prepare_atlas(model, opts.data, echo)
     n_params = sum(p.numel() for p in model.parameters())
     if ckpt_path is None and n_params:
         click.echo(f"warning: {lbl!r} has {n_params} parameters but no checkpoint: its weights are untrained "

@@ -1,16 +1,17 @@
 """Refiners: the :class:`Refiner` contract, the registry over the ``tomoprior.refiners``
-entry points (plus the built-in ``bp-prior``), and the geometry prior handed to refiners
+entry points (plus the built-ins ``bp-prior`` and ``atlas``), and the geometry prior handed to refiners
 (X-rays or 2D feature maps lifted into the volume through the exact geometry, normalised
 by ray coverage), and the training hooks a plugin may provide. Training, evaluation and the
 miscalibration study use this contract from :mod:`tomoprior.studies`. See ``docs/refiners.md``.
 
     from tomoprior import refiners
-    refiners.available_refiners()               # ['bp-prior', 'psctnet', ...]
+    refiners.available_refiners()               # ['atlas', 'bp-prior', 'psctnet', ...]
     model = refiners.load("bp-prior")
     prior = refiners.build_prior(xrays, geom)   # (B, 1, nz, ny, nx)
     volume = model(xrays, geom, prior)          # (B, 1, nz, ny, nx)
 """
 
+from .atlas import Atlas, AtlasConfig
 from .base import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -49,6 +50,8 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "ENTRY_POINT_GROUP",
+    "Atlas",
+    "AtlasConfig",
     "BPPrior",
     "BPPriorConfig",
     "Batch",

@@ -56,6 +56,7 @@ __all__ = [
     "EvaluationResult",
     "compare_markdown",
     "evaluate",
+    "fit_atlas",
     "fit_bone_threshold",
     "fit_bp_prior",
     "geometry_error_px",
@@ -922,6 +923,34 @@ def fit_bp_prior(refiner, dataset_or_path, split: str = "train", *, max_samples:
                 yield torch.from_numpy(ds.xrays(i)), ds.geometry(i), torch.from_numpy(ds.volume(i))
 
     return refiner.fit_level(samples(), fit_offset=fit_offset)
+
+
+def fit_atlas(refiner, dataset_or_path, split: str = "train", *, max_samples: int | None = None):
+    """Build the built-in ``atlas`` from the stored volumes (1/mm) of ``split`` (every sample,
+    or the first ``max_samples``), one sample at a time: :meth:`Atlas.fit_closed_form` over
+    the dataset, the same fit as ``tomoprior train --refiner atlas`` (which reads the same
+    samples in the same order). Updates and returns the refiner; ``case_index`` holds the
+    samples' rows in the file.
+    """
+    from ..refiners.atlas import Atlas
+    from ..refiners.hooks import Batch
+
+    if not isinstance(refiner, Atlas):
+        raise TypeError(f"fit_atlas fits the built-in atlas, got {type(refiner).__name__}")
+    if max_samples is not None:
+        _check_max_samples(max_samples)
+    path, indices = _open_split(dataset_or_path, split)
+    indices = indices[:max_samples] if max_samples is not None else indices
+
+    def samples():
+        with DatasetFile(path) as ds:
+            for i in indices:
+                xrays = torch.from_numpy(ds.xrays(i)).float()[None]
+                volume = torch.from_numpy(ds.volume(i)).float()[None, None]
+                yield Batch(xrays, volume, ds.geometry(i), None, [i])
+
+    refiner.fit_closed_form(samples())
+    return refiner
 
 
 # --------------------------------------------------------------------------------------------

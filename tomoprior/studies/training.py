@@ -13,10 +13,12 @@ contract), found in this order:
    ``psctnet.PSCTNet``) exposing ``training_hooks`` (a class or an instance);
 3. :class:`TrainingHooks` itself: one Adam over all parameters, L1 loss to the target.
 
-A refiner without trainable parameters but with a ``fit_level`` method (the built-in
-``bp-prior``) is "trained" by a closed-form least-squares fit of its ``gain`` and
-``offset`` over the training split (streamed, so any size); any other refiner without
-trainable parameters is rejected with a ``ValueError``.
+A refiner without trainable parameters is "trained" in one pass over the training split
+(streamed, so any size) when it has a ``fit_closed_form(batches) -> dict`` method (the
+built-in ``atlas``: it gets every training :class:`Batch` and returns entries for the
+training record) or a ``fit_level`` method (the built-in ``bp-prior``: a closed-form
+least-squares fit of its ``gain`` and ``offset``); any other refiner without trainable
+parameters is rejected with a ``ValueError``.
 
 Usage::
 
@@ -555,11 +557,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, should_stop=None) -> dict[s
 
         model = build_model(cfg, train_ds.volume_shape).to(device)
         if not any(p.requires_grad for p in model.parameters()):
-            if callable(getattr(model, "fit_level", None)):
+            if _closed_form_fit(model) is not None:
                 return _fit_closed_form(cfg, model, train_ds, val_ds, data_hash, dist, device)
             raise ValueError(
-                f"refiner {cfg.refiner!r} has no trainable parameters and no fit_level() method: there is "
-                "nothing to train; use it directly (`tomoprior reconstruct --refiner ...`)")
+                f"refiner {cfg.refiner!r} has no trainable parameters and no fit_closed_form() or fit_level() "
+                "method: there is nothing to train; use it directly (`tomoprior reconstruct --refiner ...`)")
         if len(val_ds) == 0:
             # best.pt is chosen on the validation metric; without validation it would be
             # missing or arbitrary, and the run's quality unknown
@@ -1071,25 +1073,42 @@ def _bar(enabled: bool, total: int, initial: int, desc: str):
 
 # -- refiners without trainable parameters -----------------------------------------------------
 
+def _closed_form_fit(model) -> str | None:
+    """Which one-pass fit a refiner without trainable parameters offers: ``"fit_closed_form"``
+    (takes training batches, returns record entries), ``"fit_level"`` (bp-prior's gain and
+    offset) or None."""
+    for name in ("fit_closed_form", "fit_level"):
+        if callable(getattr(model, name, None)):
+            return name
+    return None
+
+
 @torch.no_grad()
 def _fit_closed_form(cfg, model, train_ds, val_ds, data_hash, dist, device) -> dict:
-    """``bp-prior``: least-squares ``gain``, ``offset`` of ``target ~ gain * base + offset`` over
-    every voxel of the training split (:meth:`BPPrior.fit_level`, batch by batch)."""
+    """One pass over the training split, in file order: ``model.fit_closed_form(batches)``
+    (the ``atlas``: it gets every :class:`Batch` and returns entries for the record), or for
+    ``bp-prior`` the least-squares ``gain``, ``offset`` of ``target ~ gain * base + offset``
+    over every voxel (:meth:`BPPrior.fit_level`, batch by batch)."""
     c = model.config
-    if not callable(getattr(model, "fit_level", None)):
-        raise ValueError(f"refiner {cfg.refiner!r} has no trainable parameters and no fit_level() to fit its level")
+    how = _closed_form_fit(model)
+    if how is None:
+        raise ValueError(f"refiner {cfg.refiner!r} has no trainable parameters and no fit_closed_form() or "
+                         "fit_level() to fit it")
     loader = _loader(train_ds, EpochSampler(len(train_ds), cfg.seed, 0, shuffle=False), cfg.batch_size,
                      cfg.workers, cfg.seed, 0)
     t0 = time.perf_counter()
 
-    def samples():
+    def batches():
         for raw in _clean_loader_errors(loader):
-            b = make_batch(raw, device)
-            yield b.xrays, b.geometry, b.target
+            yield make_batch(raw, device)
 
-    model.fit_level(samples())
+    if how == "fit_closed_form":
+        fitted = dict(model.fit_closed_form(batches()))
+    else:
+        model.fit_level((b.xrays, b.geometry, b.target) for b in batches())
+        fitted = {"gain": c.gain, "offset": c.offset}
     elapsed = time.perf_counter() - t0
-    record = {"epoch": 1, "step": 0, "fit": "closed_form", "gain": c.gain, "offset": c.offset,
+    record = {"epoch": 1, "step": 0, "fit": "closed_form", **fitted,
               "samples_per_s": len(train_ds) / elapsed if elapsed > 0 else None}
     if len(val_ds):
         record.update({f"val_{k}": v for k, v in evaluate(model, val_ds, float(cfg.data_range),

@@ -119,10 +119,15 @@ def test_fitted_atlases_round_trip_through_checkpoints_and_pass_the_contract(cas
         assert check_refiner(back, raise_on_failure=False).passed
 
 
-def test_the_empty_atlas_passes_the_contract_and_returns_air(cases):
-    assert check_refiner("atlas").passed
-    assert check_refiner("atlas", overrides={"mode": "nearest", "k": 3}).passed
-    out = refiners.load("atlas").reconstruct(cases["xrays"][0], cases["geom"])
+def test_the_empty_atlas_passes_the_contract_and_returns_air_with_a_warning(cases):
+    with pytest.warns(UserWarning, match="the atlas is empty"):
+        assert check_refiner("atlas").passed
+        assert check_refiner("atlas", overrides={"mode": "nearest", "k": 3}).passed
+    atlas = refiners.load("atlas")
+    with pytest.warns(UserWarning, match="the atlas is empty") as caught:
+        out = atlas.reconstruct(cases["xrays"][0], cases["geom"])
+        atlas.reconstruct(cases["xrays"][0], cases["geom"])
+    assert len(caught) == 1  # once per atlas, not per call
     assert out.shape == (1, 16, 16, 16) and not out.any()
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -137,6 +138,7 @@ class Atlas(Refiner):
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
+        self._warned_empty = False
         self._allocate()
 
     def _allocate(self) -> None:
@@ -155,6 +157,11 @@ class Atlas(Refiner):
         grid = self._check_grid(geometry, b)
         c = self.config
         if c.num_cases == 0:  # the empty atlas: the mean of no volume is taken as air
+            if not self._warned_empty:
+                self._warned_empty = True
+                warnings.warn("the atlas is empty (not fitted): its output is the zero volume (air). Fit it with "
+                              "`tomoprior train --refiner atlas` and load the run's best.pt, or with "
+                              "Atlas.fit_closed_form", UserWarning, stacklevel=2)
             out = torch.zeros(b, *grid.shape, dtype=xrays.dtype, device=xrays.device)
         elif c.mode == "mean":
             out = self.mean_volume.to(device=xrays.device, dtype=xrays.dtype).expand(b, *grid.shape).clone()

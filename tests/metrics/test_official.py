@@ -155,3 +155,42 @@ def test_bad_inputs_raise_clear_errors():
         off.official_scores(t, t + 2.0)
     with pytest.raises(ValueError, match="NaN"):
         off.official_scores(t, t * np.nan)
+
+
+def _head(n: int = 16) -> np.ndarray:
+    """A water ball with a bone shell (1/mm at 60 keV): bone only in the middle slices."""
+    z, y, x = np.mgrid[:n, :n, :n] - (n - 1) / 2
+    d = np.sqrt(z * z + y * y + x * x)
+    mu = np.where(d < 5.5, 0.0206, 0.0)
+    return np.where(np.abs(d - 4.5) < 1.0, 0.047, mu)
+
+
+def test_evaluation_reports_the_official_metrics_next_to_ours():
+    from tomoprior.studies.evaluation import TABLE_METRICS, EvaluationResult, sample_metrics, to_bone_window
+
+    head = _head()
+    water = np.where(head > 0, 0.0206, 0.0)  # the head without its bone: an empty bone window
+    m = sample_metrics(water, head, (1.0, 1.0, 1.0), surface_method="voxel")
+    o = off.official_scores(np.zeros(head.shape, np.float32), (to_bone_window(head) / 2500).astype(np.float32))
+    assert m["official_psnr_slice"] == pytest.approx(o["psnr_avg"], abs=1e-12)
+    assert m["official_psnr_3d"] == pytest.approx(o["psnr_3d"], abs=1e-12)
+    assert m["official_ssim"] == pytest.approx(o["ssim_avg"], abs=1e-12)
+    assert m["official_psnr_slice"] > m["psnr_psctnet"] + 10  # the empty slices' 100 dB
+    assert {"official_psnr_slice", "official_ssim"} <= set(TABLE_METRICS)
+    rec = {k: v for k, v in m.items() if k != "notes"}
+    res = EvaluationResult("water", {"name": "x"}, "d.h5", "test", {}, [{**rec, "variant": "normal", "normal": True}])
+    assert "official slice PSNR" in res.to_markdown()
+    assert res.metric("official_psnr_slice") == pytest.approx(m["official_psnr_slice"])
+    # a result saved before the official metrics existed still loads; they count as undefined
+    old = [{k: v for k, v in rec.items() if not k.startswith("official")} | {"variant": "normal", "normal": True}]
+    old_res = EvaluationResult("old", {"name": "x"}, "d.h5", "test", {}, old)
+    agg = old_res.aggregates["all"]
+    assert agg["official_ssim"]["n"] == 0 and agg["official_ssim"]["n_undefined"] == 1
+    assert agg["psnr_x2ctgan"]["n"] == 1
+    from tomoprior.studies.miscalibration import MiscalibrationResult
+
+    old[0]["index"] = 0
+    study = MiscalibrationResult({"nominal-correct": old_res, "miscalibrated": old_res}, {}, "none")
+    diff = study.differences()["miscalibrated"]
+    assert diff["psnr_x2ctgan"]["mean"] == 0.0 and diff["official_psnr_slice"]["n_undefined"] == 1
+    assert "official slice PSNR" in study.differences_markdown()

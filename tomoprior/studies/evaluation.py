@@ -16,6 +16,12 @@ energy, 60 keV for the procedural skulls, read from each sample's provenance):
   PSNR with MAX 1 on the [0, 1] bone target ``b / 2500``; PSNR is slice-averaged over axial
   slices (slices empty in both volumes are left out), SSIM is 3D with data range 2500. The
   paper does not state its window's upper end in what we read: this is our choice, labelled.
+- **official** (``official_*`` keys): the same bone window divided by 2500 (float32, as the
+  network output), scored exactly as the public PSCT-Net test script does
+  (:func:`tomoprior.metrics.official_scores`): integer truncation of ``x 2500``, slice PSNR over
+  the three axes with 100 dB for identical slices, PSNR3D (100 dB when identical), 2D SSIM with a
+  7 x 7 uniform window. Comparable with the paper's numbers in definition, not in data; the
+  empty-slice rule lets an all-zero prediction score high (``docs/metrics.md``).
 - MAE in HU (unclipped) and in 1/mm; bone Dice and surface distances (ASSD, HD95, mm, marching
   cubes at the threshold) of ``mu > bone_threshold_mu`` (0.035 /mm, about 700 HU at 60 keV);
   projection consistency = the prediction re-projected through the geometry the test X-rays
@@ -45,7 +51,16 @@ from .._threads import torch_threads
 from ..data import DEFAULT_ENERGY_KEV, DatasetFile, GeometryPerturbation, TomopriorDataset, mu_to_hu, synthesize
 from ..data.h5 import SPLITS
 from ..geometry import Geometry, ParametricGeometry
-from ..metrics import DEFAULT_BONE_THRESHOLD_MU, dice, mae, projection_consistency, psnr, ssim, surface_distances
+from ..metrics import (
+    DEFAULT_BONE_THRESHOLD_MU,
+    dice,
+    mae,
+    official_scores,
+    projection_consistency,
+    psnr,
+    ssim,
+    surface_distances,
+)
 from ..refiners.base import Refiner, check_finite_weights, resolve_device
 from ..refiners.prior import build_prior
 
@@ -74,6 +89,10 @@ METRICS: dict[str, dict] = {
     "psnr_psctnet": {"label": "PSNR PSCT-Net (MAX 2500, bone, slice-avg)", "unit": "dB", "higher": True},
     "ssim_x2ctgan": {"label": "SSIM 3D (HU+1024, range 4095)", "unit": "", "higher": True},
     "ssim_psctnet": {"label": "SSIM 3D (bone window, range 2500)", "unit": "", "higher": True},
+    "official_psnr_slice": {"label": "official slice PSNR (PSCT-Net code, 3 axes, empty = 100 dB)", "unit": "dB",
+                            "higher": True},
+    "official_psnr_3d": {"label": "official PSNR3D (PSCT-Net code)", "unit": "dB", "higher": True},
+    "official_ssim": {"label": "official SSIM (PSCT-Net code, 2D 7x7)", "unit": "", "higher": True},
     "mae_hu": {"label": "MAE", "unit": "HU", "higher": False},
     "mae_mu": {"label": "MAE", "unit": "1/mm", "higher": False},
     "dice_bone": {"label": "bone Dice", "unit": "", "higher": True},
@@ -83,8 +102,8 @@ METRICS: dict[str, dict] = {
     "proj_mae": {"label": "projection MAE", "unit": "att. x mm", "higher": False},
 }
 #: Columns of the short tables (:meth:`EvaluationResult.to_markdown`).
-TABLE_METRICS = ("psnr_x2ctgan", "psnr_psctnet", "ssim_x2ctgan", "ssim_psctnet", "mae_hu", "dice_bone", "assd_mm",
-                 "hd95_mm", "proj_rel_l2")
+TABLE_METRICS = ("psnr_x2ctgan", "psnr_psctnet", "official_psnr_slice", "ssim_x2ctgan", "ssim_psctnet", "official_ssim",
+                 "mae_hu", "dice_bone", "assd_mm", "hd95_mm", "proj_rel_l2")
 
 
 _X2CT_OFFSET, _X2CT_MAX = 1024.0, 4095.0
@@ -151,8 +170,9 @@ def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometr
 
     Returns
     -------
-    dict of floats; PSNR is ``inf`` for identical volumes; ASSD/HD95 are NaN when either volume
-    has no bone (undefined), and the reason is in ``"notes"``.
+    dict of floats; PSNR is ``inf`` for identical volumes (the ``official_*`` PSNRs 100 dB, their
+    convention); ASSD/HD95 are NaN when either volume has no bone (undefined), and the reason is
+    in ``"notes"``.
 
     Raises
     ------
@@ -178,6 +198,10 @@ def sample_metrics(prediction, target, spacing, *, xrays=None, geometry: Geometr
         "mae_hu": mae(mu_to_hu(p, energy_kev), mu_to_hu(t, energy_kev)),
         "mae_mu": mae(p, t),
     }
+    official = official_scores((pb / _BONE_WINDOW).astype(np.float32), (tb / _BONE_WINDOW).astype(np.float32))
+    out["official_psnr_slice"] = official["psnr_avg"]
+    out["official_psnr_3d"] = official["psnr_3d"]
+    out["official_ssim"] = official["ssim_avg"]
     if pred_bone_threshold_mu is None:
         out["dice_bone"] = dice(p, t, threshold=bone_threshold_mu)
         p_bone, note_level = p, ""
@@ -319,7 +343,7 @@ def _fmt(agg: dict, key: str) -> str:
     m, s, n = agg["mean"], agg["std"], agg["n"]
     if n == 0:
         return "n/a"
-    digits = 3 if key.startswith(("ssim", "dice", "proj")) else (4 if key == "mae_mu" else 2)
+    digits = 3 if key.startswith(("ssim", "official_ssim", "dice", "proj")) else (4 if key == "mae_mu" else 2)
     if math.isinf(m):
         return "inf"
     text = f"{m:.{digits}f}"
@@ -333,7 +357,7 @@ def _fmt(agg: dict, key: str) -> str:
 def _fmt_signed(agg: dict, key: str) -> str:
     if agg["n"] == 0:
         return "n/a"
-    digits = 3 if key.startswith(("ssim", "dice", "proj")) else (4 if key == "mae_mu" else 2)
+    digits = 3 if key.startswith(("ssim", "official_ssim", "dice", "proj")) else (4 if key == "mae_mu" else 2)
     text = f"{agg['mean']:+.{digits}f}"
     if agg["n"] > 1 and math.isfinite(agg["std"]):
         text += f" ± {agg['std']:.{digits}f}"
@@ -381,7 +405,8 @@ class EvaluationResult:
     def compute_aggregates(per_sample: list[dict]) -> dict:
         out = {}
         for g, samples in _groups(per_sample).items():
-            out[g] = {k: _aggregate([s[k] for s in samples]) for k in (*METRICS, "geometry_error_px")}
+            # a metric missing from a sample (a file written before it existed) counts as undefined
+            out[g] = {k: _aggregate([s.get(k, math.nan) for s in samples]) for k in (*METRICS, "geometry_error_px")}
             out[g]["n_samples"] = len(samples)
         return out
 

@@ -91,9 +91,9 @@ class MiscalibrationResult:
             if group != "all":
                 samples = [s for s in samples if s in _groups(r.per_sample).get(group, [])]
             out[name] = {}
-            for k in metrics:
-                d = [s[k] - ref[s["index"]][k] for s in samples
-                     if math.isfinite(s[k]) and math.isfinite(ref[s["index"]][k])]
+            for k in metrics:  # a metric missing from a sample (an older file) counts as undefined
+                pairs = [(s.get(k, math.nan), ref[s["index"]].get(k, math.nan)) for s in samples]
+                d = [a - b for a, b in pairs if math.isfinite(a) and math.isfinite(b)]
                 agg = _aggregate(d)
                 agg["n_undefined"] = len(samples) - len(d)
                 out[name][k] = agg

@@ -1,9 +1,10 @@
 """Reconstruction metrics computed the way the public PSCT-Net evaluation computes them.
 
-Numbers in the PSCT-Net paper (Kim et al., multi-view X-ray to CT with geometry-aware
-back-projection; public code ``DYDevelop/PSCT-Net``, whose metrics descend from X2CT-GAN's) are
-not comparable with :func:`tomoprior.metrics.psnr` / :func:`tomoprior.metrics.ssim`: the
-conventions differ in ways that move PSNR by several dB. The functions here reproduce that
+Numbers in the PSCT-Net paper (Kim et al., "PSCT-Net: Geometry-Aware Pediatric Skull CT
+Reconstruction via Differentiable Back-Projection and Attention-Guided Refinement"; public code
+``DYDevelop/PSCT-Net``, whose metrics descend from X2CT-GAN's) are not comparable with
+:func:`tomoprior.metrics.psnr` / :func:`tomoprior.metrics.ssim`: the conventions differ in ways
+that move slice PSNR by tens of dB on sparse volumes. The functions here reproduce that
 evaluation (our own implementation, checked numerically against theirs) so that a tomoprior
 reconstruction can be put next to a published number. Each takes one volume pair
 ``(nz, ny, nx)`` (torch tensor or numpy array) and returns floats; a dataset figure is the

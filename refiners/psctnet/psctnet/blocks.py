@@ -49,16 +49,24 @@ class ConvNormAct(nn.Sequential):
 class DenseBlock(nn.Module):
     """Dense block: each of ``layers`` layers (norm -> ReLU -> 3-conv) adds ``growth``
     channels computed from all previous ones; a 1-conv transition maps the concatenation
-    to ``cout``. Shape ``(B, cin, *S) -> (B, cout, *S)``."""
+    to ``cout``. With ``bottleneck = k > 0`` each layer is DenseNet-BC's
+    ``norm -> ReLU -> 1-conv (k * growth) -> norm -> ReLU -> 3-conv``.
+    Shape ``(B, cin, *S) -> (B, cout, *S)``."""
 
-    def __init__(self, dims: int, cin: int, cout: int, layers: int, growth: int, norm: str):
+    def __init__(self, dims: int, cin: int, cout: int, layers: int, growth: int, norm: str, bottleneck: int = 0):
         super().__init__()
         self.layers = nn.ModuleList()
         c = cin
         for _ in range(layers):
-            self.layers.append(
-                nn.Sequential(norm_layer(norm, c, dims), nn.ReLU(inplace=False), conv_layer(dims, c, growth, 3))
-            )
+            if bottleneck:
+                inner = bottleneck * growth
+                layer = nn.Sequential(
+                    norm_layer(norm, c, dims), nn.ReLU(inplace=False), conv_layer(dims, c, inner, 1),
+                    norm_layer(norm, inner, dims), nn.ReLU(inplace=True), conv_layer(dims, inner, growth, 3),
+                )
+            else:
+                layer = nn.Sequential(norm_layer(norm, c, dims), nn.ReLU(inplace=False), conv_layer(dims, c, growth, 3))
+            self.layers.append(layer)
             c += growth
         self.transition = ConvNormAct(dims, c, cout, kernel=1, norm=norm)
 
@@ -73,10 +81,10 @@ class DownStage(nn.Module):
     """One encoder stage: stride-2 3-conv (halves every spatial side) then a dense block.
     Shape ``(B, cin, *S) -> (B, cout, *S/2)``."""
 
-    def __init__(self, dims: int, cin: int, cout: int, layers: int, growth: int, norm: str):
+    def __init__(self, dims: int, cin: int, cout: int, layers: int, growth: int, norm: str, bottleneck: int = 0):
         super().__init__()
         self.down = ConvNormAct(dims, cin, cout, kernel=3, stride=2, norm=norm)
-        self.dense = DenseBlock(dims, cout, cout, layers, growth, norm)
+        self.dense = DenseBlock(dims, cout, cout, layers, growth, norm, bottleneck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(self.down(x))
@@ -110,15 +118,20 @@ class Encoder2D(nn.Module):
 
     ``forward(x (B, 1, H, W)) -> [f_0 (B, stem, H, W), f_1 (B, w_0, H/2, W/2), ...,
     f_S (B, w_{S-1}, H/2^S, W/2^S)]`` (``f_s`` pairs with 3D stage ``s``; ``f_S`` is the
-    bottleneck).
+    bottleneck). ``layers``: dense layers per stage, one int for all or one per stage;
+    ``bottleneck``: see :class:`DenseBlock`.
     """
 
-    def __init__(self, stem: int, widths: tuple[int, ...], layers: int, growth: int, norm: str):
+    def __init__(
+        self, stem: int, widths: tuple[int, ...], layers: int | tuple[int, ...], growth: int, norm: str,
+        bottleneck: int = 0,
+    ):
         super().__init__()
         self.stem = ConvNormAct(2, 1, stem, kernel=7, norm=norm)
         chans = (stem, *widths)
+        per_stage = (layers,) * len(widths) if isinstance(layers, int) else tuple(layers)
         self.stages = nn.ModuleList(
-            DownStage(2, chans[i], chans[i + 1], layers, growth, norm) for i in range(len(widths))
+            DownStage(2, chans[i], chans[i + 1], per_stage[i], growth, norm, bottleneck) for i in range(len(widths))
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -126,3 +139,21 @@ class Encoder2D(nn.Module):
         for stage in self.stages:
             feats.append(stage(feats[-1]))
         return feats
+
+
+def init_normal_(module: nn.Module, std: float = 0.02) -> None:
+    """pix2pix-style initialisation, as the official PSCT-Net code initialises its generator
+    and discriminator: every convolution (1D/2D/3D, transposed too) and linear weight drawn
+    from N(0, ``std``), their biases 0; BatchNorm2d weights N(1, ``std``), biases 0. Modules
+    inside ``module`` (Mamba's projections and 1D convolution, the attention's output
+    projection) are included; other parameters (Mamba's ``A_log`` and ``D``, attention
+    in-projections, LayerNorms, 3D batch norms) keep their initialisation."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                nn.init.normal_(m.weight, 0.0, std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, std)
+                nn.init.zeros_(m.bias)

@@ -1,8 +1,9 @@
 """One dataclass for every PSCT-Net hyper-parameter, and the size presets.
 
 ``tiny`` trains on a CPU at 64^3 in minutes; ``paper`` follows the widths of PSCT-Net
-(arXiv 2606.19867) at 128^3. Every module reads its widths and flags from here, so an
-ablation is a config change (``PSCTNetConfig.preset("tiny", use_bim=False)``).
+(arXiv 2606.19867) at 128^3; ``official`` follows the authors' public code wherever it
+differs from our paper-derived defaults (the table in docs/refiners.md). Every module reads
+its widths and flags from here, so an ablation is a config change (``PSCTNetConfig.preset("tiny", use_bim=False)``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,21 @@ _NORMS = ("batch", "instance", "group")
 _OUTPUT_ACTIVATIONS = ("clamp", "softplus", "relu", "sigmoid", "none")
 _PROJ_MODES = ("drr", "axis_mean")
 _MAMBA_BACKENDS = ("auto", "mambapy", "mamba_ssm")
+_BPC_WIDTH_RULES = ("features", "half_stage")
+_BIM_ACTIVATIONS = ("gelu", "silu")
+_WEIGHT_INITS = ("default", "normal")
+_DISC_CONDITIONS = ("prior", "xrays")
 #: fields of the output scaling (a complete config dict without them predates it: such a network
 #: predicted attenuation in 1/mm directly)
 _SCALE_FIELDS = frozenset({"target_scale", "init_output_mean"})
 #: fields added after the output scaling (absent from older checkpoints; their defaults are the old behaviour)
-_LATER_FIELDS = frozenset({"w_bone", "bone_threshold"})
+_LATER_FIELDS = frozenset({
+    "w_bone", "bone_threshold",
+    # the switches of the ``official`` preset (their defaults are the earlier architecture)
+    "stage_dense_layers", "dense_bottleneck", "bpc_width_rule", "agp_attn_dropout", "agp_residual_norm",
+    "bim_dropout", "bim_ffn_activation", "bottleneck_view_fusion", "view_skips", "decoder_skips", "head_kernel",
+    "weight_init", "disc_condition",
+})
 
 
 @dataclass
@@ -51,6 +62,13 @@ class PSCTNetConfig:
         Must have as many stages as the 3D encoder (BP-C pairs stage ``s`` of both).
     dense_layers, growth
         Layers per dense block and channels each adds.
+    stage_dense_layers : tuple of int or None
+        Layers of the dense block of each stage (one entry per stage, used by the 2D and the
+        3D encoders alike) instead of ``dense_layers`` everywhere. The official code uses
+        DenseNet-121's (6, 12, 24, 16, 6) with growth 32.
+    dense_bottleneck : int
+        0 (default): a dense layer is ``norm -> ReLU -> 3-conv``. ``k > 0``: DenseNet-BC
+        layers ``norm -> ReLU -> 1-conv to k * growth -> norm -> ReLU -> 3-conv`` (official: 4).
     dec_widths : tuple or None
         Main decoder widths per up-sampling level (bottleneck side first). Default: the
         encoder widths mirrored, ending at ``stem3d_width``.
@@ -68,23 +86,55 @@ class PSCTNetConfig:
         3D stages preceded by a BP-C connection (default: the first four, as the paper's
         "before stages 1-4"; all stages when there are four or fewer).
     bpc_width : int or None
-        Channels BP-C adds before a stage (default: that stage's 2D feature width).
+        Channels BP-C adds before a stage (default: set by ``bpc_width_rule``).
+    bpc_width_rule : {"features", "half_stage"}
+        Width of BP-C when ``bpc_width`` is None: ``"features"`` that stage's 2D feature
+        width; ``"half_stage"`` half the output width of the 3D stage it feeds (the official
+        code's ``bp_avg_linker``).
     use_agp, agp_dim, agp_heads, agp_dropout, agp_pos_encoding, agp_pos_frequencies
         AGP-3D: per view, learned voxel queries (one per bottleneck voxel) cross-attend to
         the 2D bottleneck tokens (Linear -> dropout -> ReLU to ``agp_dim``); optional
         positional encodings from where each token and each query voxel fall on the
         detector. Without AGP, each view's bottleneck is lifted X2CT-GAN-style (1x1
         convolution, broadcast along the view's depth axis).
+    agp_attn_dropout : float or None
+        Dropout on the attention weights of AGP-3D (None: ``agp_dropout``; official 0).
+    agp_residual_norm : bool
+        Add the queries back to the attention output and LayerNorm the sum (default); the
+        official ``Project2Dto3D`` returns the bare attention output.
     use_bim, bim_d_state, bim_d_conv, bim_expand, bim_ffn_ratio, bim_interslice, mamba_backend
         BiM-3D on the main bottleneck: ``x + BiSSM(LN(x))`` then ``x + FFN(LN(x))``; the
         BiSSM is one shared Mamba run forward and on the flipped sequence.
         ``bim_interslice`` adds a third (SegMamba-style) scan with the slice axis fastest.
         ``mamba_backend``: ``"auto"`` uses ``mamba_ssm`` when importable and CUDA is
         available at construction, else ``mambapy`` (same parameter names and shapes).
+    bim_dropout, bim_ffn_activation
+        Dropout after each linear layer of the BiM-3D FFN (default 0: none; official 0.5)
+        and its activation (``"gelu"``, default, or the official ``"silu"``).
     use_mv3dc : bool
         MV3D-C: per-view 3D decoders whose features are permuted into CT axis order,
         averaged, written back and concatenated to the main decoder at every level. Off:
         the lifted view features join the main branch at the bottleneck only.
+    bottleneck_view_fusion : bool
+        True (default): the view features, averaged in CT order, are concatenated to the
+        main bottleneck (1x1x1 fusion convolution). False (official): the main decoder starts
+        from the main encoder's bottleneck alone and the views reach it through MV3D-C only;
+        the bottleneck average is written back into every view branch instead. Needs the
+        main encoder and MV3D-C.
+    view_skips : bool
+        X2CT-GAN-style skip links into every per-view 3D decoder level (official): the view's
+        2D encoder features of the same scale, ``1^2 conv -> norm -> ReLU``, repeated along
+        the view's depth axis, ``3^3 conv -> norm -> ReLU``, concatenated. Default off.
+    decoder_skips : bool
+        U-Net skips from the main 3D encoder into the main decoder (default). The official
+        main decoder has none: it sees only the MV3D-C view averages.
+    head_kernel : int
+        Kernel side of the output convolution (odd; default 1, official 7).
+    weight_init : {"default", "normal"}
+        ``"default"``: PyTorch's initialisation. ``"normal"`` (official, pix2pix style): every
+        convolution and linear weight N(0, 0.02) and bias 0 (also inside Mamba and in the
+        discriminator), BatchNorm2d weights N(1, 0.02), AGP queries N(0, 1). The output head
+        keeps its own initialisation either way (``init_output_mean``).
     output_activation : {"clamp", "softplus", "relu", "sigmoid", "none"}
         Applied to the head in network units (before ``target_scale``). Default
         ``"clamp"``: linear while training (every voxel passes its L1 and projection
@@ -114,6 +164,12 @@ class PSCTNetConfig:
         backward passes on CPU at 64^3; results are the same up to float rounding).
     disc_width, disc_layers : int
         Conditional 3D PatchGAN discriminator width and number of stride-2 layers.
+    disc_condition : {"prior", "xrays"}
+        What the discriminator is conditioned on besides the volume: ``"prior"`` (default)
+        the normalised geometry prior, 1 channel; ``"xrays"`` (official) every normalised
+        X-ray spread along its rays over the grid (the per-view normalised back-projection,
+        which for the official parallel, co-extensive set-up is the image repeated along
+        the view's depth axis), one channel per view.
     w_adv, w_rec, w_proj : float
         Generator loss weights (LSGAN adversarial, L1 reconstruction, projection).
     w_bone, bone_threshold
@@ -139,6 +195,8 @@ class PSCTNetConfig:
     enc2d_widths: tuple[int, ...] = (8, 16, 32, 64)
     dense_layers: int = 2
     growth: int = 8
+    stage_dense_layers: tuple[int, ...] | None = None
+    dense_bottleneck: int = 0
     dec_widths: tuple[int, ...] | None = None
     view_widths: tuple[int, ...] | None = None
     view_width_divisor: int = 1
@@ -148,6 +206,7 @@ class PSCTNetConfig:
     use_bpc: bool = True
     bpc_stages: tuple[int, ...] | None = None
     bpc_width: int | None = None
+    bpc_width_rule: str = "features"
     # AGP-3D
     use_agp: bool = True
     agp_dim: int = 64
@@ -155,6 +214,8 @@ class PSCTNetConfig:
     agp_dropout: float = 0.1
     agp_pos_encoding: bool = True
     agp_pos_frequencies: int = 4
+    agp_attn_dropout: float | None = None
+    agp_residual_norm: bool = True
     # BiM-3D
     use_bim: bool = True
     bim_d_state: int = 16
@@ -163,8 +224,15 @@ class PSCTNetConfig:
     bim_ffn_ratio: int = 2
     bim_interslice: bool = False
     mamba_backend: str = "auto"
-    # MV3D-C
+    bim_dropout: float = 0.0
+    bim_ffn_activation: str = "gelu"
+    # MV3D-C and decoders
     use_mv3dc: bool = True
+    bottleneck_view_fusion: bool = True
+    view_skips: bool = False
+    decoder_skips: bool = True
+    head_kernel: int = 1
+    weight_init: str = "default"
     # output and input scaling
     output_activation: str = "clamp"
     target_scale: float = 0.05
@@ -174,6 +242,7 @@ class PSCTNetConfig:
     # discriminator
     disc_width: int = 16
     disc_layers: int = 3
+    disc_condition: str = "prior"
     # losses
     w_adv: float = 0.1
     w_rec: float = 10.0
@@ -197,6 +266,7 @@ class PSCTNetConfig:
             "dec_widths",
             "view_widths",
             "bpc_stages",
+            "stage_dense_layers",
             "betas",
         ):
             value = getattr(self, name)
@@ -251,6 +321,7 @@ class PSCTNetConfig:
         int_tuple("enc2d_widths", stages)
         int_tuple("dec_widths", stages, allow_none=True)
         int_tuple("view_widths", stages, allow_none=True)
+        int_tuple("stage_dense_layers", stages, allow_none=True)
         factor = 2**stages
         if any(n % factor for n in self.volume_shape):
             raise ValueError(
@@ -271,17 +342,40 @@ class PSCTNetConfig:
                 )
         if self.bpc_width is not None:
             pos_int("bpc_width")
+        if isinstance(self.dense_bottleneck, bool) or self.dense_bottleneck < 0:
+            raise ValueError(f"PSCTNetConfig.dense_bottleneck must be 0 (off) or a positive integer, "
+                             f"got {self.dense_bottleneck!r}")
+        if isinstance(self.head_kernel, bool) or self.head_kernel < 1 or self.head_kernel % 2 == 0:
+            raise ValueError(f"PSCTNetConfig.head_kernel must be an odd positive integer (1, 3, 5, 7, ...), "
+                             f"got {self.head_kernel!r}")
+        if self.use_bpc and self.bpc_width is None and self.bpc_width_rule == "half_stage":
+            narrow = [s for s in self.resolved_bpc_stages if self.enc3d_widths[s] < 2]
+            if narrow:
+                raise ValueError(f"PSCTNetConfig.bpc_width_rule 'half_stage' needs enc3d_widths >= 2 at the BP-C "
+                                 f"stages, got {self.enc3d_widths!r}")
+        if not self.bottleneck_view_fusion and not (self.has_main_encoder and self.use_mv3dc):
+            raise ValueError(
+                "PSCTNetConfig.bottleneck_view_fusion=False leaves the views only the MV3D-C path into the main "
+                "decoder, which needs use_mv3dc=True and a main 3D encoder (use_bp_prior or use_bpc); "
+                f"got use_mv3dc={self.use_mv3dc}, use_bp_prior={self.use_bp_prior}, use_bpc={self.use_bpc}"
+            )
         if self.agp_dim % self.agp_heads:
             raise ValueError(
                 f"PSCTNetConfig.agp_dim ({self.agp_dim}) must be divisible by agp_heads ({self.agp_heads})"
             )
-        if not 0.0 <= self.agp_dropout < 1.0:
-            raise ValueError(f"PSCTNetConfig.agp_dropout must be in [0, 1), got {self.agp_dropout!r}")
+        for name in ("agp_dropout", "agp_attn_dropout", "bim_dropout"):
+            v = getattr(self, name)
+            if v is not None and not 0.0 <= v < 1.0:
+                raise ValueError(f"PSCTNetConfig.{name} must be in [0, 1), got {v!r}")
         for name, allowed in (
             ("norm", _NORMS),
             ("output_activation", _OUTPUT_ACTIVATIONS),
             ("proj_mode", _PROJ_MODES),
             ("mamba_backend", _MAMBA_BACKENDS),
+            ("bpc_width_rule", _BPC_WIDTH_RULES),
+            ("bim_ffn_activation", _BIM_ACTIVATIONS),
+            ("weight_init", _WEIGHT_INITS),
+            ("disc_condition", _DISC_CONDITIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"PSCTNetConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -334,6 +428,23 @@ class PSCTNetConfig:
             return tuple(sorted(set(self.bpc_stages)))
         return tuple(range(min(self.num_stages, 4)))
 
+    def resolved_bpc_width(self, stage: int, feature_width: int) -> int:
+        """Channels BP-C adds before 3D stage ``stage`` whose 2D features have ``feature_width``."""
+        if self.bpc_width is not None:
+            return self.bpc_width
+        if self.bpc_width_rule == "half_stage":
+            return self.enc3d_widths[stage] // 2
+        return feature_width
+
+    def stage_layers(self, stage: int) -> int:
+        """Dense layers of encoder stage ``stage`` (2D and 3D)."""
+        return self.dense_layers if self.stage_dense_layers is None else self.stage_dense_layers[stage]
+
+    @property
+    def disc_condition_channels(self) -> int:
+        """Channels of the discriminator's condition (besides the volume's one)."""
+        return 1 if self.disc_condition == "prior" else self.num_views
+
     @property
     def has_main_encoder(self) -> bool:
         """The main 3D encoder exists when it has something geometric to encode."""
@@ -342,7 +453,7 @@ class PSCTNetConfig:
     # -- presets and serialisation ------------------------------------------------------
     @classmethod
     def preset(cls, name: str, **overrides) -> PSCTNetConfig:
-        """A named size preset (``"tiny"`` or ``"paper"``) with optional field overrides."""
+        """A named preset (``"tiny"``, ``"paper"`` or ``"official"``) with optional field overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown PSCT-Net preset {name!r}; choose one of {sorted(PRESETS)}")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -378,10 +489,13 @@ class PSCTNetConfig:
         return cls(**d)
 
 
-#: Size presets. ``tiny``: base width 8, 4 stages, 64^3 volume, 64^2 X-rays (CPU, minutes).
+#: Presets. ``tiny``: base width 8, 4 stages, 64^3 volume, 64^2 X-rays (CPU, minutes).
 #: ``paper``: 128^3, 7^3 stem then 5 stride-2 dense stages 16 -> 256 channels (128^3 -> 4^3),
 #: 2D encoders of the same depth (128^2 -> 4^2 = 16 tokens), AGP 256-d / 8 heads / 64 queries,
 #: BiM d_state 16, d_conv 4, expand 2, batch norm, BP-C before stages 1-4.
+#: ``official``: the authors' public code where it differs from the paper-derived defaults
+#: (no encoder skips in the main decoder, a 7^3 head, X2CT-GAN view decoders with skip links,
+#: BP-C before 3D stages 1-4 from 2D stages 0-3, the X-rays as discriminator condition, ...).
 PRESETS: dict[str, dict] = {
     "tiny": dict(
         volume_shape=(64, 64, 64),
@@ -417,5 +531,52 @@ PRESETS: dict[str, dict] = {
         bim_expand=2,
         disc_width=64,
         disc_layers=3,
+    ),
+    "official": dict(
+        # the architecture and training of the authors' public code (GitHub DYDevelop/PSCT-Net:
+        # lib/model/nets/generator/X2CT_BP.py, class X2CT_BP with the two UNetLike_DownStep5 view
+        # models; experiment/multiview2500/d2_multiview2500_BP.yml), wherever it differs from the
+        # paper-derived defaults; docs/refiners.md lists every item with its source
+        volume_shape=(128, 128, 128),
+        xray_size=128,
+        stem3d_width=16,
+        enc3d_widths=(16, 32, 64, 128, 256),
+        stem2d_width=64,
+        enc2d_widths=(128, 256, 512, 512, 704),
+        stage_dense_layers=(6, 12, 24, 16, 6),
+        dense_layers=6,
+        growth=32,
+        dense_bottleneck=4,
+        norm="batch",
+        bpc_stages=(1, 2, 3, 4),
+        bpc_width_rule="half_stage",
+        agp_dim=256,
+        agp_heads=8,
+        agp_dropout=0.5,
+        agp_attn_dropout=0.0,
+        agp_residual_norm=False,
+        agp_pos_encoding=False,
+        bim_d_state=16,
+        bim_d_conv=4,
+        bim_expand=2,
+        bim_ffn_ratio=2,
+        bim_dropout=0.5,
+        bim_ffn_activation="silu",
+        bottleneck_view_fusion=False,
+        view_skips=True,
+        decoder_skips=False,
+        head_kernel=7,
+        output_activation="relu",
+        weight_init="normal",
+        disc_width=64,
+        disc_layers=3,
+        disc_condition="xrays",
+        w_adv=0.1,
+        w_rec=10.0,
+        w_proj=10.0,
+        proj_mode="axis_mean",
+        lr=2e-4,
+        betas=(0.5, 0.99),
+        weight_decay=0.0,
     ),
 }

@@ -2,7 +2,8 @@
 
 The generic loop finds ``training_hooks`` here (``<package>.hooks``); :func:`psctnet.train.train_step`
 runs the same step outside the loop. The update: an LSGAN discriminator step on
-``(target, prior)`` vs ``(output.detach(), prior)``, then the generator step on
+``(target, c)`` vs ``(output.detach(), c)`` (``c`` = :meth:`PSCTNet.discriminator_condition`:
+the normalised prior, or the X-rays spread over the grid), then the generator step on
 ``w_adv L_adv + w_rec L1 + w_proj L_proj``. It also runs under DistributedDataParallel:
 
 - the forward passes go through the DDP wrappers (``ctx.forward``, ``ctx.aux_forward``), the
@@ -40,7 +41,7 @@ class PSCTNetHooks(TrainingHooks):
         model, cfg = ctx.model, ctx.model.config
         disc = ctx.aux.get("discriminator")
         use_adv = disc is not None and cfg.w_adv > 0
-        cond = model._scale(batch.prior) if cfg.normalize_inputs else batch.prior
+        cond = model.discriminator_condition(batch.xrays, batch.geometry, batch.prior) if use_adv else batch.prior
 
         ctx.forward.train()
         output = ctx.forward(batch.xrays, batch.geometry, batch.prior)

@@ -55,6 +55,9 @@ class AGP3D(nn.Module):
     frame) cross-attend, multi-head, to the view's 2D bottleneck tokens.
 
     Tokens: ``(B, C2, hb, wb)`` -> ``hb*wb`` tokens -> Linear(C2, dim) -> dropout -> ReLU.
+    ``attn_dropout`` (None: ``dropout``) drops attention weights; with ``residual_norm`` the
+    queries are added back to the attention output and the sum LayerNormed (without it, as in
+    the official ``Project2Dto3D``, the attention output is returned as is).
     With ``pos_encoding``, a shared MLP of Fourier features of the detector coordinate is
     added to every token (its cell centre) and every query (where its voxel centre
     projects), so the attention can use where a voxel falls on the X-ray.
@@ -64,13 +67,26 @@ class AGP3D(nn.Module):
     """
 
     def __init__(
-        self, c2d: int, dim: int, heads: int, n_queries: int, dropout: float, pos_encoding: bool, frequencies: int
+        self,
+        c2d: int,
+        dim: int,
+        heads: int,
+        n_queries: int,
+        dropout: float,
+        pos_encoding: bool,
+        frequencies: int,
+        attn_dropout: float | None = None,
+        residual_norm: bool = True,
     ):
         super().__init__()
         self.token_proj = nn.Sequential(nn.Linear(c2d, dim), nn.Dropout(dropout), nn.ReLU(inplace=True))
         self.queries = nn.Parameter(torch.randn(n_queries, dim) * 0.02)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(
+            dim, heads, dropout=dropout if attn_dropout is None else attn_dropout, batch_first=True
+        )
+        self.residual_norm = residual_norm
+        if residual_norm:
+            self.norm = nn.LayerNorm(dim)
         self.pos_encoding = pos_encoding
         self.frequencies = frequencies
         if pos_encoding:
@@ -96,7 +112,8 @@ class AGP3D(nn.Module):
             tokens = tokens + self.pos_mlp(fourier_features(token_uv, self.frequencies))
             queries = queries + self.pos_mlp(fourier_features(query_uv.to(dev, dt), self.frequencies))
         out, _ = self.attn(queries, tokens, tokens, need_weights=False)
-        out = self.norm(out + queries)
+        if self.residual_norm:
+            out = self.norm(out + queries)
         return out.transpose(1, 2).reshape(b, -1, *frame_shape)
 
 
@@ -115,6 +132,27 @@ class BroadcastLift(nn.Module):
         if x.shape[-2:] != (r, c):
             x = nn.functional.interpolate(x, size=(r, c), mode="bilinear", align_corners=False)
         return x.unsqueeze(2).expand(-1, -1, d, -1, -1).contiguous()
+
+
+class ViewSkip(nn.Module):
+    """X2CT-GAN-style 2D -> 3D skip link of a per-view decoder level: ``1^2 conv -> norm ->
+    ReLU`` on the view's 2D encoder features, resampled to the frame's ``(row, col)`` size,
+    repeated along the view's depth axis, then ``3^3 conv -> norm -> ReLU``.
+    ``(B, c2d, h, w) -> (B, cout, *frame_shape)``. Knows nothing of the geometry (as in the
+    official code's ``Dimension_UpsampleCutBlock``)."""
+
+    def __init__(self, c2d: int, cout: int, norm: str):
+        super().__init__()
+        self.compress = ConvNormAct(2, c2d, cout, kernel=1, norm=norm)
+        self.conv = ConvNormAct(3, cout, cout, 3, norm=norm)
+
+    def forward(self, feats2d: torch.Tensor, frame_shape, layout=None) -> torch.Tensor:
+        d, r, c = frame_shape
+        x = self.compress(feats2d)
+        if x.shape[-2:] != (r, c):
+            x = nn.functional.interpolate(x, size=(r, c), mode="bilinear", align_corners=False)
+        x = x.unsqueeze(2).expand(-1, -1, d, -1, -1).contiguous()
+        return self.conv(x if layout is None else layout(x))
 
 
 def frame_voxel_world(frame: ViewFrame, grid) -> torch.Tensor:

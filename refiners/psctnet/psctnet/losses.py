@@ -8,7 +8,9 @@ term ``mean((D(G, prior) - 1)^2)``, ``L_rec = mean|G - T|`` and
   extent in mm, so ``L_proj`` is in volume units like ``L_rec``;
 * ``proj_mode="axis_mean"``: the paper's variant, L1 between the means along z, y and x.
 
-Discriminator (LSGAN): ``0.5 mean((D(T, prior) - 1)^2) + 0.5 mean(D(G, prior)^2)``.
+Discriminator (LSGAN): ``0.5 mean((D(T, c) - 1)^2) + 0.5 mean(D(G, c)^2)`` with the condition
+``c`` the normalised prior (default) or the X-rays spread over the grid
+(``disc_condition="xrays"``, the official code's choice; :meth:`PSCTNet.discriminator_condition`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 from tomoprior.units import BONE_THRESHOLD_MU
 from torch import nn
 
-from .blocks import norm_layer
+from .blocks import init_normal_, norm_layer
 from .config import PSCTNetConfig
 
 
 class PatchDiscriminator3D(nn.Module):
-    """Conditional 3D PatchGAN: ``(volume, prior)`` concatenated -> a map of patch scores.
+    """Conditional 3D PatchGAN: ``(volume, condition)`` concatenated -> a map of patch scores.
 
     ``layers`` stride-2 ``4^3`` convolutions (``width``, doubling, capped at 8 ``width``),
-    LeakyReLU 0.2, normalisation after all but the first, then a stride-1 ``4^3`` layer and
-    a 1-channel ``4^3`` output. Shape ``(B, 1, nz, ny, nx) x 2 -> (B, 1, pz, py, px)``.
+    LeakyReLU 0.2, normalisation after all but the first, then a stride-1 ``3^3`` layer and
+    a 1-channel ``3^3`` output. ``in_channels`` = 1 (volume) + the condition's channels.
+    Shape ``(B, 1, nz, ny, nx), (B, in_channels - 1, nz, ny, nx) -> (B, 1, pz, py, px)``.
     """
 
     def __init__(self, width: int = 64, layers: int = 3, norm: str = "instance", in_channels: int = 2):
@@ -54,12 +57,39 @@ class PatchDiscriminator3D(nn.Module):
 
     @classmethod
     def from_config(cls, config: PSCTNetConfig) -> PatchDiscriminator3D:
-        return cls(config.disc_width, config.disc_layers, "instance" if config.norm == "batch" else config.norm)
+        """The discriminator of ``config``: ``disc_width``, ``disc_layers``, one input channel
+        for the volume plus ``config.disc_condition_channels``; instance norm where the
+        generator uses batch norm (real and fake are scored in one call, so per-sample
+        statistics keep them apart); ``weight_init="normal"`` initialises it N(0, 0.02)."""
+        disc = cls(
+            config.disc_width,
+            config.disc_layers,
+            "instance" if config.norm == "batch" else config.norm,
+            in_channels=1 + config.disc_condition_channels,
+        )
+        if getattr(config, "weight_init", "default") == "normal":
+            init_normal_(disc)
+        return disc
 
-    def forward(self, volume: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        if volume.shape != prior.shape:
-            raise ValueError(f"volume {tuple(volume.shape)} and prior {tuple(prior.shape)} must have the same shape")
-        return self.net(torch.cat([volume, prior], dim=1))
+    @property
+    def in_channels(self) -> int:
+        return self.net[0].in_channels
+
+    def forward(self, volume: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        want = self.in_channels - 1
+        if (
+            volume.ndim != 5
+            or volume.shape[1] != 1
+            or condition.ndim != 5
+            or condition.shape[0] != volume.shape[0]
+            or condition.shape[1] != want
+            or condition.shape[2:] != volume.shape[2:]
+        ):
+            raise ValueError(
+                f"volume {tuple(volume.shape)} and condition {tuple(condition.shape)} must have the same shape apart "
+                f"from the channels: (B, 1, nz, ny, nx) and (B, {want}, nz, ny, nx)"
+            )
+        return self.net(torch.cat([volume, condition], dim=1))
 
 
 def lsgan_generator_loss(fake_scores: torch.Tensor) -> torch.Tensor:
@@ -133,7 +163,9 @@ def generator_loss(
     (0.1, 10, 10) keep their meaning.
 
     ``adv`` is zero (and not weighted in) when no ``discriminator`` is given or
-    ``config.w_adv == 0``; then ``prior`` is not needed. ``bone`` (weighted by
+    ``config.w_adv == 0``; then ``prior`` is not needed. ``prior`` is the discriminator's
+    condition (:meth:`PSCTNet.discriminator_condition`: the normalised prior, or the X-rays
+    spread over the grid with ``disc_condition="xrays"``). ``bone`` (weighted by
     ``config.w_bone``, default 0) is :func:`bone_loss`.
     """
     k = 1.0 / float(getattr(config, "target_scale", 1.0))  # 1/mm -> network units
@@ -150,7 +182,8 @@ def generator_loss(
     adv = zero
     if discriminator is not None and config.w_adv > 0:
         if prior is None:
-            raise ValueError("the adversarial loss needs the prior the discriminator is conditioned on")
+            raise ValueError("the adversarial loss needs the condition of the discriminator (prior=...; see "
+                             "PSCTNet.discriminator_condition)")
         adv = lsgan_generator_loss(discriminator(output * k, prior))
     total = config.w_adv * adv + config.w_rec * rec + config.w_proj * proj + w_bone * bone
     return {"total": total, "adv": adv.detach(), "rec": rec.detach(), "proj": proj.detach(), "bone": bone.detach()}

@@ -158,7 +158,9 @@ class BiSSM(nn.Module):
 
 class BiM3D(nn.Module):
     """BiM-3D on a 3D feature map: raster-order tokens, ``x + BiSSM(LN(x))``, then
-    ``x + FFN(LN(x))``. Shape ``(B, C, D, H, W) -> (B, C, D, H, W)``."""
+    ``x + FFN(LN(x))`` with ``FFN = Linear -> act -> [dropout] -> Linear -> [dropout]``
+    (``activation`` "gelu" or "silu"; the dropouts only when ``dropout > 0``).
+    Shape ``(B, C, D, H, W) -> (B, C, D, H, W)``."""
 
     def __init__(
         self,
@@ -169,14 +171,23 @@ class BiM3D(nn.Module):
         ffn_ratio: int = 2,
         interslice: bool = False,
         backend: str = "auto",
+        dropout: float = 0.0,
+        activation: str = "gelu",
     ):
         super().__init__()
+        if activation not in ("gelu", "silu"):
+            raise ValueError(f"BiM3D activation must be 'gelu' or 'silu', got {activation!r}")
         self.norm1 = nn.LayerNorm(channels)
         self.ssm = BiSSM(channels, d_state, d_conv, expand, interslice, backend)
         self.norm2 = nn.LayerNorm(channels)
-        self.ffn = nn.Sequential(
-            nn.Linear(channels, ffn_ratio * channels), nn.GELU(), nn.Linear(ffn_ratio * channels, channels)
-        )
+        hidden = ffn_ratio * channels
+        mods: list[nn.Module] = [nn.Linear(channels, hidden), nn.GELU() if activation == "gelu" else nn.SiLU()]
+        if dropout > 0:
+            mods.append(nn.Dropout(dropout))
+        mods.append(nn.Linear(hidden, channels))
+        if dropout > 0:
+            mods.append(nn.Dropout(dropout))
+        self.ffn = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, d, h, w = x.shape

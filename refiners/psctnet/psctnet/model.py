@@ -12,6 +12,11 @@ Data flow (``S`` = number of stages, shapes for batch ``B`` and ``V`` views)::
         to the main stream, written back into every view branch (to_view)
     main decoder (U-Net skips from the encoder) --1^3 conv--> volume (B, 1, nz, ny, nx)
 
+The ``official`` preset rewires this as the authors' code does: no bottleneck fusion (the
+bottleneck average is only written back into the view branches), view decoders with
+X2CT-GAN skip links from their 2D encoder (``view_skips``), a main decoder without encoder
+skips that sees the views through MV3D-C only, and a 7^3 head.
+
 Only the main branch's output is supervised (as in the paper).
 """
 
@@ -23,13 +28,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own idiom
 from tomoprior import Geometry
-from tomoprior.refiners import Refiner, build_prior
+from tomoprior.refiners import Refiner, backproject_features, build_prior
 from torch import nn
 
 from .axes import ViewFrame, view_frame
-from .blocks import ConvNormAct, DownStage, Encoder2D, UpStage3D, cat_channels
+from .blocks import ConvNormAct, DownStage, Encoder2D, UpStage3D, cat_channels, init_normal_
 from .config import PSCTNetConfig
-from .lifting import AGP3D, BPC, BroadcastLift, detector_coords_of_points, frame_voxel_world
+from .lifting import AGP3D, BPC, BroadcastLift, ViewSkip, detector_coords_of_points, frame_voxel_world
 from .mamba import BiM3D
 
 
@@ -50,7 +55,7 @@ class PSCTNet(Refiner):
     config : PSCTNetConfig or dict, optional
         All hyper-parameters; default the ``tiny`` preset.
     preset : str, optional
-        Start from a named preset (``"tiny"`` or ``"paper"``) instead; ``**overrides``
+        Start from a named preset (``"tiny"``, ``"paper"`` or ``"official"``) instead; ``**overrides``
         then replace single fields (e.g. ``use_bim=False``).
 
     Shapes
@@ -97,8 +102,9 @@ class PSCTNet(Refiner):
         norm = cfg.norm
 
         # per-view 2D encoders
+        layers = tuple(cfg.stage_layers(s) for s in range(S))
         self.encoders2d = nn.ModuleList(
-            Encoder2D(cfg.stem2d_width, cfg.enc2d_widths, cfg.dense_layers, cfg.growth, norm)
+            Encoder2D(cfg.stem2d_width, cfg.enc2d_widths, layers, cfg.growth, norm, cfg.dense_bottleneck)
             for _ in range(cfg.num_views)
         )
         widths2d = (cfg.stem2d_width, *cfg.enc2d_widths)  # channels of f_s, s = 0..S
@@ -112,9 +118,11 @@ class PSCTNet(Refiner):
             for s in range(S):
                 extra = 0
                 if s in cfg.resolved_bpc_stages:
-                    extra = cfg.bpc_width or widths2d[s]
+                    extra = cfg.resolved_bpc_width(s, widths2d[s])
                     self.bpc[str(s)] = BPC(widths2d[s], extra, norm)
-                stages.append(DownStage(3, chans[s] + extra, chans[s + 1], cfg.dense_layers, cfg.growth, norm))
+                stages.append(
+                    DownStage(3, chans[s] + extra, chans[s + 1], layers[s], cfg.growth, norm, cfg.dense_bottleneck)
+                )
             self.stages3d = nn.ModuleList(stages)
 
         # 2D bottleneck -> 3D view branches
@@ -131,6 +139,8 @@ class PSCTNet(Refiner):
                     cfg.agp_dropout,
                     cfg.agp_pos_encoding,
                     cfg.agp_pos_frequencies,
+                    cfg.agp_attn_dropout,
+                    cfg.agp_residual_norm,
                 )
                 for _ in range(cfg.num_views)
             )
@@ -139,9 +149,10 @@ class PSCTNet(Refiner):
 
         # bottleneck fusion and BiM-3D
         cb = cfg.enc3d_widths[-1]
-        self.bottleneck_fuse = ConvNormAct(
-            3, (cb if cfg.has_main_encoder else 0) + cfg.agp_dim, cb, kernel=1, norm=norm
-        )
+        if cfg.bottleneck_view_fusion:
+            self.bottleneck_fuse = ConvNormAct(
+                3, (cb if cfg.has_main_encoder else 0) + cfg.agp_dim, cb, kernel=1, norm=norm
+            )
         if cfg.use_bim:
             self.bim = BiM3D(
                 cb,
@@ -151,20 +162,35 @@ class PSCTNet(Refiner):
                 cfg.bim_ffn_ratio,
                 cfg.bim_interslice,
                 cfg.mamba_backend,
+                cfg.bim_dropout,
+                cfg.bim_ffn_activation,
             )
 
         # per-view 3D decoders (MV3D-C) and the main decoder
         dec, vw = cfg.resolved_dec_widths, cfg.resolved_view_widths
         if cfg.use_mv3dc:
+            view_extra = vw if cfg.view_skips else (0,) * S
             self.view_decoders = nn.ModuleList(
-                nn.ModuleList(UpStage3D((cfg.agp_dim, *vw)[lv], 0, vw[lv], norm) for lv in range(S))
+                nn.ModuleList(UpStage3D((cfg.agp_dim, *vw)[lv], view_extra[lv], vw[lv], norm) for lv in range(S))
                 for _ in range(cfg.num_views)
             )
-        skips = (*reversed(cfg.enc3d_widths[:-1]), cfg.stem3d_width) if cfg.has_main_encoder else (0,) * S
+            if cfg.view_skips:  # decoder level lv works at grid / 2^(S-1-lv): 2D features f_{S-1-lv}
+                self.view_skip_links = nn.ModuleList(
+                    nn.ModuleList(ViewSkip(widths2d[S - 1 - lv], vw[lv], norm) for lv in range(S))
+                    for _ in range(cfg.num_views)
+                )
+        with_skips = cfg.has_main_encoder and cfg.decoder_skips
+        skips = (*reversed(cfg.enc3d_widths[:-1]), cfg.stem3d_width) if with_skips else (0,) * S
         self.decoder = nn.ModuleList(
             UpStage3D((cb, *dec)[lv], skips[lv] + (vw[lv] if cfg.use_mv3dc else 0), dec[lv], norm) for lv in range(S)
         )
-        self.head = nn.Conv3d(dec[-1], 1, 1)
+        self.head = nn.Conv3d(dec[-1], 1, cfg.head_kernel, padding=cfg.head_kernel // 2)
+        if cfg.weight_init == "normal":
+            init_normal_(self)
+            with torch.no_grad():
+                for lift in self.lifts:
+                    if isinstance(lift, AGP3D):
+                        lift.queries.normal_(0.0, 1.0)  # the official voxel queries: torch.randn
         self._init_head()
         # target_scale also travels in the state dict: a state dict without it predates the
         # output scaling (its network output 1/mm directly; see _legacy_scale_hook)
@@ -269,6 +295,38 @@ class PSCTNet(Refiner):
         peak = x.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-6)
         return x / peak.view(-1, *([1] * (x.ndim - 1)))
 
+    def _prepare_xrays(self, xrays: torch.Tensor) -> torch.Tensor:
+        """``(B, V, H, W)`` X-rays -> the 2D encoders' input ``(B, V, X, X)``: divided by their
+        per-sample peak (``normalize_inputs``), resampled to ``xray_size``."""
+        cfg = self.config
+        x2d = self._scale(xrays) if cfg.normalize_inputs else xrays
+        if x2d.shape[-2:] != (cfg.xray_size, cfg.xray_size):
+            x2d = F.interpolate(
+                x2d, size=(cfg.xray_size, cfg.xray_size), mode="area" if x2d.shape[-1] >= cfg.xray_size else "bilinear"
+            )
+        return x2d
+
+    def discriminator_condition(self, xrays: torch.Tensor, geometry, prior: torch.Tensor | None = None):
+        """What the discriminator sees besides the volume, ``(B, C, nz, ny, nx)`` (no gradient).
+
+        ``config.disc_condition == "prior"``: the prior (``build_prior`` if None), divided by
+        its per-sample peak with ``normalize_inputs``; C = 1. ``"xrays"`` (the official code's
+        condition): each view's network input (:meth:`_prepare_xrays`) spread along its rays
+        over the grid by the normalised back-projection through ``geometry`` (zero where the
+        view does not see a voxel); C = number of views, in the order of the views.
+        """
+        cfg = self.config
+        if xrays.ndim == 5:
+            xrays = xrays[:, :, 0]
+        with torch.no_grad():
+            if cfg.disc_condition == "prior":
+                if prior is None:
+                    prior = build_prior(xrays, geometry)
+                return self._scale(prior) if cfg.normalize_inputs else prior
+            x2d = self._prepare_xrays(xrays)
+            vols = backproject_features(x2d.unsqueeze(2), geometry, normalize=True)  # (B, V, 1, nz, ny, nx)
+            return vols[:, :, 0]
+
     def frames(self, geometry) -> list[ViewFrame]:
         """The view frames (axis permutation and flips) of every view of ``geometry`` (or of a
         list of geometries, which must agree)."""
@@ -295,11 +353,7 @@ class PSCTNet(Refiner):
         frames = self.frames(geoms)
         grid = geoms[0].grid
 
-        x2d = self._scale(xrays) if cfg.normalize_inputs else xrays
-        if x2d.shape[-2:] != (cfg.xray_size, cfg.xray_size):
-            x2d = F.interpolate(
-                x2d, size=(cfg.xray_size, cfg.xray_size), mode="area" if x2d.shape[-1] >= cfg.xray_size else "bilinear"
-            )
+        x2d = self._prepare_xrays(xrays)
         feats = [enc(x2d[:, v : v + 1]) for v, enc in enumerate(self.encoders2d)]  # [view][scale]
 
         # main 3D encoder with BP-C
@@ -341,7 +395,11 @@ class PSCTNet(Refiner):
         if h is not None:
             if cfg.use_bim:
                 h = self.bim(h)
-            b = self.bottleneck_fuse(cat_channels([h, fused]))
+            if cfg.bottleneck_view_fusion:
+                b = self.bottleneck_fuse(cat_channels([h, fused]))
+            else:  # official: the views meet only each other here (MV3D-C write-back)
+                b = h
+                views = [self._cl(fr.to_view(fused)) for fr in frames]
         else:
             b = self.bottleneck_fuse(fused)
             if cfg.use_bim:
@@ -351,10 +409,19 @@ class PSCTNet(Refiner):
         x = b
         for level, up in enumerate(self.decoder):
             extras = []
-            if cfg.has_main_encoder:
+            if cfg.has_main_encoder and cfg.decoder_skips:
                 extras.append(skips[S - 1 - level])
             if cfg.use_mv3dc:
-                views = [dec[level](g, []) for dec, g in zip(self.view_decoders, views)]
+                if cfg.view_skips:
+                    j = S - 1 - level  # this level's grid is volume_shape / 2^j, the scale of f_j
+                    level_shape = tuple(n // 2**j for n in cfg.volume_shape)
+                    links = [
+                        [self.view_skip_links[v][level](feats[v][j], frames[v].frame_shape(level_shape), self._cl)]
+                        for v in range(cfg.num_views)
+                    ]
+                else:
+                    links = [[] for _ in range(cfg.num_views)]
+                views = [dec[level](g, lk) for dec, g, lk in zip(self.view_decoders, views, links)]
                 avg = self._cl(self._fuse(views, frames))
                 views = [self._cl(fr.to_view(avg)) for fr in frames]  # written back into every branch
                 extras.append(avg)

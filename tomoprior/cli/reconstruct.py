@@ -15,6 +15,14 @@ Each image must have its view's detector shape (``--resample`` resamples it, wit
 hold plausible line integrals: finite, not below ``-1 %`` of the image's largest magnitude
 (negative values mean the sign or the ``I0`` is wrong), at most :data:`MAX_LINE_INTEGRAL`.
 
+Consistency check: with two or more views, the epipolar consistency of the X-rays with the
+geometry (:func:`tomoprior.validation.epipolar_consistency`) is computed before reconstructing.
+A worst-pair relative residual above ``--consistency-tolerance`` prints a ``warning:`` line
+(the run continues): the geometry probably does not describe these X-rays. Images that look
+like intensities, or a pair that cannot be compared, give a ``note:`` instead;
+``--no-consistency-check`` skips it. The JSON report carries the number
+(``epipolar_relative``, null when not checked).
+
 Outputs: the NIfTI, its PNG (and with ``--demo`` the phantom's PNG) are written together or
 not at all (temporaries beside the targets, renamed at the end); existing files are refused
 unless ``--overwrite``. Errors exit with code 2 and one message naming the input and the fix.
@@ -42,6 +50,15 @@ _IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 #: Largest accepted line integral (attenuation x mm): exp(-1000) is far below any detector's
 #: dynamic range, so larger values are not line integrals (raw counts, wrong units).
 MAX_LINE_INTEGRAL = 1000.0
+#: Default ``--consistency-tolerance``: the largest worst-pair relative epipolar residual that
+#: passes silently. Exact simulated data sit at 4e-3 to 1e-2 (256^2 to 64^2 pixels), realistic
+#: radiographs (noise, scatter, beam hardening) at about 1e-2 to 3e-2; 1 mm of detector offset
+#: across the epipolar lines or 10 mm of source-to-detector distance give 5e-2 to 6e-2 on exact
+#: data. ``tomoprior check-geometry`` uses the stricter 0.02 meant for clean data.
+DEFAULT_CONSISTENCY_TOLERANCE = 0.05
+#: Images are averaged down to at most this many pixels per side for the consistency check
+#: (the geometry binned alike): the check needs the shape of the object, not its fine detail.
+CONSISTENCY_MAX_PIXELS = 512
 #: Negative line integrals down to this fraction of the image's largest magnitude are noise
 #: (e.g. a noisy open-beam pixel brighter than I0) and are kept; below it the input is refused.
 NEGATIVE_TOLERANCE = 0.01
@@ -392,6 +409,65 @@ def _read_inputs(paths, geometry_path, image_kind, i0, resample, note) -> tuple:
     return geom, torch.from_numpy(np.stack(images))[None]
 
 
+def consistency_check(images, geom, tolerance: float, note) -> float | None:
+    """Worst-pair relative epipolar residual of ``images (views, rows, cols)`` (line integrals)
+    with ``geom``, or None when it cannot be computed; ``note`` gets a ``warning:`` line above
+    ``tolerance`` and a ``note:`` line when the check is skipped. Never raises for the data.
+
+    Images larger than :data:`CONSISTENCY_MAX_PIXELS` per side are averaged down by an integer
+    factor that divides both sides, with the detector's pixel vectors scaled alike (the same
+    detector, coarser pixels).
+    """
+    import math
+
+    import torch
+
+    from ..geometry import Geometry, View
+    from ..validation.epipolar import epipolar_consistency, line_integral_check
+
+    if geom.num_views < 2:
+        return None
+    skip = "note: epipolar consistency of the X-rays with the geometry not checked: "
+    ims = [torch.as_tensor(im).detach().to(torch.float64) for im in images]
+    for v, im in enumerate(ims):
+        why = line_integral_check(im)
+        if why is not None:
+            note(f"{skip}view {v} does not look like line integrals ({why})")
+            return None
+    try:
+        views = []
+        for v, (view, im) in enumerate(zip(geom.views, ims)):
+            rows, cols = im.shape
+            f = math.ceil(max(rows, cols) / CONSISTENCY_MAX_PIXELS)
+            while f > 1 and (rows % f or cols % f):
+                f -= 1
+            if f > 1:
+                ims[v] = torch.nn.functional.avg_pool2d(im[None, None], f)[0, 0]
+                vec = view.vector.detach().double()
+                view = View(vec[0:3], vec[3:6], vec[6:9] * f, vec[9:12] * f, (rows // f, cols // f), name=view.name)
+            else:
+                view = view.detach().to(dtype=torch.float64)
+            views.append(view)
+        with torch.no_grad():
+            result = epipolar_consistency(ims, Geometry(geom.grid, views))
+        rel = float(result.relative)
+    except (ValueError, RuntimeError) as exc:
+        note(f"{skip}{exc}")
+        return None
+    if not math.isfinite(rel):
+        note(f"{skip}every epipolar plane of a pair is truncated (the object leaves a detector along every line)")
+        return None
+    worst = max(result.pairs, key=lambda p: float(p.relative) if math.isfinite(float(p.relative)) else -1.0)
+    pair = " / ".join(n if n else f"view {i}" for n, i in zip(worst.names, worst.views))
+    if rel > tolerance:
+        note(f"warning: the X-rays do not fit the geometry: relative epipolar residual {rel:.3g} of {pair} exceeds "
+             f"--consistency-tolerance {tolerance:g}. The geometry probably does not describe these X-rays "
+             "(miscalibration, another system's geometry file, views in the wrong order, patient motion between "
+             "the exposures); the reconstruction will be degraded. Check with `tomoprior check-geometry`; "
+             "continuing")
+    return rel
+
+
 def _output_paths(out: str, png_path: str | None, demo: bool) -> dict[str, Path]:
     """The files this run writes: ``{"nifti", "png"[, "phantom_png"]}`` (ValueError on a bad name)."""
     out_p = Path(out)
@@ -451,6 +527,12 @@ def _check_outputs(paths: dict[str, Path], overwrite: bool) -> None:
 @click.option("--resample", is_flag=True,
               help="Resample images whose pixel count differs from their view's detector (same aspect ratio) to "
                    "the detector; without it such images are refused.")
+@click.option("--consistency-tolerance", default=DEFAULT_CONSISTENCY_TOLERANCE, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Warn (and continue) when the worst pair's relative epipolar residual of the X-rays with the "
+                   "geometry exceeds this (with >= 2 views).")
+@click.option("--no-consistency-check", is_flag=True,
+              help="Skip the epipolar consistency check of the X-rays with the geometry.")
 @click.option("--demo", is_flag=True, help=DEMO_HELP)
 @click.option("--demo-variant", default="normal", show_default=True,
               help="Skull variant of --demo (normal, sagittal, metopic, unicoronal, bicoronal, lambdoid).")
@@ -458,7 +540,8 @@ def _check_outputs(paths: dict[str, Path], overwrite: bool) -> None:
 @click.option("--demo-seed", default=0, show_default=True, type=int, help="Anatomy seed of the --demo skull.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 def reconstruct(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_path, overwrite, image_kind, i0,
-                resample, demo, demo_variant, demo_age, demo_seed, device):
+                resample, consistency_tolerance, no_consistency_check, demo, demo_variant, demo_age, demo_seed,
+                device):
     """Reconstruct a volume from X-rays and their geometry with a refiner; write NIfTI + PNG.
 
     The NIfTI holds attenuation in 1/mm on the geometry's grid with a RAS affine (LPS grid
@@ -468,6 +551,10 @@ def reconstruct(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out
     Out of the box: ``tomoprior reconstruct --demo --out demo.nii.gz`` (PSCT-Net with its
     shipped weights on the built-in skull phantom; prints PSNR/SSIM/Dice against it).
 
+    With two or more views the X-rays are first checked against the geometry (epipolar
+    consistency, as tomoprior check-geometry does): a relative residual above
+    --consistency-tolerance prints a warning on stderr and the run continues.
+
     Exit codes: 0 written; 2 bad usage, unreadable input or unwritable output (nothing is
     written then, and existing files are untouched).
     """
@@ -476,7 +563,8 @@ def reconstruct(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out
     try:
         with signals_as_exceptions():
             report = _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_path, overwrite,
-                          image_kind, i0, resample, demo, demo_variant, demo_age, demo_seed, device)
+                          image_kind, i0, resample, demo, demo_variant, demo_age, demo_seed, device,
+                          consistency_tolerance=None if no_consistency_check else consistency_tolerance)
     except Terminated as exc:
         click.echo(f"tomoprior reconstruct: {exc}; nothing was written", err=True)
         sys.exit(128 + exc.signum)
@@ -484,7 +572,7 @@ def reconstruct(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out
 
 
 def _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_path, overwrite, image_kind, i0,
-         resample, demo, demo_variant, demo_age, demo_seed, device) -> dict:
+         resample, demo, demo_variant, demo_age, demo_seed, device, consistency_tolerance=None) -> dict:
     import torch
 
     from .. import refiners
@@ -501,7 +589,7 @@ def _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_p
     paths = list(xrays) + list(more_xrays)
     outputs = _output_paths(out, png_path, demo)
     _check_outputs(outputs, overwrite)
-    truth = case = None
+    truth = case = consistency = None
     try:
         if demo:
             if paths or geometry is not None:
@@ -518,6 +606,8 @@ def _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_p
             if geometry is None:
                 raise ValueError("--geometry is required: the geometry that made the X-rays (or run --demo)")
             geom, x = _read_inputs(paths, geometry, image_kind, i0, resample, note)
+            if consistency_tolerance is not None:
+                consistency = consistency_check(x[0], geom, consistency_tolerance, note)
         checkpoint = resolve_checkpoint(refiner, checkpoint)
         if checkpoint is not None:
             if overrides:
@@ -551,7 +641,8 @@ def _run(more_xrays, xrays, geometry, refiner, checkpoint, overrides, out, png_p
 
     volume = vol.numpy()
     report = {"out": str(outputs["nifti"]), "png": str(outputs["png"]), "shape": list(vol.shape),
-              "min": float(vol.min()), "max": float(vol.max()), "refiner": refiner, "checkpoint": checkpoint}
+              "min": float(vol.min()), "max": float(vol.max()), "refiner": refiner, "checkpoint": checkpoint,
+              "epipolar_relative": consistency}
     if truth is not None:
         report.update(_demo_metrics(vol, truth, case))
         report["phantom_png"] = str(outputs["phantom_png"])

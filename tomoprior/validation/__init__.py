@@ -7,7 +7,7 @@ baselines, trends), reports (HTML + PDF + PNG + JSON) and the main job pipeline
 
 from . import qa
 from .analytic import ProjectorComparison, compare_to_analytic
-from .epipolar import EpipolarConsistency, EpipolarPair, epipolar_consistency
+from .epipolar import EpipolarConsistency, EpipolarPair, SelfCalibrationResult, epipolar_consistency, self_calibrate
 from .images import Radiograph, dicom_view_parameters, read_radiograph
 from .pipeline import (
     DEFAULT_MISCALIBRATION,
@@ -47,6 +47,7 @@ __all__ = [
     "Radiograph",
     "Report",
     "ReprojectionError",
+    "SelfCalibrationResult",
     "SensitivityRow",
     "Tolerances",
     "TriangulationError",
@@ -72,6 +73,7 @@ __all__ = [
     "reprojection_error",
     "rigid_align",
     "run_main_job",
+    "self_calibrate",
     "sensitivity_table",
     "trend_report",
     "triangulation_error",

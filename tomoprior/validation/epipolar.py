@@ -50,9 +50,11 @@ import torch
 __all__ = [
     "EpipolarConsistency",
     "EpipolarPair",
+    "SelfCalibrationResult",
     "epipolar_consistency",
     "line_integral_check",
     "plane_derivatives",
+    "self_calibrate",
 ]
 
 #: Default number of epipolar planes per pair.
@@ -524,3 +526,349 @@ def line_integral_check(image) -> str | None:
         return (f"{100 * frac_high:.0f} % of the pixels sit near the image's maximum (the open-beam background of "
                 "an intensity image), not near its minimum; convert intensities with p = -ln(I / I0)")
     return None
+
+
+# -- self-calibration ------------------------------------------------------------------------------
+
+#: Parameters refined by default in every view but the reference: the ones a bi-planar pair
+#: determines well and jointly. Across the epipolar lines the detector offset ``v0`` and the
+#: source-to-detector distance show at a fraction of a millimetre; the in-plane rotation, the
+#: gantry angulation and the tilt about the rows turn the lines. Held by default: ``u0`` (it
+#: slides the lines along themselves and trades against rotation and angulation),
+#: ``source_to_isocenter`` and ``primary_angle`` (they move the source along or nearly along the
+#: baseline, which the images cannot see), ``detector_tilt_v`` (practically invisible).
+DEFAULT_SELF_CALIBRATION_FIELDS = ("v0", "source_to_detector", "detector_rotation", "secondary_angle",
+                                   "detector_tilt_u")
+#: One-sigma prior (mm for lengths, degrees for angles) toward the starting value, applied to a
+#: parameter of this field when it is refined; ``v0`` and ``source_to_detector`` get none. The
+#: angles are observable but weakly: 1 deg of rotation, angulation or tilt changes the relative
+#: residual by 4e-3 to 6e-3, about the discretisation floor of exact 256^2 images, so without a
+#: prior they wander by a degree on the floor's jitter. One degree is the size of a mechanical
+#: tolerance of a detector mount.
+DEFAULT_SELF_CALIBRATION_PRIOR = {"u0": 2.0, "source_to_isocenter": 10.0, "primary_angle": 1.0,
+                                  "detector_tilt_v": 1.0, "detector_rotation": 1.0, "secondary_angle": 1.0,
+                                  "detector_tilt_u": 1.0}
+#: Optimisation step scale per field (mm or degrees): the variables the optimiser sees are the
+#: changes divided by these, so that one unit is a typical calibration error of each.
+_STEP_SCALE = {"primary_angle": 1.0, "secondary_angle": 1.0, "source_to_isocenter": 10.0,
+               "source_to_detector": 10.0, "u0": 1.0, "v0": 1.0, "detector_rotation": 1.0,
+               "detector_tilt_u": 1.0, "detector_tilt_v": 1.0}
+
+
+@dataclass
+class SelfCalibrationResult:
+    """Result of :func:`self_calibrate`.
+
+    Attributes
+    ----------
+    geometry : ParametricGeometry
+        The refined geometry (plain numbers, no autograd), on the input's grid.
+    parameters, start : list of ViewParameters
+        Refined and starting parameters per view.
+    free : list of (int, str)
+        The refined parameters as ``(view index, field)``; every other parameter was held.
+    values : dict
+        Per refined parameter, keyed ``"view name.field"``: ``start``, ``refined`` and
+        ``change`` in mm (lengths) or degrees (angles), and ``unit``.
+    relative_before, relative_after : float
+        Largest relative RMS residual of a pair (as :attr:`EpipolarConsistency.relative`) at
+        the start and at the result.
+    score_before, score_after : float
+        Mean squared residual (:attr:`EpipolarConsistency.score`) at the start and result.
+    objective_before, objective_after : float
+        The minimised objective: sum over pairs of (relative residual / ``residual_scale``)^2
+        plus the prior's sum of squared sigmas.
+    iterations, evaluations : int
+        L-BFGS iterations and objective evaluations (each one forward and backward pass).
+    converged : bool
+        The optimiser stopped on its tolerances before ``max_iterations``.
+    reference : int or None
+        The view held whole (the gauge), or None when the refined set was given explicitly.
+    prior : dict
+        ``"view name.field" -> sigma`` (mm or degrees) of the refined parameters that had a prior.
+    residual_scale : float
+    """
+
+    geometry: object
+    parameters: list
+    start: list
+    free: list
+    values: dict
+    relative_before: float
+    relative_after: float
+    score_before: float
+    score_after: float
+    objective_before: float
+    objective_after: float
+    iterations: int
+    evaluations: int
+    converged: bool
+    reference: int | None
+    prior: dict
+    residual_scale: float
+
+    def to_dict(self) -> dict:
+        """Plain numbers for JSON (lengths mm, angles degrees)."""
+        return {
+            "values": self.values,
+            "free": [[i, f] for i, f in self.free],
+            "relative_before": self.relative_before,
+            "relative_after": self.relative_after,
+            "score_before": self.score_before,
+            "score_after": self.score_after,
+            "objective_before": self.objective_before,
+            "objective_after": self.objective_after,
+            "iterations": self.iterations,
+            "evaluations": self.evaluations,
+            "converged": self.converged,
+            "reference": self.reference,
+            "prior": self.prior,
+            "residual_scale": self.residual_scale,
+            "parameters": [p.to_dict() for p in self.parameters],
+        }
+
+    def summary(self) -> str:
+        lines = [f"epipolar self-calibration: relative residual {self.relative_before:.3e} -> "
+                 f"{self.relative_after:.3e} in {self.iterations} iterations ({self.evaluations} evaluations"
+                 f"{'' if self.converged else ', not converged'})"]
+        for key, v in self.values.items():
+            lines.append(f"  {key:<32} {v['start']:>10.4f} -> {v['refined']:>10.4f} {v['unit']:<3} "
+                         f"(change {v['change']:+.4f})")
+        return "\n".join(lines)
+
+
+def _free_parameters(parameters, names: list, reference: int | None) -> tuple[list, int | None]:
+    """``[(view index, field), ...]`` from the ``parameters`` argument of :func:`self_calibrate`."""
+    fields = set(_STEP_SCALE)
+
+    def check_fields(fs, where):
+        if isinstance(fs, str) or not isinstance(fs, (Sequence, set, frozenset)):
+            raise ValueError(f"{where} must be a list of parameter names, got {fs!r}")
+        bad = sorted({f for f in fs if f not in fields}, key=str)
+        if bad:
+            hint = " (use the plain name: angles are refined in radians internally and reported in degrees)" \
+                if any(isinstance(f, str) and f.endswith("_deg") for f in bad) else ""
+            raise ValueError(f"unknown parameter name(s) {bad} in {where}; choose from "
+                             f"{list(DEFAULT_SELF_CALIBRATION_FIELDS)} (default) or {sorted(fields)}{hint}")
+        return list(dict.fromkeys(fs))
+
+    if parameters is None or (isinstance(parameters, (list, tuple)) and all(isinstance(f, str) for f in parameters)):
+        fs = check_fields(DEFAULT_SELF_CALIBRATION_FIELDS if parameters is None else parameters, "parameters")
+        ref = 0 if reference is None else reference
+        free = [(i, f) for i in range(len(names)) if i != ref for f in fs]
+    elif isinstance(parameters, dict):
+        if reference is not None:
+            raise ValueError("reference applies to a list of parameter names; with a mapping view -> parameters the "
+                             "mapping says what is refined in every view (leave reference unset)")
+        ref = None
+        free = []
+        for key, fs in parameters.items():
+            if isinstance(key, bool):
+                raise ValueError(f"parameters: view key {key!r} is neither a view name nor an index")
+            if isinstance(key, int):
+                if not 0 <= key < len(names):
+                    raise ValueError(f"parameters: view index {key} out of range 0..{len(names) - 1}")
+                i = key
+            elif key in names:
+                i = names.index(key)
+            else:
+                raise ValueError(f"parameters: unknown view {key!r}; the views are {names} (or give indices)")
+            free += [(i, f) for f in check_fields(fs, f"parameters[{key!r}]")]
+    else:
+        raise ValueError("parameters must be None (the default set), a list of parameter names (refined in every "
+                         "view but the reference) or a mapping {view name or index: [names]}, got "
+                         f"{type(parameters).__name__}")
+    if not free:
+        raise ValueError("no parameter to refine: name at least one (e.g. parameters=['v0', 'source_to_detector'])")
+    if len(set(free)) != len(free):
+        raise ValueError("parameters name a view's parameter twice")
+    return free, ref
+
+
+def self_calibrate(images, geometry, parameters=None, *, reference: int | None = None, prior: dict | None = None,
+                   residual_scale: float = 0.01, max_iterations: int = 60, n_planes: int = 128,
+                   smoothing: float = DEFAULT_SMOOTHING, truncation: float = DEFAULT_TRUNCATION,
+                   border: float = DEFAULT_BORDER) -> SelfCalibrationResult:
+    """Refine view parameters so that the X-rays become epipolar-consistent with their geometry.
+
+    The objective is the sum over pairs of ``(relative RMS residual / residual_scale)^2``
+    (the relative residual with the signal of the starting geometry as its denominator, so the
+    objective is a smooth function of the parameters), plus ``((x - x_start) / sigma)^2``
+    for every refined parameter with a prior, minimised by L-BFGS with the exact gradient of
+    :func:`epipolar_consistency` through :class:`~tomoprior.geometry.ViewParameters`.
+
+    **Gauge.** The images fix the views only relative to each other: a rigid motion of the
+    whole setup and a shift of a view along the line through both sources change nothing,
+    and in a bi-planar pair a common change of both views (both ``v0`` together, both
+    source-to-detector distances together) changes next to nothing. So by default one view
+    (``reference``, view 0) is held whole and the other views refine
+    :data:`DEFAULT_SELF_CALIBRATION_FIELDS`: ``v0``, ``source_to_detector``,
+    ``detector_rotation``, ``secondary_angle``, ``detector_tilt_u``. Errors of the reference
+    view are then absorbed by the others: the result is the right *relative* geometry, whose
+    per-parameter values match the truth only when the reference view is right.
+
+    Parameters
+    ----------
+    images : Tensor or array ``(views, rows, cols)``, or list of ``(rows, cols)``
+        Line integrals (attenuation x mm), one per view, as for :func:`epipolar_consistency`.
+    geometry : ParametricGeometry
+        The starting geometry, with physical parameters (e.g. a BiplanarGeometry).
+    parameters : None, list of str, or dict
+        What to refine. None: :data:`DEFAULT_SELF_CALIBRATION_FIELDS` in every view but the
+        reference. A list of field names (of ``ViewParameters.SCALAR_FIELDS``): those in every
+        view but the reference. A mapping ``{view name or index: [field names]}``: exactly
+        those (then the gauge is the caller's: refine at most the 11 observable combinations,
+        and give weak ones a prior).
+    reference : int, optional
+        The view held whole with a list of names (default 0).
+    prior : dict, optional
+        ``field -> sigma`` one-sigma prior toward the start, mm for lengths and degrees for
+        angles, for the refined parameters of that field in every view. Default
+        :data:`DEFAULT_SELF_CALIBRATION_PRIOR` (``u0`` 2 mm, ``source_to_isocenter`` 10 mm,
+        ``primary_angle`` and ``detector_tilt_v`` 1 deg: the weakly observed parameters, when
+        refined). ``{}`` turns priors off.
+    residual_scale : float
+        The relative residual that weighs as much as a one-sigma prior deviation (default
+        0.01; exact data have a floor of about 4e-3 at 256^2 pixels, realistic radiographs
+        1e-2 to 3e-2).
+    max_iterations : int
+        L-BFGS iterations (strong Wolfe line search; each iteration one to a few evaluations
+        of about 0.1-0.3 CPU s at 256^2 pixels and 128 planes).
+    n_planes, smoothing, truncation, border
+        As for :func:`epipolar_consistency` (default 128 planes per pair).
+
+    Returns
+    -------
+    SelfCalibrationResult
+        Refined geometry and parameters, per-parameter start/refined values, residuals and
+        objective before and after, iterations.
+
+    Raises
+    ------
+    ValueError
+        A geometry without physical parameters, unknown parameter or view names, an empty
+        set, a bad ``reference``, ``prior``, ``residual_scale`` or ``max_iterations``, and
+        every input error of :func:`epipolar_consistency` (non-finite pixels, shapes, ...).
+
+    Examples
+    --------
+    >>> import tomoprior as tp
+    >>> from tomoprior.phantoms import Ellipsoid, Phantom
+    >>> true = tp.BiplanarGeometry.from_parameters(binning=24)
+    >>> xr = Phantom([Ellipsoid((5, -3, 4), (50, 60, 70), 0.02)]).line_integrals(true)
+    >>> start = true.perturbed({"lateral": {"v0": 1.0}})
+    >>> r = self_calibrate(xr, start, ["v0"], n_planes=64)
+    >>> abs(float(r.parameters[1].v0)) < 0.2
+    True
+    """
+    from ..geometry import ParametricGeometry
+
+    if not isinstance(geometry, ParametricGeometry):
+        raise ValueError(f"self-calibration refines physical view parameters: give a ParametricGeometry (e.g. "
+                         f"BiplanarGeometry or Geometry built from ViewParameters), got {type(geometry).__name__}")
+    names = [p.name for p in geometry.parameters]
+    if len(names) < 2:
+        raise ValueError(f"self-calibration needs at least two views, the geometry has {len(names)}")
+    if reference is not None and (isinstance(reference, bool) or not isinstance(reference, int)
+                                  or not 0 <= reference < len(names)):
+        raise ValueError(f"reference must be a view index in 0..{len(names) - 1}, got {reference!r}")
+    if not (isinstance(residual_scale, (int, float)) and not isinstance(residual_scale, bool)
+            and math.isfinite(residual_scale) and residual_scale > 0):
+        raise ValueError(f"residual_scale must be a positive relative residual (e.g. 0.01), got {residual_scale!r}")
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+        raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
+    free, ref = _free_parameters(parameters, names, reference)
+    prior = dict(DEFAULT_SELF_CALIBRATION_PRIOR if prior is None else prior)
+    if not isinstance(prior, dict):
+        raise ValueError(f"prior must be a mapping field -> sigma (mm or degrees), got {prior!r}")
+    for f, s in prior.items():
+        if f not in _STEP_SCALE:
+            raise ValueError(f"prior: unknown parameter {f!r}; choose from {sorted(_STEP_SCALE)}")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
+            raise ValueError(f"prior[{f!r}] must be a positive sigma in mm or degrees, got {s!r}")
+
+    def detached(p):
+        return p.replace(**{f: float(torch.as_tensor(getattr(p, f)).detach()) for f in p.SCALAR_FIELDS})
+
+    start = [detached(p) for p in geometry.parameters]
+    grid = geometry.grid
+    kw = dict(n_planes=n_planes, smoothing=smoothing, truncation=truncation, border=border)
+    # checks the images once (shapes, finiteness) and gives the starting numbers
+    with torch.no_grad():
+        first = epipolar_consistency(images, ParametricGeometry(grid, start), **kw)
+    ims = [im.detach() for im in _views_and_images(images, ParametricGeometry(grid, start))[1]]
+    dtype = torch.float64
+    ims = [im.to(dtype) for im in ims]
+    signal0 = [max(float(p.score.detach()) / max(float(p.relative.detach()), 1e-300) ** 2, 1e-300)
+               if math.isfinite(float(p.relative.detach())) and float(p.relative.detach()) > 0 else None
+               for p in first.pairs]
+    if any(s is None for s in signal0):
+        raise ValueError("a pair of views has no valid epipolar plane (every line truncated) or no signal: nothing to "
+                         "calibrate on; check that the object is inside both detectors")
+
+    angle_fields = set(type(start[0]).ANGLE_FIELDS)
+
+    def radians(f):
+        return f in angle_fields
+
+    unit = [math.radians(_STEP_SCALE[f]) if radians(f) else _STEP_SCALE[f] for _, f in free]
+    sig = []
+    for _, f in free:
+        s = prior.get(f)
+        sig.append(None if s is None else (math.radians(s) if radians(f) else float(s)))
+
+    def build(x):
+        per_view: list[dict] = [{} for _ in start]
+        for k, (i, f) in enumerate(free):
+            per_view[i][f] = getattr(start[i], f) + x[k] * unit[k]
+        return [p.replace(**d) if d else p for p, d in zip(start, per_view)]
+
+    def objective(x, **extra):
+        g = ParametricGeometry(grid, build(x))
+        ecc = epipolar_consistency(ims, g, **{**kw, **extra})
+        data = sum(p.score / (s * residual_scale ** 2) for p, s in zip(ecc.pairs, signal0))
+        reg = sum(((x[k] * unit[k]) / s) ** 2 for k, s in enumerate(sig) if s is not None)
+        return data + reg, ecc
+
+    x = torch.zeros(len(free), dtype=dtype, requires_grad=True)
+    with torch.no_grad():
+        obj0 = float(objective(x)[0])
+    best = {"obj": obj0, "x": x.detach().clone()}
+    opt = torch.optim.LBFGS([x], lr=1.0, max_iter=max_iterations, max_eval=int(max_iterations * 2.5),
+                            tolerance_grad=1e-5, tolerance_change=1e-6, history_size=20,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        try:
+            loss, _ = objective(x)
+        except ValueError:  # a trial step left the views without common planes: reject it
+            return torch.tensor(1e30, dtype=dtype)
+        if not bool(torch.isfinite(loss.detach())):
+            return torch.tensor(1e30, dtype=dtype)
+        loss.backward()
+        if float(loss.detach()) < best["obj"]:
+            best.update(obj=float(loss.detach()), x=x.detach().clone())
+        return loss
+
+    opt.step(closure)
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    iterations, evaluations = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
+    xb = best["x"]
+    refined = [detached(p) for p in build(xb)]
+    result_geom = ParametricGeometry.of(grid, refined)
+    with torch.no_grad():
+        after = epipolar_consistency(ims, result_geom, **kw)
+    values = {}
+    for i, f in free:
+        a, b = float(getattr(start[i], f)), float(getattr(refined[i], f))
+        if radians(f):
+            a, b = math.degrees(a), math.degrees(b)
+        values[f"{names[i]}.{f}"] = {"start": a, "refined": b, "change": b - a, "unit": "deg" if radians(f) else "mm"}
+    return SelfCalibrationResult(
+        geometry=result_geom, parameters=refined, start=start, free=free, values=values,
+        relative_before=float(first.relative), relative_after=float(after.relative),
+        score_before=float(first.score), score_after=float(after.score), objective_before=obj0,
+        objective_after=best["obj"], iterations=iterations, evaluations=evaluations,
+        converged=iterations < max_iterations, reference=ref,
+        prior={f"{names[i]}.{f}": prior[f] for i, f in free if f in prior}, residual_scale=float(residual_scale))

@@ -16,6 +16,7 @@ in the line integrals / path lengths (and in the spectrum fluence).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -149,13 +150,19 @@ def polychromatic_intensity(path_lengths: Mapping[str, Tensor], spectrum: Spectr
     w = w.to(dtype=dtype, device=device)
     densities = dict(densities or {})
     mus = {m: linear_attenuation(m, energies, density=densities.get(m)) for m in paths}
+    shape = torch.broadcast_shapes(*(t.shape for t in paths.values()))
+    flat = {m: t.to(dtype).expand(shape).reshape(-1) for m, t in paths.items()}
+    n = max(1, math.prod(shape))
+    # energies in blocks: memory stays at a few million values whatever the number of bins,
+    # and each block is one batched exp instead of a Python step per energy
+    block = max(1, min(energies.numel(), (1 << 22) // n))
     out = None
-    # loop over energies: memory stays at one image, whatever the number of bins
-    for k in range(energies.numel()):
-        optical = sum(mus[m][k] * paths[m] for m in paths)
-        term = w[k] * torch.exp(-optical)
+    for k0 in range(0, energies.numel(), block):
+        k1 = min(k0 + block, energies.numel())
+        optical = sum(mus[m][k0:k1, None] * flat[m][None, :] for m in flat)  # (energies, rays)
+        term = w[k0:k1] @ torch.exp(-optical)
         out = term if out is None else out + term
-    return i0 * out
+    return i0 * out.reshape(shape)
 
 
 def effective_energy(spectrum: Spectrum, material_name: str = "water", thickness_mm: float = 0.0, *,

@@ -79,28 +79,40 @@ class DenseBlock(nn.Module):
 
 class DownStage(nn.Module):
     """One encoder stage: stride-2 3-conv (halves every spatial side) then a dense block.
-    Shape ``(B, cin, *S) -> (B, cout, *S/2)``."""
+    The stride-2 convolution maps ``cin`` to ``cout`` channels, or, with
+    ``widen_in_transition`` (DenseNet style, as the official code), keeps ``cin`` and the
+    dense block's transition maps to ``cout``. Shape ``(B, cin, *S) -> (B, cout, *S/2)``."""
 
-    def __init__(self, dims: int, cin: int, cout: int, layers: int, growth: int, norm: str, bottleneck: int = 0):
+    def __init__(
+        self, dims: int, cin: int, cout: int, layers: int, growth: int, norm: str, bottleneck: int = 0,
+        widen_in_transition: bool = False,
+    ):
         super().__init__()
-        self.down = ConvNormAct(dims, cin, cout, kernel=3, stride=2, norm=norm)
-        self.dense = DenseBlock(dims, cout, cout, layers, growth, norm, bottleneck)
+        mid = cin if widen_in_transition else cout
+        self.down = ConvNormAct(dims, cin, mid, kernel=3, stride=2, norm=norm)
+        self.dense = DenseBlock(dims, mid, cout, layers, growth, norm, bottleneck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dense(self.down(x))
 
 
 class UpStage3D(nn.Module):
-    """One decoder level: 2x transposed convolution, concatenation with ``extra`` feature
-    maps at the new resolution, then two 3-conv blocks. ``(B, cin, *S) -> (B, cout, *2S)``."""
+    """One decoder level: 2x transposed convolution (``up_kernel^3``, stride 2: 2 = no
+    overlap, 3 as the official code), concatenation with ``extra`` feature maps at the new
+    resolution, then ``convs`` 3-conv blocks (the first takes the concatenation).
+    ``(B, cin, *S) -> (B, cout, *2S)``."""
 
-    def __init__(self, cin: int, extra: int, cout: int, norm: str):
+    def __init__(self, cin: int, extra: int, cout: int, norm: str, up_kernel: int = 2, convs: int = 2):
         super().__init__()
+        k = up_kernel
         self.up = nn.Sequential(
-            nn.ConvTranspose3d(cin, cout, 2, stride=2, bias=False), norm_layer(norm, cout, 3), nn.ReLU(inplace=True)
+            nn.ConvTranspose3d(cin, cout, k, stride=2, padding=(k - 1) // 2, output_padding=k % 2, bias=False),
+            norm_layer(norm, cout, 3),
+            nn.ReLU(inplace=True),
         )
         self.fuse = nn.Sequential(
-            ConvNormAct(3, cout + extra, cout, 3, norm=norm), ConvNormAct(3, cout, cout, 3, norm=norm)
+            ConvNormAct(3, cout + extra, cout, 3, norm=norm),
+            *(ConvNormAct(3, cout, cout, 3, norm=norm) for _ in range(convs - 1)),
         )
 
     def forward(self, x: torch.Tensor, extras: list[torch.Tensor]) -> torch.Tensor:
@@ -119,19 +131,20 @@ class Encoder2D(nn.Module):
     ``forward(x (B, 1, H, W)) -> [f_0 (B, stem, H, W), f_1 (B, w_0, H/2, W/2), ...,
     f_S (B, w_{S-1}, H/2^S, W/2^S)]`` (``f_s`` pairs with 3D stage ``s``; ``f_S`` is the
     bottleneck). ``layers``: dense layers per stage, one int for all or one per stage;
-    ``bottleneck``: see :class:`DenseBlock`.
+    ``bottleneck``: see :class:`DenseBlock`; ``widen_in_transition``: see :class:`DownStage`.
     """
 
     def __init__(
         self, stem: int, widths: tuple[int, ...], layers: int | tuple[int, ...], growth: int, norm: str,
-        bottleneck: int = 0,
+        bottleneck: int = 0, widen_in_transition: bool = False,
     ):
         super().__init__()
         self.stem = ConvNormAct(2, 1, stem, kernel=7, norm=norm)
         chans = (stem, *widths)
         per_stage = (layers,) * len(widths) if isinstance(layers, int) else tuple(layers)
         self.stages = nn.ModuleList(
-            DownStage(2, chans[i], chans[i + 1], per_stage[i], growth, norm, bottleneck) for i in range(len(widths))
+            DownStage(2, chans[i], chans[i + 1], per_stage[i], growth, norm, bottleneck, widen_in_transition)
+            for i in range(len(widths))
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

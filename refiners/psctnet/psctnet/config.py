@@ -32,7 +32,7 @@ _LATER_FIELDS = frozenset({
     # the switches of the ``official`` preset (their defaults are the earlier architecture)
     "stage_dense_layers", "dense_bottleneck", "bpc_width_rule", "agp_attn_dropout", "agp_residual_norm",
     "bim_dropout", "bim_ffn_activation", "bottleneck_view_fusion", "view_skips", "decoder_skips", "head_kernel",
-    "weight_init", "disc_condition",
+    "weight_init", "disc_condition", "widen_in_transition", "upsample_kernel", "view_decoder_convs",
 })
 
 
@@ -69,6 +69,11 @@ class PSCTNetConfig:
     dense_bottleneck : int
         0 (default): a dense layer is ``norm -> ReLU -> 3-conv``. ``k > 0``: DenseNet-BC
         layers ``norm -> ReLU -> 1-conv to k * growth -> norm -> ReLU -> 3-conv`` (official: 4).
+    widen_in_transition : bool
+        False (default): a stage's stride-2 convolution maps to the stage's width and the
+        dense block works at that width. True (official, DenseNet style): the stride-2
+        convolution keeps the incoming width, the dense block grows from it and its 1x1
+        transition maps to the stage's width (fewer parameters in widening 2D stages).
     dec_widths : tuple or None
         Main decoder widths per up-sampling level (bottleneck side first). Default: the
         encoder widths mirrored, ending at ``stem3d_width``.
@@ -130,6 +135,12 @@ class PSCTNetConfig:
         main decoder has none: it sees only the MV3D-C view averages.
     head_kernel : int
         Kernel side of the output convolution (odd; default 1, official 7).
+    upsample_kernel : int
+        Kernel side of the stride-2 transposed convolutions of every decoder (default 2,
+        non-overlapping; official 3, with padding 1 and output padding 1).
+    view_decoder_convs : int
+        3-conv blocks per level of the per-view decoders (default 2; official 3: its
+        "compress" convolution after the skip concatenation plus two).
     weight_init : {"default", "normal"}
         ``"default"``: PyTorch's initialisation. ``"normal"`` (official, pix2pix style): every
         convolution and linear weight N(0, 0.02) and bias 0 (also inside Mamba and in the
@@ -197,6 +208,7 @@ class PSCTNetConfig:
     growth: int = 8
     stage_dense_layers: tuple[int, ...] | None = None
     dense_bottleneck: int = 0
+    widen_in_transition: bool = False
     dec_widths: tuple[int, ...] | None = None
     view_widths: tuple[int, ...] | None = None
     view_width_divisor: int = 1
@@ -232,6 +244,8 @@ class PSCTNetConfig:
     view_skips: bool = False
     decoder_skips: bool = True
     head_kernel: int = 1
+    upsample_kernel: int = 2
+    view_decoder_convs: int = 2
     weight_init: str = "default"
     # output and input scaling
     output_activation: str = "clamp"
@@ -313,8 +327,12 @@ class PSCTNetConfig:
             "bim_ffn_ratio",
             "disc_width",
             "disc_layers",
+            "view_decoder_convs",
         ):
             pos_int(name)
+        if isinstance(self.upsample_kernel, bool) or self.upsample_kernel < 2:
+            raise ValueError(f"PSCTNetConfig.upsample_kernel must be an integer >= 2 (2 or the official 3), "
+                             f"got {self.upsample_kernel!r}")
         int_tuple("volume_shape", 3)
         int_tuple("enc3d_widths")
         stages = len(self.enc3d_widths)
@@ -547,6 +565,7 @@ PRESETS: dict[str, dict] = {
         dense_layers=6,
         growth=32,
         dense_bottleneck=4,
+        widen_in_transition=True,
         norm="batch",
         bpc_stages=(1, 2, 3, 4),
         bpc_width_rule="half_stage",
@@ -566,6 +585,8 @@ PRESETS: dict[str, dict] = {
         view_skips=True,
         decoder_skips=False,
         head_kernel=7,
+        upsample_kernel=3,
+        view_decoder_convs=3,
         output_activation="relu",
         weight_init="normal",
         disc_width=64,

@@ -104,7 +104,10 @@ class PSCTNet(Refiner):
         # per-view 2D encoders
         layers = tuple(cfg.stage_layers(s) for s in range(S))
         self.encoders2d = nn.ModuleList(
-            Encoder2D(cfg.stem2d_width, cfg.enc2d_widths, layers, cfg.growth, norm, cfg.dense_bottleneck)
+            Encoder2D(
+                cfg.stem2d_width, cfg.enc2d_widths, layers, cfg.growth, norm, cfg.dense_bottleneck,
+                cfg.widen_in_transition,
+            )
             for _ in range(cfg.num_views)
         )
         widths2d = (cfg.stem2d_width, *cfg.enc2d_widths)  # channels of f_s, s = 0..S
@@ -121,7 +124,10 @@ class PSCTNet(Refiner):
                     extra = cfg.resolved_bpc_width(s, widths2d[s])
                     self.bpc[str(s)] = BPC(widths2d[s], extra, norm)
                 stages.append(
-                    DownStage(3, chans[s] + extra, chans[s + 1], layers[s], cfg.growth, norm, cfg.dense_bottleneck)
+                    DownStage(
+                        3, chans[s] + extra, chans[s + 1], layers[s], cfg.growth, norm, cfg.dense_bottleneck,
+                        cfg.widen_in_transition,
+                    )
                 )
             self.stages3d = nn.ModuleList(stages)
 
@@ -171,7 +177,13 @@ class PSCTNet(Refiner):
         if cfg.use_mv3dc:
             view_extra = vw if cfg.view_skips else (0,) * S
             self.view_decoders = nn.ModuleList(
-                nn.ModuleList(UpStage3D((cfg.agp_dim, *vw)[lv], view_extra[lv], vw[lv], norm) for lv in range(S))
+                nn.ModuleList(
+                    UpStage3D(
+                        (cfg.agp_dim, *vw)[lv], view_extra[lv], vw[lv], norm, cfg.upsample_kernel,
+                        cfg.view_decoder_convs,
+                    )
+                    for lv in range(S)
+                )
                 for _ in range(cfg.num_views)
             )
             if cfg.view_skips:  # decoder level lv works at grid / 2^(S-1-lv): 2D features f_{S-1-lv}
@@ -182,7 +194,8 @@ class PSCTNet(Refiner):
         with_skips = cfg.has_main_encoder and cfg.decoder_skips
         skips = (*reversed(cfg.enc3d_widths[:-1]), cfg.stem3d_width) if with_skips else (0,) * S
         self.decoder = nn.ModuleList(
-            UpStage3D((cb, *dec)[lv], skips[lv] + (vw[lv] if cfg.use_mv3dc else 0), dec[lv], norm) for lv in range(S)
+            UpStage3D((cb, *dec)[lv], skips[lv] + (vw[lv] if cfg.use_mv3dc else 0), dec[lv], norm, cfg.upsample_kernel)
+            for lv in range(S)
         )
         self.head = nn.Conv3d(dec[-1], 1, cfg.head_kernel, padding=cfg.head_kernel // 2)
         if cfg.weight_init == "normal":

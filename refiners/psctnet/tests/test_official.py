@@ -96,6 +96,20 @@ def test_official_preset_at_full_size_has_the_official_channel_counts():
     ffn = net.bim.ffn
     assert isinstance(ffn[1], torch.nn.SiLU) and [m.p for m in ffn if isinstance(m, torch.nn.Dropout)] == [0.5, 0.5]
     assert PatchDiscriminator3D.from_config(net.config).in_channels == 3  # volume + two X-rays
+    # DenseNet-style stages: the stride-2 convolution keeps the width, the transition widens
+    assert [st.down[0].out_channels for st in net.encoders2d[0].stages] == [64, 128, 256, 512, 512]
+    up = net.decoder[0].up[0]
+    assert up.kernel_size == (3, 3, 3) and up.padding == (1, 1, 1) and up.output_padding == (1, 1, 1)
+    assert [len(lv.fuse) for lv in net.view_decoders[0]] == [3] * 5 and [len(lv.fuse) for lv in net.decoder] == [2] * 5
+    # The official X2CT_BP generator, built from the authors' repository with the experiment's
+    # settings (UNetLike_DownStep5 view models, batch norm, decoder_block_list [1, 1, 1, 1, 1, 0],
+    # mamba_ssm.Mamba replaced by the same-shaped mambapy block), has 55,894,890 parameters
+    # (10,978 in the unsupervised output heads of its view branches, which we do not build);
+    # this build has 56,851,169: the 1x1 transition we keep after the last 2D stage (2 x 0.50 M)
+    # and a few convolution biases apart, the same.
+    total = net.num_parameters()
+    transition = sum(p.numel() for enc in net.encoders2d for p in enc.stages[-1].dense.transition.parameters())
+    assert abs(total - transition - 55_894_890) < 50_000, (total, transition)
 
 
 def test_default_architecture_keeps_encoder_skips_and_no_view_links():
@@ -203,6 +217,8 @@ def test_official_micro_honours_the_refiner_contract():
         (dict(dense_bottleneck=-1), "dense_bottleneck"),
         (dict(use_mv3dc=False), "bottleneck_view_fusion"),
         (dict(bpc_stages=(1, 2, 3)), "bpc_stages"),
+        (dict(upsample_kernel=1), "upsample_kernel"),
+        (dict(view_decoder_convs=0), "view_decoder_convs"),
     ],
 )
 def test_official_switches_are_validated(bad, match):

@@ -82,7 +82,7 @@ def _parse_set(items: tuple[str, ...]) -> dict:
               help="Refiner name (tomoprior.refiners.available_refiners()).")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
               help="HDF5 dataset (tomoprior dataset make): 'train' split trains, 'val' validates.")
-@click.option("--preset", default=None, help="Refiner preset (PSCT-Net: tiny or paper).")
+@click.option("--preset", default=None, help="Refiner preset (PSCT-Net: tiny, paper or official).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Refiner config field (YAML value), repeatable, e.g. --set use_bim=false --set xray_size=32.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1))

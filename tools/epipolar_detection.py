@@ -372,6 +372,95 @@ def _case_scores(case, cfg, vol, grid, nominal, realism, images, pose, noise_see
     return out
 
 
+# -- where the calibrated floor comes from ------------------------------------------------------
+
+#: Effects of the realistic preset one at a time, and all but one (``floor_ablation``).
+FLOOR_VARIANTS = ("line integrals (no physics)", "noise", "scatter", "polychromatic beam", "heel effect",
+                  "focal spot and detector blur", "all but scatter", "all but polychromatic", "realistic (all)")
+
+
+def _floor_realism(variant: str, geometry) -> Realism | None:
+    """The realism of one :data:`FLOOR_VARIANTS` entry (None: noise-free line integrals, or the
+    preset has no polychromatic beam for the variants that need one)."""
+    from tomoprior.physics import heel_map
+
+    preset = Realism.preset("realistic")
+    rs = preset.radiograph
+    mats = getattr(preset, "materials", None)
+    off = {"noise": False, "scatter": None, "heel": None, "focal_spot_mm": 0.0, "detector_blur_px": 0.0}
+    one = {"noise": {"noise": True}, "scatter": {"scatter": rs.scatter}, "heel effect": {"heel": rs.heel},
+           "focal spot and detector blur": {"focal_spot_mm": rs.focal_spot_mm,
+                                            "detector_blur_px": rs.detector_blur_px}}
+    if variant == "line integrals (no physics)":
+        return None
+    if variant in one:
+        rs, m = rs.replace(**{**off, **one[variant]}), None
+    elif variant == "polychromatic beam":
+        rs, m = rs.replace(**off), mats
+    elif variant == "all but scatter":
+        rs, m = rs.replace(scatter=None), mats
+    elif variant == "all but polychromatic":
+        m = None
+    elif variant == "realistic (all)":
+        m = mats
+    else:
+        raise ValueError(f"unknown floor variant {variant!r}; use one of {FLOOR_VARIANTS}")
+    if variant in ("polychromatic beam", "all but scatter") and mats is None:
+        return None
+    if rs.heel not in (None, False):
+        rs = rs.replace(heel=heel_map(geometry, rs))
+    changes = {"pose": PoseJitter(), "motion": PoseJitter()}
+    if hasattr(preset, "materials"):
+        changes["materials"] = m
+    return dataclasses.replace(preset, radiograph=rs, **changes)
+
+
+def floor_ablation(cfg: StudyConfig, realisations: int = 2, log=None) -> dict:
+    """Calibrated scores of each :data:`FLOOR_VARIANTS` entry, on every anatomy of ``cfg`` and
+    its first ``realisations`` poses and noise seeds (the same as :func:`run_study`'s)."""
+    log = log or (lambda msg: None)
+    t_cpu = time.process_time()
+    pose_size = Realism.preset("realistic").pose
+    has_poly = getattr(Realism.preset("realistic"), "materials", None) is not None
+    rows = []
+    for ia, (ds, name, vol, grid, nominal) in enumerate(_anatomies(cfg)):
+        for variant in FLOOR_VARIANTS:
+            if not has_poly and variant in ("polychromatic beam", "all but scatter"):
+                continue
+            realism = _floor_realism(variant, nominal)
+            scores = {sm: [] for sm in cfg.smoothings}
+            for r in range(realisations):
+                pose = pose_size.draw(np.random.default_rng(_seed(cfg.seed, ia, r, 1)))
+                images = _images(vol, grid, posed_geometry(nominal, pose), realism, _seed(cfg.seed, ia, r, 2))
+                for sm in cfg.smoothings:
+                    scores[sm].append(_score(images, nominal, sm))
+            for sm, v in scores.items():
+                rows.append({"dataset": ds, "anatomy": name, "variant": variant, "smoothing": sm, "scores": v})
+        log(f"floor: {name} done, {time.process_time() - t_cpu:.0f} CPU s so far")
+    return {"config": dataclasses.asdict(cfg), "realisations": realisations, "rows": rows,
+            "cpu_seconds": time.process_time() - t_cpu, "torch_threads": torch.get_num_threads()}
+
+
+def markdown_floor(result: dict) -> str:
+    """Median calibrated score per effect, data set and smoothing [smallest-largest]."""
+    keys = sorted({(r["dataset"], r["smoothing"]) for r in result["rows"]},
+                  key=lambda k: ({"skulls": 0, "CThead": 1}.get(k[0], 9), k[1]))
+    variants = [v for v in FLOOR_VARIANTS if any(r["variant"] == v for r in result["rows"])]
+    lines = [f"Calibrated relative score per effect (median [smallest-largest] over anatomies and "
+             f"{result['realisations']} poses / noise seeds each)", "",
+             "| effect | " + " | ".join(f"{d}, {s:g} px" for d, s in keys) + " |", "| --- |" + " --- |" * len(keys)]
+    for v in variants:
+        cells = []
+        for d, s in keys:
+            vals = [x for r in result["rows"] if (r["dataset"], r["smoothing"], r["variant"]) == (d, s, v)
+                    for x in r["scores"]]
+            cells.append(f"{np.median(vals):.3f} [{min(vals):.3f}-{max(vals):.3f}]")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"CPU time {result['cpu_seconds']:.0f} s ({result['torch_threads']} torch thread(s)).")
+    return "\n".join(lines) + "\n"
+
+
 # -- outputs -------------------------------------------------------------------------------------
 
 def _columns_sorted(result: dict) -> list[dict]:
@@ -486,6 +575,9 @@ def main(argv=None) -> int:
     ap.add_argument("--percentile", type=float, default=95.0,
                     help="percentile of the calibrated scores used as threshold (default 95)")
     ap.add_argument("--no-cthead", action="store_true", help="skip the CThead real CT")
+    ap.add_argument("--floor", action="store_true",
+                    help="instead of the study: the calibrated score with each effect of the realistic preset alone "
+                         "and all but one (writes epipolar_detection_floor.{json,md})")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -498,8 +590,23 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cfg = StudyConfig.quick() if args.quick else StudyConfig()
     cfg.percentile, cfg.seed, cfg.cthead = args.percentile, args.seed, not args.no_cthead
-    result = run_study(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
-    result["command"] = "python tools/epipolar_detection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    command = "python tools/epipolar_detection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.floor:
+        result = floor_ablation(cfg, log=log)
+        result["command"] = command
+        text = markdown_floor(result)
+        for name, content in (("epipolar_detection_floor.json", json.dumps(result, indent=1) + "\n"),
+                              ("epipolar_detection_floor.md", text)):
+            write_text_atomic(args.out / name, content)
+            print(f"wrote {args.out / name}")
+        print(text)
+        return 0
+    result = run_study(cfg, log=log)
+    result["command"] = command
     for p in write_outputs(result, args.out):
         print(f"wrote {p}")
     print(markdown(result))

@@ -90,10 +90,10 @@ def _floats(text: str, n: int, hint: str) -> tuple[float, ...]:
 @click.option("--heel", "heel_deg", default=None, type=click.FloatRange(min=1, max=30),
               help="Radiographs: anode heel effect with this anode angle in degrees (default: none).")
 @click.option("--realism", "realism_text", default="none", show_default=True, metavar="none|realistic|FILE.yaml",
-              help="Realistic X-rays: head pose, head motion between the two exposures, heel effect, focal-spot and "
-                   "detector blur, scatter and quantum noise, then flat-field and -log (docs/data.md). 'none' keeps "
-                   "noise-free line integrals; a YAML file sets each effect (keys preset, radiograph, "
-                   "photons_per_mm2, pose, motion).")
+              help="Realistic X-rays: head pose, head motion between the two exposures, a polychromatic beam through "
+                   "soft tissue and bone, heel effect, focal-spot and detector blur, scatter and quantum noise, then "
+                   "flat-field and -log (docs/data.md). 'none' keeps noise-free line integrals; a YAML file sets each "
+                   "effect (keys preset, radiograph, photons_per_mm2, pose, motion, materials).")
 @click.option("--perturb", default=None,
               help="Calibration-error augmentation, e.g. 'sdd=5,offset=2,tilt=0.5,rotation=0.5' (mm / deg, "
                    "uniform +-).")

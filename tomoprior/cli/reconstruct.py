@@ -56,11 +56,10 @@ MAX_LINE_INTEGRAL = 1000.0
 #: grid, scatter-to-primary 1) and polychromatic beam are not corrected, 0.19 and 0.22, and 9e-3
 #: for the skull when scatter and beam hardening are removed. So the default sits above
 #: uncorrected clinical-like data and catches gross mismatches there (skull, realistic: lateral
-#: v0 +5 mm 0.46, a flipped frontal image 0.83); an upside-down view, a wrong detector offset of
-#: several mm or another system's geometry. For scatter-corrected data set it from a known-good
-#: acquisition (e.g. 0.03): then millimetre errors show (exact skull: v0 +3 mm 0.30, swapped
-#: views 0.26, source-to-detector +30 mm 0.15). ``tomoprior check-geometry`` uses 0.02, for
-#: clean data.
+#: v0 +5 mm 0.46, a frontal image upside down 0.83), not millimetre errors. For scatter-corrected
+#: data set it from a known-good acquisition (e.g. 0.03): then millimetre errors show (exact
+#: skull: v0 +3 mm 0.30, swapped views 0.26, source-to-detector +30 mm 0.15).
+#: ``tomoprior check-geometry`` uses 0.02, for clean data.
 DEFAULT_CONSISTENCY_TOLERANCE = 0.3
 #: Images are averaged down to at most this many pixels per side for the consistency check
 #: (the geometry binned alike): the check needs the shape of the object, not its fine detail.

@@ -232,7 +232,8 @@ class PSCTNet(Refiner):
         else:  # clamp, relu, none
             bias = m
         with torch.no_grad():
-            nn.init.normal_(self.head.weight, std=0.5 / math.sqrt(self.head.in_channels))
+            fan_in = self.head.weight[0].numel()  # in_channels x kernel volume
+            nn.init.normal_(self.head.weight, std=0.5 / math.sqrt(fan_in))
             self.head.bias.fill_(bias)
 
     def _legacy_scale_hook(self, state_dict, prefix, *args, **kwargs):

@@ -169,8 +169,13 @@ def test_xray_condition_has_one_channel_per_view_and_follows_its_view(geom16):
         disc(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 16, 16, 16))
 
 
-def test_normal_init_is_the_official_one_and_keeps_the_output_scale():
+def test_normal_init_is_the_official_one_and_keeps_the_output_scale(geom16):
     net = _micro()
+    # the untrained 7^3 head starts near init_output_mean (its weights scale with the whole fan-in:
+    # scaled by the channels alone, the first 32^3 run started 40x too bright)
+    with torch.no_grad():
+        mean = float(net(_xrays(geom16), geom16).mean()) / net.config.target_scale
+    assert 0.3 * net.config.init_output_mean < mean < 3 * net.config.init_output_mean, mean
     w = torch.cat([m.weight.detach().flatten() for m in net.stages3d.modules() if isinstance(m, torch.nn.Conv3d)])
     assert 0.015 < float(w.std()) < 0.025 and abs(float(w.mean())) < 0.005
     assert 0.8 < float(net.lifts[0].queries.detach().std()) < 1.2

@@ -535,7 +535,9 @@ def _check_outputs(paths: dict[str, Path], overwrite: bool) -> None:
 @click.option("--consistency-tolerance", default=DEFAULT_CONSISTENCY_TOLERANCE, show_default=True,
               type=click.FloatRange(min=0, min_open=True),
               help="Warn (and continue) when the worst pair's relative epipolar residual of the X-rays with the "
-                   "geometry exceeds this (with >= 2 views).")
+                   "geometry exceeds this (with >= 2 views). The default allows for uncorrected scatter and beam "
+                   "hardening (about 0.2 with the right geometry); for corrected data about 0.03 catches "
+                   "millimetre errors.")
 @click.option("--no-consistency-check", is_flag=True,
               help="Skip the epipolar consistency check of the X-rays with the geometry.")
 @click.option("--demo", is_flag=True, help=DEMO_HELP)

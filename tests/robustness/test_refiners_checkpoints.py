@@ -262,7 +262,8 @@ def _kind(cls, name: str) -> str:
     """The type a field must hold, from its default (written out here, independent of the
     annotations the library checks)."""
     special = {"dec_widths": "ints|None", "view_widths": "ints|None", "bpc_stages": "ints|None",
-               "bpc_width": "int|None", "preset_name": "str|None", "clamp_min": "float|None"}
+               "bpc_width": "int|None", "preset_name": "str|None", "clamp_min": "float|None",
+               "stage_dense_layers": "ints|None", "agp_attn_dropout": "float|None"}
     if name in special:
         return special[name]
     default = {f.name: f.default for f in dataclasses.fields(cls)}[name]

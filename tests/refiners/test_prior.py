@@ -273,3 +273,187 @@ def test_voxels_beyond_the_detector_are_not_seen():
     seen = mask[0, 0, 0].any(dim=(0, 2))
     assert bool(seen[y > -10.0].all()) and not bool(seen[y < -10.0].any())
     assert float(vol[0, 0, 0][:, y < -10.0, :].abs().max()) == 0.0
+
+
+# -- the CPU kernels and the cache of sampling tables -------------------------------------
+
+def _reference_lift(feats, geom, normalize=True):
+    """Straightforward per-view, per-channel reference: project every voxel centre with
+    ``Geometry.project_points``, clamp to the outer pixel centres, bilinear interpolation by
+    explicit indexing, times the mask (and the ray density when unnormalised)."""
+    from tomoprior.refiners.prior import _ray_density
+
+    b, nv, ch, h, w = feats.shape
+    grid = geom.grid
+    pix = geom.project_points(grid.voxel_centers().reshape(-1, 3).double())  # (V, N, 2) detector (col, row)
+    out = torch.zeros(b, nv, ch, grid.num_voxels, dtype=torch.float64)
+    for v, view in enumerate(geom.views):
+        rows, cols = view.shape
+        col, row = pix[v, :, 0], pix[v, :, 1]
+        seen = (col >= -0.5) & (col <= cols - 0.5) & (row >= -0.5) & (row <= rows - 0.5)
+        # detector pixel -> feature-map pixel (the map spans the detector edge to edge)
+        x = ((col + 0.5) * (w / cols) - 0.5).clamp(0, w - 1)
+        y = ((row + 0.5) * (h / rows) - 0.5).clamp(0, h - 1)
+        x0, y0 = x.floor().long(), y.floor().long()
+        x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+        ax, ay = x - x0, y - y0
+        factor = seen.double()
+        if not normalize:
+            factor = factor * _ray_density(view, grid, (h, w), "cpu").reshape(-1)
+        for i in range(b):
+            for c in range(ch):
+                f = feats[i, v, c].double()
+                top = (1 - ax) * f[y0, x0] + ax * f[y0, x1]
+                bottom = (1 - ax) * f[y1, x0] + ax * f[y1, x1]
+                val = (1 - ay) * top + ay * bottom
+                out[i, v, c] = val * factor
+    return out.reshape(b, nv, ch, *grid.shape)
+
+
+@pytest.fixture(scope="module")
+def small_geom():
+    # 14 x 12 x 10 voxels of 14-17 mm (corners outside the 96 x 96 detectors), off-centre
+    grid = tp.VolumeGrid((10, 12, 14), (17.0, 15.0, 14.0), center=(4.0, -6.0, 3.0))
+    return tp.BiplanarGeometry.from_parameters(binning=16, grid=grid)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_kernels_match_a_straightforward_reference(small_geom, dtype, normalize):
+    torch.manual_seed(3)
+    feats = torch.randn(2, 2, 3, 24, 40, dtype=dtype)  # any map size spans the detector
+    got = backproject_features(feats, small_geom, normalize=normalize)
+    ref = _reference_lift(feats, small_geom, normalize)
+    scale = float(ref.abs().max())
+    # float64: the projections agree to ~1e-12 px; float32: coordinates in float32 (~1e-5 px)
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), ref, atol=tol * scale, rtol=0)
+    assert bool((ref == 0).any()) and bool((ref != 0).any())  # some voxels unseen, some seen
+
+
+def test_kernels_equal_the_grid_sample_path(small_geom, monkeypatch):
+    """The numba kernels reproduce the grid_sample path: forward and feature gradient (bit for
+    bit on x86 builds of torch; asserted to 1e-6 relative to the largest value, which any
+    rounding-order difference stays far below)."""
+    from tomoprior.refiners import prior
+
+    torch.manual_seed(4)
+    feats = torch.randn(2, 2, 5, 32, 32)
+    geoms = [small_geom, tp.BiplanarGeometry.from_parameters(
+        tp.geometry.default_frontal(source_to_detector=1450.0).binned(16),
+        tp.geometry.default_lateral(u0=5.0, v0=-3.0).binned(16), grid=small_geom.grid)]
+    weights = torch.randn(2, 2, 5, *small_geom.grid.shape)
+
+    def run(geometry):
+        f = feats.clone().requires_grad_(True)
+        vol, mask = backproject_features(f, geometry, return_mask=True, normalize=False)
+        (vol * weights).sum().backward()
+        return vol.detach(), mask, f.grad
+
+    for geometry in (small_geom, geoms):
+        fast = run(geometry)
+        with monkeypatch.context() as m:
+            m.setattr(prior, "_use_kernels", lambda *a: False)
+            slow = run(geometry)
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b, atol=1e-6 * float(b.abs().max()), rtol=0)
+
+
+def test_feature_gradients_of_first_and_second_order():
+    """gradcheck (first order) and gradgradcheck (the adjoint's own derivative is the lifting)
+    of the CPU kernels in float64, shared and per-sample geometries."""
+    grid = tp.VolumeGrid((3, 4, 5), (30.0, 30.0, 30.0))
+    geom = tp.BiplanarGeometry.from_parameters(binning=64, grid=grid)  # 24 x 24 pixels
+    other = tp.BiplanarGeometry.from_parameters(tp.geometry.default_frontal(u0=3.0).binned(64),
+                                                tp.geometry.default_lateral().binned(64), grid=grid)
+    torch.manual_seed(5)
+    f = torch.rand(2, 2, 1, 5, 4, dtype=torch.float64, requires_grad=True)
+    for geometry in (geom, [geom, other]):
+        def lift(x, geometry=geometry):
+            return backproject_features(x, geometry, normalize=False)
+        assert torch.autograd.gradcheck(lift, (f,), eps=1e-6, atol=1e-8)
+        assert torch.autograd.gradgradcheck(lift, (f,), eps=1e-6, atol=1e-8)
+
+
+def test_cache_is_keyed_by_the_geometry_values(small_geom):
+    from tomoprior.refiners import prior
+
+    torch.manual_seed(6)
+    feats = torch.rand(1, 2, 2, 32, 32, dtype=torch.float64)
+    prior._clear_cache()
+    a = backproject_features(feats, small_geom)
+    assert len(prior._CACHE) == 2  # one table per view
+    torch.testing.assert_close(backproject_features(feats, small_geom), a, atol=0, rtol=0)
+    assert len(prior._CACHE) == 2  # reused
+    # a geometry with other numbers (same shapes) gets its own tables and its own result
+    moved = tp.BiplanarGeometry.from_parameters(tp.geometry.default_frontal(source_to_detector=1400.0).binned(16),
+                                                tp.geometry.default_lateral().binned(16), grid=small_geom.grid)
+    b = backproject_features(feats, moved)
+    assert len(prior._CACHE) == 3  # only the frontal view changed
+    torch.testing.assert_close(b, _reference_lift(feats, moved), atol=1e-9, rtol=0)
+    assert not torch.allclose(a[:, 0], b[:, 0]) and torch.equal(a[:, 1], b[:, 1])
+    # a view vector changed in place is a new key as well
+    views = [tp.View(v.source.clone(), v.detector_center.clone(), v.u, v.v, v.shape) for v in small_geom.views]
+    geom = tp.Geometry(small_geom.grid, views)
+    torch.testing.assert_close(backproject_features(feats, geom), a, atol=0, rtol=0)
+    with torch.no_grad():
+        views[0].detector_center.add_(torch.tensor([0.0, 0.0, 9.0], dtype=torch.float64))
+    shifted = backproject_features(feats, geom)
+    torch.testing.assert_close(shifted, _reference_lift(feats, geom), atol=1e-9, rtol=0)
+    assert not torch.allclose(shifted[:, 0], a[:, 0])
+    # other grid, other feature size, other dtype: other keys
+    backproject_features(feats[..., :16, :], small_geom)
+    backproject_features(feats.float(), small_geom)
+    backproject_features(feats, small_geom, grid=small_geom.grid.with_shape((5, 6, 7)))
+    assert len(prior._CACHE) == 4 + 6
+    prior._clear_cache()
+
+
+def test_cache_is_bounded_and_skips_differentiable_geometries(small_geom, monkeypatch):
+    from tomoprior.refiners import prior
+
+    prior._clear_cache()
+    monkeypatch.setattr(prior, "_CACHE_MAX_ENTRIES", 3)
+    feats = torch.rand(1, 2, 1, 16, 16)
+    for sdd in (1400.0, 1450.0, 1500.0):
+        g = tp.BiplanarGeometry.from_parameters(tp.geometry.default_frontal(source_to_detector=sdd).binned(16),
+                                                tp.geometry.default_lateral().binned(16), grid=small_geom.grid)
+        backproject_features(feats, g)
+        assert len(prior._CACHE) <= 3
+    prior._clear_cache()
+    sdd = torch.tensor(1500.0, dtype=torch.float64, requires_grad=True)
+    params = [tp.geometry.default_frontal(source_to_detector=sdd), tp.geometry.default_lateral()]
+    g = tp.Geometry(small_geom.grid, [p.binned(16).to_view() for p in params])
+    vol = backproject_features(feats.double(), g)
+    backproject_features(feats.double(), g)
+    # the frontal view's coordinates are recomputed, differentiably, on every call; only the
+    # fixed lateral view has a (grid_sample) entry
+    assert len(prior._CACHE) == 1 and next(iter(prior._CACHE))[0] == "grid"
+    vol.sum().backward()
+    assert sdd.grad is not None and float(sdd.grad) != 0.0
+
+
+def test_kernels_do_not_depend_on_the_thread_count(small_geom):
+    torch.manual_seed(7)
+    feats = torch.randn(1, 2, 20, 32, 32)
+    weights = torch.randn(1, 2, 20, *small_geom.grid.shape)
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            f = feats.clone().requires_grad_(True)
+            vol = backproject_features(f, small_geom)
+            (vol * weights).sum().backward()
+            results.append((vol.detach(), f.grad))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_half_precision_features_are_lifted_in_float32(small_geom):
+    feats = torch.rand(1, 2, 2, 32, 32).half()
+    got = backproject_features(feats, small_geom)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got, backproject_features(feats.float(), small_geom).half(), atol=0, rtol=0)

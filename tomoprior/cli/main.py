@@ -25,6 +25,7 @@ COMMANDS = {
     "info": "info:info",
     "reconstruct": "reconstruct:reconstruct",
     "simulate": "simulate:simulate",
+    "study": "study:study",
     "train": "train:train",
     "trend": "trend:trend",
     "validate": "validate:validate",

@@ -1,0 +1,69 @@
+"""``tomoprior study``: run a miscalibration study from a plan file, resumably, and report it
+(see ``docs/study.md`` and :mod:`tomoprior.studies.study`).
+
+Exit codes: 0 done (or stopped by ``--stop-after``); 2 a bad plan, a folder holding another
+plan or another study, unreadable data; 128 + N when stopped by signal N (continue with
+``--resume``: finished steps are skipped, training resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import click
+
+from .dataset import DataError, interrupted
+
+
+@click.group("study")
+def study() -> None:
+    """Resumable miscalibration study: `study run PLAN.yaml --out DIR`, `study report DIR`."""
+
+
+@study.command("run")
+@click.argument("plan", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Study folder (new, empty, or with "
+              "--resume the folder of the same plan).")
+@click.option("--resume", is_flag=True, help="Continue the study in --out: skip finished steps, resume training "
+              "from its last checkpoint. Refused if the plan changed.")
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+              help="torch threads (more than the free cores slows small 3D convolutions down many times).")
+@click.option("--stop-after", type=click.IntRange(1), default=None,
+              help="Stop after this many steps (e.g. to measure throughput); continue later with --resume.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def run(plan, out, resume, threads, stop_after, quiet) -> None:
+    """Run the study of PLAN (YAML) in --out, then write --out/report/."""
+    import signal
+
+    from .._atomic import Terminated, signals_as_exceptions
+    from ..studies.study import run_study
+
+    log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    try:
+        with signals_as_exceptions():
+            res = run_study(plan, out, resume=resume, log=log, stop_after=stop_after, threads=threads)
+    except Terminated as exc:
+        raise interrupted(exc.signum, f"the study in {out} stopped; continue it with "
+                                      f"`tomoprior study run {plan} --out {out} --resume`") from None
+    except KeyboardInterrupt:
+        raise interrupted(signal.SIGINT, f"the study in {out} stopped; continue it with --resume") from None
+    except (ValueError, OSError) as exc:
+        raise DataError(str(exc)) from exc
+    click.echo(f"{len(res['ran'])} step(s) run, {len(res['skipped'])} already done; "
+               f"{res['steps_done']}/{res['steps_total']} steps finished")
+    if res["stopped"]:
+        click.echo(f"not finished: continue with `tomoprior study run {plan} --out {out} --resume`")
+    else:
+        click.echo(f"report: {res['report']}")
+
+
+@study.command("report")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.option("--no-figure", is_flag=True, help="Skip figure.png.")
+def report(folder, no_figure) -> None:
+    """(Re)write FOLDER/report/ (report.md, report.json, figure.png) of a finished study."""
+    from ..studies.study import study_report
+
+    try:
+        path = study_report(folder, figure=not no_figure)
+    except (ValueError, OSError) as exc:
+        raise DataError(str(exc)) from exc
+    click.echo(path.read_text(encoding="utf-8"))

@@ -1,0 +1,965 @@
+"""A resumable, reproducible runner of the miscalibration study: does a refiner (and the
+back-projection prior it is built on) survive calibration error?
+
+A *plan* (YAML, :func:`load_plan`) names one synthetic dataset, the refiners with their
+training settings and the *arms* of the study. :func:`run_study` turns it into steps (make the
+data and its variants, train every refiner on the data each arm needs, evaluate every trained
+run on every arm), runs the steps that are not done yet, and :func:`study_report` compares
+every arm with the exact-geometry arm skull by skull (paired differences with seeded bootstrap
+95 % confidence intervals, a table and a figure against the geometry error in pixels).
+
+Arm kinds (``kind`` of an entry of ``arms``):
+
+==============  ==========================================================  ==================
+kind            test X-rays / geometry handed to the refiner                refiner trained on
+==============  ==========================================================  ==================
+exact           nominal geometry / the same geometry                        the base data
+miscalibrated   nominal perturbed by ``perturb`` x ``scale`` (per skull     the base data
+                and view, uniform +-) / the nominal geometry
+calibrated      as miscalibrated / the geometry a calibration recovers      the base data
+                (``bead``: the bead cage fitted from simulated bead images,
+                ``exact``, ``residual``: true + a bead calibration's error)
+augmented       as miscalibrated / the nominal geometry                     X-rays perturbed by
+                                                                            ``train_perturb`` x
+                                                                            ``train_scale``, told
+                                                                            the nominal geometry
+consistent      made with G' (``mismatch``: fixed parameter errors and/or   X-rays made with G',
+                a pixel-pitch scale) / the nominal G                        told G
+pose            head pose and motion between the exposures / the scanner's  the base data
+                nominal geometry (which knows nothing of the pose)
+==============  ==========================================================  ==================
+
+Every variant of the data is a *re-exposure* of the base file's volumes (no skull is drawn
+twice): same volumes, same per-skull seed (so the noise of the acquisition physics and the
+directions of the perturbation draws are shared between arms: the arm at 5x is the arm at 1x
+with every error five times larger), only the geometry or the pose changes. Test variants hold
+the base file's test skulls in the same order, so the rows of every arm pair up.
+
+Layout of the output folder ``DIR``::
+
+    plan.yaml, plan.json      the plan as given and as validated (with its SHA-256)
+    data/*.h5                 base dataset and its variants
+    runs/<refiner>/<trainset>/seed<k>/   training run folders (last.pt, best.pt, metrics.jsonl)
+    eval/<refiner>/seed<k>/<arm>.json    EvaluationResult of one arm
+    done/<step>.json          done-markers, with each step's budget (wall and CPU s, steps, samples/s)
+    report/report.md, report.json, figure.png
+
+Every file is written atomically and a step's done-marker only after its outputs, so a
+killed run loses at most the step it was in; training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .._atomic import write_text_atomic
+
+__all__ = ["ARM_KINDS", "PlanError", "bootstrap_ci", "load_plan", "run_study", "study_report", "validate_plan"]
+
+#: Arm kinds of a plan (see the module docstring).
+ARM_KINDS = ("exact", "miscalibrated", "calibrated", "augmented", "consistent", "pose")
+#: Calibration modes of a ``calibrated`` arm.
+CALIBRATIONS = ("bead", "exact", "residual")
+#: Metrics of the report table and the figure by default.
+REPORT_METRICS = ("psnr_x2ctgan", "ssim_x2ctgan", "mae_hu", "dice_bone", "assd_mm", "proj_rel_l2")
+#: The paper's stated miscalibration (uniform +- per view), the default ``perturb``.
+PAPER_PERTURB = {"source_to_detector_mm": 10.0, "offset_mm": 2.0, "tilt_deg": 1.0}
+_MISMATCH_KEYS = ("pixel_scale", "source_to_detector", "source_to_isocenter", "u0", "v0", "detector_tilt_u_deg",
+                  "detector_tilt_v_deg", "detector_rotation_deg")
+_DEFAULT_POSE = {"rotation_deg": 3.0, "translation_mm": 5.0}
+_DEFAULT_MOTION = {"rotation_deg": 1.0, "translation_mm": 1.0}
+
+
+class PlanError(ValueError):
+    """A plan that cannot be run; the message names the file, the key and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# the plan
+def _fail(where: str, msg: str) -> PlanError:
+    return PlanError(f"{where}: {msg}")
+
+
+def _mapping(value, where: str, known: tuple, required: tuple = ()) -> dict:
+    if not isinstance(value, Mapping):
+        raise _fail(where, f"must be a mapping with keys {list(known)}, got {value!r}")
+    unknown = sorted(str(k) for k in value if k not in known)
+    if unknown:
+        raise _fail(where, f"unknown key(s) {unknown}; known keys: {list(known)}")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise _fail(where, f"missing key(s) {missing}")
+    return dict(value)
+
+
+def _int(value, where: str, lo: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise _fail(where, f"must be an integer >= {lo}, got {value!r}")
+    return int(value)
+
+
+def _num(value, where: str, *, positive: bool = False, nonneg: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(where, f"must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise _fail(where, f"must be > 0, got {value!r}")
+    if nonneg and value < 0:
+        raise _fail(where, f"must be >= 0, got {value!r}")
+    return float(value)
+
+
+def _perturb(value, where: str) -> dict:
+    """A GeometryPerturbation as a plain dict: ``"paper"`` or a mapping of its fields (short
+    keys sdd, offset, tilt, rotation, sod accepted)."""
+    from ..data import GeometryPerturbation
+
+    if value == "paper":
+        return dict(PAPER_PERTURB)
+    alias = {"sdd": "source_to_detector_mm", "offset": "offset_mm", "tilt": "tilt_deg", "rotation": "rotation_deg",
+             "sod": "source_to_isocenter_mm"}
+    fields = tuple(f.name for f in dataclasses.fields(GeometryPerturbation))
+    d = _mapping(value, where, (*fields, *alias))
+    out = {alias.get(k, k): _num(v, f"{where}.{k}", nonneg=True) for k, v in d.items()}
+    if not any(out.values()):
+        raise _fail(where, "is all zero; give at least one non-zero error (or 'paper')")
+    return out
+
+
+def _jitter(value, where: str) -> dict:
+    d = _mapping(value, where, ("rotation_deg", "translation_mm"))
+    return {k: _num(d.get(k, 0.0), f"{where}.{k}", nonneg=True) for k in ("rotation_deg", "translation_mm")}
+
+
+def _realism(value, where: str):
+    """The plan's realism: a preset name or a mapping of :meth:`Realism.from_dict`."""
+    from ..data import Realism
+
+    try:
+        if isinstance(value, str):
+            return Realism.preset(value)
+        if isinstance(value, Mapping):
+            return Realism.from_dict(value)
+    except (ValueError, TypeError) as exc:
+        raise _fail(where, str(exc)) from exc
+    raise _fail(where, f"must be a preset name ('none', 'realistic') or a mapping of realism settings, got {value!r}")
+
+
+def _check_mismatch(m: dict, where: str) -> dict:
+    d = _mapping(m, where, _MISMATCH_KEYS)
+    out = {k: _num(v, f"{where}.{k}", positive=(k == "pixel_scale")) for k, v in d.items()}
+    if not out or all((v == 1.0 if k == "pixel_scale" else v == 0.0) for k, v in out.items()):
+        raise _fail(where, f"gives no mismatch; set e.g. pixel_scale: 0.83 or source_to_detector: 20 "
+                           f"(keys {list(_MISMATCH_KEYS)})")
+    return out
+
+
+def validate_plan(raw, source: str = "plan") -> dict:
+    """Check a plan (the parsed YAML) and return it normalised (every default filled in).
+
+    Raises
+    ------
+    PlanError
+        A missing or unknown key, a value of the wrong type or range; the message names the
+        key as a dotted path (``arms.paper-5x.scale``) and what it accepts.
+    """
+    from ..data.synthetic import available_variants
+    from ..refiners import available_refiners
+
+    top = _mapping(raw, source, ("name", "seed", "device", "data", "refiners", "evaluation", "arms", "report"),
+                   ("data", "refiners", "arms"))
+    plan: dict = {"name": str(top.get("name", "study")), "seed": _int(top.get("seed", 0), f"{source}: seed"),
+                  "device": str(top.get("device", "cpu"))}
+    if plan["device"] not in ("cpu", "auto") and not plan["device"].startswith("cuda"):
+        raise _fail(f"{source}: device", f"must be 'cpu', 'auto' or 'cuda[:N]', got {plan['device']!r}")
+
+    w = f"{source}: data"
+    d = _mapping(top["data"], w, ("n", "grid", "binning", "realism", "seed", "split", "variants", "phantom"),
+                 ("n", "grid"))
+    data = {"n": _int(d["n"], f"{w}.n", 3), "grid": _int(d["grid"], f"{w}.grid", 8),
+            "binning": _int(d.get("binning", 12), f"{w}.binning", 1), "seed": _int(d.get("seed", 0), f"{w}.seed"),
+            "phantom": str(d.get("phantom", "skull"))}
+    if 1536 % data["binning"]:
+        raise _fail(f"{w}.binning", f"must divide the 1536-pixel detector (e.g. 12, 24, 48, 96), got {data['binning']}")
+    split = d.get("split", [0.6, 0.2, 0.2])
+    if not (isinstance(split, (list, tuple)) and len(split) == 3):
+        raise _fail(f"{w}.split", f"must be three fractions [train, val, test], got {split!r}")
+    data["split"] = [_num(x, f"{w}.split[{i}]", positive=True) for i, x in enumerate(split)]
+    variants = d.get("variants")
+    allowed = available_variants(data["phantom"])
+    if variants is not None:
+        if not isinstance(variants, (list, tuple)) or not variants or any(v not in allowed for v in variants):
+            raise _fail(f"{w}.variants", f"must be a non-empty list of {list(allowed)}, got {variants!r}")
+        variants = [str(v) for v in variants]
+    data["variants"] = variants
+    realism_raw = d.get("realism", "none")
+    realism = _realism(realism_raw, f"{w}.realism")
+    data["realism"] = realism_raw if isinstance(realism_raw, str) else dict(realism_raw)
+    plan["data"] = data
+
+    plan["refiners"] = _validate_refiners(top["refiners"], f"{source}: refiners", available_refiners())
+
+    w = f"{source}: evaluation"
+    e = _mapping(top.get("evaluation", {}) or {}, w, ("fit_bone_level", "bone_fit_samples", "batch"))
+    plan["evaluation"] = {"fit_bone_level": bool(e.get("fit_bone_level", True)),
+                          "bone_fit_samples": _int(e.get("bone_fit_samples", 8), f"{w}.bone_fit_samples", 1),
+                          "batch": _int(e.get("batch", 2), f"{w}.batch", 1)}
+
+    plan["arms"] = _validate_arms(top["arms"], f"{source}: arms", realism)
+
+    w = f"{source}: report"
+    r = _mapping(top.get("report", {}) or {}, w, ("bootstrap", "metrics", "level"))
+    from .evaluation import METRICS
+
+    metrics = r.get("metrics", list(REPORT_METRICS))
+    if not isinstance(metrics, (list, tuple)) or not metrics or any(m not in METRICS for m in metrics):
+        raise _fail(f"{w}.metrics", f"must be a non-empty list of {list(METRICS)}, got {metrics!r}")
+    level = _num(r.get("level", 0.95), f"{w}.level", positive=True)
+    if level >= 1:
+        raise _fail(f"{w}.level", f"must be a fraction in (0, 1), e.g. 0.95, got {level}")
+    plan["report"] = {"bootstrap": _int(r.get("bootstrap", 2000), f"{w}.bootstrap", 100), "metrics": list(metrics),
+                      "level": level}
+    return plan
+
+
+def _validate_refiners(raw, where: str, available) -> dict:
+    if not isinstance(raw, Mapping) or not raw:
+        raise _fail(where, "must map a label to a refiner, e.g. {bp-prior: {refiner: bp-prior}}")
+    out = {}
+    for label, spec in raw.items():
+        w = f"{where}.{label}"
+        if not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum():
+            raise _fail(where, f"refiner label {label!r} must be letters, digits, '-' or '_' (it names folders)")
+        s = _mapping(spec if spec is not None else {}, w, ("refiner", "preset", "width", "config", "train"))
+        name = str(s.get("refiner", label))
+        if name not in available:
+            raise _fail(f"{w}.refiner", f"unknown refiner {name!r}; available: {list(available)}")
+        config = s.get("config", {}) or {}
+        if not isinstance(config, Mapping):
+            raise _fail(f"{w}.config", f"must be a mapping of the refiner's config fields, got {config!r}")
+        config = dict(config)
+        if "preset" in s:
+            config["preset"] = str(s["preset"])
+        if "width" in s:
+            config.update(_width_overrides(name, config.get("preset"), _int(s["width"], f"{w}.width", 1), f"{w}.width"))
+        t = _mapping(s.get("train", {}) or {}, f"{w}.train", ("steps", "batch", "seeds", "lr", "checkpoint_every",
+                                                              "select"))
+        seeds = t.get("seeds", [0])
+        if not isinstance(seeds, (list, tuple)) or not seeds:
+            raise _fail(f"{w}.train.seeds", f"must be a non-empty list of integers, got {seeds!r}")
+        seeds = [_int(x, f"{w}.train.seeds[{i}]") for i, x in enumerate(seeds)]
+        if len(set(seeds)) != len(seeds):
+            raise _fail(f"{w}.train.seeds", f"has repeated seeds {seeds}")
+        train = {"steps": _int(t.get("steps", 1), f"{w}.train.steps", 1),
+                 "batch": _int(t.get("batch", 1), f"{w}.train.batch", 1), "seeds": seeds,
+                 "lr": None if t.get("lr") is None else _num(t["lr"], f"{w}.train.lr", positive=True),
+                 "checkpoint_every": _int(t.get("checkpoint_every", 50), f"{w}.train.checkpoint_every", 0),
+                 "select": str(t.get("select", "dice"))}
+        out[label] = {"refiner": name, "config": config, "train": train}
+    _check_configs(out, where)
+    return out
+
+
+def _check_configs(refiners: dict, where: str) -> None:
+    """Build every refiner once (tiny volume shape untouched) so a bad config field fails now."""
+    from ..refiners.registry import get_class
+
+    for label, r in refiners.items():
+        cls = get_class(r["refiner"])
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        bad = sorted(k for k in r["config"] if k not in fields and k != "preset")
+        if bad:
+            raise _fail(f"{where}.{label}.config",
+                        f"unknown field(s) {bad} of {r['refiner']}; fields: {sorted(fields)}")
+
+
+def _width_overrides(refiner: str, preset, width: int, where: str) -> dict:
+    """Config overrides that scale every channel width of a preset so that its stem has
+    ``width`` channels (PSCT-Net: ``stem3d_width``, ``enc3d_widths``, ``stem2d_width``, ...)."""
+    from ..refiners.registry import get_class
+
+    cls = get_class(refiner).config_class
+    if "stem3d_width" not in {f.name for f in dataclasses.fields(cls)} or not hasattr(cls, "preset"):
+        raise _fail(where, f"width is for refiners with preset channel widths (psctnet); {refiner!r} has none; "
+                           "remove width or set its config fields")
+    try:
+        base = cls.preset(preset or "tiny")
+    except ValueError as exc:
+        raise _fail(where, str(exc)) from exc
+    f = width / base.stem3d_width
+    out = {}
+    for fld in dataclasses.fields(cls):
+        if not fld.name.endswith(("_width", "_widths")):
+            continue
+        v = getattr(base, fld.name)
+        if isinstance(v, int) and not isinstance(v, bool):
+            out[fld.name] = max(1, round(v * f))
+        elif isinstance(v, tuple) and v and all(isinstance(x, int) for x in v):
+            out[fld.name] = [max(1, round(x * f)) for x in v]
+    return out
+
+
+def _validate_arms(raw, where: str, realism) -> dict:
+    if not isinstance(raw, Mapping) or not raw:
+        raise _fail(where, f"must map arm names to arms with a kind among {list(ARM_KINDS)}")
+    out = {}
+    keys = ("kind", "perturb", "scale", "calibration", "train_perturb", "train_scale", "mismatch", "pose", "motion")
+    for name, spec in raw.items():
+        w = f"{where}.{name}"
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise _fail(where, f"arm name {name!r} must be letters, digits, '-', '_' or '.' (it names files)")
+        s = _mapping(spec, w, keys, ("kind",))
+        kind = s["kind"]
+        if kind not in ARM_KINDS:
+            raise _fail(f"{w}.kind", f"must be one of {list(ARM_KINDS)}, got {kind!r}")
+        allowed = {"exact": (), "miscalibrated": ("perturb", "scale"),
+                   "calibrated": ("perturb", "scale", "calibration"),
+                   "augmented": ("perturb", "scale", "train_perturb", "train_scale"), "consistent": ("mismatch",),
+                   "pose": ("pose", "motion")}[kind]
+        extra = sorted(k for k in s if k != "kind" and k not in allowed)
+        if extra:
+            raise _fail(w, f"key(s) {extra} do not apply to a {kind!r} arm (it takes {list(allowed)})")
+        arm: dict = {"kind": kind}
+        if "perturb" in allowed:
+            scale = _num(s.get("scale", 1.0), f"{w}.scale", positive=True)
+            arm["perturb"] = {k: v * scale for k, v in _perturb(s.get("perturb", "paper"), f"{w}.perturb").items()}
+        if kind == "calibrated":
+            cal = s.get("calibration", "bead")
+            if cal not in CALIBRATIONS:
+                raise _fail(f"{w}.calibration", f"must be one of {list(CALIBRATIONS)}, got {cal!r}")
+            arm["calibration"] = cal
+        if kind == "augmented":
+            tscale = _num(s.get("train_scale", 1.0), f"{w}.train_scale", positive=True)
+            arm["train_perturb"] = {k: v * tscale for k, v in
+                                    _perturb(s.get("train_perturb", s.get("perturb", "paper")),
+                                             f"{w}.train_perturb").items()}
+        if kind == "consistent":
+            if "mismatch" not in s:
+                raise _fail(w, "a 'consistent' arm needs mismatch (e.g. {pixel_scale: 0.83} or "
+                               "{source_to_detector: 20, u0: 3})")
+            arm["mismatch"] = _check_mismatch(s["mismatch"], f"{w}.mismatch")
+        if kind == "pose":
+            pose = s.get("pose", dataclasses.asdict(realism.pose) if not realism.pose.is_zero else _DEFAULT_POSE)
+            motion = s.get("motion",
+                           dataclasses.asdict(realism.motion) if not realism.motion.is_zero else _DEFAULT_MOTION)
+            arm["pose"], arm["motion"] = _jitter(pose, f"{w}.pose"), _jitter(motion, f"{w}.motion")
+            if not any(arm["pose"].values()) and not any(arm["motion"].values()):
+                raise _fail(w, "pose and motion are both zero; give a non-zero head pose or motion")
+        out[str(name)] = arm
+    exact = [n for n, a in out.items() if a["kind"] == "exact"]
+    if len(exact) != 1:
+        raise _fail(where, f"need exactly one arm of kind 'exact' (the reference of every comparison), got {exact}")
+    return out
+
+
+def load_plan(path) -> tuple[dict, str]:
+    """Read and validate a plan file; returns ``(plan, text)``."""
+    from .._yaml import load_yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise PlanError(f"plan file {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    raw = load_yaml(text, what=f"plan {p}")
+    return validate_plan(raw, str(p)), text
+
+
+def plan_hash(plan: dict) -> str:
+    """SHA-256 of the validated plan (canonical JSON): comments and key order do not count."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# steps
+def _recipe_name(prefix: str, recipe: dict) -> str:
+    return f"{prefix}-{hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+def _test_recipe(arm: dict) -> dict:
+    kind = arm["kind"]
+    if kind == "exact":
+        return {}
+    if kind in ("miscalibrated", "calibrated", "augmented"):
+        return {"perturb": arm["perturb"]}
+    if kind == "consistent":
+        return {"mismatch": arm["mismatch"]}
+    return {"pose": arm["pose"], "motion": arm["motion"]}
+
+
+def _train_recipe(arm: dict) -> dict | None:
+    if arm["kind"] == "augmented":
+        return {"perturb": arm["train_perturb"]}
+    if arm["kind"] == "consistent":
+        return {"mismatch": arm["mismatch"]}
+    return None
+
+
+def _test_name(arm: dict) -> str:
+    r = _test_recipe(arm)
+    return "test-exact" if not r else _recipe_name("test", r)
+
+
+def _train_name(arm: dict) -> str:
+    r = _train_recipe(arm)
+    return "base" if r is None else _recipe_name("train", r)
+
+
+class _Budget:
+    """Wall and CPU seconds of a block (``with _Budget() as b: ...; b.record``)."""
+
+    def __enter__(self):
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.record = {"wall_s": time.perf_counter() - self.t0, "cpu_s": time.process_time() - self.c0}
+        return False
+
+
+class _Runner:
+    def __init__(self, plan: dict, out: Path, log: Callable[[str], None]):
+        self.plan, self.out, self.log = plan, out, log
+        self.ran: list[str] = []
+        self.skipped: list[str] = []
+
+    def marker(self, step: str) -> Path:
+        return self.out / "done" / f"{step.replace('/', '__')}.json"
+
+    def done(self, step: str) -> dict | None:
+        p = self.marker(step)
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+    def step(self, step: str, fn: Callable[[], dict]) -> dict:
+        rec = self.done(step)
+        if rec is not None:
+            self.skipped.append(step)
+            return rec
+        self.log(f"[study] {step} ...")
+        with _Budget() as b:
+            info = fn() or {}
+        rec = {"step": step, "budget": {**b.record, **info.pop("budget", {})}, **info}
+        self.marker(step).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.marker(step), json.dumps(rec, indent=1, sort_keys=True) + "\n")
+        self.ran.append(step)
+        self.log(f"[study] {step} done ({rec['budget']['wall_s']:.1f} s wall, {rec['budget']['cpu_s']:.1f} s CPU)")
+        return rec
+
+    # -- data ---------------------------------------------------------------------------------
+    def realism(self, extra: dict | None = None):
+        from ..data import PoseJitter
+
+        r = _realism(self.plan["data"]["realism"], "data.realism")
+        r = dataclasses.replace(r, pose=PoseJitter(), motion=PoseJitter())  # pose belongs to the pose arm
+        if extra:
+            r = dataclasses.replace(r, pose=PoseJitter(**extra["pose"]), motion=PoseJitter(**extra["motion"]))
+        return r
+
+    def make_base(self) -> dict:
+        from ..data import generate, make_specs
+
+        d = self.plan["data"]
+        realism = self.realism()
+        specs = make_specs(d["n"], seed=d["seed"], grid=d["grid"], binning=d["binning"], variants=d["variants"],
+                           phantom=d["phantom"], fractions=tuple(d["split"]),
+                           realism=None if realism.is_none else realism)
+        splits = [s.split for s in specs]
+        for need in ("train", "val", "test"):
+            if need not in splits:
+                raise PlanError(f"data: {d['n']} samples with split {d['split']} give no {need!r} sample; raise n or "
+                                "the fraction")
+        path = self.out / "data" / "base.h5"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        generate(specs, path)
+        return {"outputs": [str(path.relative_to(self.out))], "n": len(specs),
+                "splits": {s: splits.count(s) for s in ("train", "val", "test")}}
+
+    def reexpose(self, name: str, recipe: dict, splits: tuple, told_in_geometry: bool) -> dict:
+        """A variant of the base file: its ``splits`` rows re-exposed per ``recipe``."""
+        from .._threads import torch_threads
+        from ..data import DatasetFile, DatasetWriter, GeometryPerturbation, Sample, synthesize
+
+        base = self.out / "data" / "base.h5"
+        path = self.out / "data" / f"{name}.h5"
+        pert = GeometryPerturbation(**recipe["perturb"]) if "perturb" in recipe else None
+        realism = self.realism(recipe if "pose" in recipe else None)
+        import torch
+
+        with DatasetFile(base) as ds:
+            all_splits = ds.splits()
+            rows = [i for i, s in enumerate(all_splits) if s in splits]
+            with DatasetWriter(path, attrs={"xray_kind": "line_integrals", "xray_units": "attenuation x mm",
+                                            "phantom": self.plan["data"]["phantom"], "study_variant": name},
+                               expected_samples=len(rows)) as wr, torch_threads(1), torch.no_grad():
+                for i in rows:
+                    prov = ds.provenance(i)
+                    seed = int(prov["spec"]["seed"])
+                    vol = torch.from_numpy(ds.volume(i))
+                    nominal = ds.geometry(i, nominal=True)
+                    made_with = _apply_mismatch(nominal, recipe["mismatch"]) if "mismatch" in recipe else nominal
+                    res = synthesize(vol, made_with, perturbation=pert, seed=seed,
+                                     realism=None if realism.is_none else realism)
+                    prov = {**prov, "study_variant": {"name": name, "recipe": recipe, "base_row": i,
+                                                      "augmentation": res.augmentation}}
+                    if told_in_geometry:  # training reads /geometry: store what the refiner is told
+                        geom, nom = nominal, nominal
+                        prov["study_variant"]["xrays_made_with"] = "see recipe (geometry stored = nominal, told)"
+                    else:  # evaluation: /geometry the truth, /nominal_geometry what the refiner is told
+                        geom, nom = res.geometry, nominal
+                    wr.append(Sample(volume=vol, grid=ds.grid(i), xrays=res.xrays, geometry=geom,
+                                     labels=ds.labels(i), provenance=prov, nominal_geometry=nom, split=all_splits[i]))
+        return {"outputs": [str(path.relative_to(self.out))], "n": len(rows), "recipe": recipe}
+
+    # -- training -----------------------------------------------------------------------------
+    def train(self, label: str, trainset: str, seed: int) -> dict:
+        from .evaluation import fit_bone_threshold
+        from .training import TrainConfig, train
+
+        r = self.plan["refiners"][label]
+        t = r["train"]
+        data = self.out / "data" / f"{trainset}.h5"
+        run = self.out / "runs" / label / trainset / f"seed{seed}"
+        from ..data import DatasetFile
+
+        with DatasetFile(data) as ds:
+            n_train = ds.splits().count("train")
+        per_epoch = math.ceil(n_train / t["batch"])
+        epochs = max(1, math.ceil(t["steps"] / per_epoch))
+        cfg = TrainConfig(data=str(data), refiner=r["refiner"], refiner_config=copy.deepcopy(r["config"]),
+                          out=str(run), epochs=epochs, batch_size=t["batch"], lr=t["lr"], seed=seed,
+                          save_every=t["checkpoint_every"], device=self.plan["device"], progress=False,
+                          select=t["select"])
+        sessions_path = run / "study_budget.json"
+        sessions = json.loads(sessions_path.read_text()) if sessions_path.is_file() else []
+        resume = (run / "last.pt").is_file()
+        with _Budget() as b:
+            summary = train(cfg, resume=resume)
+        sessions.append({**b.record, "resumed": resume, "steps_at_end": summary["steps"]})
+        write_text_atomic(sessions_path, json.dumps(sessions, indent=1) + "\n")
+        ckpt = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
+        level = None
+        bone_fit = None
+        if self.plan["evaluation"]["fit_bone_level"]:
+            from ..refiners.base import Refiner
+
+            with _Budget() as fb:
+                fit = fit_bone_threshold(Refiner.from_checkpoint(ckpt), data, "train",
+                                         max_samples=self.plan["evaluation"]["bone_fit_samples"],
+                                         device=self.plan["device"])
+            level = fit["threshold_mu"]
+            bone_fit = {"threshold_mu": level, "dice": fit["dice"], "dice_at_default": fit["dice_at_default"],
+                        "n_samples": fit["n_samples"], "note": fit["note"],
+                        **{f"fit_{k}": v for k, v in fb.record.items()}}
+        train_budget = {"train_wall_s": sum(s["wall_s"] for s in sessions),
+                        "train_cpu_s": sum(s["cpu_s"] for s in sessions), "sessions": len(sessions),
+                        "steps": summary["steps"], "epochs": summary["epochs"],
+                        "samples_per_s": summary["samples_per_s"],
+                        "batch": t["batch"], "n_train": n_train}
+        return {"outputs": [str(run.relative_to(self.out))], "checkpoint": str(ckpt.relative_to(self.out)),
+                "pred_bone_threshold_mu": level, "bone_fit": bone_fit, "budget": train_budget,
+                "best": _plain(summary.get("best"))}
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def bead_calibrator(self, upsample: int):
+        """:func:`bead_cage_calibrator`, remembered per true geometry and seed: every refiner of
+        an arm is handed the same calibrated geometry, computed once per process."""
+        from ..geometry.io import dumps as geometry_dumps
+        from .miscalibration import bead_cage_calibrator
+
+        fit = bead_cage_calibrator(upsample=upsample)
+        cache = self.__dict__.setdefault("_bead_cache", {})
+
+        def calibrate_cached(true, nominal, seed):
+            key = (geometry_dumps(true), geometry_dumps(nominal), tuple(seed), upsample)
+            if key not in cache:
+                cache[key] = fit(true, nominal, seed)
+            return cache[key]
+
+        calibrate_cached.__name__ = fit.__name__
+        return calibrate_cached
+
+    def evaluate(self, label: str, seed: int, arm_name: str, train_rec: dict) -> dict:
+        from ..refiners.base import Refiner
+        from .evaluation import evaluate
+        from .miscalibration import CALIBRATION_RESIDUAL
+
+        arm = self.plan["arms"][arm_name]
+        kw: dict = {"geometry_override": "nominal"}
+        # the bead cage's 1.5 mm beads need detector pixels of about 0.8 mm: read the bead images
+        # out that much finer than the X-rays (0.2 mm native pixels x binning)
+        upsample = max(1, math.ceil(0.2 * self.plan["data"]["binning"] / 0.8))
+        if arm["kind"] == "exact":
+            kw = {"geometry_override": None}
+        elif arm["kind"] == "calibrated":
+            kw = {"bead": {"geometry_override": self.bead_calibrator(upsample)},
+                  "exact": {"geometry_override": "true"},
+                  "residual": {"geometry_override": None, "calibration_error": CALIBRATION_RESIDUAL},
+                  }[arm["calibration"]]
+        ckpt = self.out / train_rec["checkpoint"]
+        refiner = Refiner.from_checkpoint(ckpt)
+        data = self.out / "data" / f"{_test_name(arm)}.h5"
+        res = evaluate(refiner, data, "test", seed=self.plan["seed"], label=f"{label} seed{seed} {arm_name}",
+                       checkpoint=str(ckpt.relative_to(self.out)), batch_size=self.plan["evaluation"]["batch"],
+                       device=self.plan["device"], pred_bone_threshold_mu=train_rec["pred_bone_threshold_mu"], **kw)
+        res.dataset = str(data.relative_to(self.out))
+        path = self.out / "eval" / label / f"seed{seed}" / f"{arm_name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res.save(path)
+        return {"outputs": [str(path.relative_to(self.out))], "n": len(res.per_sample),
+                "budget": {"refiner_s": float(sum(s["refiner_seconds"] for s in res.per_sample))}}
+
+
+def _plain(o):
+    from .evaluation import _json_safe
+
+    return json.loads(json.dumps(_json_safe(o))) if o is not None else None
+
+
+def _apply_mismatch(geometry, mismatch: dict):
+    """``geometry`` with the same parameter errors on every view and/or its pixel pitch
+    scaled by ``pixel_scale`` (the detector then covers ``pixel_scale`` times the field)."""
+    deltas = {k: v for k, v in mismatch.items() if k != "pixel_scale"}
+    g = geometry.perturbed([deltas] * len(geometry.parameters)) if deltas else geometry
+    s = mismatch.get("pixel_scale", 1.0)
+    if s != 1.0:
+        params = []
+        for p in g.parameters:
+            pr, pc = p.pitch
+            params.append(p.replace(pixel_pitch=(pr * s, pc * s)))
+        g = g.with_parameters(params)
+    return g
+
+
+def _check_out(out: Path, plan: dict, text: str, resume: bool) -> None:
+    """Refuse a folder that holds another study, or a changed plan; record the plan."""
+    rec_path = out / "plan.json"
+    h = plan_hash(plan)
+    if rec_path.is_file():
+        old = json.loads(rec_path.read_text(encoding="utf-8"))
+        if old["sha256"] != h:
+            changed = sorted(_diff_keys(old["plan"], plan))
+            raise PlanError(f"{out} holds a study of another plan (sha256 {old['sha256'][:12]}..., this plan "
+                            f"{h[:12]}...; changed: {', '.join(changed) or 'values'}). Its results would mix two "
+                            f"plans: run the changed plan with another --out, or restore the plan in "
+                            f"{out / 'plan.yaml'}")
+        if not resume:
+            raise PlanError(f"{out} already holds this study; pass --resume to continue it (finished steps are "
+                            "skipped), or choose another --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise PlanError(f"{out} is not empty and holds no study (no plan.json); choose an empty or new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    from .._version import __version__
+
+    write_text_atomic(out / "plan.yaml", text)
+    # not key-sorted: the report keeps the plan's order of refiners and arms
+    write_text_atomic(rec_path, json.dumps({"sha256": h, "tomoprior": __version__, "plan": plan}, indent=1) + "\n")
+
+
+def _diff_keys(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                out.append(f"{prefix}{k}")
+            else:
+                out += _diff_keys(a[k], b[k], f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def study_steps(plan: dict) -> dict:
+    """The steps of a plan: ``{"data": [(name, recipe, splits, told)], "train": [(label, trainset,
+    seed)], "eval": [(label, seed, arm)]}`` (in run order)."""
+    data, train, ev = [], [], []
+    seen = set()
+    for arm in plan["arms"].values():
+        tn, tr = _test_name(arm), _test_recipe(arm)
+        if tn not in seen:
+            seen.add(tn)
+            data.append((tn, tr, ("test",), False))
+        rn, rr = _train_name(arm), _train_recipe(arm)
+        if rr is not None and rn not in seen:
+            seen.add(rn)
+            data.append((rn, rr, ("train", "val"), True))
+    trainsets = list(dict.fromkeys(_train_name(a) for a in plan["arms"].values()))
+    for label, r in plan["refiners"].items():
+        for ts in trainsets:
+            for seed in r["train"]["seeds"]:
+                train.append((label, ts, seed))
+        for seed in r["train"]["seeds"]:
+            for arm_name in plan["arms"]:
+                ev.append((label, seed, arm_name))
+    return {"data": data, "train": train, "eval": ev}
+
+
+def run_study(plan_path, out, *, resume: bool = False, log: Callable[[str], None] = print,
+              stop_after: int | None = None, threads: int | None = 1) -> dict:
+    """Run (or continue) the study of ``plan_path`` in the folder ``out``; then write the report.
+
+    Parameters
+    ----------
+    plan_path : str or Path
+        The plan (YAML; :func:`validate_plan`).
+    out : str or Path
+        The study folder (see the module docstring). A new or empty folder, or with ``resume``
+        one that holds the same plan.
+    resume : bool
+        Continue a study: finished steps (done-marker present) are skipped, an interrupted
+        training resumes from its ``last.pt``.
+    threads : int or None
+        torch intra-op threads while the study runs (default 1: on a shared machine more
+        threads than free cores make small 3D convolutions many times slower; None: leave
+        torch's setting). Results do not depend on it beyond floating-point summation order.
+    stop_after : int, optional
+        Stop after this many steps have run in this call (for measuring throughput; the study
+        can be continued with ``resume``).
+
+    Returns
+    -------
+    dict with ``ran`` and ``skipped`` (step names), ``report`` (path of report.md or None when
+    stopped early) and ``stopped``.
+
+    Raises
+    ------
+    PlanError
+        A bad plan, a folder holding another plan or another study without ``resume``.
+    """
+    from .._threads import torch_threads
+
+    plan, text = load_plan(plan_path)
+    out = Path(out)
+    _check_out(out, plan, text, resume)
+    with torch_threads(threads):
+        return _run(plan, out, log, stop_after)
+
+
+def _run(plan: dict, out: Path, log, stop_after) -> dict:
+    rn = _Runner(plan, out, log)
+    steps = study_steps(plan)
+
+    def budget_left() -> bool:
+        return stop_after is None or len(rn.ran) < stop_after
+
+    rn.step("data/base", rn.make_base)
+    for name, recipe, splits, told in steps["data"]:
+        if not budget_left():
+            break
+        rn.step(f"data/{name}", lambda n=name, r=recipe, s=splits, t=told: rn.reexpose(n, r, s, t))
+    train_recs = {}
+    for label, ts, seed in steps["train"]:
+        if not budget_left():
+            break
+        train_recs[(label, ts, seed)] = rn.step(f"train/{label}/{ts}/seed{seed}",
+                                                lambda a=label, b=ts, c=seed: rn.train(a, b, c))
+    for label, seed, arm_name in steps["eval"]:
+        if not budget_left():
+            break
+        tr = train_recs.get((label, _train_name(plan["arms"][arm_name]), seed))
+        if tr is None:
+            break
+        rn.step(f"eval/{label}/seed{seed}/{arm_name}",
+                lambda a=label, b=seed, c=arm_name, t=tr: rn.evaluate(a, b, c, t))
+    total = 1 + len(steps["data"]) + len(steps["train"]) + len(steps["eval"])
+    finished = len(list((out / "done").glob("*.json")))
+    report = None
+    if finished == total:
+        report = study_report(out)
+    return {"ran": rn.ran, "skipped": rn.skipped, "report": str(report) if report else None,
+            "stopped": finished < total, "steps_done": finished, "steps_total": total}
+
+
+# --------------------------------------------------------------------------------------------
+# report
+def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of ``values`` with a percentile bootstrap confidence interval.
+
+    Resamples the values with replacement ``n_boot`` times (``numpy.random.default_rng(seed)``)
+    and takes the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled means.
+    Non-finite values are dropped (counted in ``n_undefined``).
+
+    Returns
+    -------
+    dict ``mean``, ``lo``, ``hi`` (NaN when no value is defined; ``lo = hi = mean`` for one
+    value), ``n``, ``n_undefined``.
+    """
+    arr = np.asarray(list(values), dtype=np.float64)
+    ok = arr[np.isfinite(arr)]
+    n = int(ok.size)
+    if n == 0:
+        return {"mean": math.nan, "lo": math.nan, "hi": math.nan, "n": 0, "n_undefined": int(arr.size)}
+    mean = float(ok.mean())
+    if n == 1:
+        return {"mean": mean, "lo": mean, "hi": mean, "n": 1, "n_undefined": int(arr.size - 1)}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(int(n_boot), n))
+    means = ok[idx].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [a, 1.0 - a])
+    return {"mean": mean, "lo": float(lo), "hi": float(hi), "n": n, "n_undefined": int(arr.size - n)}
+
+
+def _load_results(out: Path, plan: dict) -> dict:
+    """``{(refiner, arm): {row: {"seeds": [per-seed records]}}}`` from the evaluation files."""
+    from .evaluation import EvaluationResult
+
+    res = {}
+    for label, r in plan["refiners"].items():
+        for arm in plan["arms"]:
+            per = {}
+            for seed in r["train"]["seeds"]:
+                p = out / "eval" / label / f"seed{seed}" / f"{arm}.json"
+                if not p.is_file():
+                    raise PlanError(f"{p} is missing: the study is not finished; continue it with "
+                                    f"`tomoprior study run PLAN --out {out} --resume`")
+                for s in EvaluationResult.load(p).per_sample:
+                    per.setdefault(s["index"], []).append(s)
+            res[(label, arm)] = per
+    return res
+
+
+def _seed_mean(records: list[dict], key: str) -> float:
+    vals = [float(s.get(key, math.nan)) for s in records]
+    vals = [v for v in vals if math.isfinite(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def study_report(out, *, figure: bool = True) -> Path:
+    """Write ``report/report.md``, ``report.json`` and ``figure.png`` of a finished study.
+
+    For each refiner and arm, per test skull: the metric averaged over the refiner's training
+    seeds, minus the same skull's value in the exact-geometry arm; the mean of these paired
+    differences with a seeded bootstrap confidence interval over skulls (:func:`bootstrap_ci`,
+    ``report.bootstrap`` resamples, ``report.level``). Returns the path of ``report.md``.
+    """
+    out = Path(out)
+    rec = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    plan = rec["plan"]
+    res = _load_results(out, plan)
+    rep = plan["report"]
+    metrics = rep["metrics"]
+    ref_arm = next(n for n, a in plan["arms"].items() if a["kind"] == "exact")
+    rows = []
+    for label in plan["refiners"]:
+        ref = res[(label, ref_arm)]
+        for arm in plan["arms"]:
+            cur = res[(label, arm)]
+            row = {"refiner": label, "arm": arm, "kind": plan["arms"][arm]["kind"], "n": len(cur),
+                   "geometry_error_px": float(np.mean([_seed_mean(v, "geometry_error_px") for v in cur.values()])),
+                   "mean": {}, "diff": {}}
+            for k, m in enumerate(metrics):
+                row["mean"][m] = float(np.nanmean([_seed_mean(v, m) for v in cur.values()])) \
+                    if any(math.isfinite(_seed_mean(v, m)) for v in cur.values()) else math.nan
+                if arm == ref_arm:
+                    continue
+                d = [_seed_mean(cur[i], m) - _seed_mean(ref[i], m) for i in sorted(cur) if i in ref]
+                row["diff"][m] = bootstrap_ci(d, n_boot=rep["bootstrap"], seed=plan["seed"] * 1000 + k,
+                                              level=rep["level"])
+            rows.append(row)
+    budgets = _budgets(out)
+    report_dir = out / "report"
+    report_dir.mkdir(exist_ok=True)
+    from .evaluation import _json_safe
+
+    write_text_atomic(report_dir / "report.json", json.dumps(_json_safe({"plan_sha256": rec["sha256"], "rows": rows,
+                                                                          "budgets": budgets}),
+                                                               indent=1, sort_keys=True) + "\n")
+    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm)
+    path = report_dir / "report.md"
+    write_text_atomic(path, md)
+    if figure:
+        _figure(plan, res, report_dir / "figure.png")
+    return path
+
+
+def _budgets(out: Path) -> list[dict]:
+    recs = []
+    for p in sorted((out / "done").glob("*.json")):
+        r = json.loads(p.read_text(encoding="utf-8"))
+        recs.append({"step": r["step"], **r["budget"]})
+    return recs
+
+
+def _fmt_ci(ci: dict, metric: str) -> str:
+    if ci["n"] == 0:
+        return "n/a"
+    nd = 3 if metric.startswith(("ssim", "official_ssim", "dice", "proj")) else 2
+    return f"{ci['mean']:+.{nd}f} [{ci['lo']:+.{nd}f}, {ci['hi']:+.{nd}f}]"
+
+
+def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str) -> str:
+    from .evaluation import _col
+
+    metrics = plan["report"]["metrics"]
+    lvl = round(100 * plan["report"]["level"])
+    d = plan["data"]
+    lines = [f"# Study `{plan['name']}` (plan sha256 {sha[:12]})", "",
+             f"Data: {d['n']} skulls at {d['grid']}^3, binning {d['binning']}, realism "
+             f"{d['realism'] if isinstance(d['realism'], str) else 'custom'}, seed {d['seed']}. Paired differences "
+             f"arm - `{ref_arm}` per test skull (metric averaged over training seeds), mean and {lvl} % bootstrap "
+             f"interval ({plan['report']['bootstrap']} resamples over skulls, seeded).", "",
+             "| refiner | arm | kind | n | geometry error (px) | " + " | ".join(f"Δ {_col(m)}" for m in metrics) + " |",
+             "|" + " --- |" * (5 + len(metrics))]
+    for r in rows:
+        cells = ["(reference)" if r["arm"] == ref_arm else _fmt_ci(r["diff"][m], m) for m in metrics]
+        lines.append(f"| {r['refiner']} | {r['arm']} | {r['kind']} | {r['n']} | {r['geometry_error_px']:.2f} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Means per arm:", "", "| refiner | arm | " + " | ".join(_col(m) for m in metrics) + " |",
+              "|" + " --- |" * (2 + len(metrics))]
+    for r in rows:
+        lines.append(f"| {r['refiner']} | {r['arm']} | " + " | ".join(
+            "n/a" if not math.isfinite(r["mean"][m]) else f"{r['mean'][m]:.3f}" for m in metrics) + " |")
+    lines += ["", "Budget per step (wall and CPU seconds of this process; training: optimiser steps and samples/s, "
+              "summed over sessions when resumed):", "", "| step | wall (s) | CPU (s) | steps | samples/s |",
+              "| --- | --- | --- | --- | --- |"]
+    for b in budgets:
+        sps = b.get("samples_per_s")
+        lines.append(f"| {b['step']} | {b['wall_s']:.1f} | {b['cpu_s']:.1f} | {b.get('steps', '')} | "
+                     f"{'' if sps is None else f'{sps:.2f}'} |")
+    tot_w = sum(b["wall_s"] for b in budgets)
+    tot_c = sum(b["cpu_s"] for b in budgets)
+    lines += ["", f"Total: {tot_w:.0f} s wall, {tot_c:.0f} s CPU.", "", "![metrics against geometry error](figure.png)",
+              ""]
+    return "\n".join(lines)
+
+
+def _figure(plan: dict, res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .._atomic import atomic_path
+    from .evaluation import _col
+
+    panels = [m for m in ("psnr_x2ctgan", "dice_bone", "assd_mm")]
+    arms = list(plan["arms"])
+    refiners = list(plan["refiners"])
+    markers = "osD^v<>P*X"
+    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.6, 4.2), layout="constrained")
+    for ax, m in zip(axes, panels):
+        for ri, label in enumerate(refiners):
+            for ai, arm in enumerate(arms):
+                per = res[(label, arm)]
+                x = [_seed_mean(v, "geometry_error_px") for v in per.values()]
+                y = [_seed_mean(v, m) for v in per.values()]
+                ax.scatter(x, y, s=22, marker=markers[ri % len(markers)], color=colors(ai % 10), alpha=0.8,
+                           label=f"{label}: {arm}" if m == panels[0] else None)
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("geometry error told vs true (px, mean over views, points)")
+        ax.set_ylabel(_col(m))
+        ax.grid(alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=7, ncol=1 + len(refiners) * len(arms) // 24,
+               title="refiner (marker): arm (colour)", title_fontsize=7)
+    fig.suptitle(f"{plan['name']}: per test skull, mean over training seeds")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

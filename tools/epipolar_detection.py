@@ -36,8 +36,9 @@ Outputs (each written atomically into ``--out``): ``epipolar_detection.json`` (e
 
 Usage::
 
-    python tools/epipolar_detection.py                 # full run, about 15-25 CPU minutes
-    python tools/epipolar_detection.py --quick --out /tmp/ecc   # a small run, about 1 minute
+    python tools/epipolar_detection.py                 # full run: 841 CPU s with one torch thread
+    python tools/epipolar_detection.py --floor         # where the calibrated floor comes from: 82 CPU s
+    python tools/epipolar_detection.py --quick --out /tmp/ecc   # a small run, about 75 CPU s
 """
 
 from __future__ import annotations

@@ -1,0 +1,168 @@
+"""The resumable study runner (``tomoprior study``): the shipped smoke plan end to end, resume,
+refusal of a changed plan, plan validation errors and the bootstrap interval."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tomoprior.cli.main import cli
+from tomoprior.studies.plans import plan_path
+from tomoprior.studies.study import PlanError, bootstrap_ci, run_study, validate_plan
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The shipped smoke plan, run once for the module."""
+    out = tmp_path_factory.mktemp("study") / "smoke"
+    res = run_study(plan_path("smoke"), out, log=lambda s: None)
+    return out, res
+
+
+def _rows(out):
+    rep = json.loads((out / "report" / "report.json").read_text())
+    return {(r["refiner"], r["arm"]): r for r in rep["rows"]}, rep
+
+
+def test_smoke_plan_end_to_end(smoke):
+    out, res = smoke
+    assert not res["stopped"] and res["steps_done"] == res["steps_total"] == len(res["ran"])
+    plan = json.loads((out / "plan.json").read_text())["plan"]
+    rows, rep = _rows(out)
+    assert set(rows) == {(r, a) for r in plan["refiners"] for a in plan["arms"]}
+    assert all(r["n"] >= 2 for r in rows.values())
+    # the exact arm tells the refiner the geometry that made the X-rays
+    assert all(rows[(r, "exact")]["geometry_error_px"] == 0 for r in plan["refiners"])
+    # re-exposures share each skull's draws: the 5x arm's errors are the 1x arm's, five times larger
+    # (the pixel error is close to linear in these small parameter errors)
+    ratio = rows[("bp-prior", "paper-5x")]["geometry_error_px"] / rows[("bp-prior", "paper")]["geometry_error_px"]
+    assert 4.0 < ratio < 6.0
+    # the bead calibration recovers the perturbed geometry to a small fraction of a pixel
+    assert rows[("bp-prior", "bead-5x")]["geometry_error_px"] < 0.1 * rows[("bp-prior", "paper-5x")][
+        "geometry_error_px"]
+    assert rows[("bp-prior", "pixel-0.83")]["geometry_error_px"] > 0.5
+    # intervals bracket their mean; the atlas (mean volume) ignores the X-rays, so its volume
+    # metrics do not change between arms at all
+    for (ref, arm), r in rows.items():
+        for m, ci in r["diff"].items():
+            if ci["n"]:
+                assert ci["lo"] <= ci["mean"] + 1e-12 and ci["mean"] <= ci["hi"] + 1e-12, (ref, arm, m)
+        if ref == "atlas" and arm != "exact":
+            assert r["diff"]["psnr_x2ctgan"]["mean"] == 0.0
+    # a consistent pixel-scale error blurs bp-prior's back-projection: worse SSIM, tight interval
+    assert rows[("bp-prior", "pixel-0.83")]["diff"]["ssim_x2ctgan"]["hi"] < 0
+    # budgets: every step has wall and CPU time, PSCT-Net its optimiser steps and throughput
+    steps = {b["step"]: b for b in rep["budgets"]}
+    assert len(steps) == res["steps_total"] and all(b["wall_s"] > 0 and b["cpu_s"] >= 0 for b in steps.values())
+    tr = steps["train/psctnet/base/seed0"]
+    assert tr["steps"] == 2 and tr["samples_per_s"] > 0 and tr["train_cpu_s"] > 0
+    assert (out / "report" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report" / "report.md").read_text()
+    assert "| psctnet | pose | pose |" in md and "95 % bootstrap" in md
+
+
+def test_resume_skips_finished_steps_and_gives_the_same_report(smoke, tmp_path):
+    out, res = smoke
+    before = (out / "report" / "report.md").read_text(), (out / "report" / "report.json").read_text()
+    again = run_study(plan_path("smoke"), out, resume=True, log=lambda s: None)
+    assert again["ran"] == [] and len(again["skipped"]) == res["steps_total"]
+    assert ((out / "report" / "report.md").read_text(), (out / "report" / "report.json").read_text()) == before
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # as if killed after the last checkpoint, before the done-marker: only that step runs again
+    (copy / "done" / "train__psctnet__base__seed0.json").unlink()
+    (copy / "runs" / "psctnet" / "base" / "seed0" / "best.pt").unlink()
+    again = run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None)
+    assert again["ran"] == ["train/psctnet/base/seed0"]
+    sessions = json.loads((copy / "runs" / "psctnet" / "base" / "seed0" / "study_budget.json").read_text())
+    assert [s["resumed"] for s in sessions] == [False, True] and sessions[-1]["steps_at_end"] == 2
+
+
+def test_changed_plan_and_reused_folder_are_refused(smoke, tmp_path):
+    out, _ = smoke
+    with pytest.raises(PlanError, match="already holds this study; pass --resume"):
+        run_study(plan_path("smoke"), out, log=lambda s: None)
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(plan_path("smoke").read_text().replace("  n: 8", "  n: 9"))
+    with pytest.raises(PlanError, match=r"another plan .*changed: data\.n"):
+        run_study(changed, out, resume=True, log=lambda s: None)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x.txt").write_text("x")
+    with pytest.raises(PlanError, match="not empty and holds no study"):
+        run_study(plan_path("smoke"), tmp_path / "busy", log=lambda s: None)
+
+
+def _plan(**changes):
+    p = {"data": {"n": 6, "grid": 16, "binning": 96}, "refiners": {"bp-prior": {}},
+         "arms": {"exact": {"kind": "exact"}}}
+    for path, value in changes.items():
+        node = p
+        keys = path.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return p
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"colour": 1}, r"unknown key\(s\) \['colour'\]"),
+    ({"data__binning": 7}, r"data\.binning: must divide"),
+    ({"data__n": "many"}, r"data\.n: must be an integer"),
+    ({"data__realism": "photoreal"}, r"data\.realism: unknown realism preset"),
+    ({"refiners__bp-prior": {"refiner": "nope"}}, r"refiners\.bp-prior\.refiner: unknown refiner 'nope'"),
+    ({"refiners__bp-prior": {"width": 8}}, r"refiners\.bp-prior\.width: width is for refiners"),
+    ({"refiners__bp-prior": {"config": {"gian": 1}}}, r"refiners\.bp-prior\.config: unknown field\(s\) \['gian'\]"),
+    ({"refiners__bp-prior": {"train": {"seeds": []}}}, r"refiners\.bp-prior\.train\.seeds: must be a non-empty"),
+    ({"arms__bad": {"kind": "wobbly"}}, r"arms\.bad\.kind: must be one of"),
+    ({"arms__bad": {"kind": "miscalibrated", "scale": -1}}, r"arms\.bad\.scale: must be > 0"),
+    ({"arms__bad": {"kind": "miscalibrated", "perturb": {"sdd": 0}}}, r"arms\.bad\.perturb: is all zero"),
+    ({"arms__bad": {"kind": "exact", "scale": 2}}, r"arms\.bad: key\(s\) \['scale'\] do not apply"),
+    ({"arms__bad": {"kind": "consistent"}}, r"arms\.bad: a 'consistent' arm needs mismatch"),
+    ({"arms__bad": {"kind": "consistent", "mismatch": {"pitch": 2}}}, r"arms\.bad\.mismatch: unknown key"),
+    ({"arms__bad": {"kind": "calibrated", "calibration": "magic"}}, r"arms\.bad\.calibration: must be one of"),
+    ({"arms__exact": {"kind": "pose"}}, r"arms: need exactly one arm of kind 'exact'"),
+    ({"report__metrics": ["psnr"]}, r"report\.metrics: must be a non-empty list"),
+])
+def test_bad_plans_name_the_key(changes, message):
+    with pytest.raises(PlanError, match=message):
+        validate_plan(_plan(**changes), "p.yaml")
+
+
+def test_defaults_of_a_minimal_plan():
+    p = validate_plan(_plan(**{"arms__5x": {"kind": "miscalibrated", "scale": 5}}))
+    assert p["arms"]["5x"]["perturb"] == {"source_to_detector_mm": 50.0, "offset_mm": 10.0, "tilt_deg": 5.0}
+    assert p["refiners"]["bp-prior"]["train"]["seeds"] == [0] and p["report"]["level"] == 0.95
+
+
+def test_bootstrap_interval_on_a_known_case():
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 1.0, 400)
+    ci = bootstrap_ci(x, n_boot=4000, seed=1)
+    se = 1.0 / math.sqrt(400)
+    assert ci["lo"] < 2.0 < ci["hi"] or abs(ci["mean"] - 2.0) > 2 * se  # true mean inside (this draw: yes)
+    assert ci["lo"] < ci["mean"] < ci["hi"]
+    assert ci["hi"] - ci["lo"] == pytest.approx(2 * 1.96 * x.std(ddof=1) / math.sqrt(400), rel=0.15)
+    assert bootstrap_ci(x, n_boot=4000, seed=1) == ci  # seeded
+    assert bootstrap_ci([0.5] * 7) == {"mean": 0.5, "lo": 0.5, "hi": 0.5, "n": 7, "n_undefined": 0}
+    one = bootstrap_ci([1.0, math.nan])
+    assert (one["mean"], one["lo"], one["hi"], one["n"], one["n_undefined"]) == (1.0, 1.0, 1.0, 1, 1)
+    assert math.isnan(bootstrap_ci([math.nan])["mean"])
+
+
+def test_cli_report_and_bad_plan(smoke, tmp_path):
+    out, _ = smoke
+    r = CliRunner().invoke(cli, ["study", "report", str(out), "--no-figure"])
+    assert r.exit_code == 0 and "| bp-prior | paper-5x | miscalibrated |" in r.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {n: 6, grid: 16}\nrefiners: {bp-prior: {}}\narms: {exact: {kind: exact, tilt: 1}}\n")
+    r = CliRunner().invoke(cli, ["study", "run", str(bad), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "arms.exact: unknown key(s) ['tilt']" in r.output

@@ -70,6 +70,45 @@ def build_table(gx, gy, h, w, consts, off, fx, fy):
 
 
 @njit(fastmath=False, cache=True)
+def channels_last(src, dst, block):
+    """``src (batch, channels, pixels)`` (any strides) -> ``dst (pixels + pad, batch*channels)``,
+    the ``pad`` rows after the map set to 0, in blocks of ``block`` pixels (so the strided
+    writes stay in cache); True if all values are finite."""
+    ok = True
+    npix = src.shape[2]
+    nc = src.shape[1]
+    for p in range(npix, dst.shape[0]):
+        for k in range(dst.shape[1]):
+            dst[p, k] = 0
+    for p0 in range(0, npix, block):
+        p1 = min(npix, p0 + block)
+        for b in range(src.shape[0]):
+            for c in range(nc):
+                k = b * nc + c
+                row = src[b, c]
+                for p in range(p0, p1):
+                    v = row[p]
+                    dst[p, k] = v
+                    ok &= np.isfinite(v)
+    return ok
+
+
+@njit(fastmath=False, cache=True)
+def channels_first(src, dst, block):
+    """``src (pixels + pad, batch*channels)`` -> ``dst (batch, channels, pixels)``, ignoring the pad rows."""
+    npix = dst.shape[2]
+    nc = dst.shape[1]
+    for p0 in range(0, npix, block):
+        p1 = min(npix, p0 + block)
+        for b in range(dst.shape[0]):
+            for c in range(nc):
+                k = b * nc + c
+                row = dst[b, c]
+                for p in range(p0, p1):
+                    row[p] = src[p, k]
+
+
+@njit(fastmath=False, cache=True)
 def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block):
     o1 = one[0]
     nb, per = out.shape[0], out.shape[1]

@@ -290,7 +290,7 @@ class _Table:
         if not normalize:
             scale = scale * _ray_density(view, grid, (h, w), "cpu").to(dtype)
         n = grid.num_voxels
-        npd = torch.empty(0, dtype=dtype).numpy().dtype
+        npd = _numpy_dtype(dtype)
         self.off = np.empty(n, dtype=np.int32)
         self.fx = np.empty(n, dtype=npd)
         self.fy = np.empty(n, dtype=npd)
@@ -315,8 +315,14 @@ def _table(view: View, grid: VolumeGrid, hw, dtype, normalize: bool) -> _Table:
     return _cached(key, make)
 
 
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
 #: Voxels per tile of the forward kernel (tile: voxels x channels, transposed into the output).
 _FORWARD_BLOCK = 64
+#: Pixels per block of the channels-first <-> channels-last copies.
+_COPY_BLOCK = 64
 #: Voxels per tile of the adjoint kernel (a multiple of the SIMD chunk).
 _ADJOINT_BLOCK = 256
 #: Below this many voxel x channel values per call the kernels run on the calling thread:
@@ -349,20 +355,23 @@ class _Plan:
         ch = self.channels
         n = self.grid.num_voxels
         threads = _kernel_threads(n * ch * self.batch)
-        out = torch.empty((self.batch, self.num_views, ch, n), dtype=self.dtype)
-        o = out.numpy()
+        # numpy allocates big arrays on transparent huge pages where the system allows it
+        # (Linux, "madvise" mode): first touching 64 MB then costs ~500 page faults, not ~16000
+        o = np.empty((self.batch, self.num_views, ch, n), dtype=_numpy_dtype(self.dtype))
+        out = torch.from_numpy(o)
         kern = lk.forward_parallel if threads > 1 else lk.forward_serial
         parts = 4 * threads
         for v, f in enumerate(feats):
             h, w = f.shape[-2:]
-            src = f.detach().reshape(self.batch, ch, h * w)
-            _check_finite(src, f"features (view {v})")
+            src = f.detach().reshape(self.batch, ch, h * w).numpy()
             for b0, b1, tables in self.groups:
                 t = tables[v]
                 # channels-last copy, with w + 1 zero pixels after the map (see _lift_kernels)
-                cl = torch.zeros((h * w + w + 1, (b1 - b0) * ch), dtype=self.dtype)
-                cl[:h * w].view(h * w, b1 - b0, ch).copy_(src[b0:b1].permute(2, 0, 1))
-                kern(cl.numpy(), t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, o[b0:b1, v], _FORWARD_BLOCK, parts)
+                cl = np.empty((h * w + w + 1, (b1 - b0) * ch), dtype=o.dtype)
+                if not lk.channels_last(src[b0:b1], cl, _COPY_BLOCK):
+                    raise ValueError(f"features (view {v}) contains NaN or infinite values; clean them before "
+                                     "building the prior")
+                kern(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, o[b0:b1, v], _FORWARD_BLOCK, parts)
         return out.reshape(self.batch, self.num_views, ch, *self.grid.shape)
 
     def adjoint(self, grad: torch.Tensor) -> list[torch.Tensor]:
@@ -375,14 +384,15 @@ class _Plan:
         out = []
         for v in range(self.num_views):
             h, w = self.groups[0][2][v].hw
-            gf = torch.empty((self.batch, ch, h, w), dtype=self.dtype)
+            gfn = np.empty((self.batch, ch, h * w), dtype=g.dtype)
+            gf = torch.from_numpy(gfn).reshape(self.batch, ch, h, w)
             for b0, b1, tables in self.groups:
                 t = tables[v]
                 nbc = (b1 - b0) * ch
                 acc = np.zeros((h * w + w + 1, nbc), dtype=g.dtype)
                 slabs = np.linspace(0, nbc, max(1, min(threads, nbc)) + 1).round().astype(np.int64)
                 kern(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, self.chunk, _ADJOINT_BLOCK, acc, slabs)
-                gf[b0:b1] = torch.from_numpy(acc[:h * w]).t().reshape(b1 - b0, ch, h, w)
+                lk.channels_first(acc, gfn[b0:b1], _COPY_BLOCK)
             out.append(gf)
         return out
 

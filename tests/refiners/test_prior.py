@@ -435,9 +435,12 @@ def test_cache_is_bounded_and_skips_differentiable_geometries(small_geom, monkey
 
 
 def test_kernels_do_not_depend_on_the_thread_count(small_geom):
+    from tomoprior.refiners import prior
+
     torch.manual_seed(7)
-    feats = torch.randn(1, 2, 20, 32, 32)
-    weights = torch.randn(1, 2, 20, *small_geom.grid.shape)
+    channels = prior._PARALLEL_MIN_WORK // small_geom.grid.num_voxels + 3  # enough work for the thread pool
+    feats = torch.randn(1, 2, channels, 16, 16)
+    weights = torch.randn(1, 2, channels, *small_geom.grid.shape)
     old = torch.get_num_threads()
     results = []
     try:
@@ -457,3 +460,33 @@ def test_half_precision_features_are_lifted_in_float32(small_geom):
     got = backproject_features(feats, small_geom)
     assert got.dtype == torch.float16
     torch.testing.assert_close(got, backproject_features(feats.float(), small_geom).half(), atol=0, rtol=0)
+
+
+def _lift_in_child(queue, feats, geom):
+    queue.put(backproject_features(feats, geom).numpy())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_kernels_run_in_a_process_forked_after_parallel_use(small_geom):
+    """DataLoader workers are forked after the parent lifted features with several threads:
+    the child must not wait on the parent's (absent) worker threads."""
+    import multiprocessing as mp
+
+    from tomoprior.refiners import prior
+
+    channels = prior._PARALLEL_MIN_WORK // small_geom.grid.num_voxels + 1  # enough work for the thread pool
+    feats = torch.rand(1, 2, channels, 16, 16)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expect = backproject_features(feats, small_geom)  # the parent's pool now exists
+        ctx = mp.get_context("fork")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_lift_in_child, args=(queue, feats, small_geom))
+        proc.start()
+        got = queue.get(timeout=120)
+        proc.join(timeout=60)
+    finally:
+        torch.set_num_threads(old)
+    assert proc.exitcode == 0
+    np.testing.assert_array_equal(got, expect.numpy())

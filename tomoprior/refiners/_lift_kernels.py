@@ -27,9 +27,13 @@ channels-last ``(h*w, channels)`` gradient.
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit
 from numba.extending import intrinsic
 
 
@@ -69,7 +73,7 @@ def build_table(gx, gy, h, w, consts, off, fx, fy):
         fy[j] = y - y0
 
 
-@njit(fastmath=False, cache=True)
+@njit(fastmath=False, cache=True, nogil=True)
 def channels_last(src, dst, block):
     """``src (batch, channels, pixels)`` (any strides) -> ``dst (pixels + pad, batch*channels)``,
     the ``pad`` rows after the map set to 0, in blocks of ``block`` pixels (so the strided
@@ -93,7 +97,7 @@ def channels_last(src, dst, block):
     return ok
 
 
-@njit(fastmath=False, cache=True)
+@njit(fastmath=False, cache=True, nogil=True)
 def channels_first(src, dst, block):
     """``src (pixels + pad, batch*channels)`` -> ``dst (batch, channels, pixels)``, ignoring the pad rows."""
     npix = dst.shape[2]
@@ -108,7 +112,7 @@ def channels_first(src, dst, block):
                     row[p] = src[p, k]
 
 
-@njit(fastmath=False, cache=True)
+@njit(fastmath=False, cache=True, nogil=True)
 def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block):
     o1 = one[0]
     nb, per = out.shape[0], out.shape[1]
@@ -142,24 +146,7 @@ def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block):
                     o[j] = tile[j - b0, k]
 
 
-@njit(parallel=True, fastmath=False, cache=True)
-def forward_parallel(feat, off, fx, fy, scale, one, dx, dy, out, block, parts):
-    """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)``: ``parts``
-    contiguous voxel ranges spread over the threads, each in blocks of ``block`` voxels."""
-    n = off.shape[0]
-    step = (n + parts - 1) // parts
-    for k in prange(parts):
-        j0 = min(n, k * step)
-        _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, min(n, j0 + step), block)
-
-
-@njit(fastmath=False, cache=True)
-def forward_serial(feat, off, fx, fy, scale, one, dx, dy, out, block, parts):
-    """As :func:`forward_parallel` on the calling thread (no numba thread pool)."""
-    _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, 0, off.shape[0], block)
-
-
-@njit(fastmath=False, cache=True)
+@njit(fastmath=False, cache=True, nogil=True)
 def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1):
     o1 = one[0]
     n = off.shape[0]
@@ -201,16 +188,56 @@ def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1
                         dst[c] += ti[c] * wk
 
 
-@njit(parallel=True, fastmath=False, cache=True)
-def adjoint_parallel(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, slabs):
-    """``g (B, C, N)`` -> accumulated into ``grad (h*w + w + 1, B*C)`` channels-last (padded);
-    one slab of flattened channels ``slabs[k]..slabs[k+1]`` per work item."""
-    for k in prange(slabs.shape[0] - 1):
-        _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, slabs[k], slabs[k + 1])
+# -- dispatch -----------------------------------------------------------------------------------
+# The kernels release the GIL and run on a small pool of Python threads: no OpenMP runtime of
+# numba's (whose idle threads spin, competing with torch's for the cores, and which cannot
+# start in a process forked after its parent used it, e.g. DataLoader workers), and every
+# element is computed by the same serial code whatever the thread count.
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_KEY: tuple | None = None
+_POOL_LOCK = threading.Lock()
 
 
-@njit(fastmath=False, cache=True)
-def adjoint_serial(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, slabs):
-    """As :func:`adjoint_parallel` on the calling thread."""
-    for k in range(slabs.shape[0] - 1):
-        _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, slabs[k], slabs[k + 1])
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """The pool of this process (a forked child makes its own: the parent's threads are gone)."""
+    global _POOL, _POOL_KEY
+    key = (os.getpid(), threads)
+    with _POOL_LOCK:
+        if _POOL_KEY != key:
+            if _POOL is not None and _POOL_KEY[0] == key[0]:
+                _POOL.shutdown(wait=False)
+            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tomoprior-lift")
+            _POOL_KEY = key
+        return _POOL
+
+
+def _run(calls, threads: int) -> None:
+    if threads <= 1 or len(calls) <= 1:
+        for fn, args in calls:
+            fn(*args)
+        return
+    futures = [_pool(threads).submit(fn, *args) for fn, args in calls]
+    for f in futures:
+        f.result()
+
+
+def forward(feat, off, fx, fy, scale, one, dx, dy, out, block, threads: int) -> None:
+    """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)``: ``threads``
+    contiguous voxel ranges, each in tiles of ``block`` voxels."""
+    n = off.shape[0]
+    parts = max(1, min(threads, n // block))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    _run([(_forward_range, (feat, off, fx, fy, scale, one, dx, dy, out, bounds[k], bounds[k + 1], block))
+          for k in range(parts)], threads)
+
+
+def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, threads: int) -> None:
+    """``g (B, C, N)`` -> accumulated into ``grad (h*w + w + 1, B*C)`` channels-last (padded):
+    the flattened channels split into ``threads`` slabs, each accumulated by one thread (no
+    two threads write the same element; each element's sum is in the same order)."""
+    nbc = grad.shape[1]
+    parts = max(1, min(threads, nbc))
+    bounds = [nbc * k // parts for k in range(parts + 1)]
+    _run([(_adjoint_slab, (g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, bounds[k], bounds[k + 1]))
+          for k in range(parts)], threads)

@@ -326,16 +326,13 @@ _COPY_BLOCK = 64
 #: Voxels per tile of the adjoint kernel (a multiple of the SIMD chunk).
 _ADJOINT_BLOCK = 256
 #: Below this many voxel x channel values per call the kernels run on the calling thread:
-#: waking numba's thread pool costs more than it saves (and much more on a loaded machine).
+#: handing work to other threads costs more than it saves (and much more on a loaded machine).
 _PARALLEL_MIN_WORK = 1 << 18
 
 
 def _kernel_threads(work: int) -> int:
-    if work < _PARALLEL_MIN_WORK:
-        return 1
-    from ..projectors.numba_backend import _threads
-
-    return _threads()
+    """``torch.get_num_threads()``, or 1 for small calls."""
+    return 1 if work < _PARALLEL_MIN_WORK else max(1, torch.get_num_threads())
 
 
 class _Plan:
@@ -359,8 +356,6 @@ class _Plan:
         # (Linux, "madvise" mode): first touching 64 MB then costs ~500 page faults, not ~16000
         o = np.empty((self.batch, self.num_views, ch, n), dtype=_numpy_dtype(self.dtype))
         out = torch.from_numpy(o)
-        kern = lk.forward_parallel if threads > 1 else lk.forward_serial
-        parts = 4 * threads
         for v, f in enumerate(feats):
             h, w = f.shape[-2:]
             src = f.detach().reshape(self.batch, ch, h * w).numpy()
@@ -371,7 +366,7 @@ class _Plan:
                 if not lk.channels_last(src[b0:b1], cl, _COPY_BLOCK):
                     raise ValueError(f"features (view {v}) contains NaN or infinite values; clean them before "
                                      "building the prior")
-                kern(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, o[b0:b1, v], _FORWARD_BLOCK, parts)
+                lk.forward(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, o[b0:b1, v], _FORWARD_BLOCK, threads)
         return out.reshape(self.batch, self.num_views, ch, *self.grid.shape)
 
     def adjoint(self, grad: torch.Tensor) -> list[torch.Tensor]:
@@ -380,7 +375,6 @@ class _Plan:
         ch = self.channels
         threads = _kernel_threads(self.grid.num_voxels * ch * self.batch)
         g = grad.detach().to(self.dtype).reshape(self.batch, self.num_views, ch, self.grid.num_voxels).numpy()
-        kern = lk.adjoint_parallel if threads > 1 else lk.adjoint_serial
         out = []
         for v in range(self.num_views):
             h, w = self.groups[0][2][v].hw
@@ -390,8 +384,8 @@ class _Plan:
                 t = tables[v]
                 nbc = (b1 - b0) * ch
                 acc = np.zeros((h * w + w + 1, nbc), dtype=g.dtype)
-                slabs = np.linspace(0, nbc, max(1, min(threads, nbc)) + 1).round().astype(np.int64)
-                kern(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, self.chunk, _ADJOINT_BLOCK, acc, slabs)
+                lk.adjoint(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, self.chunk, _ADJOINT_BLOCK, acc,
+                           threads)
                 lk.channels_first(acc, gfn[b0:b1], _COPY_BLOCK)
             out.append(gf)
         return out

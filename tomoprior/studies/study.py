@@ -208,10 +208,11 @@ def validate_plan(raw, source: str = "plan") -> dict:
     plan["refiners"] = _validate_refiners(top["refiners"], f"{source}: refiners", available_refiners())
 
     w = f"{source}: evaluation"
-    e = _mapping(top.get("evaluation", {}) or {}, w, ("fit_bone_level", "bone_fit_samples", "batch"))
+    e = _mapping(top.get("evaluation", {}) or {}, w, ("fit_bone_level", "bone_fit_samples", "batch", "bead_pixel_mm"))
     plan["evaluation"] = {"fit_bone_level": bool(e.get("fit_bone_level", True)),
                           "bone_fit_samples": _int(e.get("bone_fit_samples", 8), f"{w}.bone_fit_samples", 1),
-                          "batch": _int(e.get("batch", 2), f"{w}.batch", 1)}
+                          "batch": _int(e.get("batch", 2), f"{w}.batch", 1),
+                          "bead_pixel_mm": _num(e.get("bead_pixel_mm", 0.8), f"{w}.bead_pixel_mm", positive=True)}
 
     plan["arms"] = _validate_arms(top["arms"], f"{source}: arms", realism)
 
@@ -592,9 +593,9 @@ class _Runner:
 
         arm = self.plan["arms"][arm_name]
         kw: dict = {"geometry_override": "nominal"}
-        # the bead cage's 1.5 mm beads need detector pixels of about 0.8 mm: read the bead images
-        # out that much finer than the X-rays (0.2 mm native pixels x binning)
-        upsample = max(1, math.ceil(0.2 * self.plan["data"]["binning"] / 0.8))
+        # the bead cage's 1.5 mm beads want detector pixels of about 0.8 mm (evaluation.bead_pixel_mm):
+        # read the bead images out that much finer than the X-rays (0.2 mm native pixels x binning)
+        upsample = max(1, math.ceil(0.2 * self.plan["data"]["binning"] / self.plan["evaluation"]["bead_pixel_mm"]))
         if arm["kind"] == "exact":
             kw = {"geometry_override": None}
         elif arm["kind"] == "calibrated":

@@ -69,7 +69,7 @@ def test_public_names_resolve_lazily():
 
 def test_every_command_is_listed_and_resolves():
     assert set(COMMANDS) == {"calibrate", "check-geometry", "dataset", "evaluate", "info", "reconstruct", "simulate",
-                             "train", "trend", "validate"}
+                             "study", "train", "trend", "validate"}
     with cli.make_context("tomoprior", ["--help"], resilient_parsing=True) as ctx:
         assert cli.list_commands(ctx) == sorted(COMMANDS)
         for name in COMMANDS:

@@ -844,40 +844,56 @@ def study_report(out, *, figure: bool = True) -> Path:
     rec = json.loads((out / "plan.json").read_text(encoding="utf-8"))
     plan = rec["plan"]
     res = _load_results(out, plan)
-    rep = plan["report"]
-    metrics = rep["metrics"]
     ref_arm = next(n for n, a in plan["arms"].items() if a["kind"] == "exact")
-    rows = []
-    for label in plan["refiners"]:
-        ref = res[(label, ref_arm)]
-        for arm in plan["arms"]:
-            cur = res[(label, arm)]
-            row = {"refiner": label, "arm": arm, "kind": plan["arms"][arm]["kind"], "n": len(cur),
-                   "geometry_error_px": float(np.mean([_seed_mean(v, "geometry_error_px") for v in cur.values()])),
-                   "mean": {}, "diff": {}}
-            for k, m in enumerate(metrics):
-                row["mean"][m] = float(np.nanmean([_seed_mean(v, m) for v in cur.values()])) \
-                    if any(math.isfinite(_seed_mean(v, m)) for v in cur.values()) else math.nan
-                if arm == ref_arm:
-                    continue
-                d = [_seed_mean(cur[i], m) - _seed_mean(ref[i], m) for i in sorted(cur) if i in ref]
-                row["diff"][m] = bootstrap_ci(d, n_boot=rep["bootstrap"], seed=plan["seed"] * 1000 + k,
-                                              level=rep["level"])
-            rows.append(row)
+    rows = _rows(plan, res, ref_arm, "all")
+    # normal and craniosynostosis skulls separately when the test skulls hold both
+    first = res[(next(iter(plan["refiners"])), ref_arm)]
+    normal = {i: bool(records[0]["normal"]) for i, records in first.items()}
+    groups = {}
+    if 0 < sum(normal.values()) < len(normal):
+        for g, want in (("normal", True), ("craniosynostosis", False)):
+            keep = {i for i, x in normal.items() if x == want}
+            sub = {k: {i: v for i, v in per.items() if i in keep} for k, per in res.items()}
+            groups[g] = _rows(plan, sub, ref_arm, g)
     budgets = _budgets(out)
     report_dir = out / "report"
     report_dir.mkdir(exist_ok=True)
     from .evaluation import _json_safe
 
     write_text_atomic(report_dir / "report.json", json.dumps(_json_safe({"plan_sha256": rec["sha256"], "rows": rows,
-                                                                          "budgets": budgets}),
+                                                                          "groups": groups, "budgets": budgets}),
                                                                indent=1, sort_keys=True) + "\n")
-    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm)
+    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups)
     path = report_dir / "report.md"
     write_text_atomic(path, md)
     if figure:
         _figure(plan, res, report_dir / "figure.png")
     return path
+
+
+def _rows(plan: dict, res: dict, ref_arm: str, group: str) -> list[dict]:
+    """One row per refiner and arm: mean metrics, mean geometry error and the paired
+    differences to ``ref_arm`` with bootstrap intervals (skulls of ``res``)."""
+    rep, metrics = plan["report"], plan["report"]["metrics"]
+    rows = []
+    for label in plan["refiners"]:
+        ref = res[(label, ref_arm)]
+        for arm in plan["arms"]:
+            cur = res[(label, arm)]
+            row = {"refiner": label, "arm": arm, "kind": plan["arms"][arm]["kind"], "group": group, "n": len(cur),
+                   "geometry_error_px": float(np.mean([_seed_mean(v, "geometry_error_px") for v in cur.values()])),
+                   "mean": {}, "diff": {}}
+            for k, m in enumerate(metrics):
+                vals = [_seed_mean(v, m) for v in cur.values()]
+                row["mean"][m] = float(np.mean([v for v in vals if math.isfinite(v)])) \
+                    if any(math.isfinite(v) for v in vals) else math.nan
+                if arm == ref_arm:
+                    continue
+                d = [_seed_mean(cur[i], m) - _seed_mean(ref[i], m) for i in sorted(cur) if i in ref]
+                row["diff"][m] = bootstrap_ci(d, n_boot=rep["bootstrap"], seed=plan["seed"] * 1000 + k,
+                                              level=rep["level"])
+            rows.append(row)
+    return rows
 
 
 def _budgets(out: Path) -> list[dict]:
@@ -895,7 +911,19 @@ def _fmt_ci(ci: dict, metric: str) -> str:
     return f"{ci['mean']:+.{nd}f} [{ci['lo']:+.{nd}f}, {ci['hi']:+.{nd}f}]"
 
 
-def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str) -> str:
+def _diff_table(rows: list[dict], metrics, ref_arm: str) -> list[str]:
+    from .evaluation import _col
+
+    lines = ["| refiner | arm | kind | n | geometry error (px) | " + " | ".join(f"Δ {_col(m)}" for m in metrics) + " |",
+             "|" + " --- |" * (5 + len(metrics))]
+    for r in rows:
+        cells = ["(reference)" if r["arm"] == ref_arm else _fmt_ci(r["diff"][m], m) for m in metrics]
+        lines.append(f"| {r['refiner']} | {r['arm']} | {r['kind']} | {r['n']} | {r['geometry_error_px']:.2f} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str, groups: dict) -> str:
     from .evaluation import _col
 
     metrics = plan["report"]["metrics"]
@@ -906,13 +934,10 @@ def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_a
              f"{d['realism'] if isinstance(d['realism'], str) else 'custom'}, seed {d['seed']}. Paired differences "
              f"arm - `{ref_arm}` per test skull (metric averaged over training seeds), mean and {lvl} % bootstrap "
              f"interval ({plan['report']['bootstrap']} resamples over skulls, seeded).", "",
-             "| refiner | arm | kind | n | geometry error (px) | " + " | ".join(f"Δ {_col(m)}" for m in metrics) + " |",
-             "|" + " --- |" * (5 + len(metrics))]
-    for r in rows:
-        cells = ["(reference)" if r["arm"] == ref_arm else _fmt_ci(r["diff"][m], m) for m in metrics]
-        lines.append(f"| {r['refiner']} | {r['arm']} | {r['kind']} | {r['n']} | {r['geometry_error_px']:.2f} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", "Means per arm:", "", "| refiner | arm | " + " | ".join(_col(m) for m in metrics) + " |",
+             *_diff_table(rows, metrics, ref_arm)]
+    for g, grows in groups.items():
+        lines += ["", f"{g.capitalize()} skulls only:", "", *_diff_table(grows, metrics, ref_arm)]
+    lines += ["", "Means per arm (all skulls):", "", "| refiner | arm | " + " | ".join(_col(m) for m in metrics) + " |",
               "|" + " --- |" * (2 + len(metrics))]
     for r in rows:
         lines.append(f"| {r['refiner']} | {r['arm']} | " + " | ".join(

@@ -5,6 +5,8 @@
   tables and paired statistics (``tomoprior evaluate``).
 - :mod:`.miscalibration`: the miscalibration study (how much a geometry error costs a
   reconstruction and how much calibrating recovers), with a real bead-cage calibration arm.
+- :mod:`.study`: the resumable runner of the whole study from a plan file, with training,
+  data variants and bootstrap intervals (``tomoprior study``).
 
 This layer sits above :mod:`tomoprior.refiners` and :mod:`tomoprior.calibration` (which do not
 import each other) and below the command line.

@@ -194,22 +194,19 @@ def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1
 # start in a process forked after its parent used it, e.g. DataLoader workers), and every
 # element is computed by the same serial code whatever the thread count.
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_KEY: tuple | None = None
+_POOLS: dict = {}  # (pid, threads) -> ThreadPoolExecutor
 _POOL_LOCK = threading.Lock()
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    """The pool of this process (a forked child makes its own: the parent's threads are gone)."""
-    global _POOL, _POOL_KEY
+    """A pool of this process (a forked child makes its own: the parent's threads are gone);
+    one per thread count, never shut down while another caller might still submit to it."""
     key = (os.getpid(), threads)
     with _POOL_LOCK:
-        if _POOL_KEY != key:
-            if _POOL is not None and _POOL_KEY[0] == key[0]:
-                _POOL.shutdown(wait=False)
-            _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tomoprior-lift")
-            _POOL_KEY = key
-        return _POOL
+        pool = _POOLS.get(key)
+        if pool is None:
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tomoprior-lift")
+        return pool
 
 
 def _run(calls, threads: int) -> None:

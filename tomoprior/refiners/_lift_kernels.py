@@ -21,8 +21,8 @@ vector, corner by corner within a chunk), so it is deterministic and independent
 Layouts: the forward reads the features channels-last, ``(h*w, channels)``, so the four
 reads of a voxel are contiguous vectors over the channels, and writes a tile of voxels x
 channels that is stored transposed into the channels-first output. The adjoint gives each
-thread a slab of channels (no two threads write the same element) and accumulates into a
-channels-last ``(h*w, channels)`` gradient.
+thread a slab of channels (no two threads write the same element) with its own channels-last
+``(h*w, slab width)`` accumulator.
 """
 
 from __future__ import annotations
@@ -98,18 +98,19 @@ def channels_last(src, dst, block):
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def channels_first(src, dst, block):
-    """``src (pixels + pad, batch*channels)`` -> ``dst (batch, channels, pixels)``, ignoring the pad rows."""
+def channels_first(src, bounds, dst, block):
+    """Slabs ``src (slabs, pixels + pad, width)`` (slab ``s`` holds the flattened channels
+    ``bounds[s]..bounds[s+1]``) -> ``dst (batch, channels, pixels)``, ignoring the pad rows."""
     npix = dst.shape[2]
     nc = dst.shape[1]
-    for p0 in range(0, npix, block):
-        p1 = min(npix, p0 + block)
-        for b in range(dst.shape[0]):
-            for c in range(nc):
-                k = b * nc + c
-                row = dst[b, c]
-                for p in range(p0, p1):
-                    row[p] = src[p, k]
+    for s in range(src.shape[0]):
+        for p0 in range(0, npix, block):
+            p1 = min(npix, p0 + block)
+            for k in range(bounds[s], bounds[s + 1]):
+                row = dst[k // nc, k % nc, p0:p1]
+                col = src[s, p0:p1, k - bounds[s]]
+                for i in range(p1 - p0):
+                    row[i] = col[i]
 
 
 @njit(fastmath=False, cache=True, nogil=True)
@@ -138,12 +139,13 @@ def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block):
             t = tile[j - b0]
             for c in range(nc):
                 t[c] = _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
+        m = b1 - b0
         for bi in range(nb):  # tile (voxels, channels) -> out (batch, channels, voxels)
             for c in range(per):
-                o = out[bi, c]
-                k = bi * per + c
-                for j in range(b0, b1):
-                    o[j] = tile[j - b0, k]
+                o = out[bi, c, b0:b1]
+                col = tile[:m, bi * per + c]
+                for i in range(m):
+                    o[i] = col[i]
 
 
 @njit(fastmath=False, cache=True, nogil=True)
@@ -158,10 +160,13 @@ def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1
     pix = np.empty((4, block), dtype=np.int64)
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
+        m = b1 - b0
+        sc = scale[b0:b1]
         for k in range(c0, c1):  # g (batch, channels, voxels) -> t (voxels, channels), times the factor
-            gk = g[k // per, k % per]
-            for j in range(b0, b1):
-                t[j - b0, k - c0] = gk[j] * scale[j]
+            gk = g[k // per, k % per, b0:b1]
+            col = t[:m, k - c0]
+            for i in range(m):
+                col[i] = gk[i] * sc[i]
         for j in range(b0, b1):
             i = j - b0
             ax = fx[j]
@@ -182,10 +187,9 @@ def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1
             for corner in range(4):
                 for i in range(q0, q1):
                     wk = wgt[corner, i]
-                    dst = grad[pix[corner, i], c0:c1]
-                    ti = t[i]
+                    pp = pix[corner, i]
                     for c in range(nc):
-                        dst[c] += ti[c] * wk
+                        grad[pp, c] += t[i, c] * wk
 
 
 # -- dispatch -----------------------------------------------------------------------------------
@@ -229,12 +233,16 @@ def forward(feat, off, fx, fy, scale, one, dx, dy, out, block, threads: int) -> 
           for k in range(parts)], threads)
 
 
-def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, threads: int) -> None:
-    """``g (B, C, N)`` -> accumulated into ``grad (h*w + w + 1, B*C)`` channels-last (padded):
-    the flattened channels split into ``threads`` slabs, each accumulated by one thread (no
-    two threads write the same element; each element's sum is in the same order)."""
-    nbc = grad.shape[1]
+def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, rows: int, threads: int):
+    """``g (B, C, N)`` -> the channels-last gradient of the (padded) map, ``rows`` pixels, as
+    slabs ``(slabs, rows, width)`` of flattened channels ``bounds[s]..bounds[s+1]``: one thread
+    per slab (no two threads write the same element; each element's sum in the same order
+    whatever the thread count). Returns ``(slabs, bounds)``; :func:`channels_first` unpacks them."""
+    nbc = g.shape[0] * g.shape[1]
     parts = max(1, min(threads, nbc))
-    bounds = [nbc * k // parts for k in range(parts + 1)]
-    _run([(_adjoint_slab, (g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, bounds[k], bounds[k + 1]))
-          for k in range(parts)], threads)
+    bounds = np.array([nbc * k // parts for k in range(parts + 1)], dtype=np.int64)
+    width = int(np.max(np.diff(bounds)))
+    acc = np.zeros((parts, rows, width), dtype=g.dtype)
+    _run([(_adjoint_slab, (g, off, fx, fy, scale, one, dx, dy, chunk, block, acc[k], int(bounds[k]),
+                           int(bounds[k + 1]))) for k in range(parts)], threads)
+    return acc, bounds

@@ -382,11 +382,9 @@ class _Plan:
             gf = torch.from_numpy(gfn).reshape(self.batch, ch, h, w)
             for b0, b1, tables in self.groups:
                 t = tables[v]
-                nbc = (b1 - b0) * ch
-                acc = np.zeros((h * w + w + 1, nbc), dtype=g.dtype)
-                lk.adjoint(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, self.chunk, _ADJOINT_BLOCK, acc,
-                           threads)
-                lk.channels_first(acc, gfn[b0:b1], _COPY_BLOCK)
+                slabs, bounds = lk.adjoint(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, self.chunk,
+                                           _ADJOINT_BLOCK, h * w + w + 1, threads)
+                lk.channels_first(slabs, bounds, gfn[b0:b1], _COPY_BLOCK)
             out.append(gf)
         return out
 

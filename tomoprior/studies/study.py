@@ -977,14 +977,20 @@ def _figure(plan: dict, res: dict, path: Path) -> None:
                 per = res[(label, arm)]
                 x = [_seed_mean(v, "geometry_error_px") for v in per.values()]
                 y = [_seed_mean(v, m) for v in per.values()]
-                ax.scatter(x, y, s=22, marker=markers[ri % len(markers)], color=colors(ai % 10), alpha=0.8,
-                           label=f"{label}: {arm}" if m == panels[0] else None)
+                ax.scatter(x, y, s=22, marker=markers[ri % len(markers)], color=colors(ai % 10), alpha=0.8)
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlabel("geometry error told vs true (px, mean over views, points)")
         ax.set_ylabel(_col(m))
         ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize=7, ncol=1 + len(refiners) * len(arms) // 24,
-               title="refiner (marker): arm (colour)", title_fontsize=7)
+    from matplotlib.lines import Line2D
+
+    def handle(marker, color, label):
+        return Line2D([], [], linestyle="", marker=marker, color=color, label=label)
+
+    arm_handles = [handle("o", colors(ai % 10), f"{arm} ({plan['arms'][arm]['kind']})") for ai, arm in enumerate(arms)]
+    ref_handles = [handle(markers[ri % len(markers)], "0.35", label) for ri, label in enumerate(refiners)]
+    fig.legend(handles=arm_handles + ref_handles, loc="outside right upper", fontsize=7,
+               title="arm (colour), refiner (marker)", title_fontsize=7)
     fig.suptitle(f"{plan['name']}: per test skull, mean over training seeds")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

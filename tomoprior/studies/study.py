@@ -249,8 +249,9 @@ def _validate_refiners(raw, where: str, available) -> dict:
         config = dict(config)
         if "preset" in s:
             config["preset"] = str(s["preset"])
-        if "width" in s:
-            config.update(_width_overrides(name, config.get("preset"), _int(s["width"], f"{w}.width", 1), f"{w}.width"))
+        if "width" in s:  # fields set in config keep their value
+            config = {**_width_overrides(name, config.get("preset"), _int(s["width"], f"{w}.width", 1), f"{w}.width"),
+                      **config}
         t = _mapping(s.get("train", {}) or {}, f"{w}.train", ("steps", "batch", "seeds", "lr", "checkpoint_every",
                                                               "select"))
         seeds = t.get("seeds", [0])

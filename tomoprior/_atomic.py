@@ -347,7 +347,18 @@ def signals_as_exceptions(signals=None) -> Iterator[None]:
             if s == signal.SIGINT and signal.getsignal(s) is not signal.default_int_handler:
                 continue  # ignored (background job) or handled by the caller: leave it
             saved[s] = signal.signal(s, handler)
-        yield
+        try:
+            yield
+        except (Terminated, KeyboardInterrupt):
+            raise
+        except BaseException:
+            # A library swallowed the signal's exception (SpekPy has bare ``except:``) and the
+            # run then failed from the damage (e.g. an empty image): report the signal, which
+            # is what happened, not its consequence.
+            raise_if_interrupted()
+            raise
+        # the block ended normally although a signal arrived and was swallowed on the way
+        raise_if_interrupted()
     finally:
         for s, h in saved.items():
             signal.signal(s, h)

@@ -317,3 +317,32 @@ def test_a_signal_swallowed_by_a_finaliser_still_stops_the_commit(tmp_path):
             tmp.write_text("newer")  # the block goes on ...
     assert target.read_text() == "old"  # ... but nothing is committed
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def _swallowing_library_call(signum):
+    """A third-party call with a bare ``except:`` (as SpekPy has) that receives the signal."""
+    try:
+        os.kill(os.getpid(), signum)
+        for _ in range(100_000):  # the handler raises here ...
+            pass
+    except:  # noqa: E722 - ... and the library swallows it, as some do
+        return None
+    return 1.0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_swallowed_by_a_library_is_still_reported(signum):
+    """The run goes on with a damaged result and fails later for another reason: the block
+    reports the signal (exit 130 / 143 in the CLI), not the consequence; a block that ends
+    normally after a swallowed signal raises it too."""
+    expected = KeyboardInterrupt if signum == signal.SIGINT else Terminated
+    with pytest.raises(expected):
+        with signals_as_exceptions():
+            value = _swallowing_library_call(signum)
+            if value is None:
+                raise ValueError("found 0 beads")  # the damage, seen downstream
+    with pytest.raises(expected):
+        with signals_as_exceptions():
+            _swallowing_library_call(signum)
+    with signals_as_exceptions():  # a clean block afterwards: nothing pending
+        pass

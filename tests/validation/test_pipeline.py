@@ -161,8 +161,9 @@ def test_simulation_chain_equals_physics_radiograph():
     # main job's pixel-area integration is tested in tests/calibration/test_calib_pixel_integration.py)
     cfg = MainJobConfig(photons=500.0, seed=3, focal_spot_mm=0.6, detector_blur_px=0.7, pixel_subsamples=1)
     counts, heel = pl.simulate_radiographs(ph, geom, cfg)
-    ref = physics.radiograph(ph, geom, photons_per_pixel=500.0, kvp=cfg.kvp, heel=torch.as_tensor(heel),
-                             focal_spot_mm=0.6, detector_blur_px=0.7, noise=True, seed=3).numpy()
+    settings = physics.RadiographSettings(photons_per_pixel=500.0, kvp=cfg.kvp, heel=torch.as_tensor(heel),
+                                          focal_spot_mm=0.6, detector_blur_px=0.7, noise=True)
+    ref = physics.radiograph(ph, geom, settings, seed=3).numpy()
     assert counts.shape == ref.shape == (2, 48, 48)
     assert np.mean(counts == ref) > 0.999
     expected_heel = physics.heel_effect(geom, cfg.anode_angle_deg, kvp=cfg.kvp).numpy()

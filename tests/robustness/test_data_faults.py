@@ -330,8 +330,17 @@ def _swallowing_library_call(signum):
     return 1.0
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test: a background job (nohup, CI runners) inherits
+    SIGINT ignored, and signals_as_exceptions then rightly leaves it alone."""
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, saved)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_swallowed_by_a_library_is_still_reported(signum):
+def test_a_signal_swallowed_by_a_library_is_still_reported(signum, default_sigint):
     """The run goes on with a damaged result and fails later for another reason: the block
     reports the signal (exit 130 / 143 in the CLI), not the consequence; a block that ends
     normally after a swallowed signal raises it too."""

@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -339,8 +340,19 @@ def signals_as_exceptions(signals=None) -> Iterator[None]:
             raise KeyboardInterrupt
         raise Terminated(signum)
 
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info):
+        # The handler's exception raised inside a finaliser or weakref callback cannot
+        # propagate; Python would print it as "Exception ignored in ... Traceback". It is
+        # recorded and raised again when the block ends, so say nothing here.
+        if isinstance(info.exc_value, (Terminated, KeyboardInterrupt)) and _PENDING["signum"] is not None:
+            return
+        previous_hook(info)
+
     saved = {}
     try:
+        sys.unraisablehook = unraisable
         for s in signals:
             if s is None:
                 continue
@@ -362,4 +374,5 @@ def signals_as_exceptions(signals=None) -> Iterator[None]:
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+        sys.unraisablehook = previous_hook
         _PENDING["signum"] = None

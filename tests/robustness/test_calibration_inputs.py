@@ -149,7 +149,7 @@ def test_stale_staging_of_a_killed_run_is_removed(tmp_path):
 def test_a_signal_during_validate_leaves_nothing(tmp_path, sig):
     out = tmp_path / "rep"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "tomoprior", "validate", "--out", str(out), "--binning", "8"],
+    proc = subprocess.Popen([sys.executable, "-m", "tomoprior", "validate", "--out", str(out), "--binning", "6"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     # wait until the run is under way (its first progress line), then terminate it
     deadline = time.time() + 120

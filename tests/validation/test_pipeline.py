@@ -168,3 +168,13 @@ def test_simulation_chain_equals_physics_radiograph():
     assert np.mean(counts == ref) > 0.999
     expected_heel = physics.heel_effect(geom, cfg.anode_angle_deg, kvp=cfg.kvp).numpy()
     assert np.allclose(heel, expected_heel)
+
+
+def test_a_binning_too_coarse_for_the_beads_is_refused_before_any_work():
+    from tomoprior.validation.pipeline import check_beads_resolved, run_main_job
+
+    design = bead_design(tp.phantoms.load("bead_cage"))  # 1.5 mm beads, magnification 1.5
+    for binning in (1, 2, 6):  # 2.25 mm images over 0.2 .. 1.2 mm pixels: 11 .. 1.9 pixels
+        check_beads_resolved(design, main_job_geometries(MainJobConfig(binning=binning))[0], binning)
+    with pytest.raises(ValueError, match=r"1\.41 pixels.*use --binning 6 or finer"):
+        run_main_job(MainJobConfig(binning=8))  # would otherwise find no bead and fail in detection

@@ -38,6 +38,12 @@ _values = st.recursive(
     max_leaves=8,
 )
 
+def _default_sigint():
+    """In the child: Ctrl-C back to its default, which a background job (nohup, some CI
+    runners) inherits as ignored; Python then installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 
 @SETTINGS
 @given(st.one_of(st.dictionaries(_keys, _values, max_size=5), _values))
@@ -150,7 +156,8 @@ def test_a_signal_during_validate_leaves_nothing(tmp_path, sig):
     out = tmp_path / "rep"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "tomoprior", "validate", "--out", str(out), "--binning", "6"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_default_sigint)
     # wait until the run is under way (its first progress line), then terminate it
     deadline = time.time() + 120
     line = ""

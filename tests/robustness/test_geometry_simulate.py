@@ -27,6 +27,12 @@ from tomoprior.geometry.geometry import GeometryWarning
 FAST = ["--binning", "16", "--grid", "32", "--supersample", "1", "--quiet"]
 REPO = Path(tp.__file__).resolve().parents[1]
 
+def _default_sigint():
+    """In the child: Ctrl-C back to its default, which a background job (nohup, some CI
+    runners) inherits as ignored; Python then installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 
 def _run(*args):
     return CliRunner().invoke(cli, ["simulate", *args])
@@ -205,7 +211,8 @@ def _start(out: Path, backend: str):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "-m", "tomoprior", "simulate", "--binning", "8", "--grid", "48",
                              "--backend", backend, "--supersample", "1", "--quiet", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(predicate, proc, limit_s=300.0):

@@ -34,6 +34,12 @@ from tomoprior.cli.reconstruct import MAX_LINE_INTEGRAL, NEGATIVE_TOLERANCE, rea
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
+def _default_sigint():
+    """In the child: Ctrl-C back to its default, which a background job (nohup, some CI
+    runners) inherits as ignored; Python then installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
@@ -326,7 +332,8 @@ def _start_and_wait(tmp_path, args) -> tuple[subprocess.Popen, Path]:
     runner.write_text(RUNNER)
     marker = tmp_path / "marker"
     proc = subprocess.Popen([sys.executable, str(runner), str(marker), "reconstruct", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     for _ in range(1200):  # waits for an event, not a duration: the write has started
         if marker.exists() or proc.poll() is not None:
             break

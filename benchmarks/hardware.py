@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import projectors as bench  # noqa: E402
+from projector_bench.bound import dependent_add_rate  # noqa: E402
 
 import tomoprior as tp  # noqa: E402
 
@@ -78,19 +79,10 @@ def best_wall(fn, repeats: int) -> tuple[float, float]:
 
 
 # -- 1. dependent additions ---------------------------------------------------------------
-@njit(cache=True)
-def _fadd_chain(n, y):
-    x = 0.0
-    for _ in range(n):
-        x += y  # strict IEEE order (no fastmath): each add waits for the previous one
-    return x
-
-
 def measure_clock(repeats: int, latency: float) -> dict:
-    n = 50_000_000
-    lo, med = best_cpu(lambda: _fadd_chain(n, 1e-9), repeats)
-    rate = n / lo
-    return {"dependent_fadds_per_s": rate, "median_rate": n / med, "fadd_latency_cycles": latency,
+    # the same chain as the projector table's bound column (projector_bench/bound.py)
+    rate, median_rate = dependent_add_rate(repeats, 50_000_000)
+    return {"dependent_fadds_per_s": rate, "median_rate": median_rate, "fadd_latency_cycles": latency,
             "clock_ghz_estimate": rate * latency / 1e9}
 
 

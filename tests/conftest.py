@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 
 import numpy as np
 import pytest
@@ -74,3 +75,10 @@ def backend(request) -> str:
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
+
+
+def default_sigint_in_child() -> None:
+    """``preexec_fn`` for subprocesses that a test interrupts with SIGINT: Ctrl-C back to its
+    default, which a background job (nohup, some CI runners) inherits as ignored; Python then
+    installs its KeyboardInterrupt handler in the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import default_sigint_in_child
 from tomoprior.validation import qa
 from tomoprior.validation.images import dicom_geometry, read_radiograph
 
@@ -37,12 +38,6 @@ _values = st.recursive(
         max_size=3)),
     max_leaves=8,
 )
-
-def _default_sigint():
-    """In the child: Ctrl-C back to its default, which a background job (nohup, some CI
-    runners) inherits as ignored; Python then installs its KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
 
 
 @SETTINGS
@@ -157,7 +152,7 @@ def test_a_signal_during_validate_leaves_nothing(tmp_path, sig):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "tomoprior", "validate", "--out", str(out), "--binning", "6"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=default_sigint_in_child)
     # wait until the run is under way (its first progress line), then terminate it
     deadline = time.time() + 120
     line = ""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import default_sigint_in_child
 from tomoprior import data
 from tomoprior._atomic import (
     LEGACY_STALE_AGE_S,
@@ -35,12 +36,6 @@ SMALL = dict(grid=16, binning=96, phantom="shepp_logan", supersample=1)
 MAKE = ["dataset", "make", "--phantom", "shepp_logan", "--quiet"]
 LINUX = Path("/proc/self/stat").exists()
 
-def _default_sigint():
-    """In the child: Ctrl-C back to its default, which a background job (nohup, some CI
-    runners) inherits as ignored; Python then installs its KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 
 def _env() -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -50,7 +45,7 @@ def _env() -> dict:
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tomoprior", *args], cwd=cwd, env=_env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=default_sigint_in_child)
 
 
 def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

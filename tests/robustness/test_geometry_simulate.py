@@ -20,18 +20,13 @@ import pytest
 from click.testing import CliRunner
 
 import tomoprior as tp
+from tests.conftest import default_sigint_in_child
 from tomoprior.cli import simulate as sim
 from tomoprior.cli.main import cli
 from tomoprior.geometry.geometry import GeometryWarning
 
 FAST = ["--binning", "16", "--grid", "32", "--supersample", "1", "--quiet"]
 REPO = Path(tp.__file__).resolve().parents[1]
-
-def _default_sigint():
-    """In the child: Ctrl-C back to its default, which a background job (nohup, some CI
-    runners) inherits as ignored; Python then installs its KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
 
 
 def _run(*args):
@@ -212,7 +207,7 @@ def _start(out: Path, backend: str):
     return subprocess.Popen([sys.executable, "-m", "tomoprior", "simulate", "--binning", "8", "--grid", "48",
                              "--backend", backend, "--supersample", "1", "--quiet", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=default_sigint_in_child)
 
 
 def _wait_for(predicate, proc, limit_s=300.0):

@@ -22,16 +22,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import default_sigint_in_child
 from tomoprior import data, refiners
 from tomoprior.cli.evaluate import evaluate as evaluate_cmd
 from tomoprior.studies.evaluation import GROUPS, check_group, compare_markdown, evaluate
-
-
-def _default_sigint():
-    """In the child: Ctrl-C back to its default, which a background job (nohup, some CI
-    runners) inherits as ignored; Python then installs its KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +164,7 @@ def test_sigterm_during_evaluation(tiny, tmp_path):
     proc = subprocess.Popen([sys.executable, str(runner), str(marker), "evaluate", "--data", str(tiny), "--refiner",
                              "bp-prior", "--no-fit-bp-prior", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=default_sigint_in_child)
     for _ in range(1200):  # until the evaluation runs (an event, not a duration)
         if marker.exists() or proc.poll() is not None:
             break

@@ -29,16 +29,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tomoprior as tp
+from tests.conftest import default_sigint_in_child
 from tomoprior.cli import reconstruct as rec
 from tomoprior.cli.reconstruct import MAX_LINE_INTEGRAL, NEGATIVE_TOLERANCE, read_xray, reconstruct
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-def _default_sigint():
-    """In the child: Ctrl-C back to its default, which a background job (nohup, some CI
-    runners) inherits as ignored; Python then installs its KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +328,7 @@ def _start_and_wait(tmp_path, args) -> tuple[subprocess.Popen, Path]:
     marker = tmp_path / "marker"
     proc = subprocess.Popen([sys.executable, str(runner), str(marker), "reconstruct", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_sigint)
+                            preexec_fn=default_sigint_in_child)
     for _ in range(1200):  # waits for an event, not a duration: the write has started
         if marker.exists() or proc.poll() is not None:
             break

@@ -47,7 +47,7 @@ import torch
 import tomoprior as tp
 import tomoprior.calibration as cal
 from tomoprior import data
-from tomoprior.studies.evaluation import sample_metrics
+from tomoprior.studies.evaluation import geometry_error_px, sample_metrics
 
 #: What the example reports per reconstruction.
 KEYS = ("psnr_x2ctgan", "ssim_x2ctgan", "mae_hu", "dice_bone", "proj_rel_l2")
@@ -96,17 +96,6 @@ def parameter_errors(params, truth) -> dict:
     return out
 
 
-def reprojection_error_px(params, truth, grid: tp.VolumeGrid, n: int = 200, seed: int = 0) -> float:
-    """RMS distance (pixels) between where ``params`` and ``truth`` project points spread over
-    the head's box: the error the back-projection sees."""
-    rng = np.random.default_rng(seed)
-    lo, hi = (np.asarray(b) for b in grid.bounds())
-    pts = torch.as_tensor(lo + (hi - lo) * rng.random((n, 3)))
-    a = tp.BiplanarGeometry(grid, params).aimed_at(grid).project_points(pts)
-    b = tp.BiplanarGeometry(grid, truth).aimed_at(grid).project_points(pts)
-    return float(((a - b) ** 2).sum(-1).mean().sqrt())
-
-
 def load_refiner(name: str):
     if name == "bp-prior":
         return tp.refiners.load("bp-prior", normalization="chord").eval()
@@ -149,7 +138,10 @@ def run(ct: str = "cthead", *, refiner_names=("bp-prior", "psctnet"), bead_pitch
         "physics": "realistic preset without pose and motion (polychromatic 70 kVp, heel, blur, scatter, noise)",
         "calibration": {"summary": result.summary(), "errors": parameter_errors(calibrated, truth),
                         "nominal_errors": parameter_errors(nominal, truth)},
-        "reprojection_error_px": {k: reprojection_error_px(on_detector(p, *head), on_detector(truth, *head), grid)
+        # mean distance (detector pixels) between where each geometry and the truth project a
+        # lattice of points filling the head's box: the error the back-projection sees
+        "reprojection_error_px": {k: geometry_error_px(*(tp.BiplanarGeometry(grid, on_detector(q, *head)).aimed_at(grid)
+                                                         for q in (p, truth)))["mean_px"]
                                   for k, p in geometries.items()},
         "reconstructions": {},
     }
@@ -227,7 +219,8 @@ def main(argv=None) -> int:
     volumes = report.pop("_volumes")
 
     print(report["calibration"]["summary"])
-    print("\nreprojection error of each geometry against the truth (pixels of 2.4 mm, over the head's box):")
+    print("\nreprojection error of each geometry against the truth (mean over a lattice filling the head's box, "
+          "pixels of 2.4 mm):")
     for k, v in report["reprojection_error_px"].items():
         print(f"  {k:16s} {v:7.3f} px")
     cols = (*KEYS, "vs_true_geometry_rel_l2")

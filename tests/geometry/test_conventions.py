@@ -173,6 +173,15 @@ def test_binning():
     assert p.to_view().pixel_pitch == pytest.approx((0.8, 0.8))
     with pytest.raises(ValueError, match="does not divide"):
         p.binned(5)
+    # the view-vector twin gives the same view as binning the parameters
+    full = tp.ViewParameters(detector_shape=(1536, 1536), pixel_pitch=0.2, u0=1.5, detector_tilt_u=0.01)
+    a, b = full.to_view().binned(4), full.binned(4).to_view()
+    assert a.shape == b.shape == (384, 384)
+    torch.testing.assert_close(a.vector, b.vector)
+    with pytest.raises(ValueError, match="does not divide"):
+        a.binned(5)
+    with pytest.raises(ValueError, match="positive integer"):
+        a.binned(0)
 
 
 def test_view_vector_is_astra_cone_vec_row():

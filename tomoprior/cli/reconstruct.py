@@ -427,7 +427,7 @@ def consistency_check(images, geom, tolerance: float, note) -> float | None:
 
     import torch
 
-    from ..geometry import Geometry, View
+    from ..geometry import Geometry
     from ..validation.epipolar import epipolar_consistency, line_integral_check
 
     if geom.num_views < 2:
@@ -446,12 +446,10 @@ def consistency_check(images, geom, tolerance: float, note) -> float | None:
             f = math.ceil(max(rows, cols) / CONSISTENCY_MAX_PIXELS)
             while f > 1 and (rows % f or cols % f):
                 f -= 1
+            view = view.detach().to(dtype=torch.float64)
             if f > 1:
                 ims[v] = torch.nn.functional.avg_pool2d(im[None, None], f)[0, 0]
-                vec = view.vector.detach().double()
-                view = View(vec[0:3], vec[3:6], vec[6:9] * f, vec[9:12] * f, (rows // f, cols // f), name=view.name)
-            else:
-                view = view.detach().to(dtype=torch.float64)
+                view = view.binned(f)
             views.append(view)
         with torch.no_grad():
             result = epipolar_consistency(ims, Geometry(geom.grid, views))

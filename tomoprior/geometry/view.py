@@ -310,6 +310,20 @@ class View:
         return View(self.source.detach(), self.detector_center.detach(), self.u.detach(), self.v.detach(),
                     self.shape, self.name)
 
+    def binned(self, factor: int) -> View:
+        """The same detector read out with ``factor x factor`` binning: pixel vectors times
+        ``factor``, shape divided by it, source and detector centre unchanged (the view-vector
+        twin of :meth:`ViewParameters.binned`). ValueError unless ``factor`` is a positive
+        integer dividing both sides."""
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"binning factor must be a positive integer, got {factor!r}")
+        rows, cols = self.shape
+        if rows % factor or cols % factor:
+            raise ValueError(f"binning factor {factor} does not divide the detector shape {self.shape}; "
+                             "choose a divisor of both")
+        return View(self.source, self.detector_center, self.u * factor, self.v * factor,
+                    (rows // factor, cols // factor), self.name)
+
     @classmethod
     def from_vector(cls, vector, shape, name: str | None = None) -> View:
         """Build a view from a 12-vector ``(source, detector_center, u, v)`` (ASTRA ``cone_vec`` row)."""

@@ -78,3 +78,24 @@ def test_bad_tolerance_is_a_usage_error(case, tmp_path):
                                            "--consistency-tolerance", "0"])
     assert res.exit_code == 2 and "--consistency-tolerance" in res.output
     assert not (tmp_path / "v.nii.gz").exists()
+
+
+def test_large_images_are_checked_binned_with_their_detector(monkeypatch):
+    """Above the size limit the check averages the images down and bins the views alike: the
+    same number as checking the pooled images against the binned geometry directly."""
+    import torch
+
+    from tomoprior.cli import reconstruct as rc
+    from tomoprior.validation import epipolar_consistency
+
+    geom = tp.BiplanarGeometry.from_parameters(binning=12, grid=VolumeGrid((24, 24, 24), (8.0, 8.0, 8.0)))
+    ph = Phantom([Ellipsoid((8, -5, 6), (55, 65, 75), 0.02, angles=(0.3, 0.4, 0.2)),
+                  Ellipsoid((-20, 10, -15), (15, 20, 25), 0.01, angles=(1.0, 0.2, 0.5))])
+    x = ph.line_integrals(geom).double()  # (2, 128, 128)
+    monkeypatch.setattr(rc, "CONSISTENCY_MAX_PIXELS", 64)
+    notes = []
+    got = rc.consistency_check(x, geom, 0.3, notes.append)
+    pooled = torch.nn.functional.avg_pool2d(x[:, None], 2)[:, 0]
+    binned = tp.Geometry(geom.grid, [v.detach().to(dtype=torch.float64).binned(2) for v in geom.views])
+    assert got == pytest.approx(float(epipolar_consistency(pooled, binned).relative), rel=1e-12)
+    assert notes == [] and got < 0.05

@@ -29,6 +29,11 @@ from ..units import DEFAULT_ENERGY_KEV
 from .realism import Realism, posed_geometry
 from .volumes import Volume, check_volume
 
+#: Short names of :class:`GeometryPerturbation` fields, accepted by :meth:`GeometryPerturbation.parse`
+#: (the CLI's ``--perturb``) and by study plans.
+PERTURBATION_ALIASES = {"sdd": "source_to_detector_mm", "offset": "offset_mm", "tilt": "tilt_deg",
+                        "rotation": "rotation_deg", "sod": "source_to_isocenter_mm"}
+
 
 @dataclass(frozen=True)
 class GeometryPerturbation:
@@ -69,8 +74,7 @@ class GeometryPerturbation:
     def parse(cls, text: str) -> GeometryPerturbation:
         """From ``"source_to_detector_mm=5,offset_mm=2,tilt_deg=0.5,rotation_deg=0.5"``
         (the CLI's ``--perturb``); short keys ``sdd``, ``offset``, ``tilt``, ``rotation``, ``sod``."""
-        alias = {"sdd": "source_to_detector_mm", "offset": "offset_mm", "tilt": "tilt_deg",
-                 "rotation": "rotation_deg", "sod": "source_to_isocenter_mm"}
+        alias = PERTURBATION_ALIASES
         fields = set(asdict(cls()))
         out = {}
         for part in filter(None, (p.strip() for p in text.split(","))):

@@ -72,7 +72,6 @@ CALIBRATIONS = ("bead", "exact", "residual")
 #: Metrics of the report table and the figure by default.
 REPORT_METRICS = ("psnr_x2ctgan", "ssim_x2ctgan", "mae_hu", "dice_bone", "assd_mm", "proj_rel_l2")
 #: The paper's stated miscalibration (uniform +- per view), the default ``perturb``.
-PAPER_PERTURB = {"source_to_detector_mm": 10.0, "offset_mm": 2.0, "tilt_deg": 1.0}
 _MISMATCH_KEYS = ("pixel_scale", "source_to_detector", "source_to_isocenter", "u0", "v0", "detector_tilt_u_deg",
                   "detector_tilt_v_deg", "detector_rotation_deg")
 _DEFAULT_POSE = {"rotation_deg": 3.0, "translation_mm": 5.0}
@@ -121,11 +120,13 @@ def _perturb(value, where: str) -> dict:
     """A GeometryPerturbation as a plain dict: ``"paper"`` or a mapping of its fields (short
     keys sdd, offset, tilt, rotation, sod accepted)."""
     from ..data import GeometryPerturbation
+    from ..data.drr import PERTURBATION_ALIASES
 
-    if value == "paper":
-        return dict(PAPER_PERTURB)
-    alias = {"sdd": "source_to_detector_mm", "offset": "offset_mm", "tilt": "tilt_deg", "rotation": "rotation_deg",
-             "sod": "source_to_isocenter_mm"}
+    if value == "paper":  # PAPER_MISCALIBRATION as a plan's plain dict of its non-zero fields
+        from .miscalibration import PAPER_MISCALIBRATION
+
+        return {k: v for k, v in dataclasses.asdict(PAPER_MISCALIBRATION).items() if v}
+    alias = PERTURBATION_ALIASES
     fields = tuple(f.name for f in dataclasses.fields(GeometryPerturbation))
     d = _mapping(value, where, (*fields, *alias))
     out = {alias.get(k, k): _num(v, f"{where}.{k}", nonneg=True) for k, v in d.items()}

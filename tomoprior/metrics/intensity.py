@@ -139,7 +139,18 @@ def _symmetric_pad(x: torch.Tensor, dim: int, r: int) -> torch.Tensor:
 
 
 def _gaussian_filter(x: torch.Tensor, kernel: torch.Tensor, radius: int, dims: tuple[int, ...]) -> torch.Tensor:
-    """Separable Gaussian smoothing along ``dims`` with symmetric (scipy 'reflect') borders."""
+    """Separable Gaussian smoothing along ``dims`` with symmetric (scipy 'reflect') borders.
+
+    CPU tensors that need no gradient go through ``scipy.ndimage.correlate1d`` (the same sums,
+    about 8x faster at 128^3 than a 1-channel ``conv1d`` over every line); others stay in torch."""
+    if x.device.type == "cpu" and not x.requires_grad:
+        from scipy.ndimage import correlate1d
+
+        out = x.detach().numpy()
+        k = kernel.to(x.dtype).numpy()
+        for d in dims:
+            out = correlate1d(out, k, axis=d, mode="reflect")
+        return torch.from_numpy(out)
     for d in dims:
         xp = _symmetric_pad(x, d, radius)
         xp = xp.movedim(d, -1)

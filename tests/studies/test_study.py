@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from tomoprior.cli.main import cli
 from tomoprior.studies.plans import plan_path
-from tomoprior.studies.study import PlanError, bootstrap_ci, run_study, validate_plan
+from tomoprior.studies.study import PlanError, bootstrap_ci, run_study, study_report, study_steps, validate_plan
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,52 @@ def test_interrupted_training_resumes_from_its_checkpoint(smoke, tmp_path):
     assert [s["resumed"] for s in sessions] == [False, True] and sessions[-1]["steps_at_end"] == 2
 
 
+def test_run_order_reports_cheap_refiners_before_long_trainings(smoke):
+    out, _ = smoke
+    plan = json.loads((out / "plan.json").read_text())["plan"]
+    order = study_steps(plan)["order"]
+    # refiner by refiner in plan order: every bp-prior step before the first PSCT-Net training
+    labels = [o[1] for o in order]
+    assert labels == sorted(labels, key=list(plan["refiners"]).index)
+    # each evaluation follows the training of its own refiner, seed and training set
+    current = None
+    for o in order:
+        if o[0] == "train":
+            current = o
+        else:
+            arm = plan["arms"][o[3]]
+            trained_on_base = arm["kind"] not in ("consistent", "augmented")
+            assert current[1] == o[1] and current[3] == o[2] and (current[2] == "base") == trained_on_base, (current, o)
+
+
+def test_partial_report_of_an_unfinished_study(smoke, tmp_path):
+    out, _ = smoke
+    full, _ = _rows(out)
+    copy = tmp_path / "partial"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "report")
+    # as if PSCT-Net had not been evaluated yet and the atlas had stopped before its pose arm
+    for marker in [*(copy / "done").glob("eval__psctnet__*"), copy / "done" / "eval__atlas__seed0__pose.json"]:
+        marker.unlink()
+    shutil.rmtree(copy / "eval" / "psctnet")
+    (copy / "eval" / "atlas" / "seed0" / "pose.json").unlink()
+    with pytest.raises(PlanError, match="--partial"):
+        study_report(copy, figure=False)
+    md = study_report(copy, figure=False, partial=True).read_text()
+    rows, rep = _rows(copy)
+    assert "**PARTIAL:" in md and "`eval/atlas/seed0/pose`" in md
+    assert not any(r == "psctnet" for r, _ in rows) and ("atlas", "pose") not in rows and ("atlas", "paper") in rows
+    assert rep["status"]["done"] < rep["status"]["total"]
+    # what is there is reported exactly as in the finished study
+    for key, r in rows.items():
+        assert r["diff"] == full[key]["diff"] and r["seeds"] == [0]
+    # nothing to compare yet: a clear error, also for --partial
+    for f in (copy / "eval").rglob("exact.json"):
+        f.unlink()
+    with pytest.raises(PlanError, match="nothing to compare"):
+        study_report(copy, figure=False, partial=True)
+
+
 def test_changed_plan_and_reused_folder_are_refused(smoke, tmp_path):
     out, _ = smoke
     with pytest.raises(PlanError, match="already holds this study; pass --resume"):
@@ -132,6 +178,10 @@ def _plan(**changes):
     ({"arms__bad": {"kind": "calibrated", "calibration": "magic"}}, r"arms\.bad\.calibration: must be one of"),
     ({"arms__exact": {"kind": "pose"}}, r"arms: need exactly one arm of kind 'exact'"),
     ({"report__metrics": ["psnr"]}, r"report\.metrics: must be a non-empty list"),
+    ({"refiners__bp-prior": {"arms": ["exact", "nope"]}}, r"refiners\.bp-prior\.arms: unknown arm\(s\) \['nope'\]"),
+    ({"arms__5x": {"kind": "miscalibrated", "scale": 5}, "refiners__bp-prior": {"arms": ["5x"]}},
+     r"refiners\.bp-prior\.arms: must include the exact arm 'exact'"),
+    ({"refiners__bp-prior": {"arms": "exact"}}, r"refiners\.bp-prior\.arms: must be a non-empty list"),
 ])
 def test_bad_plans_name_the_key(changes, message):
     with pytest.raises(PlanError, match=message):
@@ -142,6 +192,21 @@ def test_defaults_of_a_minimal_plan():
     p = validate_plan(_plan(**{"arms__5x": {"kind": "miscalibrated", "scale": 5}}))
     assert p["arms"]["5x"]["perturb"] == {"source_to_detector_mm": 50.0, "offset_mm": 10.0, "tilt_deg": 5.0}
     assert p["refiners"]["bp-prior"]["train"]["seeds"] == [0] and p["report"]["level"] == 0.95
+
+
+def test_seed_major_order_and_refiner_arm_lists():
+    arms = {"exact": {"kind": "exact"}, "5x": {"kind": "miscalibrated", "scale": 5},
+            "px": {"kind": "consistent", "mismatch": {"pixel_scale": 0.9}}}
+    p = validate_plan(_plan(arms=arms, refiners={"bp-prior": {}, "two": {"refiner": "bp-prior", "train": {"seeds": [3, 4]},
+                                                                      "arms": ["exact", "5x"]}}))
+    assert "arms" not in p["refiners"]["bp-prior"]  # absent unless given: older plans keep their hash
+    order = study_steps(p)["order"]
+    # every refiner's first seed before any second seed; `two` trains once per seed (base only)
+    assert order.index(("train", "two", "base", 4)) > max(i for i, o in enumerate(order) if o[1] == "bp-prior")
+    assert [o for o in order if o[1] == "two"] == [
+        ("train", "two", "base", 3), ("eval", "two", 3, "exact"), ("eval", "two", 3, "5x"),
+        ("train", "two", "base", 4), ("eval", "two", 4, "exact"), ("eval", "two", 4, "5x")]
+    assert sum(o[0] == "train" for o in order if o[1] == "bp-prior") == 2  # base and the consistent set
 
 
 def test_bootstrap_interval_on_a_known_case():

@@ -58,12 +58,15 @@ def run(plan, out, resume, threads, stop_after, quiet) -> None:
 @study.command("report")
 @click.argument("folder", type=click.Path(file_okay=False, exists=True))
 @click.option("--no-figure", is_flag=True, help="Skip figure.png.")
-def report(folder, no_figure) -> None:
-    """(Re)write FOLDER/report/ (report.md, report.json, figure.png) of a finished study."""
+@click.option("--partial", is_flag=True, help="Report a study that is still running: the refiners, arms and seeds "
+              "evaluated so far, marked PARTIAL, with the missing steps named.")
+def report(folder, no_figure, partial) -> None:
+    """(Re)write FOLDER/report/ (report.md, report.json, figure.png) of a finished study (or, with
+    --partial, of the part done so far)."""
     from ..studies.study import study_report
 
     try:
-        path = study_report(folder, figure=not no_figure)
+        path = study_report(folder, figure=not no_figure, partial=partial)
     except (ValueError, OSError) as exc:
         raise DataError(str(exc)) from exc
     click.echo(path.read_text(encoding="utf-8"))

@@ -220,6 +220,16 @@ def validate_plan(raw, source: str = "plan") -> dict:
                           "bead_pixel_mm": _num(e.get("bead_pixel_mm", 0.8), f"{w}.bead_pixel_mm", positive=True)}
 
     plan["arms"] = _validate_arms(top["arms"], f"{source}: arms", realism)
+    exact = [n for n, a in plan["arms"].items() if a["kind"] == "exact"]
+    for label, r in plan["refiners"].items():
+        if "arms" not in r:
+            continue
+        w = f"{source}: refiners.{label}.arms"
+        bad = [a for a in r["arms"] if a not in plan["arms"]]
+        if bad:
+            raise _fail(w, f"unknown arm(s) {bad}; the plan's arms: {list(plan['arms'])}")
+        if not set(exact) <= set(r["arms"]):
+            raise _fail(w, f"must include the exact arm {exact[0]!r}: every arm is compared with it")
 
     w = f"{source}: report"
     r = _mapping(top.get("report", {}) or {}, w, ("bootstrap", "metrics", "level"))
@@ -244,7 +254,7 @@ def _validate_refiners(raw, where: str, available) -> dict:
         w = f"{where}.{label}"
         if not isinstance(label, str) or not label.replace("-", "").replace("_", "").isalnum():
             raise _fail(where, f"refiner label {label!r} must be letters, digits, '-' or '_' (it names folders)")
-        s = _mapping(spec if spec is not None else {}, w, ("refiner", "preset", "width", "config", "train"))
+        s = _mapping(spec if spec is not None else {}, w, ("refiner", "preset", "width", "config", "train", "arms"))
         name = str(s.get("refiner", label))
         if name not in available:
             raise _fail(f"{w}.refiner", f"unknown refiner {name!r}; available: {list(available)}")
@@ -271,6 +281,12 @@ def _validate_refiners(raw, where: str, available) -> dict:
                  "checkpoint_every": _int(t.get("checkpoint_every", 50), f"{w}.train.checkpoint_every", 0),
                  "select": str(t.get("select", "dice"))}
         out[label] = {"refiner": name, "config": config, "train": train}
+        if "arms" in s:  # only when given, so that plans without it keep their hash
+            arms = s["arms"]
+            if not isinstance(arms, (list, tuple)) or not arms or not all(isinstance(a, str) for a in arms) \
+                    or len(set(arms)) != len(arms):
+                raise _fail(f"{w}.arms", f"must be a non-empty list of distinct arm names, got {arms!r}")
+            out[label]["arms"] = list(arms)
     _check_configs(out, where)
     return out
 
@@ -684,10 +700,18 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
 
 def study_steps(plan: dict) -> dict:
     """The steps of a plan: ``{"data": [(name, recipe, splits, told)], "train": [(label, trainset,
-    seed)], "eval": [(label, seed, arm)]}`` (in run order)."""
-    data, train, ev = [], [], []
+    seed)], "eval": [(label, seed, arm)], "order": [("train", label, trainset, seed) or ("eval",
+    label, seed, arm)]}``.
+
+    ``order`` is the run order after the data: the first training seed of every refiner (in plan
+    order), then the second, ...; within one, training set by training set, each training followed
+    by the evaluations of the arms it serves. So the cheap refiners listed first are reported
+    before a long training starts, one whole seed of the study comes before the next, and a
+    partial report (:func:`study_report` with ``partial=True``) is made of whole trainings."""
+    data = []
     seen = set()
-    for arm in plan["arms"].values():
+    used = {a for label in plan["refiners"] for a in refiner_arms(plan, label)}
+    for arm in (a for n, a in plan["arms"].items() if n in used):
         tn, tr = _test_name(arm), _test_recipe(arm)
         if tn not in seen:
             seen.add(tn)
@@ -696,15 +720,24 @@ def study_steps(plan: dict) -> dict:
         if rr is not None and rn not in seen:
             seen.add(rn)
             data.append((rn, rr, ("train", "val"), True))
-    trainsets = list(dict.fromkeys(_train_name(a) for a in plan["arms"].values()))
-    for label, r in plan["refiners"].items():
-        for ts in trainsets:
-            for seed in r["train"]["seeds"]:
-                train.append((label, ts, seed))
-        for seed in r["train"]["seeds"]:
-            for arm_name in plan["arms"]:
-                ev.append((label, seed, arm_name))
-    return {"data": data, "train": train, "eval": ev}
+    order = []
+    for k in range(max(len(r["train"]["seeds"]) for r in plan["refiners"].values())):
+        for label, r in plan["refiners"].items():
+            if k >= len(r["train"]["seeds"]):
+                continue
+            seed = r["train"]["seeds"][k]
+            arms = refiner_arms(plan, label)
+            for ts in dict.fromkeys(_train_name(plan["arms"][a]) for a in arms):
+                order.append(("train", label, ts, seed))
+                order += [("eval", label, seed, a) for a in arms if _train_name(plan["arms"][a]) == ts]
+    return {"data": data, "train": [o[1:] for o in order if o[0] == "train"],
+            "eval": [o[1:] for o in order if o[0] == "eval"], "order": order}
+
+
+def refiner_arms(plan: dict, label: str) -> list[str]:
+    """The arms refiner ``label`` is evaluated on (its ``arms`` list, default every arm), in plan order."""
+    want = plan["refiners"][label].get("arms")
+    return [a for a in plan["arms"] if want is None or a in want]
 
 
 def run_study(plan_path, out, *, resume: bool = False, log: Callable[[str], None] = print,
@@ -761,19 +794,15 @@ def _run(plan: dict, out: Path, log, stop_after) -> dict:
             break
         rn.step(f"data/{name}", lambda n=name, r=recipe, s=splits, t=told: rn.reexpose(n, r, s, t))
     train_recs = {}
-    for label, ts, seed in steps["train"]:
+    for kind, label, a, b in steps["order"]:
         if not budget_left():
             break
-        train_recs[(label, ts, seed)] = rn.step(f"train/{label}/{ts}/seed{seed}",
-                                                lambda a=label, b=ts, c=seed: rn.train(a, b, c))
-    for label, seed, arm_name in steps["eval"]:
-        if not budget_left():
-            break
-        tr = train_recs.get((label, _train_name(plan["arms"][arm_name]), seed))
-        if tr is None:
-            break
-        rn.step(f"eval/{label}/seed{seed}/{arm_name}",
-                lambda a=label, b=seed, c=arm_name, t=tr: rn.evaluate(a, b, c, t))
+        if kind == "train":
+            train_recs[(label, a, b)] = rn.step(f"train/{label}/{a}/seed{b}",
+                                                lambda x=label, y=a, z=b: rn.train(x, y, z))
+            continue
+        tr = train_recs[(label, _train_name(plan["arms"][b]), a)]
+        rn.step(f"eval/{label}/seed{a}/{b}", lambda x=label, y=a, z=b, t=tr: rn.evaluate(x, y, z, t))
     total = 1 + len(steps["data"]) + len(steps["train"]) + len(steps["eval"])
     finished = len(list((out / "done").glob("*.json")))
     report = None
@@ -813,47 +842,69 @@ def bootstrap_ci(values, *, n_boot: int = 2000, seed: int = 0, level: float = 0.
     return {"mean": mean, "lo": float(lo), "hi": float(hi), "n": n, "n_undefined": int(arr.size - n)}
 
 
-def _load_results(out: Path, plan: dict) -> dict:
-    """``{(refiner, arm): {row: {"seeds": [per-seed records]}}}`` from the evaluation files."""
+def _load_results(out: Path, plan: dict, partial: bool = False) -> dict:
+    """``{(refiner, arm): {row: [per-seed records, each with "_seed"]}}`` from the evaluation
+    files. ``partial``: skip the files that do not exist yet (and pairs with none) instead of
+    refusing."""
     from .evaluation import EvaluationResult
 
     res = {}
     for label, r in plan["refiners"].items():
-        for arm in plan["arms"]:
+        for arm in refiner_arms(plan, label):
             per = {}
             for seed in r["train"]["seeds"]:
                 p = out / "eval" / label / f"seed{seed}" / f"{arm}.json"
                 if not p.is_file():
+                    if partial:
+                        continue
                     raise PlanError(f"{p} is missing: the study is not finished; continue it with "
-                                    f"`tomoprior study run PLAN --out {out} --resume`")
+                                    f"`tomoprior study run PLAN --out {out} --resume`, or report what is done "
+                                    "with `tomoprior study report --partial`")
                 for s in EvaluationResult.load(p).per_sample:
-                    per.setdefault(s["index"], []).append(s)
-            res[(label, arm)] = per
+                    per.setdefault(s["index"], []).append({**s, "_seed": seed})
+            if per:
+                res[(label, arm)] = per
     return res
 
 
-def _seed_mean(records: list[dict], key: str) -> float:
-    vals = [float(s.get(key, math.nan)) for s in records]
+def _seed_mean(records: list[dict], key: str, seeds=None) -> float:
+    vals = [float(s.get(key, math.nan)) for s in records if seeds is None or s["_seed"] in seeds]
     vals = [v for v in vals if math.isfinite(v)]
     return float(np.mean(vals)) if vals else math.nan
 
 
-def study_report(out, *, figure: bool = True) -> Path:
+def _paired(cur: list[dict], ref: list[dict], key: str) -> float:
+    """Paired difference of one skull: the mean over the training seeds evaluated in both arms
+    (every seed once the study is finished) of arm minus reference."""
+    common = {s["_seed"] for s in cur} & {s["_seed"] for s in ref}
+    return _seed_mean(cur, key, common) - _seed_mean(ref, key, common) if common else math.nan
+
+
+def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
     """Write ``report/report.md``, ``report.json`` and ``figure.png`` of a finished study.
 
     For each refiner and arm, per test skull: the metric averaged over the refiner's training
     seeds, minus the same skull's value in the exact-geometry arm; the mean of these paired
     differences with a seeded bootstrap confidence interval over skulls (:func:`bootstrap_ci`,
     ``report.bootstrap`` resamples, ``report.level``). Returns the path of ``report.md``.
+
+    ``partial=True`` reports a study that is still running: the refiners, seeds and arms whose
+    evaluations exist (differences paired over the seeds present in both arms), with the number
+    of steps done and the steps missing named at the top of ``report.md``; the file says PARTIAL.
+    Without it an unfinished study is refused (:class:`PlanError`).
     """
     out = Path(out)
     rec = json.loads((out / "plan.json").read_text(encoding="utf-8"))
     plan = rec["plan"]
-    res = _load_results(out, plan)
+    res = _load_results(out, plan, partial)
     ref_arm = next(n for n, a in plan["arms"].items() if a["kind"] == "exact")
+    status = _status(out, plan)
+    if not any(arm == ref_arm for _, arm in res):
+        raise PlanError(f"no refiner of {out} has its '{ref_arm}' arm evaluated yet: nothing to compare "
+                        f"({status['done']}/{status['total']} steps done)")
     rows = _rows(plan, res, ref_arm, "all")
     # normal and craniosynostosis skulls separately when the test skulls hold both
-    first = res[(next(iter(plan["refiners"])), ref_arm)]
+    first = next(per for (label, arm), per in res.items() if arm == ref_arm)
     normal = {i: bool(records[0]["normal"]) for i, records in first.items()}
     groups = {}
     if 0 < sum(normal.values()) < len(normal):
@@ -867,14 +918,25 @@ def study_report(out, *, figure: bool = True) -> Path:
     from .evaluation import _json_safe
 
     write_text_atomic(report_dir / "report.json", json.dumps(_json_safe({"plan_sha256": rec["sha256"], "rows": rows,
-                                                                          "groups": groups, "budgets": budgets}),
+                                                                          "groups": groups, "budgets": budgets,
+                                                                          "status": status}),
                                                                indent=1, sort_keys=True) + "\n")
-    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups)
+    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status)
     path = report_dir / "report.md"
     write_text_atomic(path, md)
     if figure:
         _figure(plan, res, report_dir / "figure.png")
     return path
+
+
+def _status(out: Path, plan: dict) -> dict:
+    """Steps done and missing (names as in ``done/``)."""
+    steps = study_steps(plan)
+    names = ["data/base", *(f"data/{d[0]}" for d in steps["data"])]
+    for kind, label, a, b in steps["order"]:
+        names.append(f"train/{label}/{a}/seed{b}" if kind == "train" else f"eval/{label}/seed{a}/{b}")
+    missing = [n for n in names if not (out / "done" / (n.replace("/", "__") + ".json")).is_file()]
+    return {"done": len(names) - len(missing), "total": len(names), "missing": missing}
 
 
 def _rows(plan: dict, res: dict, ref_arm: str, group: str) -> list[dict]:
@@ -883,10 +945,16 @@ def _rows(plan: dict, res: dict, ref_arm: str, group: str) -> list[dict]:
     rep, metrics = plan["report"], plan["report"]["metrics"]
     rows = []
     for label in plan["refiners"]:
-        ref = res[(label, ref_arm)]
+        ref = res.get((label, ref_arm))
+        if ref is None:  # a partial report before this refiner's reference arm
+            continue
         for arm in plan["arms"]:
-            cur = res[(label, arm)]
+            cur = res.get((label, arm))
+            if cur is None:
+                continue
+            seeds = sorted({s["_seed"] for v in cur.values() for s in v})
             row = {"refiner": label, "arm": arm, "kind": plan["arms"][arm]["kind"], "group": group, "n": len(cur),
+                   "seeds": seeds,
                    "geometry_error_px": float(np.mean([_seed_mean(v, "geometry_error_px") for v in cur.values()])),
                    "mean": {}, "diff": {}}
             for k, m in enumerate(metrics):
@@ -895,7 +963,7 @@ def _rows(plan: dict, res: dict, ref_arm: str, group: str) -> list[dict]:
                     if any(math.isfinite(v) for v in vals) else math.nan
                 if arm == ref_arm:
                     continue
-                d = [_seed_mean(cur[i], m) - _seed_mean(ref[i], m) for i in sorted(cur) if i in ref]
+                d = [_paired(cur[i], ref[i], m) for i in sorted(cur) if i in ref]
                 row["diff"][m] = bootstrap_ci(d, n_boot=rep["bootstrap"], seed=plan["seed"] * 1000 + k,
                                               level=rep["level"])
             rows.append(row)
@@ -920,22 +988,32 @@ def _fmt_ci(ci: dict, metric: str) -> str:
 def _diff_table(rows: list[dict], metrics, ref_arm: str) -> list[str]:
     from .evaluation import _col
 
-    lines = ["| refiner | arm | kind | n | geometry error (px) | " + " | ".join(f"Δ {_col(m)}" for m in metrics) + " |",
-             "|" + " --- |" * (5 + len(metrics))]
+    lines = ["| refiner | arm | kind | n | seeds | geometry error (px) | "
+             + " | ".join(f"Δ {_col(m)}" for m in metrics) + " |", "|" + " --- |" * (6 + len(metrics))]
     for r in rows:
         cells = ["(reference)" if r["arm"] == ref_arm else _fmt_ci(r["diff"][m], m) for m in metrics]
-        lines.append(f"| {r['refiner']} | {r['arm']} | {r['kind']} | {r['n']} | {r['geometry_error_px']:.2f} | "
-                     + " | ".join(cells) + " |")
+        seeds = ",".join(str(x) for x in r.get("seeds", []))
+        lines.append(f"| {r['refiner']} | {r['arm']} | {r['kind']} | {r['n']} | {seeds} | "
+                     f"{r['geometry_error_px']:.2f} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str, groups: dict) -> str:
+def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str, groups: dict,
+              status: dict | None = None) -> str:
     from .evaluation import _col
 
     metrics = plan["report"]["metrics"]
     lvl = round(100 * plan["report"]["level"])
     d = plan["data"]
-    lines = [f"# Study `{plan['name']}` (plan sha256 {sha[:12]})", "",
+    lines = [f"# Study `{plan['name']}` (plan sha256 {sha[:12]})", ""]
+    if status and status["missing"]:
+        miss = status["missing"]
+        lines += [f"**PARTIAL: {status['done']} of {status['total']} steps done.** Rows exist only for the refiners, "
+                  "arms and training seeds evaluated so far (column `seeds`); differences are paired over the seeds "
+                  f"evaluated in both arms. Missing ({len(miss)}): " + ", ".join(f"`{m}`" for m in miss[:12])
+                  + (f", ... ({len(miss) - 12} more)" if len(miss) > 12 else "") + ".", ""]
+    lines += [
+             f"Data: {d['n']} skulls at {d['grid']}^3, binning {d['binning']}, realism "
              f"Data: {d['n']} skulls at {d['grid']}^3, binning {d['binning']}, realism "
              f"{d['realism'] if isinstance(d['realism'], str) else 'custom'}, seed {d['seed']}. Paired differences "
              f"arm - `{ref_arm}` per test skull (metric averaged over training seeds), mean and {lvl} % bootstrap "
@@ -980,7 +1058,9 @@ def _figure(plan: dict, res: dict, path: Path) -> None:
     for ax, m in zip(axes, panels):
         for ri, label in enumerate(refiners):
             for ai, arm in enumerate(arms):
-                per = res[(label, arm)]
+                per = res.get((label, arm))
+                if per is None:
+                    continue
                 x = [_seed_mean(v, "geometry_error_px") for v in per.values()]
                 y = [_seed_mean(v, m) for v in per.values()]
                 ax.scatter(x, y, s=22, marker=markers[ri % len(markers)], color=colors(ai % 10), alpha=0.8)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import os
 import statistics
 import sys
@@ -92,6 +93,36 @@ def fit_line(x, y) -> dict:
             "ns_per_sample": float(b) * 1e9, "samples_per_s": 1.0 / float(b) if b > 0 else None}
 
 
+def compute_fits(rows: list[dict], max_size: int) -> dict:
+    """``{(impl, op): fit}``: :func:`fit_line` of median wall time (and of minima and CPU time)
+    against samples over the sizes up to ``max_size``."""
+    fits = {}
+    for impl in ("numba", "torch"):
+        for op in bench.OPERATIONS:
+            sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"] and r["size"] <= max_size]
+            if sel:
+                fit = fit_line([r["samples"] for r in sel], [r["median_s"] for r in sel])
+                fit_min = fit_line([r["samples"] for r in sel], [r["min_s"] for r in sel])
+                fit_cpu = fit_line([r["samples"] for r in sel], [r["median_cpu_s"] for r in sel])
+                fits[(impl, op)] = dict(fit, on_minima=fit_min, on_cpu=fit_cpu, sizes=[r["size"] for r in sel])
+    return fits
+
+
+def replot(args) -> int:
+    """Refit and redraw an earlier run's results (``--replot``)."""
+    payload = json.loads(Path(args.replot).read_text(encoding="utf-8"))
+    rows = payload["results"]
+    fits = compute_fits(rows, args.fit_max_size)
+    payload["fits"] = {f"{impl}:{op}": fit for (impl, op), fit in fits.items()}
+    payload["settings"]["fit_max_size"] = args.fit_max_size
+    bench.write_json_atomic(Path(args.out), payload)
+    print(f"wrote {args.out}")
+    if args.figure:
+        plot(rows, fits, args.figure, payload["settings"]["threads"])
+        print(f"wrote {args.figure}")
+    return 0
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +136,12 @@ def parse_args(argv=None):
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                    help="peak memory in a fresh process per case (default on; Linux only)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results (default benchmarks/results/scaling.json)")
+    p.add_argument("--fit-max-size", type=int, default=256,
+                   help="fit the straight lines on sizes up to this N only (default 256: beyond, the volume "
+                        "leaves the cache and the cost per sample grows; see the ns-per-sample panel)")
+    p.add_argument("--replot", metavar="JSON", default=None,
+                   help="no timing: recompute the fits and redraw --figure from the results of an earlier run "
+                        "(written back to --out)")
     p.add_argument("--figure", default=str(DEFAULT_FIGURE),
                    help="PNG plot (default docs/figures/projector_scaling.png; '' for none)")
     args = p.parse_args(argv)
@@ -142,18 +179,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(head), rule, *(line(b) for b in body)])
 
 
-def plot(rows: list[dict], fits: dict, path: str) -> None:
+def plot(rows: list[dict], fits: dict, path: str, threads: int = 2) -> None:
     """Log-log time against samples, with the fitted lines; a small PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8), dpi=100, sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8), dpi=100)
     colors = {"forward": "tab:blue", "back": "tab:orange", "fwd+bwd": "tab:green"}
     markers = {"numba": "o", "torch": "s"}
-    for ax, key, fit_key, title in ((axes[0], "wall", None, "wall time (median; bars min-max)"),
-                                    (axes[1], "cpu", "on_cpu", "process CPU time (median)")):
+    ax = axes[1]  # cost per sample against size: flat while the volume stays in the cache
+    for (impl, op) in fits:
+        sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
+        ax.plot([r["size"] for r in sel], [1e9 * r["median_cpu_s"] / r["samples"] for r in sel],
+                marker=markers.get(impl, "^"), color=colors[op], ms=4, lw=0.8, ls="--" if impl == "torch" else "-",
+                mfc="none" if impl == "torch" else colors[op], label=f"{impl} {op}")
+    sizes = sorted({r["size"] for r in rows})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_yscale("log")
+    ax.set_xlabel("volume size N (N$^3$ voxels into 2 x (2N)$^2$ pixels)", fontsize=8)
+    ax.set_ylabel("process CPU ns per sample (median)", fontsize=8)
+    ax.set_title("cost per sample", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    for ax, key, fit_key, title in ((axes[0], "wall", None, "wall time (median; bars min-max; lines: fits)"),):
         for (impl, op), fit in fits.items():
             fit = fit if fit_key is None else fit[fit_key]
             sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
@@ -169,10 +221,11 @@ def plot(rows: list[dict], fits: dict, path: str) -> None:
             else:
                 y = np.array([r["median_cpu_s"] for r in sel])
                 ax.errorbar(x, y, **style)
-            if fit["b"] is not None and fit["b"] > 0:
-                xs = np.geomspace(x.min(), x.max(), 50)
-                ax.plot(xs, np.maximum(fit["a"] + fit["b"] * xs, 1e-4), color=colors[op], lw=0.8,
-                        ls="--" if impl == "torch" else "-")
+            if fit["b"] is not None and fit["b"] > 0:  # over the fitted sizes, where the line is positive
+                xf = np.array([r["samples"] for r in sel if r["size"] in fit.get("sizes", [])], dtype=float)
+                xs = np.geomspace(xf.min(), xf.max(), 50) if xf.size else np.array([])
+                ys = fit["a"] + fit["b"] * xs
+                ax.plot(xs[ys > 0], ys[ys > 0], color=colors[op], lw=0.8, ls="--" if impl == "torch" else "-")
         for r in rows:
             if r["impl"] == "numba" and r["op"] == "forward":
                 y = r["median_s"] if key == "wall" else r["median_cpu_s"]
@@ -186,8 +239,9 @@ def plot(rows: list[dict], fits: dict, path: str) -> None:
         ax.tick_params(labelsize=7)
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
     axes[0].legend(fontsize=6, ncol=2, loc="upper left")
-    fig.suptitle("tomoprior projectors, CPU, 2 threads: 64$^3$ -> 2x128$^2$ .. 256$^3$ -> 2x512$^2$; "
-                 "lines: fits a + b samples", fontsize=8)
+    lo, hi = sizes[0], sizes[-1]
+    fig.suptitle(f"tomoprior projectors, CPU, {threads} thread(s): {lo}$^3$ -> 2x{2 * lo}$^2$ .. {hi}$^3$ -> "
+                 f"2x{2 * hi}$^2$; lines: fits a + b samples", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -196,6 +250,8 @@ def plot(rows: list[dict], fits: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        return replot(args)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load_before = os.getloadavg()
@@ -239,15 +295,7 @@ def main(argv=None) -> int:
             if row["peak_extra_mb"] is not None:
                 row["working_mb"] = max(0.0, row["peak_extra_mb"] - row["output_mb"])
 
-    fits = {}
-    for impl in ("numba", "torch"):
-        for op in bench.OPERATIONS:
-            sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
-            if sel:
-                fit = fit_line([r["samples"] for r in sel], [r["median_s"] for r in sel])
-                fit_min = fit_line([r["samples"] for r in sel], [r["min_s"] for r in sel])
-                fit_cpu = fit_line([r["samples"] for r in sel], [r["median_cpu_s"] for r in sel])
-                fits[(impl, op)] = dict(fit, on_minima=fit_min, on_cpu=fit_cpu, sizes=[r["size"] for r in sel])
+    fits = compute_fits(rows, args.fit_max_size)
 
     table = format_table(rows)
     load_after = os.getloadavg()
@@ -268,10 +316,10 @@ def main(argv=None) -> int:
             print(f"  {impl:<6} {op:<8} {label}: a = {f['a'] * 1e3:7.2f} ms, b = {f['ns_per_sample']:.3f} ns/sample "
                   f"({rate} Msamples/s), R^2 = {f['r2']:.4f}, worst residual "
                   f"{100 * f['max_rel_residual']:.0f} % (sizes {fit['sizes']})")
-    big = [r for r in rows if r["impl"] == "numba" and r["size"] == 256 and r.get("working_mb") is not None]
+    big = [r for r in rows if r["impl"] == "numba" and r["size"] >= 256 and r.get("working_mb") is not None]
     for r in big:
         ok = r["working_mb"] * 2**20 <= BYTES_PER_GIB
-        print(f"  256^3 -> 2x512^2 numba {r['op']}: {r['peak_extra_mb']:.0f} MB peak extra, "
+        print(f"  {r['problem']} numba {r['op']}: {r['peak_extra_mb']:.0f} MB peak extra, "
               f"{r['working_mb']:.0f} MB beyond outputs: {'within' if ok else 'OVER'} the 1 GiB limit")
     print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}; total {elapsed:.0f} s")
@@ -282,6 +330,7 @@ def main(argv=None) -> int:
         "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
         "machine": machine,
         "settings": {"sizes": args.sizes, "torch_sizes": args.torch_sizes, "threads": args.threads,
+                     "fit_max_size": args.fit_max_size,
                      "repeats": args.repeats, "torch_repeats": args.torch_repeats, "budget_s": args.budget,
                      "memory": args.memory, "field_of_view_mm": bench.FIELD_OF_VIEW_MM,
                      "detector_width_mm": bench.DETECTOR_WIDTH_MM, "dtype": "float32"},
@@ -294,7 +343,7 @@ def main(argv=None) -> int:
     bench.write_json_atomic(Path(args.out), payload)
     print(f"wrote {args.out}")
     if args.figure:
-        plot(rows, fits, args.figure)
+        plot(rows, fits, args.figure, args.threads)
         print(f"wrote {args.figure} ({os.path.getsize(args.figure) / 1024:.0f} kB)")
     return 0
 

@@ -63,7 +63,8 @@ def test_smoke_plan_end_to_end(smoke):
     assert tr["steps"] == 2 and tr["samples_per_s"] > 0 and tr["train_cpu_s"] > 0
     assert (out / "report" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report" / "report.md").read_text()
-    assert "| psctnet | pose | pose |" in md and "95 % bootstrap" in md
+    assert "| psctnet | pose | pose |" in md and "95 % bootstrap" in md and md.count("Data: ") == 1
+    assert "PARTIAL" not in md
 
 
 def test_resume_skips_finished_steps_and_gives_the_same_report(smoke, tmp_path):
@@ -197,8 +198,8 @@ def test_defaults_of_a_minimal_plan():
 def test_seed_major_order_and_refiner_arm_lists():
     arms = {"exact": {"kind": "exact"}, "5x": {"kind": "miscalibrated", "scale": 5},
             "px": {"kind": "consistent", "mismatch": {"pixel_scale": 0.9}}}
-    p = validate_plan(_plan(arms=arms, refiners={"bp-prior": {}, "two": {"refiner": "bp-prior", "train": {"seeds": [3, 4]},
-                                                                      "arms": ["exact", "5x"]}}))
+    two = {"refiner": "bp-prior", "train": {"seeds": [3, 4]}, "arms": ["exact", "5x"]}
+    p = validate_plan(_plan(arms=arms, refiners={"bp-prior": {}, "two": two}))
     assert "arms" not in p["refiners"]["bp-prior"]  # absent unless given: older plans keep their hash
     order = study_steps(p)["order"]
     # every refiner's first seed before any second seed; `two` trains once per seed (base only)

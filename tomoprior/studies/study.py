@@ -1012,13 +1012,11 @@ def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_a
                   "arms and training seeds evaluated so far (column `seeds`); differences are paired over the seeds "
                   f"evaluated in both arms. Missing ({len(miss)}): " + ", ".join(f"`{m}`" for m in miss[:12])
                   + (f", ... ({len(miss) - 12} more)" if len(miss) > 12 else "") + ".", ""]
-    lines += [
-             f"Data: {d['n']} skulls at {d['grid']}^3, binning {d['binning']}, realism "
-             f"Data: {d['n']} skulls at {d['grid']}^3, binning {d['binning']}, realism "
-             f"{d['realism'] if isinstance(d['realism'], str) else 'custom'}, seed {d['seed']}. Paired differences "
-             f"arm - `{ref_arm}` per test skull (metric averaged over training seeds), mean and {lvl} % bootstrap "
-             f"interval ({plan['report']['bootstrap']} resamples over skulls, seeded).", "",
-             *_diff_table(rows, metrics, ref_arm)]
+    lines += [f"Data: {d['n']} skulls at {d['grid']}^3, binning {d['binning']}, realism "
+              f"{d['realism'] if isinstance(d['realism'], str) else 'custom'}, seed {d['seed']}. Paired differences "
+              f"arm - `{ref_arm}` per test skull (metric averaged over training seeds), mean and {lvl} % bootstrap "
+              f"interval ({plan['report']['bootstrap']} resamples over skulls, seeded).", "",
+              *_diff_table(rows, metrics, ref_arm)]
     for g, grows in groups.items():
         lines += ["", f"{g.capitalize()} skulls only:", "", *_diff_table(grows, metrics, ref_arm)]
     lines += ["", "Means per arm (all skulls):", "", "| refiner | arm | " + " | ".join(_col(m) for m in metrics) + " |",

@@ -65,6 +65,12 @@ def test_smoke_plan_end_to_end(smoke):
     md = (out / "report" / "report.md").read_text()
     assert "| psctnet | pose | pose |" in md and "95 % bootstrap" in md and md.count("Data: ") == 1
     assert "PARTIAL" not in md
+    # the levels table: every refiner's exact arm in our conventions and the official code's
+    levels = {r["refiner"]: r for r in rep["levels"]}
+    assert set(levels) == set(plan["refiners"]) and "official slice PSNR" in md
+    for label, r in levels.items():
+        assert r["mean"]["psnr_x2ctgan"] == pytest.approx(rows[(label, "exact")]["mean"]["psnr_x2ctgan"])
+        assert math.isfinite(r["mean"]["official_psnr_slice"]) and r["sd"]["official_ssim"] >= 0
 
 
 def test_resume_skips_finished_steps_and_gives_the_same_report(smoke, tmp_path):

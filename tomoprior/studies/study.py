@@ -903,6 +903,7 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
         raise PlanError(f"no refiner of {out} has its '{ref_arm}' arm evaluated yet: nothing to compare "
                         f"({status['done']}/{status['total']} steps done)")
     rows = _rows(plan, res, ref_arm, "all")
+    levels = _levels(plan, res, ref_arm)
     # normal and craniosynostosis skulls separately when the test skulls hold both
     first = next(per for (label, arm), per in res.items() if arm == ref_arm)
     normal = {i: bool(records[0]["normal"]) for i, records in first.items()}
@@ -919,14 +920,55 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
 
     write_text_atomic(report_dir / "report.json", json.dumps(_json_safe({"plan_sha256": rec["sha256"], "rows": rows,
                                                                           "groups": groups, "budgets": budgets,
-                                                                          "status": status}),
+                                                                          "status": status, "levels": levels}),
                                                                indent=1, sort_keys=True) + "\n")
-    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status)
+    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status, levels)
     path = report_dir / "report.md"
     write_text_atomic(path, md)
     if figure:
         _figure(plan, res, report_dir / "figure.png")
     return path
+
+
+#: Columns of the levels table: our conventions and the official PSCT-Net code's, side by side.
+LEVEL_METRICS = ("psnr_x2ctgan", "psnr_psctnet", "official_psnr_slice", "official_psnr_3d", "ssim_x2ctgan",
+                 "official_ssim", "mae_hu", "dice_bone", "assd_mm", "proj_rel_l2")
+
+
+def _levels(plan: dict, res: dict, ref_arm: str) -> list[dict]:
+    """Per refiner, the reference arm's metrics in both conventions (:data:`LEVEL_METRICS`):
+    mean and sample standard deviation over the test skulls of the per-skull seed means."""
+    out = []
+    for label in plan["refiners"]:
+        per = res.get((label, ref_arm))
+        if per is None:
+            continue
+        row = {"refiner": label, "n": len(per), "seeds": sorted({s["_seed"] for v in per.values() for s in v}),
+               "mean": {}, "sd": {}}
+        for m in LEVEL_METRICS:
+            vals = np.array([_seed_mean(v, m) for v in per.values()], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            row["mean"][m] = float(vals.mean()) if vals.size else math.nan
+            row["sd"][m] = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
+        out.append(row)
+    return out
+
+
+def _levels_table(levels: list[dict]) -> list[str]:
+    from .evaluation import _col
+
+    lines = ["| refiner | n | seeds | " + " | ".join(_col(m) for m in LEVEL_METRICS) + " |",
+             "|" + " --- |" * (3 + len(LEVEL_METRICS))]
+    for r in levels:
+        cells = []
+        for m in LEVEL_METRICS:
+            mu, sd = r["mean"][m], r["sd"][m]
+            nd = 3 if m.startswith(("ssim", "official_ssim", "dice", "proj")) else 2
+            cells.append("n/a" if not math.isfinite(mu) else f"{mu:.{nd}f}" + ("" if not math.isfinite(sd)
+                                                                               else f" ± {sd:.{nd}f}"))
+        lines.append(f"| {r['refiner']} | {r['n']} | {','.join(str(x) for x in r['seeds'])} | "
+                     + " | ".join(cells) + " |")
+    return lines
 
 
 def _status(out: Path, plan: dict) -> dict:
@@ -999,7 +1041,7 @@ def _diff_table(rows: list[dict], metrics, ref_arm: str) -> list[str]:
 
 
 def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str, groups: dict,
-              status: dict | None = None) -> str:
+              status: dict | None = None, levels: list[dict] | None = None) -> str:
     from .evaluation import _col
 
     metrics = plan["report"]["metrics"]
@@ -1015,8 +1057,12 @@ def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_a
     lines += [f"Data: {d['n']} skulls at {d['grid']}^3, binning {d['binning']}, realism "
               f"{d['realism'] if isinstance(d['realism'], str) else 'custom'}, seed {d['seed']}. Paired differences "
               f"arm - `{ref_arm}` per test skull (metric averaged over training seeds), mean and {lvl} % bootstrap "
-              f"interval ({plan['report']['bootstrap']} resamples over skulls, seeded).", "",
-              *_diff_table(rows, metrics, ref_arm)]
+              f"interval ({plan['report']['bootstrap']} resamples over skulls, seeded).", ""]
+    if levels:
+        lines += [f"Levels in the `{ref_arm}` arm, our metrics next to the official PSCT-Net code's (mean ± sd over "
+                  "test skulls; docs/metrics.md):", "", *_levels_table(levels), "",
+                  "Differences to the exact arm:", ""]
+    lines += _diff_table(rows, metrics, ref_arm)
     for g, grows in groups.items():
         lines += ["", f"{g.capitalize()} skulls only:", "", *_diff_table(grows, metrics, ref_arm)]
     lines += ["", "Means per arm (all skulls):", "", "| refiner | arm | " + " | ".join(_col(m) for m in metrics) + " |",

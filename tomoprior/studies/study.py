@@ -447,6 +447,17 @@ class _Budget:
         return False
 
 
+def _marker(out: Path, step: str) -> Path:
+    """The done-marker of step ``step`` (e.g. ``train/psctnet/base/seed0``) in study folder ``out``."""
+    return out / "done" / f"{step.replace('/', '__')}.json"
+
+
+def _step_name(item: tuple) -> str:
+    """The step name of an ``order`` item of :func:`study_steps`."""
+    kind, label, a, b = item
+    return f"train/{label}/{a}/seed{b}" if kind == "train" else f"eval/{label}/seed{a}/{b}"
+
+
 class _Runner:
     def __init__(self, plan: dict, out: Path, log: Callable[[str], None]):
         self.plan, self.out, self.log = plan, out, log
@@ -454,7 +465,7 @@ class _Runner:
         self.skipped: list[str] = []
 
     def marker(self, step: str) -> Path:
-        return self.out / "done" / f"{step.replace('/', '__')}.json"
+        return _marker(self.out, step)
 
     def done(self, step: str) -> dict | None:
         p = self.marker(step)
@@ -699,9 +710,8 @@ def _diff_keys(a, b, prefix: str = "") -> list[str]:
 
 
 def study_steps(plan: dict) -> dict:
-    """The steps of a plan: ``{"data": [(name, recipe, splits, told)], "train": [(label, trainset,
-    seed)], "eval": [(label, seed, arm)], "order": [("train", label, trainset, seed) or ("eval",
-    label, seed, arm)]}``.
+    """The steps of a plan: ``{"data": [(name, recipe, splits, told)], "order": [("train", label,
+    trainset, seed) or ("eval", label, seed, arm)]}``.
 
     ``order`` is the run order after the data: the first training seed of every refiner (in plan
     order), then the second, ...; within one, training set by training set, each training followed
@@ -730,8 +740,7 @@ def study_steps(plan: dict) -> dict:
             for ts in dict.fromkeys(_train_name(plan["arms"][a]) for a in arms):
                 order.append(("train", label, ts, seed))
                 order += [("eval", label, seed, a) for a in arms if _train_name(plan["arms"][a]) == ts]
-    return {"data": data, "train": [o[1:] for o in order if o[0] == "train"],
-            "eval": [o[1:] for o in order if o[0] == "eval"], "order": order}
+    return {"data": data, "order": order}
 
 
 def refiner_arms(plan: dict, label: str) -> list[str]:
@@ -794,22 +803,19 @@ def _run(plan: dict, out: Path, log, stop_after) -> dict:
             break
         rn.step(f"data/{name}", lambda n=name, r=recipe, s=splits, t=told: rn.reexpose(n, r, s, t))
     train_recs = {}
-    for kind, label, a, b in steps["order"]:
+    for item in steps["order"]:
         if not budget_left():
             break
+        kind, label, a, b = item
         if kind == "train":
-            train_recs[(label, a, b)] = rn.step(f"train/{label}/{a}/seed{b}",
-                                                lambda x=label, y=a, z=b: rn.train(x, y, z))
+            train_recs[(label, a, b)] = rn.step(_step_name(item), lambda x=label, y=a, z=b: rn.train(x, y, z))
             continue
         tr = train_recs[(label, _train_name(plan["arms"][b]), a)]
-        rn.step(f"eval/{label}/seed{a}/{b}", lambda x=label, y=a, z=b, t=tr: rn.evaluate(x, y, z, t))
-    total = 1 + len(steps["data"]) + len(steps["train"]) + len(steps["eval"])
-    finished = len(list((out / "done").glob("*.json")))
-    report = None
-    if finished == total:
-        report = study_report(out)
+        rn.step(_step_name(item), lambda x=label, y=a, z=b, t=tr: rn.evaluate(x, y, z, t))
+    status = _status(out, plan, steps)
+    report = None if status["missing"] else study_report(out)
     return {"ran": rn.ran, "skipped": rn.skipped, "report": str(report) if report else None,
-            "stopped": finished < total, "steps_done": finished, "steps_total": total}
+            "stopped": bool(status["missing"]), "steps_done": status["done"], "steps_total": status["total"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -871,6 +877,11 @@ def _seed_mean(records: list[dict], key: str, seeds=None) -> float:
     vals = [float(s.get(key, math.nan)) for s in records if seeds is None or s["_seed"] in seeds]
     vals = [v for v in vals if math.isfinite(v)]
     return float(np.mean(vals)) if vals else math.nan
+
+
+def _seeds(per: dict) -> list[int]:
+    """The training seeds present in ``{row: [records]}``."""
+    return sorted({s["_seed"] for records in per.values() for s in records})
 
 
 def _paired(cur: list[dict], ref: list[dict], key: str) -> float:
@@ -943,7 +954,7 @@ def _levels(plan: dict, res: dict, ref_arm: str) -> list[dict]:
         per = res.get((label, ref_arm))
         if per is None:
             continue
-        row = {"refiner": label, "n": len(per), "seeds": sorted({s["_seed"] for v in per.values() for s in v}),
+        row = {"refiner": label, "n": len(per), "seeds": _seeds(per),
                "mean": {}, "sd": {}}
         for m in LEVEL_METRICS:
             vals = np.array([_seed_mean(v, m) for v in per.values()], dtype=float)
@@ -963,7 +974,7 @@ def _levels_table(levels: list[dict]) -> list[str]:
         cells = []
         for m in LEVEL_METRICS:
             mu, sd = r["mean"][m], r["sd"][m]
-            nd = 3 if m.startswith(("ssim", "official_ssim", "dice", "proj")) else 2
+            nd = _decimals(m)
             cells.append("n/a" if not math.isfinite(mu) else f"{mu:.{nd}f}" + ("" if not math.isfinite(sd)
                                                                                else f" ± {sd:.{nd}f}"))
         lines.append(f"| {r['refiner']} | {r['n']} | {','.join(str(x) for x in r['seeds'])} | "
@@ -971,13 +982,11 @@ def _levels_table(levels: list[dict]) -> list[str]:
     return lines
 
 
-def _status(out: Path, plan: dict) -> dict:
-    """Steps done and missing (names as in ``done/``)."""
-    steps = study_steps(plan)
-    names = ["data/base", *(f"data/{d[0]}" for d in steps["data"])]
-    for kind, label, a, b in steps["order"]:
-        names.append(f"train/{label}/{a}/seed{b}" if kind == "train" else f"eval/{label}/seed{a}/{b}")
-    missing = [n for n in names if not (out / "done" / (n.replace("/", "__") + ".json")).is_file()]
+def _status(out: Path, plan: dict, steps: dict | None = None) -> dict:
+    """Steps of the plan done and missing (by their done-markers), in run order."""
+    steps = steps or study_steps(plan)
+    names = ["data/base", *(f"data/{d[0]}" for d in steps["data"]), *map(_step_name, steps["order"])]
+    missing = [n for n in names if not _marker(out, n).is_file()]
     return {"done": len(names) - len(missing), "total": len(names), "missing": missing}
 
 
@@ -994,9 +1003,8 @@ def _rows(plan: dict, res: dict, ref_arm: str, group: str) -> list[dict]:
             cur = res.get((label, arm))
             if cur is None:
                 continue
-            seeds = sorted({s["_seed"] for v in cur.values() for s in v})
             row = {"refiner": label, "arm": arm, "kind": plan["arms"][arm]["kind"], "group": group, "n": len(cur),
-                   "seeds": seeds,
+                   "seeds": _seeds(cur),
                    "geometry_error_px": float(np.mean([_seed_mean(v, "geometry_error_px") for v in cur.values()])),
                    "mean": {}, "diff": {}}
             for k, m in enumerate(metrics):
@@ -1020,10 +1028,15 @@ def _budgets(out: Path) -> list[dict]:
     return recs
 
 
+def _decimals(metric: str) -> int:
+    """Decimals shown for ``metric`` in the report's tables."""
+    return 3 if metric.startswith(("ssim", "official_ssim", "dice", "proj")) else 2
+
+
 def _fmt_ci(ci: dict, metric: str) -> str:
     if ci["n"] == 0:
         return "n/a"
-    nd = 3 if metric.startswith(("ssim", "official_ssim", "dice", "proj")) else 2
+    nd = _decimals(metric)
     return f"{ci['mean']:+.{nd}f} [{ci['lo']:+.{nd}f}, {ci['hi']:+.{nd}f}]"
 
 

@@ -110,15 +110,23 @@ def compute_fits(rows: list[dict], max_size: int) -> dict:
 
 def replot(args) -> int:
     """Refit and redraw an earlier run's results (``--replot``)."""
-    payload = json.loads(Path(args.replot).read_text(encoding="utf-8"))
-    rows = payload["results"]
+    try:
+        payload = json.loads(Path(args.replot).read_text(encoding="utf-8"))
+        rows = payload["results"]
+        threads = payload["settings"]["threads"]
+        if not rows or not all({"impl", "op", "size", "samples", "median_s"} <= set(r) for r in rows):
+            raise ValueError("its 'results' rows lack impl/op/size/samples/median_s")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: --replot {args.replot}: not a results file of this script ({exc}); run "
+              f"`python benchmarks/scaling.py` to make one", file=sys.stderr)
+        return 2
     fits = compute_fits(rows, args.fit_max_size)
     payload["fits"] = {f"{impl}:{op}": fit for (impl, op), fit in fits.items()}
     payload["settings"]["fit_max_size"] = args.fit_max_size
     bench.write_json_atomic(Path(args.out), payload)
     print(f"wrote {args.out}")
     if args.figure:
-        plot(rows, fits, args.figure, payload["settings"]["threads"])
+        plot(rows, fits, args.figure, threads)
         print(f"wrote {args.figure}")
     return 0
 
@@ -152,6 +160,8 @@ def parse_args(argv=None):
         p.error("--sizes and --torch-sizes are comma-separated integers, e.g. 64,96,128")
     if not args.sizes or min(args.sizes + args.torch_sizes or [2]) < 2:
         p.error("--sizes needs at least one size, and every size must be >= 2")
+    if args.fit_max_size < 2:
+        p.error(f"--fit-max-size must be a volume size >= 2, got {args.fit_max_size}")
     if args.threads < 1 or args.repeats < 1 or args.torch_repeats < 1 or args.budget <= 0:
         p.error("--threads, --repeats and --torch-repeats must be >= 1 and --budget > 0")
     return args
@@ -205,39 +215,32 @@ def plot(rows: list[dict], fits: dict, path: str, threads: int = 2) -> None:
     ax.set_title("cost per sample", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(True, which="both", lw=0.3, alpha=0.5)
-    for ax, key, fit_key, title in ((axes[0], "wall", None, "wall time (median; bars min-max; lines: fits)"),):
-        for (impl, op), fit in fits.items():
-            fit = fit if fit_key is None else fit[fit_key]
-            sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
-            if not sel:
-                continue
-            x = np.array([r["samples"] for r in sel], dtype=float)
-            style = dict(fmt=markers.get(impl, "^"), color=colors[op], ms=4, capsize=2, lw=0.8,
-                         mfc="none" if impl == "torch" else colors[op], label=f"{impl} {op}")
-            if key == "wall":
-                y = np.array([r["median_s"] for r in sel])
-                err = [y - np.array([r["min_s"] for r in sel]), np.array([r["max_s"] for r in sel]) - y]
-                ax.errorbar(x, y, yerr=err, **style)
-            else:
-                y = np.array([r["median_cpu_s"] for r in sel])
-                ax.errorbar(x, y, **style)
-            if fit["b"] is not None and fit["b"] > 0:  # over the fitted sizes, where the line is positive
-                xf = np.array([r["samples"] for r in sel if r["size"] in fit.get("sizes", [])], dtype=float)
-                xs = np.geomspace(xf.min(), xf.max(), 50) if xf.size else np.array([])
-                ys = fit["a"] + fit["b"] * xs
-                ax.plot(xs[ys > 0], ys[ys > 0], color=colors[op], lw=0.8, ls="--" if impl == "torch" else "-")
-        for r in rows:
-            if r["impl"] == "numba" and r["op"] == "forward":
-                y = r["median_s"] if key == "wall" else r["median_cpu_s"]
-                ax.annotate(f"{r['size']}$^3$", (r["samples"], y), textcoords="offset points",
-                            xytext=(-4, 6), fontsize=7, ha="right")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("samples per projection (rays x planes)", fontsize=8)
-        ax.set_ylabel("seconds per call", fontsize=8)
-        ax.set_title(title, fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    ax = axes[0]  # wall time against samples, with the straight lines fitted on the cache-resident sizes
+    for (impl, op), fit in fits.items():
+        sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
+        if not sel:
+            continue
+        x = np.array([r["samples"] for r in sel], dtype=float)
+        y = np.array([r["median_s"] for r in sel])
+        err = [y - np.array([r["min_s"] for r in sel]), np.array([r["max_s"] for r in sel]) - y]
+        ax.errorbar(x, y, yerr=err, fmt=markers.get(impl, "^"), color=colors[op], ms=4, capsize=2, lw=0.8,
+                    mfc="none" if impl == "torch" else colors[op], label=f"{impl} {op}")
+        if fit["b"] is not None and fit["b"] > 0:  # over the fitted sizes, where the line is positive
+            xf = np.array([r["samples"] for r in sel if r["size"] in fit.get("sizes", [])], dtype=float)
+            xs = np.geomspace(xf.min(), xf.max(), 50) if xf.size else np.array([])
+            ys = fit["a"] + fit["b"] * xs
+            ax.plot(xs[ys > 0], ys[ys > 0], color=colors[op], lw=0.8, ls="--" if impl == "torch" else "-")
+    for r in rows:
+        if r["impl"] == "numba" and r["op"] == "forward":
+            ax.annotate(f"{r['size']}$^3$", (r["samples"], r["median_s"]), textcoords="offset points",
+                        xytext=(-4, 6), fontsize=7, ha="right")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("samples per projection (rays x planes)", fontsize=8)
+    ax.set_ylabel("seconds per call", fontsize=8)
+    ax.set_title("wall time (median; bars min-max; lines: fits)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
     axes[0].legend(fontsize=6, ncol=2, loc="upper left")
     lo, hi = sizes[0], sizes[-1]
     fig.suptitle(f"tomoprior projectors, CPU, {threads} thread(s): {lo}$^3$ -> 2x{2 * lo}$^2$ .. {hi}$^3$ -> "

@@ -235,6 +235,8 @@ def test_cli_report_and_bad_plan(smoke, tmp_path):
     out, _ = smoke
     r = CliRunner().invoke(cli, ["study", "report", str(out), "--no-figure"])
     assert r.exit_code == 0 and "| bp-prior | paper-5x | miscalibrated |" in r.output
+    r = CliRunner().invoke(cli, ["study", "report", str(tmp_path), "--partial"])
+    assert r.exit_code == 2 and "is not a study folder (no plan.json)" in r.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {n: 6, grid: 16}\nrefiners: {bp-prior: {}}\narms: {exact: {kind: exact, tilt: 1}}\n")
     r = CliRunner().invoke(cli, ["study", "run", str(bad), "--out", str(tmp_path / "o")])

@@ -905,6 +905,9 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
     Without it an unfinished study is refused (:class:`PlanError`).
     """
     out = Path(out)
+    if not (out / "plan.json").is_file():
+        raise PlanError(f"{out} is not a study folder (no plan.json): give the --out folder of "
+                        "`tomoprior study run`")
     rec = json.loads((out / "plan.json").read_text(encoding="utf-8"))
     plan = rec["plan"]
     res = _load_results(out, plan, partial)

@@ -112,6 +112,27 @@ def test_run_order_reports_cheap_refiners_before_long_trainings(smoke):
             assert current[1] == o[1] and current[3] == o[2] and (current[2] == "base") == trained_on_base, (current, o)
 
 
+def test_figure_draws_paired_differences_against_geometry_error(smoke):
+    from tomoprior.studies.study import _figure_series, _load_results
+
+    out, _ = smoke
+    plan = json.loads((out / "plan.json").read_text())["plan"]
+    rows, _ = _rows(out)
+    res = _load_results(out, plan)
+    series = _figure_series(plan, res, list(rows.values()), "exact", "dice_bone")
+    # every refiner and arm but the reference (the zero line)
+    assert {(s["refiner"], s["arm"]) for s in series} == {k for k in rows if k[1] != "exact"}
+    for s in series:
+        row = rows[(s["refiner"], s["arm"])]
+        # the skull points are the paired differences the table's interval summarises
+        y = [v for v in s["y"] if math.isfinite(v)]
+        assert len(s["x"]) == row["n"] and len(y) == row["diff"]["dice_bone"]["n"]
+        assert np.mean(y) == pytest.approx(s["mean"]) and s["mean"] == row["diff"]["dice_bone"]["mean"]
+        assert np.mean(s["x"]) == pytest.approx(s["mean_x"]) and s["lo"] <= s["mean"] <= s["hi"]
+    # the mean atlas ignores the X-rays: all its skull points sit on the zero line
+    assert all(v == 0.0 for s in series if s["refiner"] == "atlas" for v in s["y"])
+
+
 def test_partial_report_of_an_unfinished_study(smoke, tmp_path):
     out, _ = smoke
     full, _ = _rows(out)

@@ -940,7 +940,7 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
     path = report_dir / "report.md"
     write_text_atomic(path, md)
     if figure:
-        _figure(plan, res, report_dir / "figure.png")
+        _figure(plan, res, rows, ref_arm, report_dir / "figure.png")
     return path
 
 
@@ -1095,49 +1095,106 @@ def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_a
                      f"{'' if sps is None else f'{sps:.2f}'} |")
     tot_w = sum(b["wall_s"] for b in budgets)
     tot_c = sum(b["cpu_s"] for b in budgets)
-    lines += ["", f"Total: {tot_w:.0f} s wall, {tot_c:.0f} s CPU.", "", "![metrics against geometry error](figure.png)",
+    lines += ["", f"Total: {tot_w:.0f} s wall, {tot_c:.0f} s CPU.", "", "![paired differences against geometry error](figure.png)",
               ""]
     return "\n".join(lines)
 
 
-def _figure(plan: dict, res: dict, path: Path) -> None:
+def _figure_series(plan: dict, res: dict, rows: list[dict], ref_arm: str, metric: str) -> list[dict]:
+    """What the figure draws for one metric: per refiner and non-reference arm, the test skulls'
+    geometry errors ``x`` (px) and paired differences ``y`` to ``ref_arm`` (seed means, skulls in
+    both arms), and the arm's mean geometry error ``mean_x`` with the mean difference and its
+    bootstrap interval (``mean``, ``lo``, ``hi``, ``n`` skulls) from the report's ``rows``."""
+    out = []
+    for label in plan["refiners"]:
+        ref = res.get((label, ref_arm))
+        if ref is None:
+            continue
+        for arm in plan["arms"]:
+            cur = res.get((label, arm))
+            if arm == ref_arm or cur is None:
+                continue
+            common = [i for i in sorted(cur) if i in ref]
+            row = next(r for r in rows if r["refiner"] == label and r["arm"] == arm)
+            ci = row["diff"].get(metric, {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan})
+            out.append({"refiner": label, "arm": arm,
+                        "x": [_seed_mean(cur[i], "geometry_error_px") for i in common],
+                        "y": [_paired(cur[i], ref[i], metric) for i in common],
+                        "mean_x": row["geometry_error_px"], "n": ci["n"], "mean": ci["mean"], "lo": ci["lo"],
+                        "hi": ci["hi"]})
+    return out
+
+
+#: Panels of the report's figure (those of them in ``report.metrics``).
+FIGURE_METRICS = ("psnr_x2ctgan", "dice_bone", "assd_mm")
+
+
+def _figure(plan: dict, res: dict, rows: list[dict], ref_arm: str, path: Path) -> None:
+    """Paired differences to the reference arm against the geometry error in pixels.
+
+    One panel per metric of :data:`FIGURE_METRICS`; colour = refiner, marker = arm. Small faint
+    points: one test skull (its seed-mean difference at its own geometry error); large points
+    with bars: the arm's mean difference and bootstrap interval (``rows``) at the arm's mean
+    geometry error, nudged sideways per refiner so that refiners sharing an arm do not hide
+    each other. The reference arm is the zero line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from .._atomic import atomic_path
     from .evaluation import _col
 
-    panels = [m for m in ("psnr_x2ctgan", "dice_bone", "assd_mm")]
-    arms = list(plan["arms"])
+    panels = [m for m in FIGURE_METRICS if m in plan["report"]["metrics"]] or list(plan["report"]["metrics"][:3])
+    arms = [a for a in plan["arms"] if a != ref_arm]
     refiners = list(plan["refiners"])
-    markers = "osD^v<>P*X"
+    markers = "osD^v<>P*Xhd"
     colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.6, 4.2), layout="constrained")
-    for ax, m in zip(axes, panels):
-        for ri, label in enumerate(refiners):
-            for ai, arm in enumerate(arms):
-                per = res.get((label, arm))
-                if per is None:
-                    continue
-                x = [_seed_mean(v, "geometry_error_px") for v in per.values()]
-                y = [_seed_mean(v, m) for v in per.values()]
-                ax.scatter(x, y, s=22, marker=markers[ri % len(markers)], color=colors(ai % 10), alpha=0.8)
+    nudge = {label: 1.09 ** (ri - (len(refiners) - 1) / 2) for ri, label in enumerate(refiners)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.8, 4.4), layout="constrained",
+                             squeeze=False)
+    for ax, m in zip(axes[0], panels):
+        ax.axhline(0.0, color="0.3", lw=0.8)
+        skull_y, bar_y, all_x = [], [0.0], [0.1]
+        for sr in _figure_series(plan, res, rows, ref_arm, m):
+            style = {"marker": markers[arms.index(sr["arm"]) % len(markers)],
+                     "color": colors(refiners.index(sr["refiner"]) % 10)}
+            ax.scatter(sr["x"], sr["y"], s=7, alpha=0.18, linewidths=0, **style)
+            skull_y += [v for v in sr["y"] if math.isfinite(v)]
+            all_x += [v for v in sr["x"] if math.isfinite(v)]
+            if sr["n"]:
+                bar_y += [sr["lo"], sr["hi"]]
+                ax.errorbar([sr["mean_x"] * nudge[sr["refiner"]]], [sr["mean"]],
+                            yerr=[[sr["mean"] - sr["lo"]], [sr["hi"] - sr["mean"]]], ms=7, mec="k", mew=0.6,
+                            elinewidth=1.2, capsize=2, linestyle="", zorder=3, **style)
+        # the axis shows every interval and the central 95 % of the skulls; the rest are counted
+        if skull_y:
+            lo = min(min(bar_y), float(np.percentile(skull_y, 2.5)))
+            hi = max(max(bar_y), float(np.percentile(skull_y, 97.5)))
+            pad = 0.08 * (hi - lo) or 1e-3
+            ax.set_ylim(lo - pad, hi + pad)
+            outside = sum(not lo - pad <= v <= hi + pad for v in skull_y)
+            if outside:
+                ax.text(0.99, 0.01, f"{outside} skull points beyond the axis", transform=ax.transAxes,
+                        ha="right", va="bottom", fontsize=7, color="0.35")
         ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_xlabel("geometry error told vs true (px, mean over views, points)")
-        ax.set_ylabel(_col(m))
+        ax.set_xlim(0, 1.6 * max(all_x))
+        ax.set_xlabel("geometry error told vs true (px, mean over views)")
+        ax.set_ylabel(f"Δ {_col(m)} vs {ref_arm}")
         ax.grid(alpha=0.3)
-    from matplotlib.lines import Line2D
 
     def handle(marker, color, label):
         return Line2D([], [], linestyle="", marker=marker, color=color, label=label)
 
-    arm_handles = [handle("o", colors(ai % 10), f"{arm} ({plan['arms'][arm]['kind']})") for ai, arm in enumerate(arms)]
-    ref_handles = [handle(markers[ri % len(markers)], "0.35", label) for ri, label in enumerate(refiners)]
-    fig.legend(handles=arm_handles + ref_handles, loc="outside right upper", fontsize=7,
-               title="arm (colour), refiner (marker)", title_fontsize=7)
-    fig.suptitle(f"{plan['name']}: per test skull, mean over training seeds")
+    ref_handles = [handle("o", colors(ri % 10), label) for ri, label in enumerate(refiners)
+                   if (label, ref_arm) in res]
+    arm_handles = [handle(markers[ai % len(markers)], "0.35", f"{arm} ({plan['arms'][arm]['kind']})")
+                   for ai, arm in enumerate(arms) if any((label, arm) in res for label in refiners)]
+    fig.legend(handles=ref_handles + arm_handles, loc="outside right upper", fontsize=7,
+               title="refiner (colour), arm (marker)", title_fontsize=7)
+    fig.suptitle(f"{plan['name']}: paired difference to the {ref_arm} arm per test skull (faint) and mean with "
+                 f"{plan['report']['level']:.0%} bootstrap interval (large)", fontsize=10)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -16,13 +16,49 @@ def test_version():
     assert tp.__version__ in result.output
 
 
+def test_console_script_asks_for_huge_pages_unless_the_user_chose(monkeypatch):
+    from tomoprior.cli.main import HUGE_PAGES_ENV, use_huge_pages
+
+    env = {}
+    assert use_huge_pages(env) and env == {HUGE_PAGES_ENV: "1"}
+    env = {HUGE_PAGES_ENV: "0"}
+    assert not use_huge_pages(env) and env == {HUGE_PAGES_ENV: "0"}
+    monkeypatch.delenv(HUGE_PAGES_ENV, raising=False)
+    assert main(["--version"]) == 0
+    import os
+
+    assert os.environ[HUGE_PAGES_ENV] == "1"
+
+
+def test_huge_pages_back_large_tensors_when_the_kernel_allows(tmp_path):
+    """The mechanism on this machine: after use_huge_pages() a fresh 64 MiB tensor lies in
+    transparent huge pages (torch reads the variable at its first large allocation)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.is_file() or "[never]" in mode.read_text():
+        pytest.skip("transparent huge pages are unavailable or off in this kernel")
+    code = ("import re, torch\n"
+            "from tomoprior.cli.main import use_huge_pages\n"
+            "use_huge_pages()\n"
+            "x = torch.empty(16 * 2**20); x.fill_(1.0)\n"
+            "kb = int(re.search(r'AnonHugePages:\\s+(\\d+)', open('/proc/self/smaps_rollup').read()).group(1))\n"
+            "print(kb)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) >= 32 * 1024  # at least half of the 64 MiB in 2 MiB pages
+
+
 def test_info_lists_backends_and_phantoms():
     result = CliRunner().invoke(cli, ["info", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["backends"]["torch"]["available"] and data["backends"]["reference"]["available"]
     assert "shepp_logan_3d_modified" in data["phantoms"]
-    assert data["packages"]["torch"]
+    assert data["packages"]["torch"] and set(data["huge_pages"]) == {"THP_MEM_ALLOC_ENABLE", "kernel"}
     text = CliRunner().invoke(cli, ["info"])
     assert text.exit_code == 0 and "projector backends" in text.output
 

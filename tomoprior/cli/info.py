@@ -38,6 +38,7 @@ def collect_info() -> dict:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "huge_pages": _huge_pages(),
         "devices": devices,
         "backends": {
             name: {"description": desc, "available": name in projectors.available_backends()}
@@ -47,6 +48,20 @@ def collect_info() -> dict:
         "packages": {name: _version(name) for name in CORE},
         "optional_packages": {name: _version(name) for name in OPTIONAL},
     }
+
+
+def _huge_pages() -> dict:
+    """Whether torch backs large CPU tensors with transparent huge pages: the environment
+    switch (set by the console script unless the user set it) and the kernel's mode."""
+    from .main import HUGE_PAGES_ENV
+
+    mode = None
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii").read()
+        mode = text[text.index("[") + 1:text.index("]")]
+    except (OSError, ValueError):
+        pass
+    return {HUGE_PAGES_ENV: os.environ.get(HUGE_PAGES_ENV), "kernel": mode}
 
 
 @click.command()
@@ -59,6 +74,9 @@ def info(as_json: bool) -> None:
         return
     click.echo(f"tomoprior {data['tomoprior']}  (python {data['python']}, {data['platform']})")
     click.echo(f"CPU cores: {data['cpu_count']}, torch threads: {data['torch_threads']}")
+    hp = data["huge_pages"]
+    click.echo(f"huge pages for large tensors: THP_MEM_ALLOC_ENABLE={hp['THP_MEM_ALLOC_ENABLE'] or 'unset'}, "
+               f"kernel mode {hp['kernel'] or 'n/a (not Linux or no THP)'}")
     click.echo(f"devices: {', '.join(data['devices'])}")
     click.echo("projector backends:")
     for name, b in data["backends"].items():

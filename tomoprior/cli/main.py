@@ -10,6 +10,7 @@ numpy, torch and the layers out of their module level for the same reason;
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -68,8 +69,31 @@ def cli() -> None:
     """
 
 
+#: torch's switch for backing large CPU tensors (2 MiB and more) with transparent huge pages.
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def use_huge_pages(environ=None) -> bool:
+    """Ask torch to back large CPU tensors with transparent huge pages (Linux), unless the user
+    chose otherwise: sets ``THP_MEM_ALLOC_ENABLE=1`` in ``environ`` (default ``os.environ``) if it
+    is not set. Returns whether it is now on.
+
+    torch reads the variable at its first large allocation, so this must run before any (the
+    console script calls it first). It changes only how memory is mapped, never a result:
+    every fresh large tensor (activations, gradients, projections) is otherwise faulted in
+    4 KiB page by page, which costs more than filling it (measured: a fresh 64 MiB tensor 36 ms
+    to fill, 12-17 ms with huge pages; a 128^3 PSCT-Net training step 17.9 -> 14.8 s at the
+    same peak memory). ``THP_MEM_ALLOC_ENABLE=0`` in the environment turns it off.
+    """
+    env = os.environ if environ is None else environ
+    env.setdefault(HUGE_PAGES_ENV, "1")
+    return env[HUGE_PAGES_ENV].strip() not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code. Turns on huge pages for large
+    tensors first (:func:`use_huge_pages`)."""
+    use_huge_pages()
     try:
         cli.main(args=argv, prog_name="tomoprior", standalone_mode=True)
     except SystemExit as exc:  # click exits; turn that into a return code

@@ -133,6 +133,37 @@ def test_figure_draws_paired_differences_against_geometry_error(smoke):
     assert all(v == 0.0 for s in series if s["refiner"] == "atlas" for v in s["y"])
 
 
+def test_report_shows_the_run_to_run_spread_of_two_training_seeds(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "seeds"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "report")
+    # a second PSCT-Net seed: the first one's evaluations, every skull 1 dB better in the exact arm only
+    rec = json.loads((copy / "plan.json").read_text())
+    rec["plan"]["refiners"]["psctnet"]["train"]["seeds"] = [0, 1]
+    (copy / "plan.json").write_text(json.dumps(rec))
+    shutil.copytree(copy / "eval" / "psctnet" / "seed0", copy / "eval" / "psctnet" / "seed1")
+    exact = copy / "eval" / "psctnet" / "seed1" / "exact.json"
+    doc = json.loads(exact.read_text())
+    for s in doc["per_sample"]:
+        s["psnr_x2ctgan"] += 1.0
+    exact.write_text(json.dumps(doc))
+    md = study_report(copy, figure=False, partial=True).read_text()
+    _, rep = _rows(copy)
+    spread = {(r["refiner"], r["arm"], r["metric"]): r for r in rep["seed_spread"]}
+    # only the refiner with two seeds; its exact-arm level per seed, 1 dB apart
+    assert {k[0] for k in spread} == {"psctnet"}
+    lvl = spread[("psctnet", "exact", "psnr_x2ctgan")]
+    assert lvl["seeds"] == [0, 1] and lvl["per_seed"][1] - lvl["per_seed"][0] == pytest.approx(1.0)
+    assert lvl["spread"] == pytest.approx(1.0)
+    # other arms: the paired difference to exact per seed; seed 1's is 1 dB lower (its exact is higher)
+    d = spread[("psctnet", "paper", "psnr_x2ctgan")]
+    assert d["per_seed"][0] - d["per_seed"][1] == pytest.approx(1.0)
+    # Dice untouched: both seeds equal
+    assert spread[("psctnet", "paper", "dice_bone")]["spread"] == pytest.approx(0.0, abs=1e-12)
+    assert "Training seeds, run to run" in md and "| psctnet | exact | PSNR" in md
+
+
 def test_partial_report_of_an_unfinished_study(smoke, tmp_path):
     out, _ = smoke
     full, _ = _rows(out)

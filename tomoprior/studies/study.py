@@ -918,6 +918,7 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
                         f"({status['done']}/{status['total']} steps done)")
     rows = _rows(plan, res, ref_arm, "all")
     levels = _levels(plan, res, ref_arm)
+    seed_spread = _seed_spread(plan, res, ref_arm)
     # normal and craniosynostosis skulls separately when the test skulls hold both
     first = next(per for (label, arm), per in res.items() if arm == ref_arm)
     normal = {i: bool(records[0]["normal"]) for i, records in first.items()}
@@ -934,9 +935,10 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
 
     write_text_atomic(report_dir / "report.json", json.dumps(_json_safe({"plan_sha256": rec["sha256"], "rows": rows,
                                                                           "groups": groups, "budgets": budgets,
-                                                                          "status": status, "levels": levels}),
+                                                                          "status": status, "levels": levels,
+                                                                          "seed_spread": seed_spread}),
                                                                indent=1, sort_keys=True) + "\n")
-    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status, levels)
+    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status, levels, seed_spread)
     path = report_dir / "report.md"
     write_text_atomic(path, md)
     if figure:
@@ -966,6 +968,56 @@ def _levels(plan: dict, res: dict, ref_arm: str) -> list[dict]:
             row["sd"][m] = float(vals.std(ddof=1)) if vals.size > 1 else math.nan
         out.append(row)
     return out
+
+
+def _seed_spread(plan: dict, res: dict, ref_arm: str) -> list[dict]:
+    """Run-to-run spread of the refiners evaluated with two or more training seeds: per refiner,
+    arm and metric of :data:`FIGURE_METRICS` (those reported), one value per seed, ``ref_arm``:
+    the level (mean over test skulls), other arms: the mean paired difference to ``ref_arm``
+    (skulls evaluated in both with that seed); ``spread`` = max - min over the seeds."""
+    metrics = [m for m in FIGURE_METRICS if m in plan["report"]["metrics"]]
+    out = []
+    for label in plan["refiners"]:
+        ref = res.get((label, ref_arm))
+        if ref is None or len(_seeds(ref)) < 2:
+            continue
+        for arm in plan["arms"]:
+            cur = res.get((label, arm))
+            if cur is None:
+                continue
+            seeds = _seeds(cur)
+            for m in metrics:
+                per_seed = []
+                for sd in seeds:
+                    vals = []
+                    for i, records in cur.items():
+                        v = _seed_mean(records, m, {sd})
+                        if arm != ref_arm:
+                            v = v - _seed_mean(ref.get(i, []), m, {sd})
+                        if math.isfinite(v):
+                            vals.append(v)
+                    per_seed.append(float(np.mean(vals)) if vals else math.nan)
+                finite = [v for v in per_seed if math.isfinite(v)]
+                out.append({"refiner": label, "arm": arm, "metric": m, "seeds": seeds, "per_seed": per_seed,
+                            "spread": max(finite) - min(finite) if len(finite) > 1 else math.nan})
+    return out
+
+
+def _seed_table(spread: list[dict], ref_arm: str) -> list[str]:
+    from .evaluation import _col
+
+    width = max(len(r["seeds"]) for r in spread)
+    lines = ["| refiner | arm | metric | " + " | ".join(f"seed #{k + 1}" for k in range(width)) + " | spread |",
+             "|" + " --- |" * (4 + width)]
+    for r in spread:
+        nd = _decimals(r["metric"])
+        sign = "" if r["arm"] == ref_arm else "+"
+        cells = [f"{v:{sign}.{nd}f} (seed {sd})" if math.isfinite(v) else "n/a"
+                 for sd, v in zip(r["seeds"], r["per_seed"])] + [""] * (width - len(r["seeds"]))
+        what = _col(r["metric"]) if r["arm"] == ref_arm else f"Δ {_col(r['metric'])}"
+        spread_cell = f"{r['spread']:.{nd}f}" if math.isfinite(r["spread"]) else "n/a"
+        lines.append(f"| {r['refiner']} | {r['arm']} | {what} | " + " | ".join(cells) + f" | {spread_cell} |")
+    return lines
 
 
 def _levels_table(levels: list[dict]) -> list[str]:
@@ -1057,7 +1109,8 @@ def _diff_table(rows: list[dict], metrics, ref_arm: str) -> list[str]:
 
 
 def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str, groups: dict,
-              status: dict | None = None, levels: list[dict] | None = None) -> str:
+              status: dict | None = None, levels: list[dict] | None = None,
+              seed_spread: list[dict] | None = None) -> str:
     from .evaluation import _col
 
     metrics = plan["report"]["metrics"]
@@ -1081,6 +1134,10 @@ def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_a
     lines += _diff_table(rows, metrics, ref_arm)
     for g, grows in groups.items():
         lines += ["", f"{g.capitalize()} skulls only:", "", *_diff_table(grows, metrics, ref_arm)]
+    if seed_spread:
+        lines += ["", f"Training seeds, run to run: per seed, the `{ref_arm}` arm's level and the other arms' mean "
+                  f"difference to it (skulls of that seed); spread = max - min over the seeds:", "",
+                  *_seed_table(seed_spread, ref_arm)]
     lines += ["", "Means per arm (all skulls):", "", "| refiner | arm | " + " | ".join(_col(m) for m in metrics) + " |",
               "|" + " --- |" * (2 + len(metrics))]
     for r in rows:
@@ -1095,8 +1152,8 @@ def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_a
                      f"{'' if sps is None else f'{sps:.2f}'} |")
     tot_w = sum(b["wall_s"] for b in budgets)
     tot_c = sum(b["cpu_s"] for b in budgets)
-    lines += ["", f"Total: {tot_w:.0f} s wall, {tot_c:.0f} s CPU.", "", "![paired differences against geometry error](figure.png)",
-              ""]
+    lines += ["", f"Total: {tot_w:.0f} s wall, {tot_c:.0f} s CPU.", "",
+              "![paired differences against geometry error](figure.png)", ""]
     return "\n".join(lines)
 
 

@@ -277,6 +277,34 @@ def test_bead_calibrator_recovers_the_true_geometry(tiny):
     assert after < 0.05 < before  # in pixels of the 9.6 mm test detector
 
 
+def test_bead_calibrator_passes_a_wild_fit_on_without_a_units_warning(tiny, monkeypatch):
+    """A failed calibration may fit tilts of 10-15 degrees; re-reading those fitted numbers must
+    not warn "did you mean degrees?" (they were never typed)."""
+    import math
+    import types
+    import warnings
+
+    import tomoprior.calibration as cal
+    from tomoprior.geometry import UnitsWarning
+    from tomoprior.studies.miscalibration import bead_cage_calibrator
+
+    with DatasetFile(tiny) as ds:
+        nominal = ds.geometry(0, nominal=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnitsWarning)
+        wild = [p.replace(detector_tilt_v=math.radians(-15.0)) for p in nominal.parameters]
+
+    def fake_calibrate(images, phantom, initial, **kw):
+        return types.SimpleNamespace(parameters=wild)
+
+    monkeypatch.setattr(cal, "calibrate", fake_calibrate)
+    monkeypatch.setattr(cal, "bead_line_integrals", lambda phantom, geom: torch.zeros(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnitsWarning)
+        told = bead_cage_calibrator(upsample=1)(nominal, nominal, [0, 0, 2])
+    assert math.degrees(told.parameters[0].detector_tilt_v) == pytest.approx(-15.0)
+
+
 def test_paired_differences(tiny):
     st = miscalibration_study(ConstantRefiner(value=0.03), tiny, "test", calibration="exact")
     d = st.differences()

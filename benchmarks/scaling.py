@@ -189,6 +189,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(head), rule, *(line(b) for b in body)])
 
 
+def _log_axis(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """The style both panels share: log y, small labels and title, a light grid."""
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+
+
 def plot(rows: list[dict], fits: dict, path: str, threads: int = 2) -> None:
     """Log-log time against samples, with the fitted lines; a small PNG written atomically."""
     import matplotlib
@@ -209,12 +219,8 @@ def plot(rows: list[dict], fits: dict, path: str, threads: int = 2) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.minorticks_off()
-    ax.set_yscale("log")
-    ax.set_xlabel("volume size N (N$^3$ voxels into 2 x (2N)$^2$ pixels)", fontsize=8)
-    ax.set_ylabel("process CPU ns per sample (median)", fontsize=8)
-    ax.set_title("cost per sample", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    _log_axis(ax, "volume size N (N$^3$ voxels into 2 x (2N)$^2$ pixels)", "process CPU ns per sample (median)",
+              "cost per sample")
     ax = axes[0]  # wall time against samples, with the straight lines fitted on the cache-resident sizes
     for (impl, op), fit in fits.items():
         sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
@@ -235,12 +241,8 @@ def plot(rows: list[dict], fits: dict, path: str, threads: int = 2) -> None:
             ax.annotate(f"{r['size']}$^3$", (r["samples"], r["median_s"]), textcoords="offset points",
                         xytext=(-4, 6), fontsize=7, ha="right")
     ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("samples per projection (rays x planes)", fontsize=8)
-    ax.set_ylabel("seconds per call", fontsize=8)
-    ax.set_title("wall time (median; bars min-max; lines: fits)", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    _log_axis(ax, "samples per projection (rays x planes)", "seconds per call",
+              "wall time (median; bars min-max; lines: fits)")
     axes[0].legend(fontsize=6, ncol=2, loc="upper left")
     lo, hi = sizes[0], sizes[-1]
     fig.suptitle(f"tomoprior projectors, CPU, {threads} thread(s): {lo}$^3$ -> 2x{2 * lo}$^2$ .. {hi}$^3$ -> "

@@ -82,7 +82,7 @@ def use_huge_pages(environ=None) -> bool:
     console script calls it first). It changes only how memory is mapped, never a result:
     every fresh large tensor (activations, gradients, projections) is otherwise faulted in
     4 KiB page by page, which costs more than filling it (measured: a fresh 64 MiB tensor 36 ms
-    to fill, 12-17 ms with huge pages; a 128^3 PSCT-Net training step 17.9 -> 14.8 s at the
+    to fill, 12-18 ms with huge pages; a 128^3 PSCT-Net training step 17.9 -> 14.8 s at the
     same peak memory). ``THP_MEM_ALLOC_ENABLE=0`` in the environment turns it off.
     """
     env = os.environ if environ is None else environ

@@ -72,7 +72,7 @@ def installed(tmp_path_factory):
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(REPO / "tomoprior", src / "tomoprior", symlinks=True, ignore=skip)
     shutil.copytree(REPO / "phantoms", src / "phantoms", ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(REPO / name, src / name)
     work.mkdir()
 
@@ -149,6 +149,22 @@ def test_main_job_runs_from_the_wheel(installed):
     assert report["config"]["phantom"] == "bead_cage"
     assert report["calibration_result"]["phantom"] == "bead_cage"
     assert (out / "report.html").is_file() and (out / "geometry.yaml").is_file()
+
+
+def test_wheel_carries_the_compiled_kernels_where_they_build_here(installed):
+    # setup.py builds tomoprior/projectors/_joseph.c as an optional extension: where this
+    # checkout's own install has it, the wheel built from the same sources must too, and the
+    # installed package must use it
+    from tomoprior.projectors.numba_backend import compiled_kernels
+
+    if importlib.util.find_spec("tomoprior.projectors._joseph") is None:
+        pytest.skip("the compiled kernels were not built in this environment (no C compiler?)")
+    target, env, work = installed
+    assert sorted((target / "tomoprior" / "projectors").glob("_joseph*.so")), "the wheel lacks the compiled kernels"
+    info = _run([sys.executable, "-m", "tomoprior", "info", "--json"], cwd=work, env=env)
+    assert info.returncode == 0, _explain(info)
+    kernels = json.loads(info.stdout)["cpu_projector_kernels"]
+    assert kernels["compiled"] == (compiled_kernels()[0] is not None), kernels
 
 
 def test_a_missing_shipped_folder_is_explained(monkeypatch, tmp_path):

@@ -7,13 +7,15 @@ degenerate grids.
 
 import math
 import multiprocessing
+import os
 
 import numba
+import numpy as np
 import pytest
 import torch
 
 import tomoprior as tp
-from tests.conftest import random_geometry
+from tests.conftest import random_geometry, random_parameters
 from tomoprior.projectors import numba_backend
 
 
@@ -312,3 +314,90 @@ def test_runs_in_a_process_forked_after_parallel_use(small_grid):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         there = pool.map_async(_project_in_child, [(x, geom)]).get(timeout=120)[0]
     assert torch.equal(here, there)
+
+
+# -- the optional compiled forward kernels (tomoprior/projectors/_joseph.c) ------------------
+
+def _compiled_or_skip():
+    lib, why = numba_backend.compiled_kernels()
+    if lib is None:
+        pytest.skip(f"compiled kernels not in use here: {why}")
+    return lib
+
+
+def test_compiled_kernels_are_built_where_ci_installs():
+    # CI installs with the README's command on a machine with GCC 12 (x86-64): the extension
+    # must have been built and be in use there, or the tests below would silently skip
+    if os.environ.get("CI", "").lower() != "true":
+        pytest.skip("checked in CI only (other machines may lack a C compiler)")
+    lib, why = numba_backend.compiled_kernels()
+    assert lib is not None, why
+
+
+def _wide_fan_geometry(grid):
+    # source close to the box and a wide detector (rays up to ~55 degrees off the central
+    # one): rays of one view, even of one detector row, differ in their dominant axis
+    rng = np.random.default_rng(3)
+    views = [random_parameters(rng, f"v{i}", a, shape=(37, 41), pitch=(18.0, 18.0), source_to_isocenter=130.0,
+                               source_to_detector=270.0).to_view() for i, a in enumerate((0.0, 33.0, 90.0))]
+    return tp.Geometry(grid, views)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["random", "random-batch", "wide-fan", "offset-box", "single-voxel-axis"])
+def test_compiled_forward_is_bitwise_the_numba_kernels(monkeypatch, dtype, case):
+    _compiled_or_skip()
+    gen = torch.Generator().manual_seed(5)
+    if case == "single-voxel-axis":
+        grid = tp.VolumeGrid((12, 1, 16), (9.0, 6.0, 7.0), center=(3.0, -2.0, 5.0))
+    elif case == "offset-box":  # most rays meet the box's faces: many edge samples, misses
+        grid = tp.VolumeGrid((20, 18, 22), (7.0, 8.0, 6.0), center=(60.0, -45.0, 30.0))
+    else:
+        grid = tp.VolumeGrid((12, 14, 16), (9.0, 8.0, 7.0), center=(3.0, -2.0, 5.0))
+    geom = _wide_fan_geometry(grid) if case == "wide-fan" else random_geometry(11, grid)
+    batch = (3,) if case == "random-batch" else ()
+    x = torch.randn(*batch, *grid.shape, generator=gen, dtype=dtype)
+    old = torch.get_num_threads()
+    results = {}
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            monkeypatch.setenv(numba_backend.COMPILED_ENV, "0")
+            ref = tp.project(x, geom, backend="numba")
+            monkeypatch.delenv(numba_backend.COMPILED_ENV)
+            results[threads] = tp.project(x, geom, backend="numba")
+            for a, b in zip(results[threads], ref):
+                assert a.dtype == dtype and torch.equal(a, b), (case, threads)
+    finally:
+        torch.set_num_threads(old)
+    if case == "wide-fan":  # the case is what it claims: rays of several dominant axes
+        table = next(iter(numba_backend._LAST_TABLE.values()))
+        assert sum(g.size > 0 for g in table.groups) >= 2
+    if case == "offset-box":
+        table = next(iter(numba_backend._LAST_TABLE.values()))
+        assert (table.rp[:, numba_backend._K0] > table.rp[:, numba_backend._K1]).any()  # rays that miss
+
+
+def test_compiled_forward_keeps_the_adjoint_identity(small_grid):
+    _compiled_or_skip()
+    geom = random_geometry(12, small_grid)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(small_grid.shape, generator=gen, dtype=torch.float64)
+    ys = [torch.randn(v.shape, generator=gen, dtype=torch.float64) for v in geom.views]
+    lhs = sum(float((p * y).sum()) for p, y in zip(tp.project(x, geom, backend="numba"), ys))
+    rhs = float((x * tp.backproject(ys, geom, backend="numba")).sum())
+    assert abs(lhs - rhs) <= 1e-12 * max(abs(lhs), abs(rhs))
+
+
+def test_backend_and_info_say_which_kernels_run(monkeypatch):
+    from tomoprior.cli.info import collect_info
+
+    lib, _ = numba_backend.compiled_kernels()
+    described = numba_backend.NumbaBackend().describe()["kernels"]
+    info = collect_info()["cpu_projector_kernels"]
+    assert info["compiled"] == (lib is not None)
+    assert ("SIMD" in described) == (lib is not None)
+    monkeypatch.setenv(numba_backend.COMPILED_ENV, "0")
+    assert numba_backend.compiled_kernels()[0] is None
+    assert "TOMOPRIOR_COMPILED_KERNELS=0" in numba_backend.NumbaBackend().describe()["kernels"]
+    assert collect_info()["cpu_projector_kernels"]["compiled"] is False

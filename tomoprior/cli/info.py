@@ -39,6 +39,7 @@ def collect_info() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "huge_pages": _huge_pages(),
+        "cpu_projector_kernels": _cpu_kernels(),
         "devices": devices,
         "backends": {
             name: {"description": desc, "available": name in projectors.available_backends()}
@@ -48,6 +49,14 @@ def collect_info() -> dict:
         "packages": {name: _version(name) for name in CORE},
         "optional_packages": {name: _version(name) for name in OPTIONAL},
     }
+
+
+def _cpu_kernels() -> dict:
+    """Whether the "numba" backend runs the optional compiled (C, SIMD) forward kernels."""
+    from ..projectors.numba_backend import compiled_kernels
+
+    lib, how = compiled_kernels()
+    return {"compiled": lib is not None, "detail": how}
 
 
 def _huge_pages() -> dict:
@@ -77,6 +86,8 @@ def info(as_json: bool) -> None:
     hp = data["huge_pages"]
     click.echo(f"huge pages for large tensors: THP_MEM_ALLOC_ENABLE={hp['THP_MEM_ALLOC_ENABLE'] or 'unset'}, "
                f"kernel mode {hp['kernel'] or 'n/a (not Linux or no THP)'}")
+    k = data["cpu_projector_kernels"]
+    click.echo(f"CPU projector kernels: {'compiled' if k['compiled'] else 'numba only'} ({k['detail']})")
     click.echo(f"devices: {', '.join(data['devices'])}")
     click.echo("projector backends:")
     for name, b in data["backends"].items():

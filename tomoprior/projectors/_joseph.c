@@ -1,0 +1,275 @@
+/*
+ * Compiled kernels of the "numba" backend's Joseph projector (tomoprior.projectors.numba_backend).
+ *
+ * They compute exactly what the numba kernels compute -- the same samples, the same
+ * arithmetic in the same order, so the results are bitwise identical -- but walk the rays
+ * of a block (a detector row) plane by plane instead of ray by ray, so the compiler can
+ * run neighbouring rays in SIMD lanes (gathers of the four bilinear taps). The per-ray
+ * table (axis, plane range, 32.32 fixed-point in-plane coordinates, ...) is built by the
+ * numba code; its layout is described in numba_backend._setup_ray.
+ *
+ * Forward: rays[r0, r1) in blocks of `block`, blocks handed out to `nthreads` POSIX threads
+ * (dynamic scheduling; a block's result does not depend on which thread computes it).
+ * Back-projection (adjoint): work items are plane ranges of one dominant axis, each written
+ * by one thread only; every voxel receives its contributions in ray order, as in the numba
+ * kernel, so the result is also independent of the thread count.
+ *
+ * The module is loaded with ctypes (no Python objects cross the boundary; ctypes releases
+ * the GIL during the call). PyInit__joseph exists only so that setuptools can build and
+ * install it as an extension module. If it is missing or fails to build, the numba kernels
+ * run instead.
+ *
+ * Build flags: no fast-math and no FMA contraction (bitwise agreement with numba); the hot
+ * loops are cloned for x86-64-v4 (AVX-512) and x86-64-v3 (AVX2) and picked at load time.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define FRAC_BITS 32
+#define FRAC_MASK ((((int64_t)1) << FRAC_BITS) - 1)
+#define INV_ONE (1.0 / 4294967296.0)
+
+/* columns of the per-ray table (numba_backend._AXIS ... _HI, padded to 10) */
+enum { C_AXIS, C_K0, C_K1, C_P, C_DP, C_Q, C_DQ, C_LO, C_HI, C_PAD, NCOL };
+
+#define ABI_VERSION 1
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+#define HOT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HOT_CLONES
+#endif
+
+#if defined(_OPENMP) || defined(__GNUC__) || defined(__clang__)
+#define SIMD_LOOP _Pragma("omp simd")
+#else
+#define SIMD_LOOP
+#endif
+
+int tp_joseph_abi_version(void) { return ABI_VERSION; }
+
+/* The SIMD level the hot loops run at on this CPU: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:
+ * AVX2), 0 (the compiler's baseline: no gathers, slower than the numba kernels, which the
+ * Python side then prefers). */
+int tp_joseph_simd_level(void) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("x86-64-v4")) return 4;
+    if (__builtin_cpu_supports("x86-64-v3")) return 3;
+#endif
+    return 0;
+}
+
+static void axis_layout(int64_t a, const int64_t *nxyz, int64_t *sa, int64_t *sb, int64_t *sc, int64_t *nb,
+                        int64_t *nc) {
+    int64_t nx = nxyz[0], ny = nxyz[1], nz = nxyz[2];
+    if (a == 0) {
+        *sa = 1; *sb = nx * ny; *sc = nx; *nb = nz; *nc = ny;
+    } else if (a == 1) {
+        *sa = nx; *sb = nx * ny; *sc = 1; *nb = nz; *nc = nx;
+    } else {
+        *sa = nx * ny; *sb = nx; *sc = 1; *nb = ny; *nc = nx;
+    }
+}
+
+/* numba_backend._edge_taps */
+static inline void edge_taps(int64_t pf, int64_t n, int64_t *i0, double *w0, int64_t *i1, double *w1) {
+    int64_t i = pf >> FRAC_BITS;
+    double f = (double)(pf & FRAC_MASK) * INV_ONE;
+    if (n == 1) {
+        double p = (double)i + f;
+        *i0 = 0; *i1 = 0; *w1 = 0.0;
+        *w0 = (-0.5 <= p && p <= 0.5) ? 1.0 : 0.0;
+        return;
+    }
+    *w0 = 1.0 - f; *w1 = f; *i0 = i; *i1 = i + 1;
+    if (*i0 < 0 || *i0 >= n) { *i0 = 0; *w0 = 0.0; }
+    if (*i1 < 0 || *i1 >= n) { *i1 = 0; *w1 = 0.0; }
+}
+
+/* Scratch of one thread: a block's rays as arrays (structure of arrays). */
+typedef struct {
+    int64_t *ray, *pp, *dp, *qq, *dq, *klo, *khi;
+    double *acc;
+    void *buffer;
+} Scratch;
+
+static int scratch_alloc(Scratch *s, int64_t n, size_t extra) {
+    size_t words = 7 * (size_t)n + (size_t)n;
+    s->buffer = malloc(words * 8 + extra + 64);
+    if (!s->buffer) return -1;
+    int64_t *w = (int64_t *)s->buffer;
+    s->ray = w; s->pp = w + n; s->dp = w + 2 * n; s->qq = w + 3 * n; s->dq = w + 4 * n;
+    s->klo = w + 5 * n; s->khi = w + 6 * n; s->acc = (double *)(w + 7 * n);
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------------------
+ * One template per dtype: REAL is the volume's / projections' element type, SFX the suffix.
+ * -------------------------------------------------------------------------------------- */
+#define DEFINE_KERNELS(REAL, SFX)                                                                          \
+                                                                                                           \
+/* numba_backend._gather_edge */                                                                          \
+static double gather_edge_##SFX(const REAL *vb, int64_t p, int64_t dp, int64_t q, int64_t dq, int64_t kb,   \
+                                int64_t sa, int64_t sb, int64_t sc, int64_t nb, int64_t nc, int64_t m0,     \
+                                int64_t m1) {                                                              \
+    p += m0 * dp; q += m0 * dq; kb += m0 * sa;                                                             \
+    double acc = 0.0;                                                                                      \
+    for (int64_t m = m0; m < m1; m++) {                                                                    \
+        int64_t i0, i1, j0, j1; double w0, w1, u0, u1;                                                     \
+        edge_taps(p, nb, &i0, &w0, &i1, &w1);                                                              \
+        edge_taps(q, nc, &j0, &u0, &j1, &u1);                                                              \
+        acc += (w0 * (u0 * (double)vb[kb + i0 * sb + j0 * sc] + u1 * (double)vb[kb + i0 * sb + j1 * sc])  \
+                + w1 * (u0 * (double)vb[kb + i1 * sb + j0 * sc] + u1 * (double)vb[kb + i1 * sb + j1 * sc])); \
+        p += dp; q += dq; kb += sa;                                                                        \
+    }                                                                                                      \
+    return acc;                                                                                            \
+}                                                                                                          \
+                                                                                                           \
+/* The inner samples (all taps inside) of n rays, planes kfirst <= k < klast, plane by plane:             \
+ * acc[t] += bilinear sample of ray t at plane k, for klo[t] <= k < khi[t] (numba: _gather_inner).         \
+ * Lanes outside their range read voxel 0 and add an exact zero (acc is never -0.0). */                   \
+HOT_CLONES static void sweep_##SFX(const REAL *restrict vb, int64_t *restrict pp, const int64_t *restrict dp, \
+                                  int64_t *restrict qq, const int64_t *restrict dq,                        \
+                                  const int64_t *restrict klo, const int64_t *restrict khi,                \
+                                  double *restrict acc, int64_t n, int64_t kfirst, int64_t klast,          \
+                                  int64_t sa, int64_t sb, int64_t sc) {                                    \
+    const REAL inv = (REAL)INV_ONE;                                                                        \
+    for (int64_t k = kfirst; k < klast; k++) {                                                             \
+        const int64_t kb = k * sa;                                                                         \
+        SIMD_LOOP                                                                                          \
+        for (int64_t t = 0; t < n; t++) {                                                                  \
+            const int64_t p = pp[t], q = qq[t];                                                            \
+            const int64_t in = (int64_t)(klo[t] <= k) & (int64_t)(k < khi[t]);                             \
+            const REAL fp = (REAL)(p & FRAC_MASK) * inv;                                                   \
+            const REAL fq = (REAL)(q & FRAC_MASK) * inv;                                                   \
+            const int64_t idx = (kb + (p >> FRAC_BITS) * sb + (q >> FRAC_BITS) * sc) & -in;                \
+            const REAL v00 = vb[idx], v10 = vb[idx + sb];                                                  \
+            const REAL lo = v00 + fq * (vb[idx + sc] - v00);                                               \
+            const REAL hi = v10 + fq * (vb[idx + sb + sc] - v10);                                          \
+            acc[t] += (double)(lo + fp * (hi - lo)) * (double)in;                                          \
+            pp[t] = p + dp[t];                                                                             \
+            qq[t] = q + dq[t];                                                                             \
+        }                                                                                                  \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+/* numba_backend._forward_rays for the rays b0 <= ray < b1, all batch items */                            \
+static void forward_block_##SFX(const REAL *vol, int64_t nbatch, int64_t nvox, const int64_t *rp,          \
+                                const double *dl, const int64_t *nxyz, REAL *out, int64_t nrays,            \
+                                int64_t b0, int64_t b1, Scratch *s) {                                      \
+    for (int64_t ray = b0; ray < b1; ray++)                                                                \
+        if (rp[ray * NCOL + C_K1] < rp[ray * NCOL + C_K0])                                                 \
+            for (int64_t bi = 0; bi < nbatch; bi++) out[bi * nrays + ray] = (REAL)0.0;                     \
+    for (int64_t a = 0; a < 3; a++) {                                                                      \
+        int64_t n = 0, kfirst = INT64_MAX, klast = INT64_MIN;                                              \
+        for (int64_t ray = b0; ray < b1; ray++) {                                                          \
+            const int64_t *r = rp + ray * NCOL;                                                            \
+            if (r[C_K1] >= r[C_K0] && r[C_AXIS] == a) {                                                    \
+                s->ray[n] = ray;                                                                           \
+                s->klo[n] = r[C_K0] + r[C_LO];                                                             \
+                s->khi[n] = r[C_K0] + r[C_HI];                                                             \
+                if (s->khi[n] > s->klo[n]) {                                                               \
+                    if (s->klo[n] < kfirst) kfirst = s->klo[n];                                            \
+                    if (s->khi[n] > klast) klast = s->khi[n];                                              \
+                }                                                                                          \
+                s->dp[n] = r[C_DP];                                                                        \
+                s->dq[n] = r[C_DQ];                                                                        \
+                n++;                                                                                       \
+            }                                                                                              \
+        }                                                                                                  \
+        if (!n) continue;                                                                                  \
+        int64_t sa, sb, sc, nb, nc;                                                                        \
+        axis_layout(a, nxyz, &sa, &sb, &sc, &nb, &nc);                                                     \
+        for (int64_t bi = 0; bi < nbatch; bi++) {                                                          \
+            const REAL *vb = vol + bi * nvox;                                                              \
+            for (int64_t t = 0; t < n; t++) {                                                              \
+                const int64_t *r = rp + s->ray[t] * NCOL;                                                  \
+                s->acc[t] = 0.0;                                                                           \
+                if (kfirst < klast) {                                                                      \
+                    s->pp[t] = r[C_P] + (kfirst - r[C_K0]) * s->dp[t];                                     \
+                    s->qq[t] = r[C_Q] + (kfirst - r[C_K0]) * s->dq[t];                                     \
+                }                                                                                          \
+            }                                                                                              \
+            if (kfirst < klast)                                                                            \
+                sweep_##SFX(vb, s->pp, s->dp, s->qq, s->dq, s->klo, s->khi, s->acc, n, kfirst, klast,     \
+                            sa, sb, sc);                                                                   \
+            for (int64_t t = 0; t < n; t++) {                                                              \
+                const int64_t ray = s->ray[t];                                                             \
+                const int64_t *r = rp + ray * NCOL;                                                        \
+                const int64_t count = r[C_K1] - r[C_K0] + 1, kb = r[C_K0] * sa;                            \
+                double sum = gather_edge_##SFX(vb, r[C_P], r[C_DP], r[C_Q], r[C_DQ], kb, sa, sb, sc, nb,   \
+                                               nc, 0, r[C_LO]);                                            \
+                sum += s->acc[t];                                                                          \
+                sum += gather_edge_##SFX(vb, r[C_P], r[C_DP], r[C_Q], r[C_DQ], kb, sa, sb, sc, nb, nc,     \
+                                         r[C_HI], count);                                                  \
+                out[bi * nrays + ray] = (REAL)(sum * dl[ray]);                                             \
+            }                                                                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+typedef struct {                                                                                           \
+    const REAL *vol; int64_t nbatch, nvox; const int64_t *rp; const double *dl; const int64_t *nxyz;        \
+    REAL *out; int64_t nrays, block, nblocks; int64_t next; int failed;                                    \
+} ForwardJob_##SFX;                                                                                        \
+                                                                                                           \
+static void *forward_worker_##SFX(void *arg) {                                                             \
+    ForwardJob_##SFX *job = (ForwardJob_##SFX *)arg;                                                       \
+    Scratch s;                                                                                             \
+    if (scratch_alloc(&s, job->block, 0)) {                                                                \
+        __atomic_store_n(&job->failed, 1, __ATOMIC_SEQ_CST);                                               \
+        return NULL;                                                                                       \
+    }                                                                                                      \
+    for (;;) {                                                                                             \
+        int64_t blk = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);                                 \
+        if (blk >= job->nblocks) break;                                                                    \
+        int64_t b0 = blk * job->block;                                                                     \
+        int64_t b1 = b0 + job->block < job->nrays ? b0 + job->block : job->nrays;                          \
+        forward_block_##SFX(job->vol, job->nbatch, job->nvox, job->rp, job->dl, job->nxyz, job->out,      \
+                            job->nrays, b0, b1, &s);                                                       \
+    }                                                                                                      \
+    free(s.buffer);                                                                                        \
+    return NULL;                                                                                           \
+}                                                                                                          \
+                                                                                                           \
+/* out[b, ray] = dl[ray] * sum_k bilinear(vol[b], plane k, ray) for all rays; returns 0, or -1 if          \
+ * memory or threads could not be had (then `out` is incomplete). */                                      \
+int tp_joseph_forward_##SFX(const REAL *vol, int64_t nbatch, int64_t nvox, const int64_t *rp, int64_t nrays, \
+                            const double *dl, const int64_t *nxyz, REAL *out, int64_t block,               \
+                            int64_t nthreads) {                                                            \
+    if (block < 1) block = 1;                                                                              \
+    ForwardJob_##SFX job = {vol, nbatch, nvox, rp, dl, nxyz, out, nrays, block,                            \
+                            (nrays + block - 1) / block, 0, 0};                                            \
+    return run_workers(forward_worker_##SFX, &job, nthreads, &job.failed);                                 \
+}
+
+/* Run `worker(job)` on `nthreads` threads (the calling thread is one of them). */
+static int run_workers(void *(*worker)(void *), void *job, int64_t nthreads, int *failed) {
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 256) nthreads = 256;
+    pthread_t tid[256];
+    int64_t started = 0;
+    for (int64_t i = 1; i < nthreads; i++) {
+        if (pthread_create(&tid[started], NULL, worker, job) != 0) break;  /* run with fewer */
+        started++;
+    }
+    worker(job);
+    for (int64_t i = 0; i < started; i++) pthread_join(tid[i], NULL);
+    return __atomic_load_n(failed, __ATOMIC_SEQ_CST) ? -1 : 0;
+}
+
+DEFINE_KERNELS(float, f32)
+DEFINE_KERNELS(double, f64)
+
+static struct PyModuleDef joseph_module = {
+    PyModuleDef_HEAD_INIT, "_joseph",
+    "Compiled Joseph projector kernels, loaded with ctypes by tomoprior.projectors.numba_backend.", -1, NULL,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__joseph(void) { return PyModule_Create(&joseph_module); }

@@ -345,7 +345,7 @@ def _wide_fan_geometry(grid):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", ["random", "random-batch", "wide-fan", "offset-box", "single-voxel-axis"])
-def test_compiled_forward_is_bitwise_the_numba_kernels(monkeypatch, dtype, case):
+def test_compiled_kernels_are_bitwise_the_numba_kernels(monkeypatch, dtype, case):
     _compiled_or_skip()
     gen = torch.Generator().manual_seed(5)
     if case == "single-voxel-axis":
@@ -357,17 +357,19 @@ def test_compiled_forward_is_bitwise_the_numba_kernels(monkeypatch, dtype, case)
     geom = _wide_fan_geometry(grid) if case == "wide-fan" else random_geometry(11, grid)
     batch = (3,) if case == "random-batch" else ()
     x = torch.randn(*batch, *grid.shape, generator=gen, dtype=dtype)
+    ys = [torch.randn(*batch, *v.shape, generator=gen, dtype=dtype) for v in geom.views]
+    ys[0][..., 3:5, :] = 0.0  # rays with nothing to back-project are skipped: still the same result
     old = torch.get_num_threads()
-    results = {}
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             monkeypatch.setenv(numba_backend.COMPILED_ENV, "0")
-            ref = tp.project(x, geom, backend="numba")
+            ref, ref_back = tp.project(x, geom, backend="numba"), tp.backproject(ys, geom, backend="numba")
             monkeypatch.delenv(numba_backend.COMPILED_ENV)
-            results[threads] = tp.project(x, geom, backend="numba")
-            for a, b in zip(results[threads], ref):
+            got, back = tp.project(x, geom, backend="numba"), tp.backproject(ys, geom, backend="numba")
+            for a, b in zip(got, ref):
                 assert a.dtype == dtype and torch.equal(a, b), (case, threads)
+            assert back.dtype == dtype and torch.equal(back, ref_back), (case, threads)
     finally:
         torch.set_num_threads(old)
     if case == "wide-fan":  # the case is what it claims: rays of several dominant axes

@@ -246,6 +246,99 @@ int tp_joseph_forward_##SFX(const REAL *vol, int64_t nbatch, int64_t nvox, const
     ForwardJob_##SFX job = {vol, nbatch, nvox, rp, dl, nxyz, out, nrays, block,                            \
                             (nrays + block - 1) / block, 0, 0};                                            \
     return run_workers(forward_worker_##SFX, &job, nthreads, &job.failed);                                 \
+}                                                                                                          \
+                                                                                                           \
+/* numba_backend._scatter_edge: one edge sample (float64 weights, `c` unrounded) */                       \
+static inline void scatter_edge_one_##SFX(REAL *ob, double c, int64_t p, int64_t q, int64_t kb, int64_t sb,  \
+                                          int64_t sc, int64_t nb, int64_t nc) {                            \
+    int64_t i0, i1, j0, j1; double w0, w1, u0, u1;                                                         \
+    edge_taps(p, nb, &i0, &w0, &i1, &w1);                                                                  \
+    edge_taps(q, nc, &j0, &u0, &j1, &u1);                                                                  \
+    ob[kb + i0 * sb + j0 * sc] = (REAL)((double)ob[kb + i0 * sb + j0 * sc] + c * (w0 * u0));                \
+    ob[kb + i0 * sb + j1 * sc] = (REAL)((double)ob[kb + i0 * sb + j1 * sc] + c * (w0 * u1));                \
+    ob[kb + i1 * sb + j0 * sc] = (REAL)((double)ob[kb + i1 * sb + j0 * sc] + c * (w1 * u0));                \
+    ob[kb + i1 * sb + j1 * sc] = (REAL)((double)ob[kb + i1 * sb + j1 * sc] + c * (w1 * u1));                \
+}                                                                                                          \
+                                                                                                           \
+/* numba_backend._scatter_inner: the samples m0 <= m < m1 of one ray (all taps inside) in SIMD lanes.   \
+ * They lie in different planes, so their taps never coincide: the gathers and scatters of one tap are     \
+ * free of conflicts, and every voxel still receives this ray's contribution exactly once, in ray order. */ \
+HOT_CLONES static void scatter_inner_##SFX(REAL *restrict ob, REAL c, int64_t p, int64_t dp, int64_t q,    \
+                                           int64_t dq, int64_t kb, int64_t sa, int64_t sb, int64_t sc,     \
+                                           int64_t m0, int64_t m1) {                                       \
+    const REAL inv = (REAL)INV_ONE, one = (REAL)1.0;                                                       \
+    SIMD_LOOP                                                                                              \
+    for (int64_t m = m0; m < m1; m++) {                                                                    \
+        const int64_t pm = p + m * dp, qm = q + m * dq;                                                    \
+        const REAL fp = (REAL)(pm & FRAC_MASK) * inv;                                                      \
+        const REAL fq = (REAL)(qm & FRAC_MASK) * inv;                                                      \
+        const int64_t j = kb + m * sa + (pm >> FRAC_BITS) * sb + (qm >> FRAC_BITS) * sc;                   \
+        const REAL cf = c * fp, cp = c - cf, gq = one - fq;                                                \
+        ob[j] += cp * gq;                                                                                  \
+        ob[j + sc] += cp * fq;                                                                             \
+        ob[j + sb] += cf * gq;                                                                             \
+        ob[j + sb + sc] += cf * fq;                                                                        \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+typedef struct {                                                                                           \
+    const REAL *proj; int64_t nbatch, nrays_total; const int64_t *rays; int64_t nr, axis;                  \
+    const int64_t *rp; const double *dl; const int64_t *nxyz; const int64_t *bounds; int64_t nparts;       \
+    REAL *out; int64_t nvox, block; int64_t next; int failed;                                              \
+} AdjointJob_##SFX;                                                                                        \
+                                                                                                           \
+/* numba_backend._adjoint_planes for the planes ka <= k < kz: ray by ray, as there (a voxel's             \
+ * contributions in the order of `rays`); the inner samples' taps computed `chunk` at a time in SIMD       \
+ * lanes, then scattered. */                                                                               \
+static void adjoint_item_##SFX(AdjointJob_##SFX *job, int64_t ka, int64_t kz) {                            \
+    int64_t sa, sb, sc, nb, nc;                                                                            \
+    axis_layout(job->axis, job->nxyz, &sa, &sb, &sc, &nb, &nc);                                            \
+    for (int64_t i = 0; i < job->nr; i++) {                                                                \
+        const int64_t ray = job->rays[i];                                                                  \
+        const int64_t *r = job->rp + ray * NCOL;                                                           \
+        const int64_t k0 = r[C_K0], count = r[C_K1] - k0 + 1;                                              \
+        const int64_t m0 = ka - k0 > 0 ? ka - k0 : 0;                                                      \
+        const int64_t m1 = kz - k0 < count ? kz - k0 : count;                                              \
+        if (m0 >= m1) continue;                                                                            \
+        const int64_t p = r[C_P], dp = r[C_DP], q = r[C_Q], dq = r[C_DQ], kb = k0 * sa;                    \
+        int64_t lo = r[C_LO] > m0 ? r[C_LO] : m0;                                                          \
+        lo = lo < m1 ? lo : m1;                                                                            \
+        int64_t hi = r[C_HI] > lo ? r[C_HI] : lo;                                                          \
+        hi = hi < m1 ? hi : m1;                                                                            \
+        for (int64_t bi = 0; bi < job->nbatch; bi++) {                                                     \
+            const double c = (double)job->proj[bi * job->nrays_total + ray] * job->dl[ray];                \
+            if (c == 0.0) continue;                                                                        \
+            REAL *ob = job->out + bi * job->nvox;                                                          \
+            for (int64_t m = m0; m < lo; m++)                                                              \
+                scatter_edge_one_##SFX(ob, c, p + m * dp, q + m * dq, kb + m * sa, sb, sc, nb, nc);        \
+            scatter_inner_##SFX(ob, (REAL)c, p, dp, q, dq, kb, sa, sb, sc, lo, hi);                      \
+            for (int64_t m = hi; m < m1; m++)                                                              \
+                scatter_edge_one_##SFX(ob, c, p + m * dp, q + m * dq, kb + m * sa, sb, sc, nb, nc);        \
+        }                                                                                                  \
+    }                                                                                                      \
+}                                                                                                          \
+                                                                                                           \
+static void *adjoint_worker_##SFX(void *arg) {                                                             \
+    AdjointJob_##SFX *job = (AdjointJob_##SFX *)arg;                                                       \
+    for (;;) {                                                                                             \
+        int64_t item = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);                                \
+        if (item >= job->nparts) break;                                                                    \
+        if (job->bounds[item] < job->bounds[item + 1])                                                     \
+            adjoint_item_##SFX(job, job->bounds[item], job->bounds[item + 1]);                             \
+    }                                                                                                      \
+    return NULL;                                                                                           \
+}                                                                                                          \
+                                                                                                           \
+/* out[b] += the back-projection of proj[b] along the rays `rays` (all of dominant axis `axis`), work      \
+ * items the plane ranges [bounds[w], bounds[w+1]); returns 0, or -1 (out incomplete) without memory. */  \
+int tp_joseph_adjoint_##SFX(const REAL *proj, int64_t nbatch, int64_t nrays_total, const int64_t *rays,    \
+                            int64_t nr, int64_t axis, const int64_t *rp, const double *dl,                 \
+                            const int64_t *nxyz, const int64_t *bounds, int64_t nparts, REAL *out,         \
+                            int64_t nvox, int64_t block, int64_t nthreads) {                               \
+    if (block < 1) block = 1;                                                                              \
+    AdjointJob_##SFX job = {proj, nbatch, nrays_total, rays, nr, axis, rp, dl, nxyz, bounds, nparts, out,  \
+                            nvox, block, 0, 0};                                                            \
+    return run_workers(adjoint_worker_##SFX, &job, nthreads < nparts ? nthreads : nparts, &job.failed);     \
 }
 
 /* Run `worker(job)` on `nthreads` threads (the calling thread is one of them). */

@@ -107,6 +107,8 @@ FORWARD_BLOCK = 256
 #: Plane ranges per thread in the back-projection (balanced by sample counts; a second one
 #: per thread absorbs the imbalance left, more cost a pass over the rays each).
 ADJOINT_PARTS_PER_THREAD = 2
+#: Samples of a ray whose taps the compiled back-projection computes at once (SIMD lanes).
+ADJOINT_CHUNK = 128
 
 # In-plane coordinates are stepped in 32.32 fixed point: integer steps are exact, so the
 # back-projection recomputes bit for bit the sample positions and interpolation fractions
@@ -638,8 +640,12 @@ def _load_compiled():
         fn = getattr(lib, name)
         fn.argtypes = [ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, i64]
         fn.restype = ctypes.c_int
+    for name in ("tp_joseph_adjoint_f32", "tp_joseph_adjoint_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64]
+        fn.restype = ctypes.c_int
     isa = {4: "x86-64-v4, AVX-512", 3: "x86-64-v3, AVX2"}[level]
-    return lib, f"C with SIMD ({isa}) for the forward projection, numba for the back-projection"
+    return lib, f"C with SIMD ({isa})"
 
 
 def compiled_kernels():
@@ -737,10 +743,25 @@ class NumbaBackend(Backend):
         proj = projections.detach().to("cpu").contiguous()
         out = torch.zeros((proj.shape[0], grid.num_voxels), dtype=proj.dtype)
         p, o = proj.numpy(), out.numpy()
+        lib, _ = compiled_kernels()
+        compiled = lib is not None and proj.dtype in (torch.float32, torch.float64)
+        workers = max(1, torch.get_num_threads())
         for a, rays in enumerate(table.groups):
             if not rays.size or not proj.shape[0]:
                 continue
-            if threads > 1:
+            if compiled:
+                na = int(table.nxyz[a])
+                parts = min(na, workers * ADJOINT_PARTS_PER_THREAD)
+                bounds = _plane_bounds(table.rp, rays, a, na, parts)
+                fn = lib.tp_joseph_adjoint_f32 if proj.dtype == torch.float32 else lib.tp_joseph_adjoint_f64
+                rc = fn(p.ctypes.data, p.shape[0], p.shape[1], rays.ctypes.data, rays.size, a, table.rp.ctypes.data,
+                        table.dl.ctypes.data, table.nxyz.ctypes.data, bounds.ctypes.data, parts, o.ctypes.data,
+                        o.shape[1], ADJOINT_CHUNK, workers)
+                if rc != 0:
+                    raise MemoryError(f"the compiled back-projector could not allocate its scratch memory "
+                                      f"({workers} threads x {ADJOINT_CHUNK} samples); free memory, or set "
+                                      f"{COMPILED_ENV}=0 to use the numba kernels")
+            elif threads > 1:
                 na = int(table.nxyz[a])
                 bounds = _plane_bounds(table.rp, rays, a, na, min(na, threads * ADJOINT_PARTS_PER_THREAD))
                 old = numba.set_parallel_chunksize(1)

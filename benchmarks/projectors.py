@@ -79,7 +79,14 @@ from projector_bench.children import (
 )
 from projector_bench.diffdrr_peer import run_diffdrr
 from projector_bench.peer import grid_sample_project, sphere_sampling
-from projector_bench.problem import DETECTOR_WIDTH_MM, FIELD_OF_VIEW_MM, OPERATIONS, PEER, Problem  # noqa: F401
+from projector_bench.problem import (  # noqa: F401
+    DETECTOR_WIDTH_MM,
+    FIELD_OF_VIEW_MM,
+    NUMBA_JIT_ONLY,
+    OPERATIONS,
+    PEER,
+    Problem,
+)
 from projector_bench.report import (
     finish_rows,
     format_numba_info,
@@ -107,7 +114,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "projectors.json"
 # ---------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------
-MODELS = {"numba": "joseph", "torch": "trilinear", "reference": "siddon", PEER: "trilinear",
+MODELS = {"numba": "joseph", NUMBA_JIT_ONLY: "joseph", "torch": "trilinear", "reference": "siddon", PEER: "trilinear",
           "diffdrr-trilinear": "trilinear", "diffdrr-siddon": "siddon"}
 
 
@@ -206,7 +213,7 @@ def main(argv=None) -> int:
     notes: list[str] = []
 
     def add_rows(impl, p, reduced=False, extra=None):
-        repeats = args.numba_repeats if impl == "numba" else args.repeats
+        repeats = args.numba_repeats if impl in ("numba", NUMBA_JIT_ONLY) else args.repeats
         for op in OPERATIONS:
             print(f"  {impl:<18} {op:<8} on {p.label} ...", end="", flush=True)
             res = time_case(impl, op, p, repeats, args.budget)
@@ -232,6 +239,12 @@ def main(argv=None) -> int:
             samples = counted and counted["evaluated"]
             numba_info["samples"] = counted
         add_rows(name, p, reduced=det != prob.det, extra={"samples": samples, "probe": probe or None})
+        if name == "numba":
+            from tomoprior.projectors.numba_backend import compiled_kernels
+
+            lib, numba_info["kernels"] = compiled_kernels()
+            if lib is not None:  # the same backend with its numba kernels only, for the ratio
+                add_rows(NUMBA_JIT_ONLY, p, reduced=det != prob.det, extra={"samples": samples})
         if det == prob.det:
             forwards[name] = tp.project(prob.volume, prob.geom, backend=name)
         if name == "numba":
@@ -323,6 +336,15 @@ def main(argv=None) -> int:
         print(format_targets(targets))
     if numba_info:
         print(format_numba_info(numba_info))
+    compiled_vs_jit = {}
+    by_key = {(r["impl"], r["op"]): r for r in rows}
+    for op in OPERATIONS:
+        a, b = by_key.get(("numba", op)), by_key.get((NUMBA_JIT_ONLY, op))
+        if a and b and a["median_s"] and b["median_s"]:
+            compiled_vs_jit[op] = b["median_s"] / a["median_s"]
+    if compiled_vs_jit:
+        print("numba backend, compiled kernels vs its numba kernels (same run, medians): "
+              + ", ".join(f"{op} {x:.2f}x" for op, x in compiled_vs_jit.items()))
     print(f"load average (1, 5, 15 min) before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     for note in notes:
@@ -355,6 +377,7 @@ def main(argv=None) -> int:
         "agreement_relative_l2": agreement,
         "targets": targets,
         "numba": numba_info,
+        "compiled_vs_numba_kernels": compiled_vs_jit,
         "load_average": {"before": list(load_before), "after": list(load_after)},
         "diffdrr": diffdrr,
         "notes": notes,

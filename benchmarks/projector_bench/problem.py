@@ -22,6 +22,8 @@ DETECTOR_WIDTH_MM = 307.2
 OPERATIONS = ("forward", "back", "fwd+bwd")
 #: The plain projector every backend is compared with (:mod:`.peer`).
 PEER = "grid_sample"
+#: Row label of the "numba" backend run with its numba kernels only (compiled kernels off).
+NUMBA_JIT_ONLY = "numba-jit-only"
 
 
 def build_geometry(size: int, det: int) -> tp.BiplanarGeometry:

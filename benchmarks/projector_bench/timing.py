@@ -6,6 +6,7 @@ too slow for the budget. Times in seconds (wall, and process CPU).
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -14,11 +15,28 @@ import torch
 import tomoprior as tp
 
 from .peer import grid_sample_project
-from .problem import PEER, Problem, build_geometry, num_rays
+from .problem import NUMBA_JIT_ONLY, PEER, Problem, build_geometry, num_rays
+
+#: The switch of tomoprior's numba backend between its compiled (C, SIMD) and numba kernels.
+COMPILED_ENV = "TOMOPRIOR_COMPILED_KERNELS"
 
 
 def prepare(impl: str, op: str, prob: Problem):
     """Untimed set-up for one run of a case; returns the zero-argument call to time."""
+    if impl == NUMBA_JIT_ONLY:  # the "numba" backend with its compiled kernels turned off
+        inner = prepare("numba", op, prob)
+
+        def run():
+            old = os.environ.get(COMPILED_ENV)
+            os.environ[COMPILED_ENV] = "0"
+            try:
+                return inner()
+            finally:
+                if old is None:
+                    del os.environ[COMPILED_ENV]
+                else:
+                    os.environ[COMPILED_ENV] = old
+        return run
     vol, geom, w = prob.volume, prob.geom, prob.weights
     if impl == PEER:
         if op == "forward":

@@ -36,7 +36,7 @@
 /* columns of the per-ray table (numba_backend._AXIS ... _HI, padded to 10) */
 enum { C_AXIS, C_K0, C_K1, C_P, C_DP, C_Q, C_DQ, C_LO, C_HI, C_PAD, NCOL };
 
-#define ABI_VERSION 1
+#define ABI_VERSION 2
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
 #define HOT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -159,7 +159,8 @@ HOT_CLONES static void sweep_##SFX(const REAL *restrict vb, int64_t *restrict pp
 }                                                                                                          \
                                                                                                            \
 /* numba_backend._forward_rays for the rays b0 <= ray < b1, all batch items */                            \
-static void forward_block_##SFX(const REAL *vol, int64_t nbatch, int64_t nvox, const int64_t *rp,          \
+static void forward_block_##SFX(const REAL *vol, const REAL *volT, int64_t nbatch, int64_t nvox,           \
+                                const int64_t *rp,                                                         \
                                 const double *dl, const int64_t *nxyz, REAL *out, int64_t nrays,            \
                                 int64_t b0, int64_t b1, Scratch *s) {                                      \
     for (int64_t ray = b0; ray < b1; ray++)                                                                \
@@ -185,8 +186,12 @@ static void forward_block_##SFX(const REAL *vol, int64_t nbatch, int64_t nvox, c
         if (!n) continue;                                                                                  \
         int64_t sa, sb, sc, nb, nc;                                                                        \
         axis_layout(a, nxyz, &sa, &sb, &sc, &nb, &nc);                                                     \
+        const REAL *src = vol;                                                                             \
+        if (a == 0 && volT) { /* x-major rays read the copy with y fastest: lanes along y, contiguous */   \
+            src = volT; sa = nxyz[1]; sc = 1;                                                              \
+        }                                                                                                  \
         for (int64_t bi = 0; bi < nbatch; bi++) {                                                          \
-            const REAL *vb = vol + bi * nvox;                                                              \
+            const REAL *vb = src + bi * nvox;                                                              \
             for (int64_t t = 0; t < n; t++) {                                                              \
                 const int64_t *r = rp + s->ray[t] * NCOL;                                                  \
                 s->acc[t] = 0.0;                                                                           \
@@ -214,7 +219,7 @@ static void forward_block_##SFX(const REAL *vol, int64_t nbatch, int64_t nvox, c
 }                                                                                                          \
                                                                                                            \
 typedef struct {                                                                                           \
-    const REAL *vol; int64_t nbatch, nvox; const int64_t *rp; const double *dl; const int64_t *nxyz;        \
+    const REAL *vol, *volT; int64_t nbatch, nvox; const int64_t *rp; const double *dl; const int64_t *nxyz;\
     REAL *out; int64_t nrays, block, nblocks; int64_t next; int failed;                                    \
 } ForwardJob_##SFX;                                                                                        \
                                                                                                            \
@@ -230,7 +235,7 @@ static void *forward_worker_##SFX(void *arg) {                                  
         if (blk >= job->nblocks) break;                                                                    \
         int64_t b0 = blk * job->block;                                                                     \
         int64_t b1 = b0 + job->block < job->nrays ? b0 + job->block : job->nrays;                          \
-        forward_block_##SFX(job->vol, job->nbatch, job->nvox, job->rp, job->dl, job->nxyz, job->out,      \
+        forward_block_##SFX(job->vol, job->volT, job->nbatch, job->nvox, job->rp, job->dl, job->nxyz, job->out,\
                             job->nrays, b0, b1, &s);                                                       \
     }                                                                                                      \
     free(s.buffer);                                                                                        \
@@ -239,11 +244,12 @@ static void *forward_worker_##SFX(void *arg) {                                  
                                                                                                            \
 /* out[b, ray] = dl[ray] * sum_k bilinear(vol[b], plane k, ray) for all rays; returns 0, or -1 if          \
  * memory or threads could not be had (then `out` is incomplete). */                                      \
-int tp_joseph_forward_##SFX(const REAL *vol, int64_t nbatch, int64_t nvox, const int64_t *rp, int64_t nrays, \
+int tp_joseph_forward_##SFX(const REAL *vol, const REAL *volT, int64_t nbatch, int64_t nvox, const int64_t *rp,\
+                            int64_t nrays,                                                                 \
                             const double *dl, const int64_t *nxyz, REAL *out, int64_t block,               \
                             int64_t nthreads) {                                                            \
     if (block < 1) block = 1;                                                                              \
-    ForwardJob_##SFX job = {vol, nbatch, nvox, rp, dl, nxyz, out, nrays, block,                            \
+    ForwardJob_##SFX job = {vol, volT, nbatch, nvox, rp, dl, nxyz, out, nrays, block,                      \
                             (nrays + block - 1) / block, 0, 0};                                            \
     return run_workers(forward_worker_##SFX, &job, nthreads, &job.failed);                                 \
 }                                                                                                          \

@@ -344,7 +344,8 @@ def _wide_fan_geometry(grid):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", ["random", "random-batch", "wide-fan", "offset-box", "single-voxel-axis"])
+@pytest.mark.parametrize("case", ["random", "random-batch", "wide-fan", "offset-box", "single-voxel-axis",
+                                  "untilted"])
 def test_compiled_kernels_are_bitwise_the_numba_kernels(monkeypatch, dtype, case):
     _compiled_or_skip()
     gen = torch.Generator().manual_seed(5)
@@ -354,7 +355,15 @@ def test_compiled_kernels_are_bitwise_the_numba_kernels(monkeypatch, dtype, case
         grid = tp.VolumeGrid((20, 18, 22), (7.0, 8.0, 6.0), center=(60.0, -45.0, 30.0))
     else:
         grid = tp.VolumeGrid((12, 14, 16), (9.0, 8.0, 7.0), center=(3.0, -2.0, 5.0))
-    geom = _wide_fan_geometry(grid) if case == "wide-fan" else random_geometry(11, grid)
+    if case == "untilted":  # rows parallel to the planes: float32 takes the contiguous-load path
+        grid = tp.VolumeGrid((40, 36, 44), (5.0, 5.5, 4.5), center=(3.0, -2.0, 5.0))
+        geom = tp.BiplanarGeometry.from_parameters(binning=16, grid=grid)
+    elif case == "wide-fan":
+        geom = _wide_fan_geometry(grid)
+    else:
+        geom = random_geometry(11, grid)
+    lib = numba_backend.compiled_kernels()[0]
+    groups_before = lib.tp_joseph_bundle_groups()
     batch = (3,) if case == "random-batch" else ()
     x = torch.randn(*batch, *grid.shape, generator=gen, dtype=dtype)
     ys = [torch.randn(*batch, *v.shape, generator=gen, dtype=dtype) for v in geom.views]
@@ -372,6 +381,11 @@ def test_compiled_kernels_are_bitwise_the_numba_kernels(monkeypatch, dtype, case
             assert back.dtype == dtype and torch.equal(back, ref_back), (case, threads)
     finally:
         torch.set_num_threads(old)
+    took_bundles = lib.tp_joseph_bundle_groups() > groups_before
+    if case == "untilted" and dtype == torch.float32 and lib.tp_joseph_simd_level() >= 4:
+        assert took_bundles  # the case is what it claims: the AVX-512 contiguous-load path ran
+    if dtype == torch.float64:
+        assert not took_bundles
     if case == "wide-fan":  # the case is what it claims: rays of several dominant axes
         table = next(iter(numba_backend._LAST_TABLE.values()))
         assert sum(g.size > 0 for g in table.groups) >= 2

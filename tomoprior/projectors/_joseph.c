@@ -36,7 +36,7 @@
 /* columns of the per-ray table (numba_backend._AXIS ... _HI, padded to 10) */
 enum { C_AXIS, C_K0, C_K1, C_P, C_DP, C_Q, C_DQ, C_LO, C_HI, C_PAD, NCOL };
 
-#define ABI_VERSION 2
+#define ABI_VERSION 3
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
 #define HOT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -51,6 +51,13 @@ enum { C_AXIS, C_K0, C_K1, C_P, C_DP, C_Q, C_DQ, C_LO, C_HI, C_PAD, NCOL };
 #endif
 
 int tp_joseph_abi_version(void) { return ABI_VERSION; }
+
+/* 1: never use the AVX-512 contiguous-load path (for comparisons with the portable sweep). */
+static int tp_bundle_off = 0;
+void tp_joseph_set_bundle_off(int off) { tp_bundle_off = off; }
+/* groups of rays run through the contiguous-load path since the library was loaded (tests). */
+static int64_t tp_bundle_count = 0;
+int64_t tp_joseph_bundle_groups(void) { return __atomic_load_n(&tp_bundle_count, __ATOMIC_RELAXED); }
 
 /* The SIMD level the hot loops run at on this CPU: 4 (x86-64-v4: AVX-512), 3 (x86-64-v3:
  * AVX2), 0 (the compiler's baseline: no gathers, slower than the numba kernels, which the
@@ -105,6 +112,168 @@ static int scratch_alloc(Scratch *s, int64_t n, size_t extra) {
     int64_t *w = (int64_t *)s->buffer;
     s->ray = w; s->pp = w + n; s->dp = w + 2 * n; s->qq = w + 3 * n; s->dq = w + 4 * n;
     s->klo = w + 5 * n; s->khi = w + 6 * n; s->acc = (double *)(w + 7 * n);
+    return 0;
+}
+
+
+/* ----------------------------------------------------------------------------------------
+ * The forward sweep for float32 with AVX-512 intrinsics, for in-plane axes where the faster
+ * one is contiguous (sc == 1): 16 rays of a block advance through the planes together, their
+ * positions and float64 sums held in registers. Where the lanes' taps all lie in one pair of
+ * rows (the same slow index p >> 32: every row of an untilted detector) within 32 columns,
+ * the taps come from four contiguous loads and in-register permutes instead of four
+ * gathers. The arithmetic is the sweep's, operation for operation, so the results are the
+ * same bit for bit. Returns 0 (the caller runs the portable sweep) where AVX-512 is absent.
+ * -------------------------------------------------------------------------------------- */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+#include <immintrin.h>
+#define HAVE_BUNDLE 1
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw")))
+
+static int avx512_level = -1;
+
+static int have_avx512(void) {
+    if (avx512_level < 0) {
+        __builtin_cpu_init();
+        avx512_level = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+    }
+    return avx512_level;
+}
+
+AVX512 static inline __m512 cvt_frac(__m512i lo, __m512i hi, __m512 inv) {
+    const __m512i mask = _mm512_set1_epi64(FRAC_MASK);
+    __m256 a = _mm512_cvtepi64_ps(_mm512_and_si512(lo, mask));
+    __m256 b = _mm512_cvtepi64_ps(_mm512_and_si512(hi, mask));
+    return _mm512_mul_ps(_mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1), inv);
+}
+
+/* 16 (or fewer) rays whose slow coordinate is the same in every plane (equal position and
+ * step: the rays of a detector row parallel to the planes' fast axis) and whose fast
+ * coordinates keep their order, spanning at most 30 columns: per plane, two contiguous
+ * loads per tap row and permutes. Returns 0 without touching anything for other rays. */
+AVX512 static int bundle16_f32(const float *vb, const int64_t *pp, const int64_t *dp, const int64_t *qq,
+                               const int64_t *dq, const int64_t *klo, const int64_t *khi, double *acc,
+                               int64_t lanes, int64_t kfirst, int64_t sa, int64_t sb, int64_t nc) {
+    int64_t k0 = INT64_MAX, k1 = INT64_MIN;
+    for (int64_t t = 0; t < lanes; t++) {
+        if (pp[t] != pp[0] || dp[t] != dp[0]) return 0;
+        if (khi[t] > klo[t]) {
+            if (klo[t] < k0) k0 = klo[t];
+            if (khi[t] > k1) k1 = khi[t];
+        }
+    }
+    if (k0 >= k1) return 1;  /* no inner samples: nothing to add */
+    /* the fast coordinates at the first and last plane: one order, at most 30 columns apart */
+    const int64_t last = lanes - 1;
+    for (int e = 0; e < 2; e++) {
+        const int64_t k = e ? k1 - 1 : k0;
+        const int64_t qf = (qq[0] + (k - kfirst) * dq[0]) >> FRAC_BITS;
+        const int64_t ql = (qq[last] + (k - kfirst) * dq[last]) >> FRAC_BITS;
+        const int64_t lo = qf < ql ? qf : ql, hi = qf < ql ? ql : qf;
+        if (hi - lo > 30) return 0;
+        for (int64_t t = 0; t < lanes; t++) {
+            const int64_t j = (qq[t] + (k - kfirst) * dq[t]) >> FRAC_BITS;
+            if (j < lo || j > hi) return 0;
+        }
+        for (int64_t t = 1; t < lanes; t++) {
+            const int64_t qa = qq[t - 1] + (k - kfirst) * dq[t - 1], qb = qq[t] + (k - kfirst) * dq[t];
+            if ((qf <= ql) ? (qa > qb) : (qa < qb)) return 0;
+        }
+    }
+    const __mmask8 v0 = (__mmask8)(lanes >= 8 ? 0xFF : (1u << lanes) - 1);
+    const __mmask8 v1 = (__mmask8)(lanes >= 16 ? 0xFF : lanes > 8 ? (1u << (lanes - 8)) - 1 : 0);
+    const __m512i dql = _mm512_maskz_loadu_epi64(v0, dq), dqh = _mm512_maskz_loadu_epi64(v1, dq + 8);
+    const __m512i lol = _mm512_maskz_loadu_epi64(v0, klo), loh = _mm512_maskz_loadu_epi64(v1, klo + 8);
+    const __m512i hil = _mm512_maskz_loadu_epi64(v0, khi), hih = _mm512_maskz_loadu_epi64(v1, khi + 8);
+    const __m512i skip = _mm512_set1_epi64(k0 - kfirst);
+    __m512i ql = _mm512_add_epi64(_mm512_maskz_loadu_epi64(v0, qq), _mm512_mullo_epi64(skip, dql));
+    __m512i qh = _mm512_add_epi64(_mm512_maskz_loadu_epi64(v1, qq + 8), _mm512_mullo_epi64(skip, dqh));
+    __m512d al = _mm512_maskz_loadu_pd(v0, acc), ah = _mm512_maskz_loadu_pd(v1, acc + 8);
+    int64_t p = pp[0] + (k0 - kfirst) * dp[0];
+    const int64_t step = dp[0];
+    int64_t qf = qq[0] + (k0 - kfirst) * dq[0], qlast = qq[last] + (k0 - kfirst) * dq[last];
+    const int64_t dqf = dq[0], dqlast = dq[last];
+    const __m512 inv = _mm512_set1_ps((float)INV_ONE);
+    const __m512i one32 = _mm512_set1_epi32(1);
+    for (int64_t k = k0; k < k1; k++) {
+        const __m512i kv = _mm512_set1_epi64(k);
+        const __mmask8 m0 = _mm512_mask_cmple_epi64_mask(v0, lol, kv) & _mm512_cmplt_epi64_mask(kv, hil);
+        const __mmask8 m1 = _mm512_mask_cmple_epi64_mask(v1, loh, kv) & _mm512_cmplt_epi64_mask(kv, hih);
+        if (m0 | m1) {
+            const int64_t jf = qf >> FRAC_BITS, jl = qlast >> FRAC_BITS;
+            const int64_t jmin = jf < jl ? jf : jl;
+            /* columns jmin .. jmin + 31 of rows i and i + 1, masked outside [0, nc) */
+            const int64_t from = jmin < 0 ? -jmin : 0, rem = nc - jmin;
+            uint32_t bits = rem >= 32 ? 0xFFFFFFFFu : (rem > 0 ? ((1u << rem) - 1) : 0u);
+            bits &= from >= 32 ? 0u : (0xFFFFFFFFu << from);
+            const __mmask16 la = (__mmask16)(bits & 0xFFFF), lb = (__mmask16)(bits >> 16);
+            const float *row = vb + k * sa + (p >> FRAC_BITS) * sb + jmin;
+            const __m512 r0a = _mm512_maskz_loadu_ps(la, row), r0b = _mm512_maskz_loadu_ps(lb, row + 16);
+            const __m512 r1a = _mm512_maskz_loadu_ps(la, row + sb), r1b = _mm512_maskz_loadu_ps(lb, row + sb + 16);
+            const __m512i base = _mm512_set1_epi64(jmin);
+            const __m256i xl = _mm512_cvtepi64_epi32(_mm512_sub_epi64(_mm512_srai_epi64(ql, FRAC_BITS), base));
+            const __m256i xh = _mm512_cvtepi64_epi32(_mm512_sub_epi64(_mm512_srai_epi64(qh, FRAC_BITS), base));
+            const __m512i x0 = _mm512_inserti64x4(_mm512_castsi256_si512(xl), xh, 1);
+            const __m512i x1 = _mm512_add_epi32(x0, one32);
+            const __m512 v00 = _mm512_permutex2var_ps(r0a, x0, r0b);
+            const __m512 v01 = _mm512_permutex2var_ps(r0a, x1, r0b);
+            const __m512 v10 = _mm512_permutex2var_ps(r1a, x0, r1b);
+            const __m512 v11 = _mm512_permutex2var_ps(r1a, x1, r1b);
+            const __m512 fp = _mm512_mul_ps(_mm512_set1_ps((float)(p & FRAC_MASK)), inv);
+            const __m512 fq = cvt_frac(ql, qh, inv);
+            const __m512 lo = _mm512_add_ps(v00, _mm512_mul_ps(fq, _mm512_sub_ps(v01, v00)));
+            const __m512 hi = _mm512_add_ps(v10, _mm512_mul_ps(fq, _mm512_sub_ps(v11, v10)));
+            const __m512 val = _mm512_add_ps(lo, _mm512_mul_ps(fp, _mm512_sub_ps(hi, lo)));
+            al = _mm512_mask_add_pd(al, m0, al, _mm512_cvtps_pd(_mm512_castps512_ps256(val)));
+            ah = _mm512_mask_add_pd(ah, m1, ah, _mm512_cvtps_pd(_mm512_extractf32x8_ps(val, 1)));
+        }
+        p += step;
+        qf += dqf;
+        qlast += dqlast;
+        ql = _mm512_add_epi64(ql, dql);
+        qh = _mm512_add_epi64(qh, dqh);
+    }
+    _mm512_mask_storeu_pd(acc, v0, al);
+    _mm512_mask_storeu_pd(acc + 8, v1, ah);
+    return 1;
+}
+
+/* The sweep over n rays in groups of 16: the contiguous-load path where a group qualifies,
+ * the portable sweep (gathers) for the others. pp/qq: positions at plane kfirst. */
+static void sweep_f32(const float *restrict vb, int64_t *restrict pp, const int64_t *restrict dp,
+                      int64_t *restrict qq, const int64_t *restrict dq, const int64_t *restrict klo,
+                      const int64_t *restrict khi, double *restrict acc, int64_t n, int64_t kfirst,
+                      int64_t klast, int64_t sa, int64_t sb, int64_t sc);
+
+static int bundle_f32(const float *vb, int64_t *pp, const int64_t *dp, int64_t *qq, const int64_t *dq,
+                      const int64_t *klo, const int64_t *khi, double *acc, int64_t n, int64_t kfirst,
+                      int64_t klast, int64_t sa, int64_t sb, int64_t nc) {
+    if (!have_avx512() || tp_bundle_off) return 0;
+    for (int64_t t = 0; t < n; t += 16) {
+        const int64_t lanes = n - t < 16 ? n - t : 16;
+        if (bundle16_f32(vb, pp + t, dp + t, qq + t, dq + t, klo + t, khi + t, acc + t, lanes, kfirst, sa, sb, nc))
+            __atomic_fetch_add(&tp_bundle_count, 1, __ATOMIC_RELAXED);
+        else
+            sweep_f32(vb, pp + t, dp + t, qq + t, dq + t, klo + t, khi + t, acc + t, lanes, kfirst, klast, sa, sb, 1);
+    }
+    return 1;
+}
+#else
+static int bundle_f32(const float *vb, int64_t *pp, const int64_t *dp, int64_t *qq, const int64_t *dq,
+                      const int64_t *klo, const int64_t *khi, double *acc, int64_t n, int64_t kfirst,
+                      int64_t klast, int64_t sa, int64_t sb, int64_t nc) {
+    (void)vb; (void)pp; (void)dp; (void)qq; (void)dq; (void)klo; (void)khi; (void)acc; (void)n;
+    (void)kfirst; (void)klast; (void)sa; (void)sb; (void)nc;
+    return 0;
+}
+#endif
+
+static int bundle_f64(const double *vb, int64_t *pp, const int64_t *dp, int64_t *qq, const int64_t *dq,
+                      const int64_t *klo, const int64_t *khi, double *acc, int64_t n, int64_t kfirst,
+                      int64_t klast, int64_t sa, int64_t sb, int64_t nc) {
+    (void)vb; (void)pp; (void)dp; (void)qq; (void)dq; (void)klo; (void)khi; (void)acc; (void)n;
+    (void)kfirst; (void)klast; (void)sa; (void)sb; (void)nc;
     return 0;
 }
 
@@ -200,8 +369,9 @@ static void forward_block_##SFX(const REAL *vol, const REAL *volT, int64_t nbatc
                     s->qq[t] = r[C_Q] + (kfirst - r[C_K0]) * s->dq[t];                                     \
                 }                                                                                          \
             }                                                                                              \
-            if (kfirst < klast)                                                                            \
-                sweep_##SFX(vb, s->pp, s->dp, s->qq, s->dq, s->klo, s->khi, s->acc, n, kfirst, klast,     \
+            if (kfirst < klast && !(sc == 1 && bundle_##SFX(vb, s->pp, s->dp, s->qq, s->dq, s->klo, s->khi,\
+                                                            s->acc, n, kfirst, klast, sa, sb, nc)))        \
+                sweep_##SFX(vb, s->pp, s->dp, s->qq, s->dq, s->klo, s->khi, s->acc, n, kfirst, klast,      \
                             sa, sb, sc);                                                                   \
             for (int64_t t = 0; t < n; t++) {                                                              \
                 const int64_t ray = s->ray[t];                                                             \
@@ -242,13 +412,40 @@ static void *forward_worker_##SFX(void *arg) {                                  
     return NULL;                                                                                           \
 }                                                                                                          \
                                                                                                            \
-/* out[b, ray] = dl[ray] * sum_k bilinear(vol[b], plane k, ray) for all rays; returns 0, or -1 if          \
- * memory or threads could not be had (then `out` is incomplete). */                                      \
-int tp_joseph_forward_##SFX(const REAL *vol, const REAL *volT, int64_t nbatch, int64_t nvox, const int64_t *rp,\
-                            int64_t nrays,                                                                 \
-                            const double *dl, const int64_t *nxyz, REAL *out, int64_t block,               \
+typedef struct {                                                                                           \
+    const REAL *src; REAL *dst; int64_t nx, ny, slices; int64_t next; int failed;                          \
+} TransposeJob_##SFX;                                                                                      \
+                                                                                                           \
+/* dst[s, x, y] = src[s, y, x] for whole (y, x) slices handed out one at a time, in 32 x 32 tiles */       \
+static void *transpose_worker_##SFX(void *arg) {                                                           \
+    TransposeJob_##SFX *job = (TransposeJob_##SFX *)arg;                                                   \
+    const int64_t nx = job->nx, ny = job->ny;                                                              \
+    for (;;) {                                                                                             \
+        const int64_t sl = __atomic_fetch_add(&job->next, 1, __ATOMIC_RELAXED);                            \
+        if (sl >= job->slices) break;                                                                      \
+        const REAL *src = job->src + sl * nx * ny;                                                         \
+        REAL *dst = job->dst + sl * nx * ny;                                                               \
+        for (int64_t y0 = 0; y0 < ny; y0 += 32)                                                            \
+            for (int64_t x0 = 0; x0 < nx; x0 += 32) {                                                      \
+                const int64_t y1 = y0 + 32 < ny ? y0 + 32 : ny, x1 = x0 + 32 < nx ? x0 + 32 : nx;          \
+                for (int64_t x = x0; x < x1; x++)                                                          \
+                    for (int64_t y = y0; y < y1; y++) dst[x * ny + y] = src[y * nx + x];                   \
+            }                                                                                              \
+    }                                                                                                      \
+    return NULL;                                                                                           \
+}                                                                                                          \
+                                                                                                           \
+/* out[b, ray] = dl[ray] * sum_k bilinear(vol[b], plane k, ray) for all rays. `volT`: NULL, or room for    \
+ * a copy of `vol` laid out (z, x, y), filled here and read by the rays along x. Returns 0, or -1          \
+ * if memory could not be had (then `out` is incomplete). */                                               \
+int tp_joseph_forward_##SFX(const REAL *vol, REAL *volT, int64_t nbatch, int64_t nvox, const int64_t *rp,  \
+                            int64_t nrays, const double *dl, const int64_t *nxyz, REAL *out, int64_t block,\
                             int64_t nthreads) {                                                            \
     if (block < 1) block = 1;                                                                              \
+    if (volT) {                                                                                            \
+        TransposeJob_##SFX tj = {vol, volT, nxyz[0], nxyz[1], nbatch * nxyz[2], 0, 0};                     \
+        run_workers(transpose_worker_##SFX, &tj, nthreads, &tj.failed);                                    \
+    }                                                                                                      \
     ForwardJob_##SFX job = {vol, volT, nbatch, nvox, rp, dl, nxyz, out, nrays, block,                      \
                             (nrays + block - 1) / block, 0, 0};                                            \
     return run_workers(forward_worker_##SFX, &job, nthreads, &job.failed);                                 \

@@ -137,7 +137,7 @@ _INV_ONE = 1.0 / _ONE
 _AXIS, _K0, _K1, _P, _DP, _Q, _DQ, _LO, _HI = range(9)
 _RAY_COLUMNS = 10
 #: The interface version of the compiled kernels (``_joseph.c``'s ABI_VERSION) this code calls.
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 
 
 # -- kernels ------------------------------------------------------------------------------
@@ -654,6 +654,8 @@ def _load_compiled():
         fn = getattr(lib, name)
         fn.argtypes = [ptr, ptr, i64, i64, ptr, i64, ptr, ptr, ptr, i64, i64]
         fn.restype = ctypes.c_int
+    lib.tp_joseph_bundle_groups.restype = ctypes.c_int64
+    lib.tp_joseph_set_bundle_off.argtypes = [ctypes.c_int]
     for name in ("tp_joseph_adjoint_f32", "tp_joseph_adjoint_f64"):
         fn = getattr(lib, name)
         fn.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64]
@@ -734,11 +736,10 @@ class NumbaBackend(Backend):
             fn = lib.tp_joseph_forward_f32 if vol.dtype == torch.float32 else lib.tp_joseph_forward_f64
             # its own POSIX threads (not numba's pool): also safe in forked DataLoader workers
             workers = max(1, torch.get_num_threads())
-            # rays along x (a lateral view) read a copy with y fastest, so that the rays of one
-            # detector row, which fan out along y, gather neighbouring voxels (same values)
-            nx, ny, nz = (int(n) for n in table.nxyz)
-            vol_t = (vol.view(-1, nz, ny, nx).transpose(2, 3).contiguous().view(vol.shape)
-                     if table.groups[0].size and min(nx, ny) > 1 else None)
+            # rays along x (a lateral view) read a copy with y fastest (the kernel fills it), so
+            # that the rays of one detector row, which fan out along y, read neighbouring floats
+            nx, ny = int(table.nxyz[0]), int(table.nxyz[1])
+            vol_t = torch.empty_like(vol) if table.groups[0].size and min(nx, ny) > 1 else None
             rc = fn(v.ctypes.data, None if vol_t is None else vol_t.data_ptr(), v.shape[0], v.shape[1],
                     table.rp.ctypes.data, table.rp.shape[0], table.dl.ctypes.data, table.nxyz.ctypes.data,
                     o.ctypes.data, FORWARD_BLOCK, workers)

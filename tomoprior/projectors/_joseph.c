@@ -148,89 +148,119 @@ AVX512 static inline __m512 cvt_frac(__m512i lo, __m512i hi, __m512 inv) {
     return _mm512_mul_ps(_mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1), inv);
 }
 
-/* 16 (or fewer) rays whose slow coordinate is the same in every plane (equal position and
- * step: the rays of a detector row parallel to the planes' fast axis) and whose fast
- * coordinates keep their order, spanning at most 30 columns: per plane, two contiguous
- * loads per tap row and permutes. Returns 0 without touching anything for other rays. */
+/* Whether the lanes' coordinates c_t(k) = c[t] + (k - kfirst) dc[t] keep one order (increasing or
+ * decreasing in t) and stay less than `span` apart (32.32 fixed point) over planes k0 .. k1 - 1:
+ * both hold everywhere if they hold at the two ends, the coordinates being linear in k. */
+static int lanes_ordered(const int64_t *c, const int64_t *dc, int64_t lanes, int64_t kfirst, int64_t k0,
+                         int64_t k1, int64_t span) {
+    int dir = 0;
+    for (int e = 0; e < 2; e++) {
+        const int64_t k = e ? k1 - 1 : k0;
+        const int64_t first = c[0] + (k - kfirst) * dc[0], last = c[lanes - 1] + (k - kfirst) * dc[lanes - 1];
+        const int d = last >= first ? 1 : -1;
+        if (dir && d != dir && first != last) return 0;
+        if (first != last) dir = d;
+        if ((last >= first ? last - first : first - last) >= span) return 0;
+        for (int64_t t = 1; t < lanes; t++) {
+            const int64_t u = c[t - 1] + (k - kfirst) * dc[t - 1], v = c[t] + (k - kfirst) * dc[t];
+            if ((last >= first) ? (u > v) : (u < v)) return 0;
+        }
+    }
+    return 1;
+}
+
+/* 16 (or fewer) rays of a block whose coordinates keep their order from lane to lane, the slow
+ * one (p) spanning less than one voxel and the fast one (q) at most 30 columns (the rays of a
+ * detector row nearly parallel to the planes' fast axis: any row of an untilted detector, and
+ * of a detector tilted or rotated by a few degrees): they march through the planes with
+ * positions and float64 sums in registers; each plane's taps come from the two or three voxel
+ * rows the lanes touch, by contiguous (masked) loads and in-register permutes instead of
+ * gathers. The arithmetic is the portable sweep's, operation for operation. Returns 0 without
+ * touching anything for rays that do not qualify. */
 AVX512 static int bundle16_f32(const float *vb, const int64_t *pp, const int64_t *dp, const int64_t *qq,
                                const int64_t *dq, const int64_t *klo, const int64_t *khi, double *acc,
                                int64_t lanes, int64_t kfirst, int64_t sa, int64_t sb, int64_t nc) {
     int64_t k0 = INT64_MAX, k1 = INT64_MIN;
     for (int64_t t = 0; t < lanes; t++) {
-        if (pp[t] != pp[0] || dp[t] != dp[0]) return 0;
         if (khi[t] > klo[t]) {
             if (klo[t] < k0) k0 = klo[t];
             if (khi[t] > k1) k1 = khi[t];
         }
     }
     if (k0 >= k1) return 1;  /* no inner samples: nothing to add */
-    /* the fast coordinates at the first and last plane: one order, at most 30 columns apart */
+    if (!lanes_ordered(pp, dp, lanes, kfirst, k0, k1, (int64_t)1 << FRAC_BITS) ||
+        !lanes_ordered(qq, dq, lanes, kfirst, k0, k1, (int64_t)31 << FRAC_BITS))
+        return 0;
     const int64_t last = lanes - 1;
-    for (int e = 0; e < 2; e++) {
-        const int64_t k = e ? k1 - 1 : k0;
-        const int64_t qf = (qq[0] + (k - kfirst) * dq[0]) >> FRAC_BITS;
-        const int64_t ql = (qq[last] + (k - kfirst) * dq[last]) >> FRAC_BITS;
-        const int64_t lo = qf < ql ? qf : ql, hi = qf < ql ? ql : qf;
-        if (hi - lo > 30) return 0;
-        for (int64_t t = 0; t < lanes; t++) {
-            const int64_t j = (qq[t] + (k - kfirst) * dq[t]) >> FRAC_BITS;
-            if (j < lo || j > hi) return 0;
-        }
-        for (int64_t t = 1; t < lanes; t++) {
-            const int64_t qa = qq[t - 1] + (k - kfirst) * dq[t - 1], qb = qq[t] + (k - kfirst) * dq[t];
-            if ((qf <= ql) ? (qa > qb) : (qa < qb)) return 0;
-        }
-    }
     const __mmask8 v0 = (__mmask8)(lanes >= 8 ? 0xFF : (1u << lanes) - 1);
     const __mmask8 v1 = (__mmask8)(lanes >= 16 ? 0xFF : lanes > 8 ? (1u << (lanes - 8)) - 1 : 0);
+    const __m512i dpl = _mm512_maskz_loadu_epi64(v0, dp), dph = _mm512_maskz_loadu_epi64(v1, dp + 8);
     const __m512i dql = _mm512_maskz_loadu_epi64(v0, dq), dqh = _mm512_maskz_loadu_epi64(v1, dq + 8);
     const __m512i lol = _mm512_maskz_loadu_epi64(v0, klo), loh = _mm512_maskz_loadu_epi64(v1, klo + 8);
     const __m512i hil = _mm512_maskz_loadu_epi64(v0, khi), hih = _mm512_maskz_loadu_epi64(v1, khi + 8);
     const __m512i skip = _mm512_set1_epi64(k0 - kfirst);
+    __m512i pl = _mm512_add_epi64(_mm512_maskz_loadu_epi64(v0, pp), _mm512_mullo_epi64(skip, dpl));
+    __m512i ph = _mm512_add_epi64(_mm512_maskz_loadu_epi64(v1, pp + 8), _mm512_mullo_epi64(skip, dph));
     __m512i ql = _mm512_add_epi64(_mm512_maskz_loadu_epi64(v0, qq), _mm512_mullo_epi64(skip, dql));
     __m512i qh = _mm512_add_epi64(_mm512_maskz_loadu_epi64(v1, qq + 8), _mm512_mullo_epi64(skip, dqh));
     __m512d al = _mm512_maskz_loadu_pd(v0, acc), ah = _mm512_maskz_loadu_pd(v1, acc + 8);
-    int64_t p = pp[0] + (k0 - kfirst) * dp[0];
-    const int64_t step = dp[0];
-    int64_t qf = qq[0] + (k0 - kfirst) * dq[0], qlast = qq[last] + (k0 - kfirst) * dq[last];
-    const int64_t dqf = dq[0], dqlast = dq[last];
+    /* the end lanes' coordinates, stepped in scalars: they bound all lanes' (ordered lanes) */
+    int64_t pf = pp[0] + (k0 - kfirst) * dp[0], pz = pp[last] + (k0 - kfirst) * dp[last];
+    int64_t qf = qq[0] + (k0 - kfirst) * dq[0], qz = qq[last] + (k0 - kfirst) * dq[last];
+    const int64_t dpf = dp[0], dpz = dp[last], dqf = dq[0], dqz = dq[last];
     const __m512 inv = _mm512_set1_ps((float)INV_ONE);
     const __m512i one32 = _mm512_set1_epi32(1);
+    const __m512i one64 = _mm512_set1_epi64(1);
     for (int64_t k = k0; k < k1; k++) {
         const __m512i kv = _mm512_set1_epi64(k);
         const __mmask8 m0 = _mm512_mask_cmple_epi64_mask(v0, lol, kv) & _mm512_cmplt_epi64_mask(kv, hil);
         const __mmask8 m1 = _mm512_mask_cmple_epi64_mask(v1, loh, kv) & _mm512_cmplt_epi64_mask(kv, hih);
         if (m0 | m1) {
-            const int64_t jf = qf >> FRAC_BITS, jl = qlast >> FRAC_BITS;
-            const int64_t jmin = jf < jl ? jf : jl;
-            /* columns jmin .. jmin + 31 of rows i and i + 1, masked outside [0, nc) */
+            const int64_t imin = (pf < pz ? pf : pz) >> FRAC_BITS;
+            const int64_t jf = qf >> FRAC_BITS, jz = qz >> FRAC_BITS;
+            const int64_t jmin = jf < jz ? jf : jz;
+            /* columns jmin .. jmin + 31 of the rows, masked outside [0, nc) */
             const int64_t from = jmin < 0 ? -jmin : 0, rem = nc - jmin;
             uint32_t bits = rem >= 32 ? 0xFFFFFFFFu : (rem > 0 ? ((1u << rem) - 1) : 0u);
             bits &= from >= 32 ? 0u : (0xFFFFFFFFu << from);
             const __mmask16 la = (__mmask16)(bits & 0xFFFF), lb = (__mmask16)(bits >> 16);
-            const float *row = vb + k * sa + (p >> FRAC_BITS) * sb + jmin;
-            const __m512 r0a = _mm512_maskz_loadu_ps(la, row), r0b = _mm512_maskz_loadu_ps(lb, row + 16);
-            const __m512 r1a = _mm512_maskz_loadu_ps(la, row + sb), r1b = _mm512_maskz_loadu_ps(lb, row + sb + 16);
+            const float *row = vb + k * sa + imin * sb + jmin;
             const __m512i base = _mm512_set1_epi64(jmin);
             const __m256i xl = _mm512_cvtepi64_epi32(_mm512_sub_epi64(_mm512_srai_epi64(ql, FRAC_BITS), base));
             const __m256i xh = _mm512_cvtepi64_epi32(_mm512_sub_epi64(_mm512_srai_epi64(qh, FRAC_BITS), base));
             const __m512i x0 = _mm512_inserti64x4(_mm512_castsi256_si512(xl), xh, 1);
             const __m512i x1 = _mm512_add_epi32(x0, one32);
-            const __m512 v00 = _mm512_permutex2var_ps(r0a, x0, r0b);
-            const __m512 v01 = _mm512_permutex2var_ps(r0a, x1, r0b);
-            const __m512 v10 = _mm512_permutex2var_ps(r1a, x0, r1b);
-            const __m512 v11 = _mm512_permutex2var_ps(r1a, x1, r1b);
-            const __m512 fp = _mm512_mul_ps(_mm512_set1_ps((float)(p & FRAC_MASK)), inv);
-            const __m512 fq = cvt_frac(ql, qh, inv);
+            /* lanes one row further (slow index imin + 1), among the active ones */
+            const __m512i ib = _mm512_set1_epi64(imin);
+            const __mmask8 u0 = _mm512_mask_cmpeq_epi64_mask(m0, _mm512_sub_epi64(_mm512_srai_epi64(pl, FRAC_BITS), ib), one64);
+            const __mmask8 u1 = _mm512_mask_cmpeq_epi64_mask(m1, _mm512_sub_epi64(_mm512_srai_epi64(ph, FRAC_BITS), ib), one64);
+            const __mmask16 up = (__mmask16)((unsigned)u0 | ((unsigned)u1 << 8));
+            /* row imin is below the grid only if every active lane is one row up: then skip it */
+            const __mmask16 za = imin >= 0 ? la : 0, zb = imin >= 0 ? lb : 0;
+            const __m512 r0a = _mm512_maskz_loadu_ps(za, row), r0b = _mm512_maskz_loadu_ps(zb, row + 16);
+            const __m512 r1a = _mm512_maskz_loadu_ps(la, row + sb), r1b = _mm512_maskz_loadu_ps(lb, row + sb + 16);
+            __m512 v00 = _mm512_permutex2var_ps(r0a, x0, r0b);
+            __m512 v01 = _mm512_permutex2var_ps(r0a, x1, r0b);
+            __m512 v10 = _mm512_permutex2var_ps(r1a, x0, r1b);
+            __m512 v11 = _mm512_permutex2var_ps(r1a, x1, r1b);
+            if (up) {
+                const __m512 r2a = _mm512_maskz_loadu_ps(la, row + 2 * sb);
+                const __m512 r2b = _mm512_maskz_loadu_ps(lb, row + 2 * sb + 16);
+                v00 = _mm512_mask_mov_ps(v00, up, v10);
+                v01 = _mm512_mask_mov_ps(v01, up, v11);
+                v10 = _mm512_mask_mov_ps(v10, up, _mm512_permutex2var_ps(r2a, x0, r2b));
+                v11 = _mm512_mask_mov_ps(v11, up, _mm512_permutex2var_ps(r2a, x1, r2b));
+            }
+            const __m512 fp = cvt_frac(pl, ph, inv), fq = cvt_frac(ql, qh, inv);
             const __m512 lo = _mm512_add_ps(v00, _mm512_mul_ps(fq, _mm512_sub_ps(v01, v00)));
             const __m512 hi = _mm512_add_ps(v10, _mm512_mul_ps(fq, _mm512_sub_ps(v11, v10)));
             const __m512 val = _mm512_add_ps(lo, _mm512_mul_ps(fp, _mm512_sub_ps(hi, lo)));
             al = _mm512_mask_add_pd(al, m0, al, _mm512_cvtps_pd(_mm512_castps512_ps256(val)));
             ah = _mm512_mask_add_pd(ah, m1, ah, _mm512_cvtps_pd(_mm512_extractf32x8_ps(val, 1)));
         }
-        p += step;
-        qf += dqf;
-        qlast += dqlast;
+        pf += dpf; pz += dpz; qf += dqf; qz += dqz;
+        pl = _mm512_add_epi64(pl, dpl);
+        ph = _mm512_add_epi64(ph, dph);
         ql = _mm512_add_epi64(ql, dql);
         qh = _mm512_add_epi64(qh, dqh);
     }

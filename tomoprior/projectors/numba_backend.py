@@ -53,8 +53,9 @@ AVX-512, GCC >= 12), the forward projection and the back-projection run there in
 (:func:`compiled_kernels`; ``tomoprior info`` says which). They compute the same samples with
 the same arithmetic in the same order, so the results are **bitwise identical** to the numba
 kernels, and faster: the forward walks the rays of a detector row plane by plane, 8 or 16 rays
-in the lanes of one vector (their four taps gathered; for float32 on AVX-512, rows of an
-untilted detector take them from contiguous loads and permutes instead), 2-3x; rays along x
+in the lanes of one vector (their four taps gathered; for float32 on AVX-512, rows nearly
+parallel to the voxel planes' rows, as on an untilted or slightly tilted detector, take them
+from contiguous loads and permutes instead), 2-3x; rays along x
 read a transposed copy of the volume (one extra volume of memory). The back-projection keeps
 the numba kernel's ray-by-ray order (which fixes each voxel's summation order) and runs one
 ray's inner samples in SIMD lanes (they lie in different planes, so their scatters never
@@ -86,9 +87,11 @@ Performance
 forward 0.026 s, back-projection 0.03 s, forward + backward 0.058 s, about 40x the
 ``"torch"`` backend (numba kernels). The compiled kernels, same-run ratios on a loaded 2-core
 Xeon VM (docs/benchmarks.md): forward 3.1x (one thread) and 2.0x (two threads),
-back-projection 1.0-1.4x, forward + backward 1.35-1.55x the numba kernels. Time is linear in rays x planes (0.45-0.6 billion samples/s); a
-256^3 volume into two 512 x 512 views takes 0.26 s / 0.23 s / 0.5 s, and the only extra
-memory is the ray table (about 100 bytes per detector pixel, 50 MB there).
+back-projection 1.0-1.4x, forward + backward 1.35-1.55x the numba kernels. Time is linear
+in rays x planes (numba kernels: 0.45-0.6 billion samples/s); a 256^3 volume into two
+512 x 512 views takes 0.26 s / 0.23 s / 0.5 s, and the only extra memory is the ray table
+(about 100 bytes per detector pixel, 50 MB there; the compiled forward adds a transposed
+copy of the volume when rays run along x).
 
 Compilation
 -----------

@@ -394,6 +394,19 @@ def test_compiled_kernels_are_bitwise_the_numba_kernels(monkeypatch, dtype, case
         assert (table.rp[:, numba_backend._K0] > table.rp[:, numba_backend._K1]).any()  # rays that miss
 
 
+def test_compiled_forward_without_the_transposed_copy(monkeypatch, small_grid):
+    # volumes above TRANSPOSED_COPY_MAX_BYTES: rays along x gather from the volume itself
+    _compiled_or_skip()
+    geom = random_geometry(13, small_grid)
+    x = torch.randn(small_grid.shape, generator=torch.Generator().manual_seed(1))
+    with_copy = tp.project(x, geom, backend="numba")
+    monkeypatch.setattr(numba_backend, "TRANSPOSED_COPY_MAX_BYTES", 0)
+    without = tp.project(x, geom, backend="numba")
+    monkeypatch.setenv(numba_backend.COMPILED_ENV, "0")
+    ref = tp.project(x, geom, backend="numba")
+    assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(with_copy, without, ref))
+
+
 def test_compiled_forward_keeps_the_adjoint_identity(small_grid):
     _compiled_or_skip()
     geom = random_geometry(12, small_grid)

@@ -91,7 +91,7 @@ back-projection 1.0-1.4x, forward + backward 1.35-1.55x the numba kernels. Time 
 in rays x planes (numba kernels: 0.45-0.6 billion samples/s); a 256^3 volume into two
 512 x 512 views takes 0.26 s / 0.23 s / 0.5 s, and the only extra memory is the ray table
 (about 100 bytes per detector pixel, 50 MB there; the compiled forward adds a transposed
-copy of the volume when rays run along x).
+copy of the volume, up to 1 GiB, when rays run along x).
 
 Compilation
 -----------
@@ -123,6 +123,9 @@ except ImportError as err:  # pragma: no cover - only on a broken installation
 
 #: Detector pixels (rays) per work item of the forward kernel (dynamically scheduled).
 FORWARD_BLOCK = 256
+#: Largest volume (bytes, all batch items) for which the compiled forward makes the transposed
+#: copy that rays along x read (beyond it they gather from the volume itself: slower, no copy).
+TRANSPOSED_COPY_MAX_BYTES = 1 << 30
 #: Plane ranges per thread in the back-projection (balanced by sample counts; a second one
 #: per thread absorbs the imbalance left, more cost a pass over the rays each).
 ADJOINT_PARTS_PER_THREAD = 2
@@ -726,7 +729,8 @@ class NumbaBackend(Backend):
         """Result and input copy plus the ray table (about 110 bytes per detector pixel), and
         for the compiled forward kernels a transposed copy of the volume."""
         pixels = sum(int(r) * int(c) for r, c in shapes)
-        extra = batch * grid.num_voxels * itemsize if not adjoint and compiled_kernels()[0] is not None else 0
+        copy = batch * grid.num_voxels * itemsize
+        extra = copy if not adjoint and compiled_kernels()[0] is not None and copy <= TRANSPOSED_COPY_MAX_BYTES else 0
         return batch * (pixels + grid.num_voxels) * itemsize + _TABLE_BYTES_PER_RAY * pixels + extra
 
     def forward(self, volume, grid, shapes, vectors, progress=None) -> torch.Tensor:
@@ -744,7 +748,8 @@ class NumbaBackend(Backend):
             # rays along x (a lateral view) read a copy with y fastest (the kernel fills it), so
             # that the rays of one detector row, which fan out along y, read neighbouring floats
             nx, ny = int(table.nxyz[0]), int(table.nxyz[1])
-            vol_t = torch.empty_like(vol) if table.groups[0].size and min(nx, ny) > 1 else None
+            small = vol.numel() * vol.element_size() <= TRANSPOSED_COPY_MAX_BYTES
+            vol_t = torch.empty_like(vol) if table.groups[0].size and min(nx, ny) > 1 and small else None
             rc = fn(v.ctypes.data, None if vol_t is None else vol_t.data_ptr(), v.shape[0], v.shape[1],
                     table.rp.ctypes.data, table.rp.shape[0], table.dl.ctypes.data, table.nxyz.ctypes.data,
                     o.ctypes.data, FORWARD_BLOCK, workers)

@@ -289,23 +289,21 @@ static int bundle_f32(const float *vb, int64_t *pp, const int64_t *dp, int64_t *
     }
     return 1;
 }
-#else
-static int bundle_f32(const float *vb, int64_t *pp, const int64_t *dp, int64_t *qq, const int64_t *dq,
-                      const int64_t *klo, const int64_t *khi, double *acc, int64_t n, int64_t kfirst,
-                      int64_t klast, int64_t sa, int64_t sb, int64_t nc) {
-    (void)vb; (void)pp; (void)dp; (void)qq; (void)dq; (void)klo; (void)khi; (void)acc; (void)n;
-    (void)kfirst; (void)klast; (void)sa; (void)sb; (void)nc;
-    return 0;
-}
 #endif
 
-static int bundle_f64(const double *vb, int64_t *pp, const int64_t *dp, int64_t *qq, const int64_t *dq,
-                      const int64_t *klo, const int64_t *khi, double *acc, int64_t n, int64_t kfirst,
-                      int64_t klast, int64_t sa, int64_t sb, int64_t nc) {
-    (void)vb; (void)pp; (void)dp; (void)qq; (void)dq; (void)klo; (void)khi; (void)acc; (void)n;
-    (void)kfirst; (void)klast; (void)sa; (void)sb; (void)nc;
-    return 0;
-}
+/* No contiguous-load path: the portable sweep runs (float64 everywhere, float32 without AVX-512). */
+#define NO_BUNDLE(REAL, SFX)                                                                               \
+    static int bundle_##SFX(const REAL *vb, int64_t *pp, const int64_t *dp, int64_t *qq, const int64_t *dq,  \
+                            const int64_t *klo, const int64_t *khi, double *acc, int64_t n, int64_t kfirst,  \
+                            int64_t klast, int64_t sa, int64_t sb, int64_t nc) {                            \
+        (void)vb; (void)pp; (void)dp; (void)qq; (void)dq; (void)klo; (void)khi; (void)acc; (void)n;         \
+        (void)kfirst; (void)klast; (void)sa; (void)sb; (void)nc;                                            \
+        return 0;                                                                                          \
+    }
+#ifndef HAVE_BUNDLE
+NO_BUNDLE(float, f32)
+#endif
+NO_BUNDLE(double, f64)
 
 /* ----------------------------------------------------------------------------------------
  * One template per dtype: REAL is the volume's / projections' element type, SFX the suffix.

@@ -327,11 +327,16 @@ def _compiled_or_skip():
 
 def test_compiled_kernels_are_built_where_ci_installs():
     # CI installs with the README's command on a machine with GCC 12 (x86-64): the extension
-    # must have been built and be in use there, or the tests below would silently skip
+    # must have been built there, and used unless the CPU lacks the SIMD it needs, or the
+    # tests below would silently skip
+    import importlib.util
+
     if os.environ.get("CI", "").lower() != "true":
         pytest.skip("checked in CI only (other machines may lack a C compiler)")
+    assert importlib.util.find_spec("tomoprior.projectors._joseph") is not None, \
+        "setup.py did not build tomoprior/projectors/_joseph.c"
     lib, why = numba_backend.compiled_kernels()
-    assert lib is not None, why
+    assert lib is not None or "without SIMD gathers for this CPU" in why, why
 
 
 def _wide_fan_geometry(grid):

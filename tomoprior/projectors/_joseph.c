@@ -36,7 +36,7 @@
 /* columns of the per-ray table (numba_backend._AXIS ... _HI, padded to 10) */
 enum { C_AXIS, C_K0, C_K1, C_P, C_DP, C_Q, C_DQ, C_LO, C_HI, C_PAD, NCOL };
 
-#define ABI_VERSION 3
+#define ABI_VERSION 4
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
 #define HOT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -105,9 +105,9 @@ typedef struct {
     void *buffer;
 } Scratch;
 
-static int scratch_alloc(Scratch *s, int64_t n, size_t extra) {
-    size_t words = 7 * (size_t)n + (size_t)n;
-    s->buffer = malloc(words * 8 + extra + 64);
+static int scratch_alloc(Scratch *s, int64_t n) {
+    size_t words = 8 * (size_t)n;
+    s->buffer = malloc(words * 8);
     if (!s->buffer) return -1;
     int64_t *w = (int64_t *)s->buffer;
     s->ray = w; s->pp = w + n; s->dp = w + 2 * n; s->qq = w + 3 * n; s->dq = w + 4 * n;
@@ -424,7 +424,7 @@ typedef struct {                                                                
 static void *forward_worker_##SFX(void *arg) {                                                             \
     ForwardJob_##SFX *job = (ForwardJob_##SFX *)arg;                                                       \
     Scratch s;                                                                                             \
-    if (scratch_alloc(&s, job->block, 0)) {                                                                \
+    if (scratch_alloc(&s, job->block)) {                                                                   \
         __atomic_store_n(&job->failed, 1, __ATOMIC_SEQ_CST);                                               \
         return NULL;                                                                                       \
     }                                                                                                      \
@@ -515,7 +515,7 @@ HOT_CLONES static void scatter_inner_##SFX(REAL *restrict ob, REAL c, int64_t p,
 typedef struct {                                                                                           \
     const REAL *proj; int64_t nbatch, nrays_total; const int64_t *rays; int64_t nr, axis;                  \
     const int64_t *rp; const double *dl; const int64_t *nxyz; const int64_t *bounds; int64_t nparts;       \
-    REAL *out; int64_t nvox, block; int64_t next; int failed;                                              \
+    REAL *out; int64_t nvox; int64_t next; int failed;                                                     \
 } AdjointJob_##SFX;                                                                                        \
                                                                                                            \
 /* numba_backend._adjoint_planes for the planes ka <= k < kz: ray by ray, as there (a voxel's             \
@@ -565,10 +565,9 @@ static void *adjoint_worker_##SFX(void *arg) {                                  
 int tp_joseph_adjoint_##SFX(const REAL *proj, int64_t nbatch, int64_t nrays_total, const int64_t *rays,    \
                             int64_t nr, int64_t axis, const int64_t *rp, const double *dl,                 \
                             const int64_t *nxyz, const int64_t *bounds, int64_t nparts, REAL *out,         \
-                            int64_t nvox, int64_t block, int64_t nthreads) {                               \
-    if (block < 1) block = 1;                                                                              \
+                            int64_t nvox, int64_t nthreads) {                                              \
     AdjointJob_##SFX job = {proj, nbatch, nrays_total, rays, nr, axis, rp, dl, nxyz, bounds, nparts, out,  \
-                            nvox, block, 0, 0};                                                            \
+                            nvox, 0, 0};                                                                   \
     return run_workers(adjoint_worker_##SFX, &job, nthreads < nparts ? nthreads : nparts, &job.failed);     \
 }
 

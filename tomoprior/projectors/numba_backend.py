@@ -129,8 +129,6 @@ TRANSPOSED_COPY_MAX_BYTES = 1 << 30
 #: Plane ranges per thread in the back-projection (balanced by sample counts; a second one
 #: per thread absorbs the imbalance left, more cost a pass over the rays each).
 ADJOINT_PARTS_PER_THREAD = 2
-#: Samples of a ray whose taps the compiled back-projection computes at once (SIMD lanes).
-ADJOINT_CHUNK = 128
 
 # In-plane coordinates are stepped in 32.32 fixed point: integer steps are exact, so the
 # back-projection recomputes bit for bit the sample positions and interpolation fractions
@@ -145,7 +143,7 @@ _INV_ONE = 1.0 / _ONE
 _AXIS, _K0, _K1, _P, _DP, _Q, _DQ, _LO, _HI = range(9)
 _RAY_COLUMNS = 10
 #: The interface version of the compiled kernels (``_joseph.c``'s ABI_VERSION) this code calls.
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 
 # -- kernels ------------------------------------------------------------------------------
@@ -666,7 +664,7 @@ def _load_compiled():
     lib.tp_joseph_set_bundle_off.argtypes = [ctypes.c_int]
     for name in ("tp_joseph_adjoint_f32", "tp_joseph_adjoint_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, i64, i64]
+        fn.argtypes = [ptr, i64, i64, ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, i64]
         fn.restype = ctypes.c_int
     isa = {4: "x86-64-v4, AVX-512", 3: "x86-64-v3, AVX2"}[level]
     return lib, f"C with SIMD ({isa})"
@@ -676,8 +674,9 @@ def compiled_kernels():
     """The compiled forward kernels in use, or ``None``: ``(library or None, description)``.
 
     The optional C extension ``tomoprior.projectors._joseph`` (built at install when a C
-    compiler is present) runs the forward projection with SIMD gathers, bitwise identical to
-    the numba kernels and about twice as fast. ``TOMOPRIOR_COMPILED_KERNELS=0`` turns it off.
+    compiler is present) runs the forward projection and the back-projection in SIMD lanes,
+    bitwise identical to the numba kernels and faster (see the module docstring).
+    ``TOMOPRIOR_COMPILED_KERNELS=0`` turns it off.
     """
     if not _COMPILED:
         _COMPILED.append(_load_compiled())
@@ -787,13 +786,9 @@ class NumbaBackend(Backend):
                 parts = min(na, workers * ADJOINT_PARTS_PER_THREAD)
                 bounds = _plane_bounds(table.rp, rays, a, na, parts)
                 fn = lib.tp_joseph_adjoint_f32 if proj.dtype == torch.float32 else lib.tp_joseph_adjoint_f64
-                rc = fn(p.ctypes.data, p.shape[0], p.shape[1], rays.ctypes.data, rays.size, a, table.rp.ctypes.data,
-                        table.dl.ctypes.data, table.nxyz.ctypes.data, bounds.ctypes.data, parts, o.ctypes.data,
-                        o.shape[1], ADJOINT_CHUNK, workers)
-                if rc != 0:
-                    raise MemoryError(f"the compiled back-projector could not allocate its scratch memory "
-                                      f"({workers} threads x {ADJOINT_CHUNK} samples); free memory, or set "
-                                      f"{COMPILED_ENV}=0 to use the numba kernels")
+                fn(p.ctypes.data, p.shape[0], p.shape[1], rays.ctypes.data, rays.size, a, table.rp.ctypes.data,
+                   table.dl.ctypes.data, table.nxyz.ctypes.data, bounds.ctypes.data, parts, o.ctypes.data,
+                   o.shape[1], workers)
             elif threads > 1:
                 na = int(table.nxyz[a])
                 bounds = _plane_bounds(table.rp, rays, a, na, min(na, threads * ADJOINT_PARTS_PER_THREAD))

@@ -130,3 +130,32 @@ def test_merge(tmp_path, geom):
     out = data.merge(parts, tmp_path / "all.h5")
     with data.DatasetFile(out) as ds:
         assert len(ds) == 2 and ds.provenance(1)["seed"] == 1
+
+
+def test_content_digest_ignores_write_times_and_layout_but_not_content(tmp_path, geom):
+    """Two writes of the same samples differ in bytes (times, provenance, compression) but not
+    in content; a changed voxel, geometry, label or split changes the content digest."""
+
+    def write(path, *, compression="gzip", k1=1, split1="val", variant1="sagittal", g1=None, prov=0):
+        with data.DatasetWriter(path, compression=compression) as w:
+            w.append(_sample(geom, 0))
+            s = _sample(g1 or geom, k1, split=split1, variant=variant1)
+            s.provenance = {"seed": k1, "note": prov}
+            w.append(s)
+        with data.DatasetFile(path) as ds:
+            return ds.content_sha256()
+
+    ref = write(tmp_path / "a.h5")
+    assert len(ref) == 64
+    # another time, compression and provenance record: other bytes, the same content
+    again = write(tmp_path / "b.h5", compression="lzf", prov=1)
+    assert again == ref
+    assert (tmp_path / "a.h5").read_bytes() != (tmp_path / "b.h5").read_bytes()
+    moved = tp.BiplanarGeometry.from_parameters(grid=geom.grid, binning=64, isocenter=(0.0, 0.5, 0.0))
+    changed = {"volume and X-rays": write(tmp_path / "c.h5", k1=7),
+               "split": write(tmp_path / "d.h5", split1="test"),
+               "label": write(tmp_path / "e.h5", variant1="normal"),
+               "geometry": write(tmp_path / "f.h5", g1=moved)}
+    for what, digest in changed.items():
+        assert digest != ref, what
+    assert len(set(changed.values())) == len(changed)

@@ -237,6 +237,27 @@ def test_resume_refuses_another_data_file(tiny_h5, tiny_refiner, tmp_path):
         train(_cfg(tiny_h5, tmp_path / "nothing"), resume=True)
 
 
+def test_resume_on_the_same_data_made_again(tiny_h5, tiny_refiner, tmp_path):
+    """A study folder restored on another machine makes its data again: other bytes (write
+    times, here also the compression), the same content. The run resumes on it and ends where
+    the uninterrupted run ends."""
+    straight = tmp_path / "straight"
+    train(_cfg(tiny_h5, straight, epochs=1))
+    parts = tmp_path / "parts"
+    train(_cfg(tiny_h5, parts, epochs=1, max_steps=1))
+    again = tmp_path / "again.h5"
+    data.generate(data.make_specs(6, seed=0, grid=32, binning=48, fractions=FRACTIONS), again, compression="lzf")
+    assert file_sha256(again) != file_sha256(tiny_h5)
+    _, extra = _state(parts / "last.pt")
+    with data.DatasetFile(tiny_h5) as ds:
+        assert extra["data_content_sha256"] == ds.content_sha256()
+    train(_cfg(again, parts, epochs=1), resume=True)
+    sd_a, ex_a = _state(straight / "last.pt")
+    sd_b, ex_b = _state(parts / "last.pt")
+    assert ex_b["step"] == ex_a["step"] == 2
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
 def test_same_seed_same_weights(tiny_h5, tiny_refiner, tmp_path):
     train(_cfg(tiny_h5, tmp_path / "a", epochs=1, max_steps=1, seed=3))
     train(_cfg(tiny_h5, tmp_path / "b", epochs=1, max_steps=1, seed=3, workers=1))
@@ -388,8 +409,8 @@ def test_export_weights_keeps_the_model_and_drops_resume_state(tiny_h5, tiny_ref
     dst = export_weights(out / "last.pt", tmp_path / "shipped.pt", provenance={"command": "tomoprior train ...",
                                                                                "seed": 0})
     full, small = refiners.read_checkpoint(out / "last.pt"), refiners.read_checkpoint(dst)
-    assert set(small["extra"]) == {"train_config", "data_sha256", "epoch", "step", "best", "history", "world_size",
-                                   "provenance"}
+    assert set(small["extra"]) == {"train_config", "data_sha256", "data_content_sha256", "epoch", "step", "best",
+                                   "history", "world_size", "provenance"}
     assert "optimizers" in full["extra"] and "optimizers" not in small["extra"]
     assert small["extra"]["provenance"] == {"command": "tomoprior train ...", "seed": 0}
     for k, v in full["state_dict"].items():

@@ -279,6 +279,30 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+@dataclass(frozen=True)
+class DataIdentity:
+    """What a training run records of its data file: the SHA-256 of the file's bytes and of
+    its content (:meth:`tomoprior.data.DatasetFile.content_sha256`, which leaves out write
+    times and provenance). A run resumes on a file whose bytes or whose content match, so a
+    study folder restored on another machine, its data made again from the same plan, can
+    continue a training (checkpoints without a content digest need the same bytes)."""
+
+    file: str
+    content: str
+
+    @classmethod
+    def of(cls, path) -> DataIdentity:
+        from ..data import DatasetFile
+
+        with DatasetFile(path) as ds:
+            content = ds.content_sha256()
+        return cls(file=file_sha256(path), content=content)
+
+    def matches(self, extra: dict) -> bool:
+        """True when a checkpoint's ``extra`` names this data (same bytes or same content)."""
+        return extra.get("data_sha256") == self.file or extra.get("data_content_sha256") == self.content
+
+
 def file_sha256(path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file (the data file's identity in checkpoints)."""
     h = hashlib.sha256()
@@ -548,7 +572,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, should_stop=None) -> dict[s
         _barrier(dist)
 
         ckpt = read_checkpoint(last_path) if resume else None
-        data_hash = file_sha256(data_path)
+        data_hash = DataIdentity.of(data_path)
         if ckpt is not None:
             cfg = _resumed_config(cfg, ckpt, data_path, data_hash, last_path, out)
         seed_everything(cfg.seed, cfg.deterministic)
@@ -621,7 +645,7 @@ def _check_run_folder(out: Path, last_path: Path, resume: bool) -> None:
         raise ValueError(f"resume requested but {last_path} does not exist")
 
 
-def _resumed_config(cfg: TrainConfig, ckpt: dict, data_path: Path, data_hash: str, last_path: Path,
+def _resumed_config(cfg: TrainConfig, ckpt: dict, data_path: Path, data_hash: DataIdentity, last_path: Path,
                     out: Path) -> TrainConfig:
     """The configuration of a resumed run: the checkpoint's, but for the stop point, workers
     and progress bars. Refuses a checkpoint not written by this loop or trained on other data."""
@@ -629,10 +653,13 @@ def _resumed_config(cfg: TrainConfig, ckpt: dict, data_path: Path, data_hash: st
     if extra.get("train_state_version") != TRAIN_STATE_VERSION:
         raise ValueError(f"{last_path} was not written by tomoprior's training loop (no train state)")
     saved = TrainConfig.from_dict(extra["train_config"])
-    if extra["data_sha256"] != data_hash:
+    if not data_hash.matches(extra):
+        content = extra.get("data_content_sha256")
+        theirs = f"content SHA-256 {content[:12]}..." if content else f"file SHA-256 {extra['data_sha256'][:12]}..."
         raise ValueError(
-            f"{data_path} differs from the data file {last_path} was trained on (SHA-256 "
-            f"{extra['data_sha256'][:12]}... vs {data_hash[:12]}...); resume with the same file")
+            f"{data_path} differs from the data file {last_path} was trained on ({theirs}; this file: content "
+            f"{data_hash.content[:12]}..., file {data_hash.file[:12]}...); resume with the same data (a file made "
+            "again from the same specifications by the same code holds the same content)")
     # the run's identity comes from the checkpoint; only the stop point, workers and
     # progress bars may change on resume
     return dataclasses.replace(saved, epochs=cfg.epochs, max_steps=cfg.max_steps, workers=cfg.workers,
@@ -968,7 +995,8 @@ class _RunState:
             extra = {
                 "train_state_version": TRAIN_STATE_VERSION,
                 "train_config": self.cfg.to_dict(),
-                "data_sha256": self.data_hash,
+                "data_sha256": self.data_hash.file,
+                "data_content_sha256": self.data_hash.content,
                 "epoch": epoch,               # completed epochs
                 "step": step,                 # completed optimiser steps
                 "step_in_epoch": in_epoch,    # steps done in the unfinished epoch
@@ -1012,7 +1040,8 @@ def _disk_nearly_full(path: Path, below: int = 16 << 20) -> bool:
 
 #: ``extra`` entries of a training checkpoint kept by :func:`export_weights` (the rest is
 #: resume state: optimisers, schedulers, the discriminator, RNG states).
-EXPORT_KEEP = ("train_config", "data_sha256", "epoch", "step", "best", "history", "world_size")
+EXPORT_KEEP = ("train_config", "data_sha256", "data_content_sha256", "epoch", "step", "best", "history",
+               "world_size")
 
 
 def export_weights(checkpoint, out, *, provenance: dict | None = None, keep=EXPORT_KEEP) -> Path:
@@ -1118,7 +1147,8 @@ def _fit_closed_form(cfg, model, train_ds, val_ds, data_hash, dist, device) -> d
     out = Path(cfg.out)
     if dist.is_main:
         extra = {"train_state_version": TRAIN_STATE_VERSION, "train_config": cfg.to_dict(),
-                 "data_sha256": data_hash, "epoch": 1, "step": 0, "step_in_epoch": 0,
+                 "data_sha256": data_hash.file, "data_content_sha256": data_hash.content,
+                 "epoch": 1, "step": 0, "step_in_epoch": 0,
                  "optimizers": {}, "schedulers": {}, "aux": {}, "rng": [get_rng_state()],
                  "world_size": dist.world_size, "history": json.dumps([record]), "best": json.dumps(record)}
         for p in (out / "last.pt", out / "best.pt"):

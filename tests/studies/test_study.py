@@ -12,8 +12,20 @@ import pytest
 from click.testing import CliRunner
 
 from tomoprior.cli.main import cli
+from tomoprior.data import DatasetFile
 from tomoprior.studies.plans import plan_path
-from tomoprior.studies.study import PlanError, bootstrap_ci, run_study, study_report, study_steps, validate_plan
+from tomoprior.studies.study import (
+    PlanError,
+    _missing_needed,
+    _train_name,
+    archive_study,
+    bootstrap_ci,
+    restore_study,
+    run_study,
+    study_report,
+    study_steps,
+    validate_plan,
+)
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +305,116 @@ def test_cli_report_and_bad_plan(smoke, tmp_path):
     bad.write_text("data: {n: 6, grid: 16}\nrefiners: {bp-prior: {}}\narms: {exact: {kind: exact, tilt: 1}}\n")
     r = CliRunner().invoke(cli, ["study", "run", str(bad), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "arms.exact: unknown key(s) ['tilt']" in r.output
+
+
+def _eval_records(folder, label):
+    """Per-skull results of a refiner's evaluations, without their timings."""
+    return {p.relative_to(folder).as_posix(): [{k: v for k, v in r.items() if not k.endswith("seconds")}
+                                               for r in json.loads(p.read_text())["per_sample"]]
+            for p in sorted((folder / "eval" / label).rglob("*.json"))}
+
+
+def test_ledger_of_a_finished_study_restores_without_recomputing(smoke, tmp_path):
+    """The ledger (plan, markers, evaluations, logs, report; no data, no checkpoint once every
+    evaluation is done) restores into a folder that a resumed run finds finished."""
+    out, res = smoke
+    ledger = tmp_path / "ledger"
+    man = archive_study(out, ledger)
+    files = {p.relative_to(ledger).as_posix() for p in ledger.rglob("*") if p.is_file()}
+    assert not any(f.endswith((".h5", ".pt")) for f in files) and man["checkpoints"] == []
+    assert "done/data__base.json" in files and "eval/psctnet/seed0/exact.json" in files
+    assert man["steps_done"] == man["steps_total"] == res["steps_total"]
+    assert files == {*man["files"], "ledger.json"}
+    # archiving again changes nothing; a README beside the files survives it
+    (ledger / "README.md").write_text("the referee study\n")
+    assert archive_study(out, ledger) == man and (ledger / "README.md").is_file()
+
+    back = tmp_path / "back"
+    restored = restore_study(ledger, back)
+    assert len(restored["copied"]) == len(man["files"]) and restored["kept"] == []
+    again = run_study(plan_path("smoke"), back, resume=True, log=lambda s: None)
+    assert again["ran"] == [] and not again["stopped"]
+    assert not list(back.rglob("*.h5"))  # nothing needed the data
+    assert json.loads((back / "report" / "report.json").read_text())["rows"] == \
+        json.loads((out / "report" / "report.json").read_text())["rows"]
+
+
+def test_ledger_carries_a_training_under_way_to_a_new_machine(smoke, tmp_path):
+    """As if the machine were lost while PSCT-Net trained: the ledger carries its last.pt, the
+    restored run makes the data it needs again (same content digest), resumes the training on
+    it and ends with the same evaluations as the uninterrupted study."""
+    out, _ = smoke
+    work = tmp_path / "work"
+    shutil.copytree(out, work)
+    plan = json.loads((out / "plan.json").read_text())["plan"]
+    base_arms = [a for a in plan["arms"] if _train_name(plan["arms"][a]) == "base"]
+    for arm in base_arms:
+        (work / "done" / f"eval__psctnet__seed0__{arm}.json").unlink()
+        (work / "eval" / "psctnet" / "seed0" / f"{arm}.json").unlink()
+    (work / "done" / "train__psctnet__base__seed0.json").unlink()
+    ledger = tmp_path / "ledger"
+    man = archive_study(work, ledger)
+    # the state to resume and the best epoch so far (a resumed run may not beat it)
+    assert man["checkpoints"] == ["runs/psctnet/base/seed0/last.pt", "runs/psctnet/base/seed0/best.pt"]
+    assert not list(ledger.rglob("*.h5"))
+
+    back = tmp_path / "back"
+    restore_study(ledger, back)
+    logs = []
+    again = run_study(plan_path("smoke"), back, resume=True, log=logs.append)
+    assert not again["stopped"]
+    base = json.loads((back / "done" / "data__base.json").read_text())
+    assert again["ran"][0] == "data/base" and "train/psctnet/base/seed0" in again["ran"]
+    assert any("data/base: done before, but its data file is missing" in s for s in logs)
+    with DatasetFile(out / "data" / "base.h5") as ds:
+        assert base["content_sha256"] == ds.content_sha256()
+    assert base["reproduced"] is True  # the original run recorded the digest the re-make matches
+    sessions = json.loads((back / "runs" / "psctnet" / "base" / "seed0" / "study_budget.json").read_text())
+    assert sessions[-1]["resumed"] is True
+    assert _eval_records(back, "psctnet") == _eval_records(out, "psctnet")
+    # only the data PSCT-Net's arms need was made again: bp-prior and the atlas were done
+    assert not any(s.startswith(("eval/bp-prior", "eval/atlas")) for s in again["ran"])
+
+    # a finished training whose checkpoint is lost while an evaluation is left is trained again
+    lost = tmp_path / "lost"
+    shutil.copytree(back, lost)
+    for f in (lost / "runs" / "psctnet" / "base" / "seed0").glob("*.pt"):
+        f.unlink()
+    (lost / "done" / "eval__psctnet__seed0__pose.json").unlink()
+    steps = study_steps(json.loads((lost / "plan.json").read_text())["plan"])
+    assert _missing_needed(json.loads((lost / "plan.json").read_text())["plan"], lost, steps) == \
+        ["train/psctnet/base/seed0"]
+
+
+def test_cli_archive_and_restore_refuse_what_would_mix_studies(smoke, tmp_path):
+    out, _ = smoke
+    ledger = tmp_path / "ledger"
+    r = CliRunner().invoke(cli, ["study", "archive", str(out), str(ledger)])
+    assert r.exit_code == 0 and "0 checkpoint(s)" in r.output, r.output
+    r = CliRunner().invoke(cli, ["study", "restore", str(ledger), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "--resume" in r.output, r.output
+    # a folder of another plan, a damaged ledger, a folder that is no study
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "plan.json").write_text(json.dumps({"sha256": "0" * 64, "plan": {}}))
+    r = CliRunner().invoke(cli, ["study", "restore", str(ledger), "--out", str(other)])
+    assert r.exit_code == 2 and "another plan" in r.output
+    victim = next(ledger.glob("eval/*/*/*.json"))
+    victim.write_text(victim.read_text() + " ")
+    r = CliRunner().invoke(cli, ["study", "restore", str(ledger), "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "damaged" in r.output and not (tmp_path / "c").exists()
+    r = CliRunner().invoke(cli, ["study", "archive", str(tmp_path), str(tmp_path / "l2")])
+    assert r.exit_code == 2 and "no plan.json" in r.output
+
+
+def test_resume_adds_the_content_digest_to_data_made_before_it_was_recorded(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    marker = copy / "done" / "data__base.json"
+    rec = json.loads(marker.read_text())
+    digest = rec.pop("content_sha256")
+    marker.write_text(json.dumps(rec))
+    assert run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None)["ran"] == []
+    rec = json.loads(marker.read_text())
+    assert rec["content_sha256"] == digest and rec["content_sha256_added_later"] is True

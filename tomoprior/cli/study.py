@@ -15,7 +15,8 @@ from .dataset import DataError, interrupted
 
 @click.group("study")
 def study() -> None:
-    """Resumable miscalibration study: `study run PLAN.yaml --out DIR`, `study report DIR`."""
+    """Resumable miscalibration study: `study run PLAN.yaml --out DIR`, `study report DIR`,
+    `study archive DIR LEDGER` / `study restore LEDGER --out DIR` (carry a study to another machine)."""
 
 
 @study.command("run")
@@ -70,3 +71,41 @@ def report(folder, no_figure, partial) -> None:
     except (ValueError, OSError) as exc:
         raise DataError(str(exc)) from exc
     click.echo(path.read_text(encoding="utf-8"))
+
+
+@study.command("archive")
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.argument("ledger", type=click.Path(file_okay=False))
+@click.option("--no-checkpoints", is_flag=True, help="Leave out the checkpoints (a training under way then starts "
+              "again after a restore).")
+def archive(folder, ledger, no_checkpoints) -> None:
+    """Copy the small part of study FOLDER into LEDGER, a folder version control can hold: plan,
+    done-markers with budgets, evaluations, training logs, report, and the checkpoints still
+    needed. The data files stay out (the plan makes them again). Run it again to update LEDGER."""
+    from ..studies.study import archive_study
+
+    try:
+        man = archive_study(folder, ledger, checkpoints=not no_checkpoints)
+    except (ValueError, OSError) as exc:
+        raise DataError(str(exc)) from exc
+    size = sum(f["bytes"] for f in man["files"].values())
+    click.echo(f"{ledger}: {len(man['files'])} files, {size / 1e6:.1f} MB ({len(man['checkpoints'])} checkpoint(s)); "
+               f"{man['steps_done']}/{man['steps_total']} steps done")
+
+
+@study.command("restore")
+@click.argument("ledger", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Study folder to fill (new, empty, "
+              "or of the same plan: files it has are kept).")
+def restore(ledger, out) -> None:
+    """Fill study folder --out from LEDGER (made by `study archive`); then continue the study with
+    `tomoprior study run PLAN --out OUT --resume` (missing data is made again from the plan)."""
+    from ..studies.study import restore_study
+
+    try:
+        res = restore_study(ledger, out)
+    except (ValueError, OSError) as exc:
+        raise DataError(str(exc)) from exc
+    click.echo(f"{out}: {len(res['copied'])} file(s) restored, {len(res['kept'])} kept; "
+               f"{res['steps_done']}/{res['steps_total']} steps done. Continue with "
+               f"`tomoprior study run PLAN --out {out} --resume`")

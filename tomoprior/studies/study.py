@@ -63,7 +63,8 @@ import numpy as np
 
 from .._atomic import write_text_atomic
 
-__all__ = ["ARM_KINDS", "PlanError", "bootstrap_ci", "load_plan", "run_study", "study_report", "validate_plan"]
+__all__ = ["ARM_KINDS", "PlanError", "archive_study", "bootstrap_ci", "load_plan", "restore_study", "run_study",
+           "study_report", "validate_plan"]
 
 #: Arm kinds of a plan (see the module docstring).
 ARM_KINDS = ("exact", "miscalibrated", "calibrated", "augmented", "consistent", "pose")
@@ -792,18 +793,92 @@ def run_study(plan_path, out, *, resume: bool = False, log: Callable[[str], None
         return _run(plan, out, log, stop_after)
 
 
+def _missing_needed(plan: dict, out: Path, steps: dict) -> list[str]:
+    """Done steps whose outputs are gone but still needed: the data files and training
+    checkpoints that steps not yet done read (a study folder restored from a ledger, see
+    :func:`archive_study`, holds the results but not the data; a finished training whose
+    evaluations are all done needs no checkpoint). Their done-markers are stale."""
+    def done(step):
+        p = _marker(out, step)
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+    stale, need_data = [], set()
+    trains = [it for it in steps["order"] if it[0] == "train"]
+    for item in trains:
+        _, label, trainset, seed = item
+        evals = [_step_name(("eval", label, seed, a)) for a in refiner_arms(plan, label)
+                 if _train_name(plan["arms"][a]) == trainset]
+        pending = [e for e in evals if done(e) is None]
+        rec = done(_step_name(item))
+        if rec is not None and pending and not (out / rec["checkpoint"]).is_file():
+            stale.append(_step_name(item))
+            rec = None
+        if rec is None:
+            need_data.add(trainset)
+        for e in pending:
+            need_data.add(_test_name(plan["arms"][e.rsplit("/", 1)[1]]))
+    if any(not (out / "data" / f"{n}.h5").is_file() for n in need_data - {"base"}):
+        need_data.add("base")  # a variant is made by re-exposing the base file's volumes
+    for name in ["base", *(d[0] for d in steps["data"])]:
+        if name in need_data and done(f"data/{name}") is not None and not (out / "data" / f"{name}.h5").is_file():
+            stale.append(f"data/{name}")
+    return stale
+
+
+def _data_digest(out: Path, rec: dict) -> dict:
+    """The content digest of a data step's output file (:meth:`DatasetFile.content_sha256`),
+    compared with the one the step recorded when it ran before, if any."""
+    from ..data import DatasetFile
+
+    with DatasetFile(out / rec["outputs"][0]) as ds:
+        return {"content_sha256": ds.content_sha256()}
+
+
+def _backfill_digests(rn: _Runner, names: list[str]) -> None:
+    """Add the content digest to done data steps that ran before it was recorded (and whose
+    file is here), so that a later re-make elsewhere can be checked against it."""
+    for name in names:
+        step = f"data/{name}"
+        rec = rn.done(step)
+        if rec is not None and "content_sha256" not in rec and (rn.out / "data" / f"{name}.h5").is_file():
+            rec.update(_data_digest(rn.out, rec))
+            rec["content_sha256_added_later"] = True
+            write_text_atomic(rn.marker(step), json.dumps(rec, indent=1, sort_keys=True) + "\n")
+
+
 def _run(plan: dict, out: Path, log, stop_after) -> dict:
     rn = _Runner(plan, out, log)
     steps = study_steps(plan)
+    previous = {}
+    for step in _missing_needed(plan, out, steps):
+        previous[step] = rn.done(step)
+        what = "data file" if step.startswith("data/") else "checkpoint"
+        log(f"[study] {step}: done before, but its {what} is missing and still needed; running it again")
+        rn.marker(step).unlink()
 
     def budget_left() -> bool:
         return stop_after is None or len(rn.ran) < stop_after
 
-    rn.step("data/base", rn.make_base)
+    def make_data(step, fn):
+        def run():
+            info = fn()
+            info.update(_data_digest(out, info))
+            old = (previous.get(step) or {}).get("content_sha256")
+            if old is not None:
+                info["reproduced"] = old == info["content_sha256"]
+                if not info["reproduced"]:
+                    log(f"[study] WARNING: {step} made again holds other data than before (content SHA-256 "
+                        f"{info['content_sha256'][:12]}... vs {old[:12]}...): results already in the folder come "
+                        "from the earlier data; a training interrupted on it cannot resume")
+            return info
+        return rn.step(step, run)
+
+    _backfill_digests(rn, ["base", *(d[0] for d in steps["data"])])
+    make_data("data/base", rn.make_base)
     for name, recipe, splits, told in steps["data"]:
         if not budget_left():
             break
-        rn.step(f"data/{name}", lambda n=name, r=recipe, s=splits, t=told: rn.reexpose(n, r, s, t))
+        make_data(f"data/{name}", lambda n=name, r=recipe, s=splits, t=told: rn.reexpose(n, r, s, t))
     train_recs = {}
     for item in steps["order"]:
         if not budget_left():
@@ -818,6 +893,146 @@ def _run(plan: dict, out: Path, log, stop_after) -> dict:
     report = None if status["missing"] else study_report(out)
     return {"ran": rn.ran, "skipped": rn.skipped, "report": str(report) if report else None,
             "stopped": bool(status["missing"]), "steps_done": status["done"], "steps_total": status["total"]}
+
+
+# --------------------------------------------------------------------------------------------
+# ledger: the part of a study folder that version control can hold
+#: Files of a study folder a ledger keeps (glob patterns relative to the folder): the plan, the
+#: done-markers with their budgets, every evaluation, the training logs and the report.
+LEDGER_PATTERNS = ("plan.yaml", "plan.json", "done/*.json", "eval/*/*/*.json", "runs/*/*/*/study_budget.json",
+                   "runs/*/*/*/metrics.jsonl", "runs/*/*/*/config.json", "report/report.md", "report/report.json",
+                   "report/figure.png")
+LEDGER_MANIFEST = "ledger.json"
+
+
+def _ledger_checkpoints(plan: dict, out: Path) -> list[str]:
+    """Checkpoints a ledger must carry so that no training is repeated: ``last.pt`` and
+    ``best.pt`` of a training that is under way (no done-marker yet; ``best.pt`` holds the best
+    validation epoch so far, which the resumed run may not beat) and the checkpoint a finished
+    training's evaluations read while one of them is not done."""
+    steps = study_steps(plan)
+    keep = []
+    for item in (it for it in steps["order"] if it[0] == "train"):
+        _, label, trainset, seed = item
+        marker = _marker(out, _step_name(item))
+        run = Path("runs") / label / trainset / f"seed{seed}"
+        if not marker.is_file():  # under way: the state to resume and the best epoch so far
+            keep += [str(run / f) for f in ("last.pt", "best.pt") if (out / run / f).is_file()]
+            continue
+        evals = [_marker(out, _step_name(("eval", label, seed, a))) for a in refiner_arms(plan, label)
+                 if _train_name(plan["arms"][a]) == trainset]
+        ckpt = json.loads(marker.read_text(encoding="utf-8"))["checkpoint"]
+        if not all(e.is_file() for e in evals) and (out / ckpt).is_file():
+            keep.append(ckpt)
+    return keep
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def archive_study(out, ledger, *, checkpoints: bool = True) -> dict:
+    """Copy the small part of study folder ``out`` into the folder ``ledger``, which version
+    control can hold: the plan, done-markers (with every step's budget), evaluations, training
+    logs and the report (:data:`LEDGER_PATTERNS`), and with ``checkpoints`` the checkpoints
+    still needed (``last.pt`` and ``best.pt`` of a training under way, the checkpoint of a
+    finished training with evaluations left; about 11 MB each at the referee plan's widths). The data files are
+    left out: the plan makes them again (:func:`run_study` re-makes a missing data file that a
+    remaining step needs, and a restored training resumes on it by its content digest).
+
+    The ledger mirrors the folder: run it again to bring it up to date; files the folder no
+    longer has (a checkpoint no longer needed) are removed from it. Every file is written
+    atomically; ``ledger.json`` lists the files with their sizes and SHA-256 and the steps done.
+
+    Returns the manifest (dict).
+    """
+    import shutil
+
+    from .._atomic import atomic_path
+
+    out, ledger = Path(out), Path(ledger)
+    if not (out / "plan.json").is_file():
+        raise PlanError(f"{out} holds no study (no plan.json); give the folder of `tomoprior study run --out`")
+    if ledger.resolve() == out.resolve() or out.resolve() in ledger.resolve().parents:
+        raise PlanError(f"the ledger {ledger} must lie outside the study folder {out}")
+    plan = json.loads((out / "plan.json").read_text(encoding="utf-8"))["plan"]
+    files = sorted({str(p.relative_to(out)) for pat in LEDGER_PATTERNS for p in out.glob(pat) if p.is_file()})
+    if checkpoints:
+        files += _ledger_checkpoints(plan, out)
+    ledger.mkdir(parents=True, exist_ok=True)
+    if (ledger / "plan.json").is_file():
+        theirs = json.loads((ledger / "plan.json").read_text(encoding="utf-8"))["sha256"]
+        if theirs != json.loads((out / "plan.json").read_text(encoding="utf-8"))["sha256"]:
+            raise PlanError(f"the ledger {ledger} holds another plan's study; give an empty or new folder")
+    manifest_files = {}
+    for rel in files:
+        src, dst = out / rel, ledger / rel
+        digest = _sha256(src)
+        if not (dst.is_file() and _sha256(dst) == digest):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+        manifest_files[rel] = {"bytes": src.stat().st_size, "sha256": digest}
+    # what the folder no longer has goes (other files, e.g. a README of the ledger, stay)
+    for pat in (*LEDGER_PATTERNS, "runs/*/*/*/*.pt"):
+        for p in ledger.glob(pat):
+            if p.is_file() and str(p.relative_to(ledger)) not in manifest_files:
+                p.unlink()
+    status = _status(out, plan)
+    manifest = {"plan_sha256": json.loads((out / "plan.json").read_text(encoding="utf-8"))["sha256"],
+                "steps_done": status["done"], "steps_total": status["total"], "missing": status["missing"],
+                "checkpoints": [f for f in files if f.endswith(".pt")], "files": manifest_files}
+    write_text_atomic(ledger / LEDGER_MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def restore_study(ledger, out) -> dict:
+    """Fill study folder ``out`` from ``ledger`` (made by :func:`archive_study`), so that
+    ``tomoprior study run PLAN --out OUT --resume`` continues the study: steps done are skipped,
+    a training under way resumes from its checkpoint, and the data files the remaining steps
+    need are made again from the plan.
+
+    ``out`` must be new, empty, or hold the same plan; files it has already are kept (never
+    overwritten by the ledger's, which may be older). Every file is checked against the
+    manifest's SHA-256 first. Returns ``{"copied": [...], "kept": [...]}``.
+    """
+    import shutil
+
+    from .._atomic import atomic_path
+
+    ledger, out = Path(ledger), Path(out)
+    mpath = ledger / LEDGER_MANIFEST
+    if not mpath.is_file():
+        raise PlanError(f"{ledger} is not a study ledger (no {LEDGER_MANIFEST}); make one with "
+                        "`tomoprior study archive FOLDER LEDGER`")
+    manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    for rel, meta in manifest["files"].items():
+        p = ledger / rel
+        if not p.is_file() or _sha256(p) != meta["sha256"]:
+            raise PlanError(f"the ledger file {p} is missing or differs from its manifest entry (SHA-256 "
+                            f"{meta['sha256'][:12]}...); the ledger is damaged")
+    if (out / "plan.json").is_file():
+        mine = json.loads((out / "plan.json").read_text(encoding="utf-8"))["sha256"]
+        if mine != manifest["plan_sha256"]:
+            raise PlanError(f"{out} holds another plan's study; restore into an empty or new folder")
+    elif out.exists() and any(out.iterdir()):
+        raise PlanError(f"{out} is not empty and holds no study; restore into an empty or new folder")
+    copied, kept = [], []
+    for rel in manifest["files"]:
+        dst = out / rel
+        if dst.exists():
+            kept.append(rel)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(ledger / rel, tmp)
+        copied.append(rel)
+    return {"copied": copied, "kept": kept, "steps_done": manifest["steps_done"],
+            "steps_total": manifest["steps_total"]}
 
 
 # --------------------------------------------------------------------------------------------

@@ -265,6 +265,14 @@ def test_angles_that_look_like_degrees_warn():
     assert tp.ViewParameters.from_degrees(detector_tilt_v_deg=1.0).detector_tilt_v == pytest.approx(math.radians(1))
     with pytest.raises(ValueError, match="not both"):
         p.replace(detector_rotation=0.1, detector_rotation_deg=0.1)
+    # a copy warns about what it is given, not again about the suspect angle it keeps
+    with pytest.warns(tp.geometry.UnitsWarning):
+        odd = p.replace(detector_rotation=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odd.replace(source_to_detector=1490.0).perturbed(u0=1.0)
+    with pytest.warns(tp.geometry.UnitsWarning, match="primary_angle = 90 rad"):
+        odd.replace(primary_angle=90)
 
 
 def test_detector_offset_is_named_apart_from_the_principal_point():

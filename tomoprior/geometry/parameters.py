@@ -45,6 +45,7 @@ two tilts) plus the shared ``isocenter``.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -86,11 +87,19 @@ DETECTOR_ANGLE_WARN_DEG = 10.0
 GANTRY_ANGLE_WARN_RAD = 2 * math.pi + 1e-9
 
 
+#: The angle fields a :meth:`ViewParameters.replace` in progress changes (None: all, as in the
+#: constructor): a copy warns about what it was given, not again about fields it kept.
+_WARN_FIELDS: contextvars.ContextVar[frozenset | None] = contextvars.ContextVar("_WARN_FIELDS", default=None)
+
+
 def _warn_suspect_angles(p: ViewParameters) -> None:
     """Warn when a plain-number angle field is probably in degrees (tensors come from code: skipped)."""
     import warnings
 
+    only = _WARN_FIELDS.get()
     for f in p.ANGLE_FIELDS:
+        if only is not None and f not in only:
+            continue
         v = getattr(p, f)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
@@ -261,7 +270,12 @@ class ViewParameters:
         Angles may be given in degrees with the ``_deg`` names (``detector_rotation_deg=0.3``);
         the plain names take radians.
         """
-        return dataclasses.replace(self, **_degrees_to_radians(changes))
+        changes = _degrees_to_radians(changes)
+        token = _WARN_FIELDS.set(frozenset(changes))
+        try:
+            return dataclasses.replace(self, **changes)
+        finally:
+            _WARN_FIELDS.reset(token)
 
     @property
     def pitch(self) -> tuple[float, float]:

@@ -13,12 +13,10 @@ import numpy as np
 import torch
 
 import tomoprior as tp
+from tomoprior.projectors.numba_backend import COMPILED_ENV  # its switch: compiled (C, SIMD) or numba kernels
 
 from .peer import grid_sample_project
 from .problem import NUMBA_JIT_ONLY, PEER, Problem, build_geometry, num_rays
-
-#: The switch of tomoprior's numba backend between its compiled (C, SIMD) and numba kernels.
-COMPILED_ENV = "TOMOPRIOR_COMPILED_KERNELS"
 
 
 def prepare(impl: str, op: str, prob: Problem):

@@ -270,11 +270,26 @@ def test_bead_calibrator_recovers_the_true_geometry(tiny):
     with DatasetFile(tiny) as ds:
         nominal = ds.geometry(0, nominal=True)
     true, _ = PAPER_MISCALIBRATION.sample(nominal, 5)
-    fitted = bead_cage_calibrator(upsample=12)(true, nominal, [0, 0, 2])  # 9.6 mm pixels -> 0.8 mm
+    fitted, info = bead_cage_calibrator(upsample=12)(true, nominal, [0, 0, 2])  # 9.6 mm pixels -> 0.8 mm
     assert fitted.grid == true.grid and fitted.views[0].shape == true.views[0].shape
     before = geometry_error_px(nominal, true)["mean_px"]
     after = geometry_error_px(fitted, true)["mean_px"]
     assert after < 0.05 < before  # in pixels of the 9.6 mm test detector
+    # the QA verdict a physicist would see, without the truth: the fit itself passes
+    qa = info["qa"]
+    assert qa["passed"] is True and qa["failed"] == [] and qa["bead_pixel_mm"] == pytest.approx(0.8)
+    assert 0 < qa["heldout_rms_px"] < 0.5 and qa["fit_residual_max_px"] < 1.0
+
+
+def test_a_calibrator_may_hand_back_what_it_knows_per_sample(tiny):
+    def told(true, nominal, seed):
+        return nominal, {"qa": {"passed": seed[-1] == 2, "seed": list(seed)}}
+
+    res = evaluate(ConstantRefiner(), tiny, geometry_override=told)
+    assert all(s["geometry_info"]["qa"]["passed"] is True for s in res.per_sample)
+    assert "geometry_info" not in evaluate(ConstantRefiner(), tiny, geometry_override="nominal").per_sample[0]
+    with pytest.raises(TypeError, match=r"Geometry or \(Geometry, info dict\)"):
+        evaluate(ConstantRefiner(), tiny, geometry_override=lambda t, n, s: (n, "not a dict"))
 
 
 def test_bead_calibrator_passes_a_wild_fit_on_without_a_units_warning(tiny, monkeypatch):
@@ -297,11 +312,14 @@ def test_bead_calibrator_passes_a_wild_fit_on_without_a_units_warning(tiny, monk
     def fake_calibrate(images, phantom, initial, **kw):
         return types.SimpleNamespace(parameters=wild)
 
+    import tomoprior.studies.miscalibration as mis
+
     monkeypatch.setattr(cal, "calibrate", fake_calibrate)
     monkeypatch.setattr(cal, "bead_line_integrals", lambda phantom, geom: torch.zeros(1))
+    monkeypatch.setattr(mis, "calibration_qa", lambda res, params: {})
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnitsWarning)
-        told = bead_cage_calibrator(upsample=1)(nominal, nominal, [0, 0, 2])
+        told, _ = bead_cage_calibrator(upsample=1)(nominal, nominal, [0, 0, 2])
     assert math.degrees(told.parameters[0].detector_tilt_v) == pytest.approx(-15.0)
 
 

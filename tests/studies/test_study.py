@@ -418,3 +418,30 @@ def test_resume_adds_the_content_digest_to_data_made_before_it_was_recorded(smok
     assert run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None)["ran"] == []
     rec = json.loads(marker.read_text())
     assert rec["content_sha256"] == digest and rec["content_sha256_added_later"] is True
+
+
+def test_report_repeats_calibrated_arms_over_the_calibrations_that_pass_qa(smoke, tmp_path):
+    """Every bead calibration carries its QA verdict; the report shows the calibrated arms again
+    without the skulls whose calibration QA rejected (a site repeats such a calibration)."""
+    out, _ = smoke
+    rows, rep = _rows(out)
+    qa = {(r["refiner"], r["arm"]): r for r in rep["qa_passed"]}
+    plan = json.loads((out / "plan.json").read_text())["plan"]
+    calibrated = {(r, a) for (r, a) in rows if plan["arms"][a]["kind"] == "calibrated"}
+    assert calibrated and set(qa) == calibrated
+    for key, r in qa.items():
+        assert r["n"] + r["n_rejected"] == rows[key]["n"]
+    # one calibration rejected: that skull leaves the QA rows (and only those)
+    copy = tmp_path / "qa"
+    shutil.copytree(out, copy)
+    label, arm = sorted(calibrated)[0]
+    path = copy / "eval" / label / "seed0" / f"{arm}.json"
+    ev = json.loads(path.read_text())
+    ev["per_sample"][0]["geometry_info"]["qa"].update(passed=False, failed=["heldout_rms"])
+    path.write_text(json.dumps(ev))
+    md = study_report(copy, figure=False).read_text()
+    rows2, rep2 = _rows(copy)
+    r = next(x for x in rep2["qa_passed"] if (x["refiner"], x["arm"]) == (label, arm))
+    assert r["n_rejected"] == qa[(label, arm)]["n_rejected"] + 1 and r["n"] == qa[(label, arm)]["n"] - 1
+    assert rows2[(label, arm)]["n"] == rows[(label, arm)]["n"]
+    assert f"{label} {arm}: {r['n_rejected']} (their geometry error" in md and "passed its QA" in md

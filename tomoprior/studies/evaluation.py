@@ -651,7 +651,9 @@ def evaluate(refiner: Refiner, dataset_or_path, split: str = "test", *, geometry
         nominal geometry (the X-rays may come from a perturbed one). A Geometry: that one for
         every sample (its grid must match the volumes). A callable
         ``f(true_geometry, nominal_geometry, seed) -> Geometry`` (``seed`` a list of ints,
-        entropy for ``numpy.random.default_rng``, per sample), e.g. a calibration procedure.
+        entropy for ``numpy.random.default_rng``, per sample), e.g. a calibration procedure;
+        it may return ``(Geometry, info)`` with a JSON-like ``info`` dict (e.g. the
+        calibration's QA verdict), stored in the sample's record as ``geometry_info``.
     perturbation : GeometryPerturbation, optional
         Re-synthesise the test X-rays from the stored volumes with the sample's nominal
         geometry perturbed by these sizes (uniform +-, per view; seeded by ``seed`` and the
@@ -780,6 +782,8 @@ def _score_samples(refiner: Refiner, path, indices, device, scale: float, batch_
                        "age_years": it["age_years"], **m, "geometry_error_px": it["geometry_error"]["mean_px"],
                        "geometry_error": it["geometry_error"], "perturbation": it["drawn"],
                        "refiner_seconds": dt}
+                if it["info"] is not None:
+                    rec["geometry_info"] = _json_safe(it["info"])
                 per_sample.append(rec)
             if progress:
                 print(f"  {type(refiner).name}: {len(per_sample)}/{len(indices)} samples", flush=True)
@@ -886,7 +890,7 @@ def _prepare(ds: DatasetFile, i: int, go, pert, cal, seed, energy_kev, resynth) 
     stored = ds.geometry(i)
     nominal = ds.geometry(i, nominal=True)
     labels = ds.labels(i)
-    drawn = None
+    drawn = info = None
     if pert is not None or resynth:
         base = nominal if pert is not None else stored
         res = synthesize(torch.from_numpy(vol), base, perturbation=pert, seed=_sample_seed(seed, i, 0))
@@ -907,8 +911,11 @@ def _prepare(ds: DatasetFile, i: int, go, pert, cal, seed, energy_kev, resynth) 
         assumed = go
     else:
         assumed = go(true, nominal, _sample_seed(seed, i, 2))
+        if isinstance(assumed, tuple) and len(assumed) == 2 and isinstance(assumed[1], Mapping):
+            assumed, info = assumed[0], dict(assumed[1])
         if not isinstance(assumed, Geometry):
-            raise TypeError(f"geometry_override callable must return a Geometry, got {type(assumed).__name__}")
+            raise TypeError(f"geometry_override callable must return a Geometry or (Geometry, info dict), got "
+                            f"{type(assumed).__name__}")
     if assumed.grid != grid:
         if tuple(assumed.grid.shape) != tuple(grid.shape):
             raise ValueError(f"the geometry given to the refiner has grid shape {assumed.grid.shape} but sample {i}'s "
@@ -918,7 +925,7 @@ def _prepare(ds: DatasetFile, i: int, go, pert, cal, seed, energy_kev, resynth) 
         raise ValueError(f"the geometry given to the refiner has {assumed.num_views} views, "
                          f"the X-rays {xrays.shape[0]}")
     return {"index": i, "volume": vol.astype(np.float64), "spacing": tuple(grid.spacing), "xrays": xrays.float(),
-            "true": true, "assumed": assumed, "nominal": nominal, "drawn": drawn,
+            "true": true, "assumed": assumed, "nominal": nominal, "drawn": drawn, "info": info,
             "geometry_error": geometry_error_px(assumed, true),
             "energy_kev": energy_kev if energy_kev is not None else _energy(ds, i, DEFAULT_ENERGY_KEV),
             "variant": labels["variant"], "normal": bool(labels["normal"]), "age_years": float(labels["age_years"])}

@@ -187,6 +187,33 @@ def _size_dict(err) -> dict:
 
 
 
+#: QA limits of the study's bead calibrations (:func:`calibration_qa`): the site defaults
+#: (docs/calibration_qa.md) are targets for 0.4 mm pixels; noise-free bead images at the study's
+#: 0.8-1.2 mm pixels reach a held-out RMS of 0.10-0.13 px with geometry errors of 0.003 px
+#: (smoke plan), so the study's limits catch a failed fit (held-out RMS 0.5 px, largest
+#: residual 1 px) and leave the parameter-uncertainty limits off; every other check (fit
+#: converged, beads matched, held-out beads rejected, triangulation, change from the start) keeps
+#: its default.
+STUDY_QA_LIMITS = {"heldout_rms": "0.5 px", "fit_residual_max": "1 px", "uncertainty": None}
+
+
+def calibration_qa(result, parameters) -> dict:
+    """The QA verdict of one study calibration, as a site would judge it before using the
+    geometry (no truth): :func:`tomoprior.validation.qa.evaluate` with
+    :data:`STUDY_QA_LIMITS`, in a JSON-able summary: ``passed``, ``failed`` (failed items,
+    ``view:name``), ``passed_site_defaults`` (the verdict at the default limits, for
+    reference), ``heldout_rms_px`` and ``fit_residual_max_px`` (pixels of the bead detector)
+    and ``bead_pixel_mm``."""
+    from ..validation import qa
+
+    verdict = qa.evaluate(result, tolerances=qa.Tolerances.from_dict(STUDY_QA_LIMITS, where="study QA limits"))
+    failed = [f"{i.view}:{i.name}" if i.view else i.name for i in verdict.items if not i.passed]
+    return {"passed": bool(verdict.passed), "failed": failed,
+            "passed_site_defaults": bool(qa.evaluate(result).passed),
+            "heldout_rms_px": float(result.heldout_rms_px), "fit_residual_max_px": float(max(result.max_px)),
+            "bead_pixel_mm": float(parameters[0].pitch[1])}
+
+
 def bead_cage_calibrator(phantom: str = "bead_cage", upsample: int = 3):
     """A ``geometry_override`` callable for :func:`evaluate` (and a ``calibration`` mode of
     :func:`miscalibration_study`) that calibrates each sample's true geometry with
@@ -199,6 +226,9 @@ def bead_cage_calibrator(phantom: str = "bead_cage", upsample: int = 3):
     the nominal geometry; the fitted parameters, read out at the X-rays' pixel size, are the
     geometry handed to the refiner. The images are noise-free (pixelisation and partial volume
     only), so this is the calibration's accuracy in the best case.
+
+    The callable returns ``(geometry, info)``: ``info["qa"]`` is the calibration's QA verdict
+    (:func:`calibration_qa`: what a site would see before using the geometry, no truth).
     """
     from ..calibration import bead_line_integrals, calibrate
 
@@ -227,7 +257,7 @@ def bead_cage_calibrator(phantom: str = "bead_cage", upsample: int = 3):
             warnings.simplefilter("ignore", UnitsWarning)
             params = [fitted.replace(pixel_pitch=orig.pixel_pitch, detector_shape=orig.detector_shape)
                       for fitted, orig in zip(res.parameters, true.parameters)]
-            return true.with_parameters(params)
+            return true.with_parameters(params), {"qa": calibration_qa(res, fine_true.parameters)}
 
     calibrate_bead_cage.__name__ = f"bead calibration ({phantom}, detector x{upsample} finer, tomoprior.calibration)"
     return calibrate_bead_cage

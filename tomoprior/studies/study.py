@@ -1145,6 +1145,7 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
             keep = {i for i, x in normal.items() if x == want}
             sub = {k: {i: v for i, v in per.items() if i in keep} for k, per in res.items()}
             groups[g] = _rows(plan, sub, ref_arm, g)
+    qa_rows = _qa_rows(plan, res, ref_arm)
     budgets = _budgets(out)
     report_dir = out / "report"
     report_dir.mkdir(exist_ok=True)
@@ -1153,9 +1154,10 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
     write_text_atomic(report_dir / "report.json", json.dumps(_json_safe({"plan_sha256": rec["sha256"], "rows": rows,
                                                                           "groups": groups, "budgets": budgets,
                                                                           "status": status, "levels": levels,
-                                                                          "seed_spread": seed_spread}),
+                                                                          "seed_spread": seed_spread,
+                                                                          "qa_passed": qa_rows}),
                                                                indent=1, sort_keys=True) + "\n")
-    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status, levels, seed_spread)
+    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status, levels, seed_spread, qa_rows)
     path = report_dir / "report.md"
     write_text_atomic(path, md)
     if figure:
@@ -1325,9 +1327,42 @@ def _diff_table(rows: list[dict], metrics, ref_arm: str) -> list[str]:
     return lines
 
 
+def _qa_passed(records: list[dict]) -> bool | None:
+    """Did the calibration behind a skull's records pass its QA (every seed's record; None
+    when the records carry no QA verdict)?"""
+    got = [r.get("geometry_info", {}).get("qa", {}).get("passed") for r in records]
+    return None if any(g is None for g in got) else all(got)
+
+
+def _qa_rows(plan: dict, res: dict, ref_arm: str) -> list[dict]:
+    """The calibrated arms again over the skulls whose calibration passed its QA
+    (:func:`~tomoprior.studies.miscalibration.calibration_qa`; what a site would use: a
+    calibration that fails QA is repeated, not used), with the number of skulls QA rejected
+    (``n_rejected``) and the rejected skulls' mean geometry error. Arms whose records carry no
+    QA verdict (evaluated before it was recorded) are left out."""
+    out = []
+    for (label, arm), per in res.items():
+        if plan["arms"][arm]["kind"] != "calibrated" or (label, ref_arm) not in res:
+            continue
+        verdicts = {i: _qa_passed(v) for i, v in per.items()}
+        if any(v is None for v in verdicts.values()):
+            continue
+        keep = {i: v for i, v in per.items() if verdicts[i]}
+        rejected = [i for i, ok in verdicts.items() if not ok]
+        if not keep:  # every calibration rejected: nothing to compare
+            continue
+        for r in _rows(plan, {(label, ref_arm): res[(label, ref_arm)], (label, arm): keep}, ref_arm, "QA passed"):
+            if r["arm"] == arm:
+                r["n_rejected"] = len(rejected)
+                r["rejected_geometry_error_px"] = (float(np.mean([_seed_mean(per[i], "geometry_error_px")
+                                                                  for i in rejected])) if rejected else None)
+                out.append(r)
+    return out
+
+
 def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str, groups: dict,
               status: dict | None = None, levels: list[dict] | None = None,
-              seed_spread: list[dict] | None = None) -> str:
+              seed_spread: list[dict] | None = None, qa_rows: list[dict] | None = None) -> str:
     from .evaluation import _col
 
     metrics = plan["report"]["metrics"]
@@ -1351,6 +1386,13 @@ def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_a
     lines += _diff_table(rows, metrics, ref_arm)
     for g, grows in groups.items():
         lines += ["", f"{g.capitalize()} skulls only:", "", *_diff_table(grows, metrics, ref_arm)]
+    if qa_rows:
+        rej = "; ".join(f"{r['refiner']} {r['arm']}: {r['n_rejected']}" + (
+            f" (their geometry error {r['rejected_geometry_error_px']:.2f} px)" if r["n_rejected"] else "")
+            for r in qa_rows)
+        lines += ["", "Calibrated arms, only the skulls whose calibration passed its QA (a calibration that fails "
+                  "QA is repeated at a site, not used; limits: `miscalibration.STUDY_QA_LIMITS`). Rejected by QA: "
+                  f"{rej}.", "", *_diff_table(qa_rows, metrics, ref_arm)]
     if seed_spread:
         lines += ["", f"Training seeds, run to run: per seed, the `{ref_arm}` arm's level and the other arms' mean "
                   f"difference to it (skulls of that seed); spread = max - min over the seeds:", "",

@@ -110,6 +110,19 @@ def test_random_byte_flips_are_refused_or_harmless(saved, data, tmp_path):
         assert _same_weights(got, saved.state) and got.config == saved.config
 
 
+def test_a_damaged_zip64_locator_is_refused_not_raised(saved, tmp_path):
+    """Hypothesis's find: a flip in the ZIP64 end locator's disk number made zipfile.is_zipfile
+    itself raise BadZipFile ("zipfiles that span multiple disks") past the checkpoint reader."""
+    raw = bytearray(saved.raw)
+    at = raw.rfind(b"PK\x06\x07")
+    assert at > 0  # torch writes ZIP64 end records
+    raw[at + 4] ^= 0x01  # the locator's "disk with the ZIP64 end record" field
+    path = tmp_path / "locator.pt"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged"):
+        Refiner.from_checkpoint(path)
+
+
 def test_four_bytes_flipped_in_every_tensor_record_are_refused(saved, tmp_path):
     """The sweep's case (the demo weights loaded and gave 18.9 dB instead of 31.9 dB)."""
     raw = bytearray(saved.raw)

@@ -324,7 +324,12 @@ def verify_zip_records(path) -> bool:
         A record whose bytes changed after writing, or a truncated/damaged archive.
     """
     path = Path(path)
-    if not zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile as exc:  # its end records themselves damaged (e.g. "span multiple disks")
+        raise CheckpointError(f"{path} is damaged (its zip end records do not read: {exc}); copy it again or use "
+                              "another checkpoint") from None
+    if not is_zip:
         with open(path, "rb") as fh:
             if fh.read(4) == b"PK\x03\x04":  # a zip archive without its directory: cut short
                 raise CheckpointError(f"{path} is truncated (a zip archive whose end is missing: an interrupted "

@@ -379,7 +379,7 @@ def test_compiled_kernels_are_bitwise_the_numba_kernels(monkeypatch, dtype, case
             torch.set_num_threads(threads)
             monkeypatch.setenv(numba_backend.COMPILED_ENV, "0")
             ref, ref_back = tp.project(x, geom, backend="numba"), tp.backproject(ys, geom, backend="numba")
-            monkeypatch.delenv(numba_backend.COMPILED_ENV)
+            monkeypatch.setenv(numba_backend.COMPILED_ENV, "all")  # the compiled back-projection too
             got, back = tp.project(x, geom, backend="numba"), tp.backproject(ys, geom, backend="numba")
             for a, b in zip(got, ref):
                 assert a.dtype == dtype and torch.equal(a, b), (case, threads)
@@ -426,11 +426,24 @@ def test_compiled_forward_keeps_the_adjoint_identity(small_grid):
 def test_backend_and_info_say_which_kernels_run(monkeypatch):
     from tomoprior.cli.info import collect_info
 
+    monkeypatch.delenv(numba_backend.COMPILED_ENV, raising=False)
     lib, _ = numba_backend.compiled_kernels()
     described = numba_backend.NumbaBackend().describe()["kernels"]
     info = collect_info()["cpu_projector_kernels"]
     assert info["compiled"] == (lib is not None)
     assert ("SIMD" in described) == (lib is not None)
+    # by default the back-projection runs the numba kernel (the compiled one was not faster)
+    assert numba_backend.compiled_kernels("adjoint")[0] is None and info["back_projection_compiled"] is False
+    if lib is not None:
+        assert "back-projection: numba kernels" in described
+        monkeypatch.setenv(numba_backend.COMPILED_ENV, "all")
+        assert numba_backend.compiled_kernels("adjoint")[0] is lib
+        assert collect_info()["cpu_projector_kernels"]["back_projection_compiled"] is True
+    monkeypatch.setenv(numba_backend.COMPILED_ENV, "fast")
+    with pytest.raises(ValueError, match="TOMOPRIOR_COMPILED_KERNELS='fast' is not a kernel choice"):
+        numba_backend.compiled_kernels()
+    with pytest.raises(ValueError, match="direction must be"):
+        numba_backend.compiled_kernels("backward")
     monkeypatch.setenv(numba_backend.COMPILED_ENV, "0")
     assert numba_backend.compiled_kernels()[0] is None
     assert "TOMOPRIOR_COMPILED_KERNELS=0" in numba_backend.NumbaBackend().describe()["kernels"]

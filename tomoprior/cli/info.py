@@ -56,7 +56,9 @@ def _cpu_kernels() -> dict:
     from ..projectors.numba_backend import compiled_kernels
 
     lib, how = compiled_kernels()
-    return {"compiled": lib is not None, "detail": how}
+    back, why = compiled_kernels("adjoint")
+    return {"compiled": lib is not None, "detail": how, "back_projection_compiled": back is not None,
+            "back_projection": how if back is not None else why}
 
 
 def _huge_pages() -> dict:
@@ -88,6 +90,10 @@ def info(as_json: bool) -> None:
                f"kernel mode {hp['kernel'] or 'n/a (not Linux or no THP)'}")
     k = data["cpu_projector_kernels"]
     click.echo(f"CPU projector kernels: {'compiled' if k['compiled'] else 'numba only'} ({k['detail']})")
+    if k["compiled"]:
+        back = "compiled (TOMOPRIOR_COMPILED_KERNELS=all)" if k["back_projection_compiled"] else \
+            f"numba ({k['back_projection']})"
+        click.echo(f"  back-projection: {back}")
     click.echo(f"devices: {', '.join(data['devices'])}")
     click.echo("projector backends:")
     for name, b in data["backends"].items():

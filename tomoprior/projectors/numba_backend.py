@@ -49,18 +49,21 @@ projection and its backward pass (or the iterations of a solver) set it up once.
 
 Compiled kernels: where the optional C extension ``tomoprior.projectors._joseph`` was built at
 install (``setup.py``; it needs a C compiler, and uses SIMD gathers on x86-64 with AVX2 or
-AVX-512, GCC >= 12), the forward projection and the back-projection run there instead
-(:func:`compiled_kernels`; ``tomoprior info`` says which). They compute the same samples with
-the same arithmetic in the same order, so the results are **bitwise identical** to the numba
-kernels, and faster: the forward walks the rays of a detector row plane by plane, 8 or 16 rays
-in the lanes of one vector (their four taps gathered; for float32 on AVX-512, rows nearly
-parallel to the voxel planes' rows, as on an untilted or slightly tilted detector, take them
-from contiguous loads and permutes instead), 2-3x; rays along x
-read a transposed copy of the volume (one extra volume of memory). The back-projection keeps
-the numba kernel's ray-by-ray order (which fixes each voxel's summation order) and runs one
-ray's inner samples in SIMD lanes (they lie in different planes, so their scatters never
-collide), 1.0-1.4x. They use their own POSIX threads (``torch.get_num_threads()``).
-``TOMOPRIOR_COMPILED_KERNELS=0`` turns them off.
+AVX-512, GCC >= 12), the forward projection runs there instead (:func:`compiled_kernels`;
+``tomoprior info`` says which). It computes the same samples with the same arithmetic in the
+same order, so the results are **bitwise identical** to the numba kernels, and faster: it
+walks the rays of a detector row plane by plane, 8 or 16 rays in the lanes of one vector
+(their four taps gathered; for float32 on AVX-512, rows nearly parallel to the voxel planes'
+rows, as on an untilted or slightly tilted detector, take them from contiguous loads and
+permutes instead); rays along x read a transposed copy of the volume (one extra volume of
+memory). Measured at 2 threads: 2-6x the numba kernel at 128^3-512^3 on AMD Zen 4, 1.1-2.3x on
+Zen 5. The extension also has a back-projection (the numba kernel's ray-by-ray order, which
+fixes each voxel's summation order, with one ray's inner samples in SIMD lanes and their
+scatters), bitwise identical too, but it did not beat the numba kernel at 2 threads (0.8-1.6x on
+Zen 4, 0.5-0.7x on Zen 5), so by default the back-projection runs the numba kernel.
+``TOMOPRIOR_COMPILED_KERNELS``: ``auto`` (default), ``all`` (both directions compiled), ``0``
+(numba kernels only). The compiled kernels use their own POSIX threads
+(``torch.get_num_threads()``).
 
 Threads: ``torch.get_num_threads()`` (capped at ``numba.config.NUMBA_NUM_THREADS``), read
 on every call. With one thread, serial copies of the kernels run without numba's thread
@@ -623,9 +626,23 @@ def _layer_is_openmp() -> bool:
         return False
 
 
-#: Environment variable: ``0`` makes the backend run its numba kernels even where the compiled
-#: ones are installed (for comparisons; the results are the same bit for bit).
+#: Environment variable choosing the kernels where the compiled ones are installed (the results
+#: are the same bit for bit): ``auto`` (default, also ``1``): compiled forward projection, numba
+#: back-projection; ``all``: both compiled; ``0`` (or ``off``): numba kernels only.
 COMPILED_ENV = "TOMOPRIOR_COMPILED_KERNELS"
+_COMPILED_MODES = {"": "auto", "1": "auto", "auto": "auto", "all": "all", "0": "off", "off": "off"}
+#: Why ``auto`` back-projects with the numba kernels (measured at 2 threads, 128^3 -> 2 x 256^2
+#: up to 512^3 -> 2 x 1024^2, docs/benchmarks.md).
+_ADJOINT_AUTO = ("numba kernels for the back-projection: the compiled one ran at 0.5-0.7x their speed on AMD "
+                 f"Zen 5 and 0.8-1.6x on Zen 4 at 2 threads ({COMPILED_ENV}=all uses it)")
+
+
+def _compiled_mode() -> str:
+    raw = os.environ.get(COMPILED_ENV, "").strip().lower()
+    if raw not in _COMPILED_MODES:
+        raise ValueError(f"{COMPILED_ENV}={raw!r} is not a kernel choice: use auto (the default: compiled forward, "
+                         "numba back-projection), all (both compiled) or 0 (numba kernels only)")
+    return _COMPILED_MODES[raw]
 
 #: ``(library or None, reason)`` once loaded (see :func:`compiled_kernels`).
 _COMPILED: list = []
@@ -670,19 +687,27 @@ def _load_compiled():
     return lib, f"C with SIMD ({isa})"
 
 
-def compiled_kernels():
-    """The compiled forward kernels in use, or ``None``: ``(library or None, description)``.
+def compiled_kernels(direction: str = "forward"):
+    """The compiled kernels in use for ``direction`` (``"forward"`` or ``"adjoint"``, the
+    back-projection), or ``None``: ``(library or None, description)``.
 
     The optional C extension ``tomoprior.projectors._joseph`` (built at install when a C
-    compiler is present) runs the forward projection and the back-projection in SIMD lanes,
-    bitwise identical to the numba kernels and faster (see the module docstring).
-    ``TOMOPRIOR_COMPILED_KERNELS=0`` turns it off.
+    compiler is present) has both directions in SIMD lanes, bitwise identical to the numba
+    kernels (see the module docstring). By default (``TOMOPRIOR_COMPILED_KERNELS`` unset or
+    ``auto``) the forward projection runs compiled (1.1-2.3x the numba kernel at 128^3-512^3
+    on AMD Zen 5, 2-6x on Zen 4) and the back-projection runs the numba kernel, which the
+    compiled one did not beat at 2 threads; ``all`` runs both compiled, ``0`` neither.
     """
+    if direction not in ("forward", "adjoint"):
+        raise ValueError(f"direction must be 'forward' or 'adjoint', got {direction!r}")
     if not _COMPILED:
         _COMPILED.append(_load_compiled())
     lib, reason = _COMPILED[0]
-    if os.environ.get(COMPILED_ENV, "1").strip() == "0":
+    mode = _compiled_mode()
+    if mode == "off":
         return None, f"turned off by {COMPILED_ENV}=0"
+    if lib is not None and direction == "adjoint" and mode == "auto":
+        return None, _ADJOINT_AUTO
     return lib, reason
 
 
@@ -720,8 +745,13 @@ class NumbaBackend(Backend):
 
     def describe(self) -> dict:
         lib, kernels = compiled_kernels()
+        back, why = compiled_kernels("adjoint")
+        if lib is None:
+            text = f"numba (compiled kernels: {kernels})"
+        else:
+            text = f"forward: {kernels}; back-projection: " + (kernels if back is not None else why)
         return {"backend": self.name, "model": "Joseph: bilinear in each voxel plane of the dominant axis",
-                "kernels": kernels if lib is not None else f"numba (compiled kernels: {kernels})",
+                "kernels": text,
                 "vector_grad": "torch backend (trilinear ray marching, step 0.5)"}
 
     def memory_estimate(self, grid, shapes, batch, itemsize, *, adjoint):
@@ -775,7 +805,7 @@ class NumbaBackend(Backend):
         proj = projections.detach().to("cpu").contiguous()
         out = torch.zeros((proj.shape[0], grid.num_voxels), dtype=proj.dtype)
         p, o = proj.numpy(), out.numpy()
-        lib, _ = compiled_kernels()
+        lib, _ = compiled_kernels("adjoint")
         compiled = lib is not None and proj.dtype in (torch.float32, torch.float64)
         workers = max(1, torch.get_num_threads())
         for a, rays in enumerate(table.groups):

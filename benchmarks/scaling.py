@@ -6,8 +6,11 @@ over the same 307.2 mm detector (128^2 .. 512^2): voxels and pixels shrink toget
 rays grow as ``N^2`` and planes crossed per ray as ``N``, samples as ``N^3``.
 
 Timed, exactly as in ``benchmarks/projectors.py`` (one warm-up, then ``--repeats`` runs,
-wall and process CPU seconds), for the ``"numba"`` backend at every size and the
-``"torch"`` backend at a few (``--torch-sizes``): ``forward`` (``tp.project``), ``back``
+wall and process CPU seconds), for the ``"numba"`` backend at every size (its compiled
+kernels when they are built), the same backend on its numba kernels (row label
+``numba-jit-only``, compiled kernels switched off; ``--jit-only-sizes``, by default every
+size when there are compiled kernels to compare with) and the ``"torch"`` backend at a few
+(``--torch-sizes``): ``forward`` (``tp.project``), ``back``
 (``tp.backproject``) and ``fwd+bwd`` (autograd of ``(project(vol) * w).sum()`` wrt the
 volume).
 
@@ -23,11 +26,12 @@ Also recorded per case:
 
 A straight line ``time = a + b * samples`` is fitted (least squares, per backend and
 operation, on the medians) and its quality reported (R^2, worst relative residual). The
-script prints a table, writes JSON (atomically) and plots time against samples.
+script prints a table, writes JSON (atomically) and plots time against samples, the cost
+per sample and the peak extra memory against the volume size.
 
 Usage::
 
-    python benchmarks/scaling.py                          # about 5-10 min on 2 cores
+    python benchmarks/scaling.py                          # about 10-20 min on 2 cores
     python benchmarks/scaling.py --sizes 64,96 --torch-sizes 64 --no-memory   # quick look
 """
 
@@ -49,10 +53,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the helpers of projectors.py (problem, timing, memory children)
 
 import projectors as bench  # noqa: E402
+from projector_bench.timing import prepare  # noqa: E402
 
 import tomoprior as tp  # noqa: E402
 from tomoprior._atomic import atomic_path  # noqa: E402
 
+#: Implementations timed, in table and legend order: the numba backend as installed (its
+#: compiled kernels when built), the same backend on its numba kernels, the torch backend.
+IMPLS = ("numba", bench.NUMBA_JIT_ONLY, "torch")
 DEFAULT_OUT = HERE / "results" / "scaling.json"
 DEFAULT_FIGURE = HERE.parent / "docs" / "figures" / "projector_scaling.png"
 BYTES_PER_GIB = 2**30
@@ -97,7 +105,7 @@ def compute_fits(rows: list[dict], max_size: int) -> dict:
     """``{(impl, op): fit}``: :func:`fit_line` of median wall time (and of minima and CPU time)
     against samples over the sizes up to ``max_size``."""
     fits = {}
-    for impl in ("numba", "torch"):
+    for impl in IMPLS:
         for op in bench.OPERATIONS:
             sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"] and r["size"] <= max_size]
             if sel:
@@ -126,7 +134,8 @@ def replot(args) -> int:
     bench.write_json_atomic(Path(args.out), payload)
     print(f"wrote {args.out}")
     if args.figure:
-        plot(rows, fits, args.figure, threads)
+        plot(rows, fits, args.figure, threads,
+             compiled=payload.get("machine", {}).get("compiled_kernels", True) is not False)
         print(f"wrote {args.figure}")
     return 0
 
@@ -137,6 +146,10 @@ def parse_args(argv=None):
     p.add_argument("--sizes", default="64,96,128,192,256", help="volume sizes N (N^3 voxels, 2 x (2N)^2 pixels)")
     p.add_argument("--torch-sizes", default="64,96,128", help="sizes at which the 'torch' backend is timed too "
                    "('' for none)")
+    p.add_argument("--jit-only-sizes", default=None,
+                   help="sizes at which the numba backend is timed again with its compiled kernels turned off "
+                        f"(impl '{bench.NUMBA_JIT_ONLY}'; default: every --sizes when the compiled kernels are in "
+                        "use, else none; '' for none)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--repeats", type=int, default=7, help="timed runs per numba case after one warm-up (default 7)")
     p.add_argument("--torch-repeats", type=int, default=3, help="timed runs per torch case (default 3)")
@@ -156,8 +169,16 @@ def parse_args(argv=None):
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         args.torch_sizes = [int(s) for s in args.torch_sizes.split(",") if s.strip()]
+        if args.jit_only_sizes is None:
+            from tomoprior.projectors.numba_backend import compiled_kernels
+
+            args.jit_only_sizes = list(args.sizes) if compiled_kernels()[0] is not None else []
+        else:
+            args.jit_only_sizes = [int(s) for s in args.jit_only_sizes.split(",") if s.strip()]
     except ValueError:
-        p.error("--sizes and --torch-sizes are comma-separated integers, e.g. 64,96,128")
+        p.error("--sizes, --torch-sizes and --jit-only-sizes are comma-separated integers, e.g. 64,96,128")
+    if set(args.jit_only_sizes) - set(args.sizes):
+        p.error("--jit-only-sizes must be among --sizes (the comparison is made at the same sizes)")
     if not args.sizes or min(args.sizes + args.torch_sizes or [2]) < 2:
         p.error("--sizes needs at least one size, and every size must be >= 2")
     if args.fit_max_size < 2:
@@ -199,43 +220,78 @@ def _log_axis(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.grid(True, which="both", lw=0.3, alpha=0.5)
 
 
-def plot(rows: list[dict], fits: dict, path: str, threads: int = 2) -> None:
-    """Log-log time against samples, with the fitted lines; a small PNG written atomically."""
+#: Plot style per implementation: marker, filled, line style, legend name.
+STYLE = {"numba": ("o", True, "-", "compiled"), bench.NUMBA_JIT_ONLY: ("^", False, ":", "numba kernels"),
+         "torch": ("s", False, "--", "torch")}
+
+
+def _style(impl: str, compiled: bool):
+    marker, filled, ls, name = STYLE.get(impl, ("x", True, "-", impl))
+    if impl == "numba" and not compiled:
+        name = "numba"  # the backend ran its numba kernels: no compiled kernels were built
+    return marker, filled, ls, name
+
+
+def plot(rows: list[dict], fits: dict, path: str, threads: int = 2, compiled: bool = True) -> None:
+    """Log-log time against samples with the fitted lines, the cost per sample and the peak
+    extra memory against the volume size; a small PNG written atomically. ``compiled``: the
+    ``numba`` rows ran the compiled kernels (legend 'compiled', else 'numba')."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8), dpi=100)
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.9), dpi=100)
     colors = {"forward": "tab:blue", "back": "tab:orange", "fwd+bwd": "tab:green"}
-    markers = {"numba": "o", "torch": "s"}
+    sizes = sorted({r["size"] for r in rows})
+
+    def size_axis(ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+
     ax = axes[1]  # cost per sample against size: flat while the volume stays in the cache
     for (impl, op) in fits:
+        m, filled, ls, name = _style(impl, compiled)
         sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
         ax.plot([r["size"] for r in sel], [1e9 * r["median_cpu_s"] / r["samples"] for r in sel],
-                marker=markers.get(impl, "^"), color=colors[op], ms=4, lw=0.8, ls="--" if impl == "torch" else "-",
-                mfc="none" if impl == "torch" else colors[op], label=f"{impl} {op}")
-    sizes = sorted({r["size"] for r in rows})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(n) for n in sizes])
-    ax.minorticks_off()
+                marker=m, color=colors[op], ms=4, lw=0.8, ls=ls, mfc=colors[op] if filled else "none",
+                label=f"{name} {op}")
+    size_axis(ax)
     _log_axis(ax, "volume size N (N$^3$ voxels into 2 x (2N)$^2$ pixels)", "process CPU ns per sample (median)",
               "cost per sample")
+    ax = axes[2]  # peak extra memory of one call in a fresh process
+    drawn = False
+    for (impl, op) in fits:
+        m, filled, ls, name = _style(impl, compiled)
+        sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r.get("peak_extra_mb") is not None]
+        if sel:
+            drawn = True
+            ax.plot([r["size"] for r in sel], [max(r["peak_extra_mb"], 1.0) for r in sel], marker=m, color=colors[op],
+                    ms=4, lw=0.8, ls=ls, mfc=colors[op] if filled else "none", label=f"{name} {op}")
+    out_sizes = [n for n in sizes if n >= sizes[0]]
+    ref, = ax.plot(out_sizes, [4 * n**3 / 2**20 for n in out_sizes], color="0.5", lw=0.8, ls="-.",
+                   label="one float32 N$^3$ volume")
+    size_axis(ax)
+    _log_axis(ax, "volume size N", "MB (resident-set growth during one call)",
+              "peak extra memory (fresh process per call)" if drawn else "peak extra memory (not measured)")
+    ax.legend(handles=[ref], fontsize=6, loc="upper left")  # markers and colours: the left panel's legend
     ax = axes[0]  # wall time against samples, with the straight lines fitted on the cache-resident sizes
     for (impl, op), fit in fits.items():
+        m, filled, ls, name = _style(impl, compiled)
         sel = [r for r in rows if r["impl"] == impl and r["op"] == op and r["samples"]]
         if not sel:
             continue
         x = np.array([r["samples"] for r in sel], dtype=float)
         y = np.array([r["median_s"] for r in sel])
         err = [y - np.array([r["min_s"] for r in sel]), np.array([r["max_s"] for r in sel]) - y]
-        ax.errorbar(x, y, yerr=err, fmt=markers.get(impl, "^"), color=colors[op], ms=4, capsize=2, lw=0.8,
-                    mfc="none" if impl == "torch" else colors[op], label=f"{impl} {op}")
+        ax.errorbar(x, y, yerr=err, fmt=m, color=colors[op], ms=4, capsize=2, lw=0.8,
+                    mfc=colors[op] if filled else "none", label=f"{name} {op}")
         if fit["b"] is not None and fit["b"] > 0:  # over the fitted sizes, where the line is positive
             xf = np.array([r["samples"] for r in sel if r["size"] in fit.get("sizes", [])], dtype=float)
             xs = np.geomspace(xf.min(), xf.max(), 50) if xf.size else np.array([])
             ys = fit["a"] + fit["b"] * xs
-            ax.plot(xs[ys > 0], ys[ys > 0], color=colors[op], lw=0.8, ls="--" if impl == "torch" else "-")
+            ax.plot(xs[ys > 0], ys[ys > 0], color=colors[op], lw=0.8, ls=ls)
     for r in rows:
         if r["impl"] == "numba" and r["op"] == "forward":
             ax.annotate(f"{r['size']}$^3$", (r["samples"], r["median_s"]), textcoords="offset points",
@@ -264,18 +320,19 @@ def main(argv=None) -> int:
     print(f"tomoprior {tp.__version__} projector scaling, {args.threads} thread(s); machine {machine['cpu']}, "
           f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
     warm = bench.Problem.build(8, 8)
-    for impl in ("numba", "torch"):
-        tp.project(warm.volume, warm.geom, backend=impl)  # compile / load the kernels first
+    for impl in ("numba", bench.NUMBA_JIT_ONLY, "torch"):
+        prepare(impl, "forward", warm)()  # compile / load the kernels first
 
     rows: list[dict] = []
     sizes = sorted(set(args.sizes) | set(args.torch_sizes))
     for size in sizes:
         det = 2 * size
         prob = bench.Problem.build(size, det)
-        impls = [i for i, wanted in (("numba", size in args.sizes), ("torch", size in args.torch_sizes)) if wanted]
+        impls = [i for i, wanted in (("numba", size in args.sizes), (bench.NUMBA_JIT_ONLY, size in args.jit_only_sizes),
+                                     ("torch", size in args.torch_sizes)) if wanted]
         for impl in impls:
-            samples = count_samples(impl, prob.geom)
-            repeats = args.repeats if impl == "numba" else args.torch_repeats
+            samples = count_samples("numba" if impl == bench.NUMBA_JIT_ONLY else impl, prob.geom)
+            repeats = args.torch_repeats if impl == "torch" else args.repeats
             for op in bench.OPERATIONS:
                 print(f"  {impl:<6} {op:<8} {prob.label:<18} ...", end="", flush=True)
                 res = bench.time_case(impl, op, prob, repeats, args.budget)
@@ -334,7 +391,8 @@ def main(argv=None) -> int:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
         "machine": machine,
-        "settings": {"sizes": args.sizes, "torch_sizes": args.torch_sizes, "threads": args.threads,
+        "settings": {"sizes": args.sizes, "torch_sizes": args.torch_sizes, "jit_only_sizes": args.jit_only_sizes,
+                     "threads": args.threads,
                      "fit_max_size": args.fit_max_size,
                      "repeats": args.repeats, "torch_repeats": args.torch_repeats, "budget_s": args.budget,
                      "memory": args.memory, "field_of_view_mm": bench.FIELD_OF_VIEW_MM,
@@ -348,7 +406,7 @@ def main(argv=None) -> int:
     bench.write_json_atomic(Path(args.out), payload)
     print(f"wrote {args.out}")
     if args.figure:
-        plot(rows, fits, args.figure, args.threads)
+        plot(rows, fits, args.figure, args.threads, compiled=machine.get("compiled_kernels", True) is not False)
         print(f"wrote {args.figure} ({os.path.getsize(args.figure) / 1024:.0f} kB)")
     return 0
 

@@ -44,8 +44,12 @@ def machine_info(threads: int) -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
+    from tomoprior.projectors.numba_backend import compiled_kernels
+
+    lib, kernels = compiled_kernels()
     return {
         "cpu": cpu, "cpu_id": family, "simd": simd, "logical_cpus": os.cpu_count(), "usable_cpus": usable,
+        "compiled_kernels": lib is not None, "cpu_kernels": kernels,
         "memory_gib": mem_gib,
         "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "tomoprior": tp.__version__, "threads": threads, "torch_threads": torch.get_num_threads(),

@@ -928,11 +928,9 @@ def _ledger_checkpoints(plan: dict, out: Path) -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from .training import file_sha256
+
+    return file_sha256(path)
 
 
 def archive_study(out, ledger, *, checkpoints: bool = True) -> dict:

@@ -793,6 +793,12 @@ def run_study(plan_path, out, *, resume: bool = False, log: Callable[[str], None
         return _run(plan, out, log, stop_after)
 
 
+def _training_evals(plan: dict, label: str, trainset: str, seed: int) -> list[str]:
+    """Step names of the evaluations that read training ``(label, trainset, seed)``."""
+    return [_step_name(("eval", label, seed, a)) for a in refiner_arms(plan, label)
+            if _train_name(plan["arms"][a]) == trainset]
+
+
 def _missing_needed(plan: dict, out: Path, steps: dict) -> list[str]:
     """Done steps whose outputs are gone but still needed: the data files and training
     checkpoints that steps not yet done read (a study folder restored from a ledger, see
@@ -806,9 +812,7 @@ def _missing_needed(plan: dict, out: Path, steps: dict) -> list[str]:
     trains = [it for it in steps["order"] if it[0] == "train"]
     for item in trains:
         _, label, trainset, seed = item
-        evals = [_step_name(("eval", label, seed, a)) for a in refiner_arms(plan, label)
-                 if _train_name(plan["arms"][a]) == trainset]
-        pending = [e for e in evals if done(e) is None]
+        pending = [e for e in _training_evals(plan, label, trainset, seed) if done(e) is None]
         rec = done(_step_name(item))
         if rec is not None and pending and not (out / rec["checkpoint"]).is_file():
             stale.append(_step_name(item))
@@ -826,8 +830,7 @@ def _missing_needed(plan: dict, out: Path, steps: dict) -> list[str]:
 
 
 def _data_digest(out: Path, rec: dict) -> dict:
-    """The content digest of a data step's output file (:meth:`DatasetFile.content_sha256`),
-    compared with the one the step recorded when it ran before, if any."""
+    """``{"content_sha256": ...}`` of a data step's output file (:meth:`DatasetFile.content_sha256`)."""
     from ..data import DatasetFile
 
     with DatasetFile(out / rec["outputs"][0]) as ds:
@@ -919,18 +922,11 @@ def _ledger_checkpoints(plan: dict, out: Path) -> list[str]:
         if not marker.is_file():  # under way: the state to resume and the best epoch so far
             keep += [str(run / f) for f in ("last.pt", "best.pt") if (out / run / f).is_file()]
             continue
-        evals = [_marker(out, _step_name(("eval", label, seed, a))) for a in refiner_arms(plan, label)
-                 if _train_name(plan["arms"][a]) == trainset]
         ckpt = json.loads(marker.read_text(encoding="utf-8"))["checkpoint"]
-        if not all(e.is_file() for e in evals) and (out / ckpt).is_file():
+        evals_left = any(not _marker(out, e).is_file() for e in _training_evals(plan, label, trainset, seed))
+        if evals_left and (out / ckpt).is_file():
             keep.append(ckpt)
     return keep
-
-
-def _sha256(path: Path) -> str:
-    from .training import file_sha256
-
-    return file_sha256(path)
 
 
 def archive_study(out, ledger, *, checkpoints: bool = True) -> dict:
@@ -951,26 +947,28 @@ def archive_study(out, ledger, *, checkpoints: bool = True) -> dict:
     import shutil
 
     from .._atomic import atomic_path
+    from .training import file_sha256
 
     out, ledger = Path(out), Path(ledger)
     if not (out / "plan.json").is_file():
         raise PlanError(f"{out} holds no study (no plan.json); give the folder of `tomoprior study run --out`")
     if ledger.resolve() == out.resolve() or out.resolve() in ledger.resolve().parents:
         raise PlanError(f"the ledger {ledger} must lie outside the study folder {out}")
-    plan = json.loads((out / "plan.json").read_text(encoding="utf-8"))["plan"]
+    rec = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    plan = rec["plan"]
     files = sorted({str(p.relative_to(out)) for pat in LEDGER_PATTERNS for p in out.glob(pat) if p.is_file()})
     if checkpoints:
         files += _ledger_checkpoints(plan, out)
     ledger.mkdir(parents=True, exist_ok=True)
     if (ledger / "plan.json").is_file():
         theirs = json.loads((ledger / "plan.json").read_text(encoding="utf-8"))["sha256"]
-        if theirs != json.loads((out / "plan.json").read_text(encoding="utf-8"))["sha256"]:
+        if theirs != rec["sha256"]:
             raise PlanError(f"the ledger {ledger} holds another plan's study; give an empty or new folder")
     manifest_files = {}
     for rel in files:
         src, dst = out / rel, ledger / rel
-        digest = _sha256(src)
-        if not (dst.is_file() and _sha256(dst) == digest):
+        digest = file_sha256(src)
+        if not (dst.is_file() and file_sha256(dst) == digest):
             dst.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
@@ -981,7 +979,7 @@ def archive_study(out, ledger, *, checkpoints: bool = True) -> dict:
             if p.is_file() and str(p.relative_to(ledger)) not in manifest_files:
                 p.unlink()
     status = _status(out, plan)
-    manifest = {"plan_sha256": json.loads((out / "plan.json").read_text(encoding="utf-8"))["sha256"],
+    manifest = {"plan_sha256": rec["sha256"],
                 "steps_done": status["done"], "steps_total": status["total"], "missing": status["missing"],
                 "checkpoints": [f for f in files if f.endswith(".pt")], "files": manifest_files}
     write_text_atomic(ledger / LEDGER_MANIFEST, json.dumps(manifest, indent=1) + "\n")
@@ -1001,6 +999,7 @@ def restore_study(ledger, out) -> dict:
     import shutil
 
     from .._atomic import atomic_path
+    from .training import file_sha256
 
     ledger, out = Path(ledger), Path(out)
     mpath = ledger / LEDGER_MANIFEST
@@ -1010,7 +1009,7 @@ def restore_study(ledger, out) -> dict:
     manifest = json.loads(mpath.read_text(encoding="utf-8"))
     for rel, meta in manifest["files"].items():
         p = ledger / rel
-        if not p.is_file() or _sha256(p) != meta["sha256"]:
+        if not p.is_file() or file_sha256(p) != meta["sha256"]:
             raise PlanError(f"the ledger file {p} is missing or differs from its manifest entry (SHA-256 "
                             f"{meta['sha256'][:12]}...); the ledger is damaged")
     if (out / "plan.json").is_file():

@@ -403,6 +403,9 @@ def test_cli_archive_and_restore_refuse_what_would_mix_studies(smoke, tmp_path):
     victim.write_text(victim.read_text() + " ")
     r = CliRunner().invoke(cli, ["study", "restore", str(ledger), "--out", str(tmp_path / "c")])
     assert r.exit_code == 2 and "damaged" in r.output and not (tmp_path / "c").exists()
+    (ledger / "ledger.json").write_text('{"files": []}')
+    r = CliRunner().invoke(cli, ["study", "restore", str(ledger), "--out", str(tmp_path / "d")])
+    assert r.exit_code == 2 and "not a ledger manifest" in r.output, r.output
     r = CliRunner().invoke(cli, ["study", "archive", str(tmp_path), str(tmp_path / "l2")])
     assert r.exit_code == 2 and "no plan.json" in r.output
 

@@ -1006,12 +1006,18 @@ def restore_study(ledger, out) -> dict:
     if not mpath.is_file():
         raise PlanError(f"{ledger} is not a study ledger (no {LEDGER_MANIFEST}); make one with "
                         "`tomoprior study archive FOLDER LEDGER`")
-    manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    for rel, meta in manifest["files"].items():
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        files = {str(rel): str(meta["sha256"]) for rel, meta in manifest["files"].items()}
+        int(manifest["steps_done"]), int(manifest["steps_total"]), str(manifest["plan_sha256"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PlanError(f"{mpath} is not a ledger manifest ({type(exc).__name__}: {exc}); the ledger is damaged: "
+                        "make it again with `tomoprior study archive FOLDER LEDGER`") from None
+    for rel, sha in files.items():
         p = ledger / rel
-        if not p.is_file() or file_sha256(p) != meta["sha256"]:
+        if not p.is_file() or file_sha256(p) != sha:
             raise PlanError(f"the ledger file {p} is missing or differs from its manifest entry (SHA-256 "
-                            f"{meta['sha256'][:12]}...); the ledger is damaged")
+                            f"{sha[:12]}...); the ledger is damaged")
     if (out / "plan.json").is_file():
         mine = json.loads((out / "plan.json").read_text(encoding="utf-8"))["sha256"]
         if mine != manifest["plan_sha256"]:

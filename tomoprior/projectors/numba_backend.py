@@ -129,9 +129,17 @@ FORWARD_BLOCK = 256
 #: Largest volume (bytes, all batch items) for which the compiled forward makes the transposed
 #: copy that rays along x read (beyond it they gather from the volume itself: slower, no copy).
 TRANSPOSED_COPY_MAX_BYTES = 1 << 30
-#: Plane ranges per thread in the back-projection (balanced by sample counts; a second one
-#: per thread absorbs the imbalance left, more cost a pass over the rays each).
-ADJOINT_PARTS_PER_THREAD = 2
+#: In ``auto`` mode the compiled forward projection runs for volumes (all batch items) of at
+#: least this many voxels; smaller ones take the numba kernel, which was as fast or faster below
+#: about 96^3 (2 threads, AMD Zen 5: compiled 0.5-0.95x at 64^3 -> 2 x 128^2, 0.94-0.96x at 80^3,
+#: 1.1-1.2x at 96^3, 1.3x at 128^3; the compiled call's fixed costs, its threads and the transposed
+#: copy, dominate small problems). ``all`` uses the compiled kernels at every size.
+COMPILED_FORWARD_MIN_VOXELS = 96 ** 3
+#: Plane ranges per thread in the back-projection (balanced by sample counts). Every range
+#: costs a pass over all the rays of its view, which more ranges per thread (for dynamic load
+#: balance) did not earn back: at 128^3 -> 2 x 256^2, 2 threads, 2 per thread took 8 % longer
+#: than 1 on an idle machine and 28 % longer with both cores busy (docs/benchmarks.md).
+ADJOINT_PARTS_PER_THREAD = 1
 
 # In-plane coordinates are stepped in 32.32 fixed point: integer steps are exact, so the
 # back-projection recomputes bit for bit the sample positions and interpolation fractions
@@ -694,9 +702,12 @@ def compiled_kernels(direction: str = "forward"):
     The optional C extension ``tomoprior.projectors._joseph`` (built at install when a C
     compiler is present) has both directions in SIMD lanes, bitwise identical to the numba
     kernels (see the module docstring). By default (``TOMOPRIOR_COMPILED_KERNELS`` unset or
-    ``auto``) the forward projection runs compiled (1.1-2.3x the numba kernel at 128^3-512^3
-    on AMD Zen 5, 2-6x on Zen 4) and the back-projection runs the numba kernel, which the
-    compiled one did not beat at 2 threads; ``all`` runs both compiled, ``0`` neither.
+    ``auto``) the forward projection runs compiled for volumes of
+    :data:`COMPILED_FORWARD_MIN_VOXELS` voxels and more (1.1-2.3x the numba kernel at
+    128^3-512^3 on AMD Zen 5, 2-6x on Zen 4; smaller volumes take the numba kernel, which is
+    as fast there) and the back-projection runs the numba kernel, which the compiled one did
+    not beat at 2 threads; ``all`` runs both compiled at every size, ``0`` neither. This
+    function names the library for ``direction``; the size rule applies per call.
     """
     if direction not in ("forward", "adjoint"):
         raise ValueError(f"direction must be 'forward' or 'adjoint', got {direction!r}")
@@ -709,6 +720,16 @@ def compiled_kernels(direction: str = "forward"):
     if lib is not None and direction == "adjoint" and mode == "auto":
         return None, _ADJOINT_AUTO
     return lib, reason
+
+
+def _forward_kernels(voxels: int):
+    """The compiled library for a forward projection of ``voxels`` voxels (all batch items),
+    or ``None`` for the numba kernel: :func:`compiled_kernels`, and in ``auto`` mode only from
+    :data:`COMPILED_FORWARD_MIN_VOXELS` on."""
+    lib, _ = compiled_kernels()
+    if lib is not None and voxels < COMPILED_FORWARD_MIN_VOXELS and _compiled_mode() == "auto":
+        return None
+    return lib
 
 
 class NumbaBackend(Backend):
@@ -749,7 +770,9 @@ class NumbaBackend(Backend):
         if lib is None:
             text = f"numba (compiled kernels: {kernels})"
         else:
-            text = f"forward: {kernels}; back-projection: " + (kernels if back is not None else why)
+            small = ("" if _compiled_mode() == "all" else
+                     f" from {COMPILED_FORWARD_MIN_VOXELS:,} voxels on (numba kernels below)")
+            text = f"forward: {kernels}{small}; back-projection: " + (kernels if back is not None else why)
         return {"backend": self.name, "model": "Joseph: bilinear in each voxel plane of the dominant axis",
                 "kernels": text,
                 "vector_grad": "torch backend (trilinear ray marching, step 0.5)"}
@@ -759,7 +782,8 @@ class NumbaBackend(Backend):
         for the compiled forward kernels a transposed copy of the volume."""
         pixels = sum(int(r) * int(c) for r, c in shapes)
         copy = batch * grid.num_voxels * itemsize
-        extra = copy if not adjoint and compiled_kernels()[0] is not None and copy <= TRANSPOSED_COPY_MAX_BYTES else 0
+        compiled = not adjoint and _forward_kernels(batch * grid.num_voxels) is not None
+        extra = copy if compiled and copy <= TRANSPOSED_COPY_MAX_BYTES else 0
         return batch * (pixels + grid.num_voxels) * itemsize + _TABLE_BYTES_PER_RAY * pixels + extra
 
     def forward(self, volume, grid, shapes, vectors, progress=None) -> torch.Tensor:
@@ -769,7 +793,7 @@ class NumbaBackend(Backend):
         vol = volume.detach().to("cpu").reshape(volume.shape[0], grid.num_voxels).contiguous()
         out = torch.empty((vol.shape[0], table.rp.shape[0]), dtype=vol.dtype)
         v, o = vol.numpy(), out.numpy()
-        lib, _ = compiled_kernels()
+        lib = _forward_kernels(vol.numel())
         if lib is not None and vol.dtype in (torch.float32, torch.float64) and v.size and o.size:
             fn = lib.tp_joseph_forward_f32 if vol.dtype == torch.float32 else lib.tp_joseph_forward_f64
             # its own POSIX threads (not numba's pool): also safe in forked DataLoader workers

@@ -17,6 +17,14 @@ What the learned refiners call for the back-projection prior and for BP-C featur
   operator with the same cost structure (the slow reference path ``mode="ray"`` divides it
   by the back-projection of ones).
 
+And the prior itself, the views' mean (what ``build_prior``, ``GeometryPrior`` and PSCT-Net's
+BP-C compute), ``(B, C, nz, ny, nx)``:
+
+- ``prior fused``: ``GeometryPrior()(features, geometry)`` as shipped: on CPU the lifting
+  kernels add the views into one output and divide by the count of views (no per-view volumes);
+- ``prior lift+fuse``: ``fuse_views(*backproject_features(..., return_mask=True), "mean")``,
+  the same result bit for bit through the per-view volumes (the path before 2026-12-04).
+
 Operations: ``forward`` (under ``torch.no_grad()``) and ``fwd+bwd`` (the forward with
 ``features.requires_grad`` and ``volumes.backward(w)`` with a fixed ``w``: the gradient with
 respect to the feature maps, as in training). float32.
@@ -56,7 +64,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import tomoprior as tp
 from tomoprior import __version__
-from tomoprior.refiners import backproject_features
+from tomoprior.refiners import GeometryPrior, backproject_features, fuse_views
 
 # -- the plain grid_sample implementation -----------------------------------------------------
 
@@ -155,6 +163,9 @@ def run_problem(channels: int, size: int, det: int, threads_list, repeats: int, 
     }
     if with_ray:
         cases["tp.backproject"] = lambda x: ray_backproject(x, geom)
+    cases["prior fused"] = lambda x: GeometryPrior()(x, geom)
+    cases["prior lift+fuse"] = lambda x: fuse_views(*backproject_features(x, geom, return_mask=True), "mean")
+    w_prior = w[:, 0].contiguous()  # (B, C, *grid): the gradient of the fused prior
     results = {}
     for threads in threads_list:
         torch.set_num_threads(threads)
@@ -168,9 +179,11 @@ def run_problem(channels: int, size: int, det: int, threads_list, repeats: int, 
                 with torch.no_grad():
                     fn(feats)
 
-            def fwd_bwd(fn=fn):
+            wt_case = w_prior if name.startswith("prior") else w
+
+            def fwd_bwd(fn=fn, wt=wt_case):
                 x = feats.clone().requires_grad_(True)
-                fn(x).backward(w)
+                fn(x).backward(wt)
 
             for op, body in (("forward", forward), ("fwd+bwd", fwd_bwd)):
                 r = timed(body, reps, setup)

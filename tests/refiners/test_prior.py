@@ -490,3 +490,97 @@ def test_kernels_run_in_a_process_forked_after_parallel_use(small_geom):
         torch.set_num_threads(old)
     assert proc.exitcode == 0
     np.testing.assert_array_equal(got, expect.numpy())
+
+
+def _three_view_geometry(grid):
+    views = [tp.geometry.default_frontal().binned(16), tp.geometry.default_lateral(u0=4.0).binned(16),
+             tp.geometry.default_frontal(source_to_detector=1400.0, v0=-6.0).binned(16)]
+    return tp.Geometry(grid, [v.to_view() for v in views])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("case", ["shared", "per-sample", "three-views", "threads"])
+def test_fused_mean_is_bitwise_the_per_view_lift_and_fuse(small_geom, dtype, normalize, case):
+    """GeometryPrior / build_prior with the mean add the views into one output in the kernels
+    (no per-view volumes): forward and feature gradient bit for bit those of
+    fuse_views(*backproject_features(..., return_mask=True), "mean")."""
+    grid = small_geom.grid
+    geometry = small_geom
+    nviews, channels = 2, 3
+    if case == "per-sample":
+        geometry = [small_geom, tp.BiplanarGeometry.from_parameters(
+            tp.geometry.default_frontal(u0=7.0).binned(16), tp.geometry.default_lateral(v0=-4.0).binned(16),
+            grid=grid)]
+    elif case == "three-views":
+        geometry, nviews = _three_view_geometry(grid), 3
+    elif case == "threads":  # enough work for the thread pool
+        from tomoprior.refiners import prior
+
+        channels = prior._PARALLEL_MIN_WORK // grid.num_voxels + 3
+    gen = torch.Generator().manual_seed(11)
+    feats = torch.randn(2, nviews, channels, 20, 28, generator=gen, dtype=dtype)
+    weights = torch.randn(2, channels, *grid.shape, generator=gen, dtype=dtype)
+
+    def run(fn):
+        f = feats.clone().requires_grad_(True)
+        out = fn(f)
+        (out * weights).sum().backward()
+        return out.detach(), f.grad
+
+    def reference(f):
+        return fuse_views(*backproject_features(f, geometry, normalize=normalize, return_mask=True), "mean")
+
+    old = torch.get_num_threads()
+    try:
+        results = []
+        for threads in ((1, 2) if case == "threads" else (old,)):
+            torch.set_num_threads(threads)
+            ref = run(reference)
+            got = run(lambda f: GeometryPrior(normalize=normalize)(f, geometry))
+            assert got[0].shape == (2, channels, *grid.shape) and got[0].dtype == dtype
+            assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+            results.append(got)
+        if normalize:
+            assert torch.equal(build_prior(feats, geometry), ref[0])
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(a[0], results[0][0]) and torch.equal(a[1], results[0][1]) for a in results)
+    # the case is what it claims: voxels seen by different numbers of views (the count divides;
+    # three views: by 3 as well, which is not exact)
+    seen = backproject_features(feats, geometry, return_mask=True)[1].sum(dim=1)
+    assert len(torch.unique(seen[seen > 0])) >= 2 and int(seen.max()) == nviews
+
+
+def test_fused_mean_gradients_of_first_and_second_order():
+    grid = tp.VolumeGrid((3, 4, 5), (30.0, 30.0, 30.0))
+    geom = tp.BiplanarGeometry.from_parameters(binning=64, grid=grid)
+    torch.manual_seed(6)
+    f = torch.rand(1, 2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    prior_fn = GeometryPrior()
+
+    def lift(x):
+        return prior_fn(x, geom)
+
+    assert torch.autograd.gradcheck(lift, (f,), eps=1e-6, atol=1e-8)
+    assert torch.autograd.gradgradcheck(lift, (f,), eps=1e-6, atol=1e-8)
+
+
+def test_fused_mean_is_used_only_where_it_applies(small_geom, monkeypatch):
+    """Half-precision features and the other fusions keep the per-view path (and its results)."""
+    from tomoprior.refiners import prior
+
+    calls = []
+    real = prior._LiftMean.apply
+    monkeypatch.setattr(prior._LiftMean, "apply", lambda *a: (calls.append(1), real(*a))[1])
+    feats = torch.rand(1, 2, 2, 16, 16)
+    GeometryPrior()(feats, small_geom)
+    assert calls
+    calls.clear()
+    for f, fuse in ((feats.half(), "mean"), (feats, "max"), (feats, "sum")):
+        got = GeometryPrior(fuse=fuse)(f, small_geom)
+        ref = fuse_views(*backproject_features(f, small_geom, return_mask=True), fuse)
+        assert torch.equal(got, ref) and got.dtype == f.dtype
+    assert not calls
+    with pytest.raises(ValueError, match="fuse must be one of"):
+        build_prior(feats, small_geom, fuse="median")

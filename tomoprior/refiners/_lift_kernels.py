@@ -114,7 +114,7 @@ def channels_first(src, bounds, dst, block):
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block):
+def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block, accumulate):
     o1 = one[0]
     nb, per = out.shape[0], out.shape[1]
     nc = feat.shape[1]
@@ -144,12 +144,16 @@ def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block):
             for c in range(per):
                 o = out[bi, c, b0:b1]
                 col = tile[:m, bi * per + c]
-                for i in range(m):
-                    o[i] = col[i]
+                if accumulate:  # the mean over views: add this view to the ones before
+                    for i in range(m):
+                        o[i] += col[i]
+                else:
+                    for i in range(m):
+                        o[i] = col[i]
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1):
+def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1, count, divide):
     o1 = one[0]
     n = off.shape[0]
     nc = c1 - c0
@@ -162,11 +166,16 @@ def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1
         b1 = min(n, b0 + block)
         m = b1 - b0
         sc = scale[b0:b1]
+        cn = count[b0:b1] if divide else sc
         for k in range(c0, c1):  # g (batch, channels, voxels) -> t (voxels, channels), times the factor
             gk = g[k // per, k % per, b0:b1]
             col = t[:m, k - c0]
-            for i in range(m):
-                col[i] = gk[i] * sc[i]
+            if divide:  # the mean over views: the gradient / the count of views, then the factor
+                for i in range(m):
+                    col[i] = (gk[i] / cn[i]) * sc[i]
+            else:
+                for i in range(m):
+                    col[i] = gk[i] * sc[i]
         for j in range(b0, b1):
             i = j - b0
             ax = fx[j]
@@ -223,26 +232,32 @@ def _run(calls, threads: int) -> None:
         f.result()
 
 
-def forward(feat, off, fx, fy, scale, one, dx, dy, out, block, threads: int) -> None:
-    """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)``: ``threads``
-    contiguous voxel ranges, each in tiles of ``block`` voxels."""
+def forward(feat, off, fx, fy, scale, one, dx, dy, out, block, threads: int, accumulate: bool = False) -> None:
+    """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)`` (added to it with
+    ``accumulate``): ``threads`` contiguous voxel ranges, each in tiles of ``block`` voxels."""
     n = off.shape[0]
     parts = max(1, min(threads, n // block))
     bounds = [n * k // parts for k in range(parts + 1)]
-    _run([(_forward_range, (feat, off, fx, fy, scale, one, dx, dy, out, bounds[k], bounds[k + 1], block))
+    _run([(_forward_range, (feat, off, fx, fy, scale, one, dx, dy, out, bounds[k], bounds[k + 1], block,
+                                  bool(accumulate)))
           for k in range(parts)], threads)
 
 
-def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, rows: int, threads: int):
+def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, rows: int, threads: int, count=None):
     """``g (B, C, N)`` -> the channels-last gradient of the (padded) map, ``rows`` pixels, as
     slabs ``(slabs, rows, width)`` of flattened channels ``bounds[s]..bounds[s+1]``: one thread
     per slab (no two threads write the same element; each element's sum in the same order
-    whatever the thread count). Returns ``(slabs, bounds)``; :func:`channels_first` unpacks them."""
+    whatever the thread count). With ``count`` ``(N,)``, each voxel's gradient is first divided
+    by it (the transpose of the mean over views). Returns ``(slabs, bounds)``;
+    :func:`channels_first` unpacks them."""
+    divide = count is not None
+    if not divide:
+        count = scale  # not read
     nbc = g.shape[0] * g.shape[1]
     parts = max(1, min(threads, nbc))
     bounds = np.array([nbc * k // parts for k in range(parts + 1)], dtype=np.int64)
     width = int(np.max(np.diff(bounds)))
     acc = np.zeros((parts, rows, width), dtype=g.dtype)
     _run([(_adjoint_slab, (g, off, fx, fy, scale, one, dx, dy, chunk, block, acc[k], int(bounds[k]),
-                           int(bounds[k + 1]))) for k in range(parts)], threads)
+                           int(bounds[k + 1]), count, divide)) for k in range(parts)], threads)
     return acc, bounds

@@ -346,7 +346,19 @@ class _Plan:
         # (8 float32 or 4 float64) in the x86 builds of torch we compared with, bit for bit
         self.chunk = max(1, 32 // torch.empty(0, dtype=dtype).element_size())
 
-    def forward(self, feats) -> torch.Tensor:
+    def view_counts(self) -> list[torch.Tensor]:
+        """Per group, ``(N,)`` in the work dtype: how many views see each voxel, at least 1
+        (``fuse_views``' "mean" denominator), computed once."""
+        counts = self.__dict__.get("_counts")
+        if counts is None:
+            counts = self._counts = [torch.stack([t.mask.reshape(-1).to(self.dtype) for t in tables]).sum(dim=0)
+                                     .clamp_min(1.0) for _, _, tables in self.groups]
+        return counts
+
+    def forward(self, feats, mean: bool = False) -> torch.Tensor:
+        """``(B, V, C, *grid)`` per-view volumes, or with ``mean`` their mean over the views that
+        see each voxel, ``(B, C, *grid)``, bitwise ``fuse_views(..., "mean")`` of the former:
+        the views are added in order into one output and divided by the count of views."""
         from . import _lift_kernels as lk
 
         ch = self.channels
@@ -354,7 +366,8 @@ class _Plan:
         threads = _kernel_threads(n * ch * self.batch)
         # numpy allocates big arrays on transparent huge pages where the system allows it
         # (Linux, "madvise" mode): first touching 64 MB then costs ~500 page faults, not ~16000
-        o = np.empty((self.batch, self.num_views, ch, n), dtype=_numpy_dtype(self.dtype))
+        shape = (self.batch, ch, n) if mean else (self.batch, self.num_views, ch, n)
+        o = np.empty(shape, dtype=_numpy_dtype(self.dtype))
         out = torch.from_numpy(o)
         for v, f in enumerate(feats):
             h, w = f.shape[-2:]
@@ -366,24 +379,35 @@ class _Plan:
                 if not lk.channels_last(src[b0:b1], cl, _COPY_BLOCK):
                     raise ValueError(f"features (view {v}) contains NaN or infinite values; clean them before "
                                      "building the prior")
-                lk.forward(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, o[b0:b1, v], _FORWARD_BLOCK, threads)
+                lk.forward(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, o[b0:b1] if mean else o[b0:b1, v],
+                           _FORWARD_BLOCK, threads, accumulate=mean and v > 0)
+        if mean:
+            for (b0, b1, _), count in zip(self.groups, self.view_counts()):
+                out[b0:b1].div_(count)
+            return out.reshape(self.batch, ch, *self.grid.shape)
         return out.reshape(self.batch, self.num_views, ch, *self.grid.shape)
 
-    def adjoint(self, grad: torch.Tensor) -> list[torch.Tensor]:
+    def adjoint(self, grad: torch.Tensor, mean: bool = False) -> list[torch.Tensor]:
+        """The transpose of :meth:`forward` (with the same ``mean``): per view ``(B, C, h, w)``."""
         from . import _lift_kernels as lk
 
         ch = self.channels
         threads = _kernel_threads(self.grid.num_voxels * ch * self.batch)
-        g = grad.detach().to(self.dtype).reshape(self.batch, self.num_views, ch, self.grid.num_voxels).numpy()
+        if mean:  # every view back-projects the same gradient, divided (in the kernel) by the count of views
+            g = grad.detach().to(self.dtype).reshape(self.batch, ch, self.grid.num_voxels).numpy()
+            counts = [c.numpy() for c in self.view_counts()]
+        else:
+            g = grad.detach().to(self.dtype).reshape(self.batch, self.num_views, ch, self.grid.num_voxels).numpy()
         out = []
         for v in range(self.num_views):
             h, w = self.groups[0][2][v].hw
             gfn = np.empty((self.batch, ch, h * w), dtype=g.dtype)
             gf = torch.from_numpy(gfn).reshape(self.batch, ch, h, w)
-            for b0, b1, tables in self.groups:
+            for i, (b0, b1, tables) in enumerate(self.groups):
                 t = tables[v]
-                slabs, bounds = lk.adjoint(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, self.chunk,
-                                           _ADJOINT_BLOCK, h * w + w + 1, threads)
+                gv = g[b0:b1] if mean else g[b0:b1, v]
+                slabs, bounds = lk.adjoint(gv, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, self.chunk,
+                                           _ADJOINT_BLOCK, h * w + w + 1, threads, counts[i] if mean else None)
                 lk.channels_first(slabs, bounds, gfn[b0:b1], _COPY_BLOCK)
             out.append(gf)
         return out
@@ -422,6 +446,41 @@ class _LiftAdjoint(torch.autograd.Function):
         return None, _Lift.apply(plan, *full)
 
 
+class _LiftMean(torch.autograd.Function):
+    """Features of every view -> their mean over the views that see each voxel,
+    ``(B, C, nz, ny, nx)``, in one pass (:meth:`_Plan.forward` with ``mean``); linear, its
+    backward is :class:`_LiftMeanAdjoint`."""
+
+    @staticmethod
+    def forward(ctx, plan, *feats):
+        ctx.plan = plan
+        return plan.forward(feats, mean=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, *_LiftMeanAdjoint.apply(ctx.plan, grad))
+
+
+class _LiftMeanAdjoint(torch.autograd.Function):
+    """The transpose of :class:`_LiftMean`."""
+
+    @staticmethod
+    def forward(ctx, plan, grad):
+        ctx.plan = plan
+        return tuple(plan.adjoint(grad, mean=True))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        plan = ctx.plan
+        full = []
+        for v, gv in enumerate(grads):
+            if gv is None:
+                h, w = plan.groups[0][2][v].hw
+                gv = torch.zeros((plan.batch, plan.channels, h, w), dtype=plan.dtype)
+            full.append(gv)
+        return None, _LiftMean.apply(plan, *full)
+
+
 def _use_kernels(per_view: list[torch.Tensor], geoms: list[Geometry]) -> bool:
     """The numba path: CPU features of a float dtype and geometries without gradients."""
     if any(f.device.type != "cpu" for f in per_view):
@@ -432,14 +491,19 @@ def _use_kernels(per_view: list[torch.Tensor], geoms: list[Geometry]) -> bool:
 
 
 def _lift_cpu(per_view, geoms, shared: bool, grid: VolumeGrid, normalize: bool, batch: int, channels: int,
-                  return_mask: bool):
+                  return_mask: bool, mean: bool = False):
+    """The numba kernels: per-view volumes (and masks), or with ``mean`` (float32 / float64
+    features only) the views' mean, ``(B, C, *grid)``, bitwise ``fuse_views(..., "mean")``."""
     out_dtype = per_view[0].dtype
     work = torch.float64 if out_dtype == torch.float64 else torch.float32
     feats = [f if f.dtype == work else f.to(work) for f in per_view]
     spans = [(0, batch, geoms[0])] if shared else [(i, i + 1, geoms[i]) for i in range(batch)]
     groups = [(b0, b1, [_table(view, grid, f.shape[-2:], work, normalize) for view, f in zip(g.views, feats)])
               for b0, b1, g in spans]
-    vols = _Lift.apply(_Plan(groups, batch, channels, grid, work), *feats)
+    plan = _Plan(groups, batch, channels, grid, work)
+    if mean:
+        return _LiftMean.apply(plan, *feats), None
+    vols = _Lift.apply(plan, *feats)
     if vols.dtype != out_dtype:
         vols = vols.to(out_dtype)
     if not return_mask:
@@ -512,21 +576,7 @@ def backproject_features(features, geometry, *, normalize: bool = True, mode: st
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    if isinstance(features, torch.Tensor):
-        batch = features.shape[0] if features.ndim == 5 else None
-    elif isinstance(features, Sequence) and len(features) and isinstance(features[0], torch.Tensor):
-        batch = features[0].shape[0]
-    else:
-        batch = None
-    if batch is None:
-        _as_view_features(features)  # raises the descriptive error
-    geoms = _geometry_list(geometry, batch)
-    per_view, b, _ = _as_view_features(features, geoms[0].num_views)
-    for i, g in enumerate(geoms):
-        if g.num_views != len(per_view):
-            raise ValueError(f"geometry[{i}] has {g.num_views} views but features have V={len(per_view)}")
-    out_grid = _resolve_grid(geoms, grid)
-    shared = all(g is geoms[0] for g in geoms)
+    per_view, geoms, b, out_grid, shared = _parse_lift(features, geometry, grid)
     if mode == "voxel" and _use_kernels(per_view, geoms):
         volumes, mask = _lift_cpu(per_view, geoms, shared, out_grid, normalize, b, per_view[0].shape[1],
                                       return_mask)  # checks the features are finite
@@ -551,6 +601,40 @@ def backproject_features(features, geometry, *, normalize: bool = True, mode: st
     if not return_mask:
         return volumes
     return volumes, (torch.cat(masks, dim=0) if len(masks) > 1 else masks[0])
+
+
+def _parse_lift(features, geometry, grid):
+    """Checked ``(per-view features, geometries, batch, output grid, shared geometry?)``."""
+    if isinstance(features, torch.Tensor):
+        batch = features.shape[0] if features.ndim == 5 else None
+    elif isinstance(features, Sequence) and len(features) and isinstance(features[0], torch.Tensor):
+        batch = features[0].shape[0]
+    else:
+        batch = None
+    if batch is None:
+        _as_view_features(features)  # raises the descriptive error
+    geoms = _geometry_list(geometry, batch)
+    per_view, b, _ = _as_view_features(features, geoms[0].num_views)
+    for i, g in enumerate(geoms):
+        if g.num_views != len(per_view):
+            raise ValueError(f"geometry[{i}] has {g.num_views} views but features have V={len(per_view)}")
+    out_grid = _resolve_grid(geoms, grid)
+    return per_view, geoms, b, out_grid, all(g is geoms[0] for g in geoms)
+
+
+def _lift_and_fuse(features, geometry, *, fuse: str, normalize: bool, mode: str, grid) -> torch.Tensor:
+    """``fuse_views(*backproject_features(..., return_mask=True), fuse)``; for ``"mean"`` on the
+    CPU kernels (float32 / float64 features, voxel mode) in one pass that adds the views into one
+    output and divides by the count of views, bitwise the same result, without the per-view
+    volumes (at 32 channels, 64^3 from two 128^2 maps: about 6x faster forward + backward)."""
+    if fuse == "mean" and mode == "voxel":
+        per_view, geoms, b, out_grid, shared = _parse_lift(features, geometry, grid)
+        if _use_kernels(per_view, geoms) and per_view[0].dtype in (torch.float32, torch.float64):
+            return _lift_cpu(per_view, geoms, shared, out_grid, normalize, b, per_view[0].shape[1], False,
+                             mean=True)[0]
+    vols, mask = backproject_features(features, geometry, normalize=normalize, mode=mode, grid=grid,
+                                      return_mask=True)
+    return fuse_views(vols, mask, fuse)
 
 
 def fuse_views(volumes: torch.Tensor, mask: torch.Tensor, fuse: str = "mean") -> torch.Tensor:
@@ -681,8 +765,9 @@ def build_prior(xrays, geometry, *, fuse: str = "mean", grid: VolumeGrid | None 
                 rows_b.append(torch.where(chord > 0, f[i] / safe, torch.zeros_like(f[i])))
             divided.append(torch.stack(rows_b))
         feats = divided
-    vols, mask = backproject_features(feats, geometry, normalize=True, mode=mode, grid=grid, return_mask=True)
-    return fuse_views(vols, mask, fuse)
+    if fuse not in _FUSE:
+        raise ValueError(f"fuse must be one of {_FUSE}, got {fuse!r}")
+    return _lift_and_fuse(feats, geometry, fuse=fuse, normalize=True, mode=mode, grid=grid)
 
 
 class GeometryPrior(torch.nn.Module):
@@ -729,8 +814,10 @@ class GeometryPrior(torch.nn.Module):
                                     return_mask=True)
 
     def forward(self, features, geometry) -> torch.Tensor:
-        vols, mask = self.per_view(features, geometry)
-        return fuse_views(vols, mask, self.fuse)
+        if isinstance(features, torch.Tensor) and features.ndim == 4:
+            features = features.unsqueeze(2)
+        return _lift_and_fuse(features, geometry, fuse=self.fuse, normalize=self.normalize, mode=self.mode,
+                              grid=self.grid)
 
     def extra_repr(self) -> str:
         return f"fuse={self.fuse!r}, grid={self.grid}, normalize={self.normalize}, mode={self.mode!r}"

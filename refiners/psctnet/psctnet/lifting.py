@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
-from tomoprior.refiners import backproject_features
+from tomoprior.refiners import build_prior
 from torch import nn
 
 from .axes import ViewFrame
@@ -27,9 +27,9 @@ class BPC(nn.Module):
         self.conv = ConvNormAct(3, cin, cout, 3, norm=norm)
 
     def forward(self, feats: torch.Tensor, geometry, grid, layout=None) -> torch.Tensor:
-        vol, mask = backproject_features(feats, geometry, normalize=True, grid=grid, return_mask=True)
-        # (B, V, C, nz, ny, nx): mean over the views that see each voxel
-        fused = (vol * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        # the mean over the views that see each voxel, (B, C, nz, ny, nx): on CPU in one pass of the
+        # lifting kernels, bitwise fuse_views(*backproject_features(..., return_mask=True), "mean")
+        fused = build_prior(feats, geometry, grid=grid)
         return self.conv(fused if layout is None else layout(fused))
 
 

@@ -219,3 +219,29 @@ def test_a_damaged_chunk_is_reported_not_read_as_wrong_numbers(good):
         with pytest.raises(data.DatasetFormatError, match="sample 1's volume"):
             ds.volume(1)
         assert np.array_equal(ds.volume(0), good.volumes[0])
+
+
+def test_a_row_missing_from_the_chunk_index_is_refused_not_read_as_zeros(good):
+    """Regression (found by the bit-flip test above): one flipped bit in a chunk's index key
+    moved it to another coordinate, so HDF5 read sample 2's X-rays as the fill value, all zeros,
+    with no error. The state is made here through HDF5 itself: a row whose chunk the index does
+    not list. (The reader also refuses a chunk whose filter mask skips filters; HDF5's direct
+    chunk write did not store such a mask here, so that branch has no test.)"""
+    path = _scratch(good, "index.h5")
+    path.write_bytes(good.raw)
+    with h5py.File(path, "a") as f:
+        old = f["xrays"]
+        rows = old[:2]
+        kw = {"chunks": old.chunks, "fletcher32": old.fletcher32, "compression": old.compression,
+              "maxshape": old.maxshape}
+        shape, dtype = old.shape, old.dtype
+        del f["xrays"]
+        new = f.create_dataset("xrays", shape=shape, dtype=dtype, **kw)
+        new[:2] = rows  # row 2 never written: not in the chunk index
+    with pytest.raises(data.DatasetFormatError, match=r"sample 2's X-rays: its stored chunk (is missing|is marked)"):
+        with data.DatasetFile(path) as ds:
+            ds.read(2)
+    with data.DatasetFile(path) as ds:
+        report = ds.verify(geometry=False)
+        assert [(e["sample"], e["array"]) for e in report["unreadable"]] == [(2, "xrays")] and not report["ok"]
+        ds.read(1)  # the other samples still read

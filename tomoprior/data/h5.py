@@ -367,7 +367,9 @@ class DatasetWriter:
             raise ValueError(f"{source.path} holds shapes {source.volume_shape}, {source.xray_shape} that differ from "
                              f"the file being written ({tuple(self._file['volume'].shape[1:])}, "
                              f"{tuple(self._file['xrays'].shape[1:])})")
-        row = source._guard(f"sample {i}", lambda: {name: source._file[name][i] for name in _REQUIRED})
+        row = {name: source._sample_array(name, i, f"sample {i}'s {name}") for name in ("volume", "xrays")}
+        row.update(source._guard(f"sample {i}", lambda: {name: source._file[name][i] for name in _REQUIRED
+                                                         if name not in row}))
         return self._append_row(row)
 
     def _create(self, vshape, xshape) -> None:
@@ -589,9 +591,38 @@ class DatasetFile:
             h.update(f"{dt.str}\0".encode())
             rows = range(ds.shape[0]) if ds.ndim and ds.shape[0] and ds.size > (1 << 20) else [None]
             for i in rows:
-                a = self._guard(f"/{name}", lambda d=ds, k=i: d[()] if k is None else d[k])
+                if name in ("volume", "xrays") and i is not None:
+                    a = self._sample_array(name, i, f"sample {i}'s {name}")
+                else:
+                    a = self._guard(f"/{name}", lambda d=ds, k=i: d[()] if k is None else d[k])
                 h.update(np.ascontiguousarray(a, dtype=dt).tobytes())
         return h.hexdigest()
+
+    def _sample_array(self, name: str, i: int, what: str) -> np.ndarray:
+        """Row ``i`` of the per-sample array ``name`` ("volume" or "xrays"), after checking that
+        the file's chunk index holds that row's chunk, stored with all its filters.
+
+        HDF5 returns the fill value (zeros) for a chunk its index does not list, and skips the
+        filters (the Fletcher-32 checksum among them) a chunk's filter mask names: a damaged
+        index entry would hand on zeros or undecoded bytes as data, silently. One chunk holds
+        one sample (the writer's layout); arrays of other layouts are read as they are.
+        """
+        ds = self._file[name]
+
+        def read():
+            info_of = getattr(ds.id, "get_chunk_info_by_coord", None)  # h5py >= 3 on HDF5 >= 1.10.5
+            if info_of is not None and ds.chunks is not None and ds.chunks[0] == 1:
+                info = info_of((i,) + (0,) * (ds.ndim - 1))
+                if info.byte_offset is None or info.filter_mask != 0:
+                    why = ("is missing from the file's chunk index" if info.byte_offset is None
+                           else f"is marked to skip its filters (mask {info.filter_mask}), checksum included")
+                    raise DatasetFormatError(
+                        f"{self.path}: cannot read {what}: its stored chunk {why}; the file is damaged "
+                        "(reading on would give zeros or undecoded bytes): regenerate it or leave the sample out "
+                        "(`tomoprior dataset info --verify FILE` lists every bad sample)")
+            return ds[i]
+
+        return self._guard(what, read)
 
     def _guard(self, what: str, fn):
         if self._file is None:
@@ -651,12 +682,12 @@ class DatasetFile:
         """Sample ``i``'s volume ``(nz, ny, nx)`` float32, as stored (not checked for NaN:
         see :meth:`read`, :meth:`verify`)."""
         i = self._index(i)
-        return self._guard(f"sample {i}'s volume", lambda: self._file["volume"][i])
+        return self._sample_array("volume", i, f"sample {i}'s volume")
 
     def xrays(self, i: int) -> np.ndarray:
         """Sample ``i``'s X-rays ``(views, rows, cols)`` float32, as stored."""
         i = self._index(i)
-        return self._guard(f"sample {i}'s X-rays", lambda: self._file["xrays"][i])
+        return self._sample_array("xrays", i, f"sample {i}'s X-rays")
 
     def check_finite(self, i: int, arrays: dict[str, np.ndarray]) -> None:
         """Raise :class:`DatasetFormatError` naming the file and sample ``i`` when one of
@@ -763,7 +794,7 @@ class DatasetFile:
         for i in range(self.n):
             for name, label in (("volume", "volume"), ("xrays", "X-rays")):
                 try:
-                    a = self._guard(f"sample {i}'s {label}", lambda name=name, i=i: f[name][i])
+                    a = self._sample_array(name, i, f"sample {i}'s {label}")
                 except DatasetFormatError as exc:
                     unreadable.append({"sample": i, "array": name, "error": str(exc)})
                     continue

@@ -52,6 +52,32 @@ def test_huge_pages_back_large_tensors_when_the_kernel_allows(tmp_path):
     assert int(out.stdout.split()[-1]) >= 32 * 1024  # at least half of the 64 MiB in 2 MiB pages
 
 
+def test_console_script_lets_idle_openmp_threads_sleep_unless_the_user_chose():
+    """use_passive_omp_wait sets OMP_WAIT_POLICY=PASSIVE only where it is unset, and the console
+    script does so before torch loads (OpenMP reads it then): checked in fresh interpreters."""
+    import os
+    import subprocess
+    import sys
+
+    from tomoprior.cli.main import OMP_WAIT_ENV, use_passive_omp_wait
+
+    env: dict = {}
+    assert use_passive_omp_wait(env) == "PASSIVE" and env == {OMP_WAIT_ENV: "PASSIVE"}
+    env = {OMP_WAIT_ENV: "ACTIVE"}
+    assert use_passive_omp_wait(env) == "ACTIVE" and env == {OMP_WAIT_ENV: "ACTIVE"}
+    base = {k: v for k, v in os.environ.items() if k != OMP_WAIT_ENV}
+    code = ("import sys\n"
+            "from tomoprior.cli.main import main\n"
+            "assert 'torch' not in sys.modules, 'torch loaded before the console script could set the policy'\n"
+            "sys.argv = ['tomoprior', 'info', '--json']\n"
+            "main()\n")
+    for extra, expected in (({}, "PASSIVE"), ({OMP_WAIT_ENV: "ACTIVE"}, "ACTIVE")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**base, **extra},
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["omp_wait_policy"] == expected
+
+
 def test_info_lists_backends_and_phantoms():
     result = CliRunner().invoke(cli, ["info", "--json"])
     assert result.exit_code == 0, result.output

@@ -39,6 +39,7 @@ def collect_info() -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "huge_pages": _huge_pages(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cpu_projector_kernels": _cpu_kernels(),
         "devices": devices,
         "backends": {
@@ -85,6 +86,7 @@ def info(as_json: bool) -> None:
         return
     click.echo(f"tomoprior {data['tomoprior']}  (python {data['python']}, {data['platform']})")
     click.echo(f"CPU cores: {data['cpu_count']}, torch threads: {data['torch_threads']}")
+    click.echo(f"OpenMP wait policy: OMP_WAIT_POLICY={data['omp_wait_policy'] or 'unset (idle threads spin)'}")
     hp = data["huge_pages"]
     click.echo(f"huge pages for large tensors: THP_MEM_ALLOC_ENABLE={hp['THP_MEM_ALLOC_ENABLE'] or 'unset'}, "
                f"kernel mode {hp['kernel'] or 'n/a (not Linux or no THP)'}")

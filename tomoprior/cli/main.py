@@ -90,10 +90,37 @@ def use_huge_pages(environ=None) -> bool:
     return env[HUGE_PAGES_ENV].strip() not in ("", "0")
 
 
+#: OpenMP's switch for what idle worker threads do: spin (the default, "ACTIVE"-ish) or sleep.
+OMP_WAIT_ENV = "OMP_WAIT_POLICY"
+
+
+def use_passive_omp_wait(environ=None) -> str:
+    """Let torch's idle OpenMP threads sleep instead of spinning, unless the user chose:
+    sets ``OMP_WAIT_POLICY=PASSIVE`` in ``environ`` (default ``os.environ``) if it is not set.
+    Returns the policy now in the environment.
+
+    OpenMP reads the variable when torch's runtime loads, so this must run before ``import
+    torch`` (the console script calls it first). After every parallel torch operation, torch's
+    worker threads otherwise spin for a while waiting for the next one, and the numba kernels of
+    the projectors and the feature lifting, which run on threads of their own, then share the
+    cores with spinning threads. Measured (2 cores, AMD Zen 5, medians): the 32-channel 64^3
+    prior forward + backward 45-55 ms -> 30-37 ms, a 128^3 -> 2 x 256^2 projection forward +
+    backward through autograd 34-43 ms -> 27-34 ms; a 128^3 PSCT-Net training step unchanged
+    (13.0 vs 12.5 s). It changes no result. ``OMP_WAIT_POLICY=ACTIVE`` in the environment keeps
+    spinning. Programs that use the library directly can do the same with
+    ``os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")`` before importing torch.
+    """
+    env = os.environ if environ is None else environ
+    env.setdefault(OMP_WAIT_ENV, "PASSIVE")
+    return env[OMP_WAIT_ENV]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code. Turns on huge pages for large
-    tensors first (:func:`use_huge_pages`)."""
+    tensors and sleeping idle OpenMP threads first (:func:`use_huge_pages`,
+    :func:`use_passive_omp_wait`)."""
     use_huge_pages()
+    use_passive_omp_wait()
     try:
         cli.main(args=argv, prog_name="tomoprior", standalone_mode=True)
     except SystemExit as exc:  # click exits; turn that into a return code

@@ -53,6 +53,8 @@ def machine_info(threads: int) -> dict:
         "memory_gib": mem_gib,
         "os": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "tomoprior": tp.__version__, "threads": threads, "torch_threads": torch.get_num_threads(),
+        # idle torch OpenMP threads spin (unset) or sleep (PASSIVE, the tomoprior CLI's default)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
 

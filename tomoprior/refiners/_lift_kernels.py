@@ -114,7 +114,7 @@ def channels_first(src, bounds, dst, block):
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block, accumulate):
+def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block, accumulate, count, divide):
     o1 = one[0]
     nb, per = out.shape[0], out.shape[1]
     nc = feat.shape[1]
@@ -144,7 +144,15 @@ def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block, ac
             for c in range(per):
                 o = out[bi, c, b0:b1]
                 col = tile[:m, bi * per + c]
-                if accumulate:  # the mean over views: add this view to the ones before
+                if divide:  # the mean's last view: (add it and) divide the sum by the count of views
+                    cn = count[b0:b1]
+                    if accumulate:
+                        for i in range(m):
+                            o[i] = (o[i] + col[i]) / cn[i]
+                    else:
+                        for i in range(m):
+                            o[i] = col[i] / cn[i]
+                elif accumulate:  # the mean over views: add this view to the ones before
                     for i in range(m):
                         o[i] += col[i]
                 else:
@@ -232,14 +240,19 @@ def _run(calls, threads: int) -> None:
         f.result()
 
 
-def forward(feat, off, fx, fy, scale, one, dx, dy, out, block, threads: int, accumulate: bool = False) -> None:
+def forward(feat, off, fx, fy, scale, one, dx, dy, out, block, threads: int, accumulate: bool = False,
+            count=None) -> None:
     """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)`` (added to it with
-    ``accumulate``): ``threads`` contiguous voxel ranges, each in tiles of ``block`` voxels."""
+    ``accumulate``; with ``count`` ``(N,)`` too, the sum then divided by it per voxel):
+    ``threads`` contiguous voxel ranges, each in tiles of ``block`` voxels."""
+    divide = count is not None
+    if not divide:
+        count = scale  # not read
     n = off.shape[0]
     parts = max(1, min(threads, n // block))
     bounds = [n * k // parts for k in range(parts + 1)]
     _run([(_forward_range, (feat, off, fx, fy, scale, one, dx, dy, out, bounds[k], bounds[k + 1], block,
-                                  bool(accumulate)))
+                                  bool(accumulate), count, divide))
           for k in range(parts)], threads)
 
 

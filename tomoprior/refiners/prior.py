@@ -369,10 +369,12 @@ class _Plan:
         shape = (self.batch, ch, n) if mean else (self.batch, self.num_views, ch, n)
         o = np.empty(shape, dtype=_numpy_dtype(self.dtype))
         out = torch.from_numpy(o)
+        counts = [c.numpy() for c in self.view_counts()] if mean else None
+        last = len(feats) - 1
         for v, f in enumerate(feats):
             h, w = f.shape[-2:]
             src = f.detach().reshape(self.batch, ch, h * w).numpy()
-            for b0, b1, tables in self.groups:
+            for gi, (b0, b1, tables) in enumerate(self.groups):
                 t = tables[v]
                 # channels-last copy, with w + 1 zero pixels after the map (see _lift_kernels)
                 cl = np.empty((h * w + w + 1, (b1 - b0) * ch), dtype=o.dtype)
@@ -380,10 +382,9 @@ class _Plan:
                     raise ValueError(f"features (view {v}) contains NaN or infinite values; clean them before "
                                      "building the prior")
                 lk.forward(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, o[b0:b1] if mean else o[b0:b1, v],
-                           _FORWARD_BLOCK, threads, accumulate=mean and v > 0)
+                           _FORWARD_BLOCK, threads, accumulate=mean and v > 0,
+                           count=counts[gi] if mean and v == last else None)
         if mean:
-            for (b0, b1, _), count in zip(self.groups, self.view_counts()):
-                out[b0:b1].div_(count)
             return out.reshape(self.batch, ch, *self.grid.shape)
         return out.reshape(self.batch, self.num_views, ch, *self.grid.shape)
 

@@ -415,25 +415,27 @@ class _Plan:
 
 
 class _Lift(torch.autograd.Function):
-    """Features of every view -> ``(B, V, C, nz, ny, nx)``; linear, its backward is :class:`_LiftAdjoint`."""
+    """Features of every view -> ``(B, V, C, nz, ny, nx)``, or with ``mean`` their mean over the
+    views that see each voxel, ``(B, C, nz, ny, nx)``, in one pass (:meth:`_Plan.forward`);
+    linear, its backward is :class:`_LiftAdjoint`."""
 
     @staticmethod
-    def forward(ctx, plan, *feats):
-        ctx.plan = plan
-        return plan.forward(feats)
+    def forward(ctx, plan, mean, *feats):
+        ctx.plan, ctx.mean = plan, mean
+        return plan.forward(feats, mean=mean)
 
     @staticmethod
     def backward(ctx, grad):
-        return (None, *_LiftAdjoint.apply(ctx.plan, grad))
+        return (None, None, *_LiftAdjoint.apply(ctx.plan, ctx.mean, grad))
 
 
 class _LiftAdjoint(torch.autograd.Function):
     """The transpose of :class:`_Lift` (so gradients of any order exist)."""
 
     @staticmethod
-    def forward(ctx, plan, grad):
-        ctx.plan = plan
-        return tuple(plan.adjoint(grad))
+    def forward(ctx, plan, mean, grad):
+        ctx.plan, ctx.mean = plan, mean
+        return tuple(plan.adjoint(grad, mean=mean))
 
     @staticmethod
     def backward(ctx, *grads):
@@ -444,42 +446,7 @@ class _LiftAdjoint(torch.autograd.Function):
                 h, w = plan.groups[0][2][v].hw
                 gv = torch.zeros((plan.batch, plan.channels, h, w), dtype=plan.dtype)
             full.append(gv)
-        return None, _Lift.apply(plan, *full)
-
-
-class _LiftMean(torch.autograd.Function):
-    """Features of every view -> their mean over the views that see each voxel,
-    ``(B, C, nz, ny, nx)``, in one pass (:meth:`_Plan.forward` with ``mean``); linear, its
-    backward is :class:`_LiftMeanAdjoint`."""
-
-    @staticmethod
-    def forward(ctx, plan, *feats):
-        ctx.plan = plan
-        return plan.forward(feats, mean=True)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return (None, *_LiftMeanAdjoint.apply(ctx.plan, grad))
-
-
-class _LiftMeanAdjoint(torch.autograd.Function):
-    """The transpose of :class:`_LiftMean`."""
-
-    @staticmethod
-    def forward(ctx, plan, grad):
-        ctx.plan = plan
-        return tuple(plan.adjoint(grad, mean=True))
-
-    @staticmethod
-    def backward(ctx, *grads):
-        plan = ctx.plan
-        full = []
-        for v, gv in enumerate(grads):
-            if gv is None:
-                h, w = plan.groups[0][2][v].hw
-                gv = torch.zeros((plan.batch, plan.channels, h, w), dtype=plan.dtype)
-            full.append(gv)
-        return None, _LiftMean.apply(plan, *full)
+        return None, None, _Lift.apply(plan, ctx.mean, *full)
 
 
 def _use_kernels(per_view: list[torch.Tensor], geoms: list[Geometry]) -> bool:
@@ -503,8 +470,8 @@ def _lift_cpu(per_view, geoms, shared: bool, grid: VolumeGrid, normalize: bool, 
               for b0, b1, g in spans]
     plan = _Plan(groups, batch, channels, grid, work)
     if mean:
-        return _LiftMean.apply(plan, *feats), None
-    vols = _Lift.apply(plan, *feats)
+        return _Lift.apply(plan, True, *feats), None
+    vols = _Lift.apply(plan, False, *feats)
     if vols.dtype != out_dtype:
         vols = vols.to(out_dtype)
     if not return_mask:

@@ -161,7 +161,38 @@ def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block, ac
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1, count, divide):
+def _scatter_block(t, off, fx, fy, o1, dx, dy, b0, b1, chunk, wgt, pix, grad):
+    """Add ``t (voxels b0..b1, channels)`` into the four pixels of each voxel of ``grad
+    (pixels, channels)`` with its bilinear weights, chunk by chunk and corner by corner within
+    a chunk, as grid_sample's backward pass."""
+    nc = t.shape[1]
+    for j in range(b0, b1):
+        i = j - b0
+        ax = fx[j]
+        ay = fy[j]
+        ex = o1 - ax
+        sy = o1 - ay
+        p = off[j]
+        wgt[0, i] = sy * ex
+        wgt[1, i] = sy * ax
+        wgt[2, i] = ay * ex
+        wgt[3, i] = ay * ax
+        pix[0, i] = p
+        pix[1, i] = p + dx
+        pix[2, i] = p + dy
+        pix[3, i] = p + dy + dx
+    for q0 in range(0, b1 - b0, chunk):
+        q1 = min(b1 - b0, q0 + chunk)
+        for corner in range(4):
+            for i in range(q0, q1):
+                wk = wgt[corner, i]
+                pp = pix[corner, i]
+                for c in range(nc):
+                    grad[pp, c] += t[i, c] * wk
+
+
+@njit(fastmath=False, cache=True, nogil=True)
+def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1):
     o1 = one[0]
     n = off.shape[0]
     nc = c1 - c0
@@ -174,39 +205,44 @@ def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1
         b1 = min(n, b0 + block)
         m = b1 - b0
         sc = scale[b0:b1]
-        cn = count[b0:b1] if divide else sc
         for k in range(c0, c1):  # g (batch, channels, voxels) -> t (voxels, channels), times the factor
             gk = g[k // per, k % per, b0:b1]
             col = t[:m, k - c0]
-            if divide:  # the mean over views: the gradient / the count of views, then the factor
-                for i in range(m):
-                    col[i] = (gk[i] / cn[i]) * sc[i]
-            else:
-                for i in range(m):
-                    col[i] = gk[i] * sc[i]
-        for j in range(b0, b1):
-            i = j - b0
-            ax = fx[j]
-            ay = fy[j]
-            ex = o1 - ax
-            sy = o1 - ay
-            p = off[j]
-            wgt[0, i] = sy * ex
-            wgt[1, i] = sy * ax
-            wgt[2, i] = ay * ex
-            wgt[3, i] = ay * ax
-            pix[0, i] = p
-            pix[1, i] = p + dx
-            pix[2, i] = p + dy
-            pix[3, i] = p + dy + dx
-        for q0 in range(0, b1 - b0, chunk):  # chunk by chunk, corner by corner within a chunk,
-            q1 = min(b1 - b0, q0 + chunk)      # as grid_sample's backward pass
-            for corner in range(4):
-                for i in range(q0, q1):
-                    wk = wgt[corner, i]
-                    pp = pix[corner, i]
-                    for c in range(nc):
-                        grad[pp, c] += t[i, c] * wk
+            for i in range(m):
+                col[i] = gk[i] * sc[i]
+        _scatter_block(t, off, fx, fy, o1, dx, dy, b0, b1, chunk, wgt, pix, grad)
+
+
+@njit(fastmath=False, cache=True, nogil=True)
+def _adjoint_slab_mean(g, offs, fxs, fys, scales, one, dys, count, chunk, block, grads, c0, c1):
+    """The transpose of the views' mean for every view at once (tuples of the views' tables
+    and accumulators): the gradient block is read, transposed and divided by the count once,
+    then each view's factor applied and scattered; each view's sums as in :func:`_adjoint_slab`."""
+    o1 = one[0]
+    n = offs[0].shape[0]
+    nc = c1 - c0
+    per = g.shape[1]
+    block = max(chunk, block // chunk * chunk)
+    gd = np.empty((block, nc), dtype=g.dtype)
+    t = np.empty((block, nc), dtype=g.dtype)
+    wgt = np.empty((4, block), dtype=g.dtype)
+    pix = np.empty((4, block), dtype=np.int64)
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        m = b1 - b0
+        cn = count[b0:b1]
+        for k in range(c0, c1):  # g (batch, channels, voxels) -> gd (voxels, channels) / count
+            gk = g[k // per, k % per, b0:b1]
+            col = gd[:m, k - c0]
+            for i in range(m):
+                col[i] = gk[i] / cn[i]
+        for v in range(len(offs)):
+            sc = scales[v]
+            for i in range(m):
+                f = sc[b0 + i]
+                for c in range(nc):
+                    t[i, c] = gd[i, c] * f
+            _scatter_block(t, offs[v], fxs[v], fys[v], o1, 1, dys[v], b0, b1, chunk, wgt, pix, grads[v])
 
 
 # -- dispatch -----------------------------------------------------------------------------------
@@ -256,21 +292,32 @@ def forward(feat, off, fx, fy, scale, one, dx, dy, out, block, threads: int, acc
           for k in range(parts)], threads)
 
 
-def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, rows: int, threads: int, count=None):
+def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, rows: int, threads: int):
     """``g (B, C, N)`` -> the channels-last gradient of the (padded) map, ``rows`` pixels, as
     slabs ``(slabs, rows, width)`` of flattened channels ``bounds[s]..bounds[s+1]``: one thread
     per slab (no two threads write the same element; each element's sum in the same order
-    whatever the thread count). With ``count`` ``(N,)``, each voxel's gradient is first divided
-    by it (the transpose of the mean over views). Returns ``(slabs, bounds)``;
-    :func:`channels_first` unpacks them."""
-    divide = count is not None
-    if not divide:
-        count = scale  # not read
+    whatever the thread count). Returns ``(slabs, bounds)``; :func:`channels_first` unpacks them."""
     nbc = g.shape[0] * g.shape[1]
     parts = max(1, min(threads, nbc))
     bounds = np.array([nbc * k // parts for k in range(parts + 1)], dtype=np.int64)
     width = int(np.max(np.diff(bounds)))
     acc = np.zeros((parts, rows, width), dtype=g.dtype)
     _run([(_adjoint_slab, (g, off, fx, fy, scale, one, dx, dy, chunk, block, acc[k], int(bounds[k]),
-                           int(bounds[k + 1]), count, divide)) for k in range(parts)], threads)
+                           int(bounds[k + 1]))) for k in range(parts)], threads)
     return acc, bounds
+
+
+def adjoint_mean(g, offs, fxs, fys, scales, one, dys, count, chunk, block, rows, threads: int):
+    """``g (B, C, N)``, the gradient of the views' mean -> per view the channels-last gradient of
+    its (padded) map, as :func:`adjoint` gives it (``(slabs, rows[v], width)`` per view, and the
+    slab bounds), in one pass over ``g``. ``offs, fxs, fys, scales``: tuples of the views' tables;
+    ``dys``: tuple of the maps' widths; ``rows``: tuple of the padded pixel counts."""
+    nbc = g.shape[0] * g.shape[1]
+    parts = max(1, min(threads, nbc))
+    bounds = np.array([nbc * k // parts for k in range(parts + 1)], dtype=np.int64)
+    width = int(np.max(np.diff(bounds)))
+    accs = tuple(np.zeros((parts, r, width), dtype=g.dtype) for r in rows)
+    _run([(_adjoint_slab_mean, (g, offs, fxs, fys, scales, one, dys, count, chunk, block,
+                                tuple(a[k] for a in accs), int(bounds[k]), int(bounds[k + 1])))
+          for k in range(parts)], threads)
+    return accs, bounds

@@ -394,24 +394,27 @@ class _Plan:
 
         ch = self.channels
         threads = _kernel_threads(self.grid.num_voxels * ch * self.batch)
-        if mean:  # every view back-projects the same gradient, divided (in the kernel) by the count of views
+        hws = [t.hw for t in self.groups[0][2]]
+        gfns = [np.empty((self.batch, ch, h * w), dtype=_numpy_dtype(self.dtype)) for h, w in hws]
+        if mean:  # every view back-projects the same gradient, divided by the count of views: one pass
             g = grad.detach().to(self.dtype).reshape(self.batch, ch, self.grid.num_voxels).numpy()
-            counts = [c.numpy() for c in self.view_counts()]
+            for (b0, b1, tables), count in zip(self.groups, self.view_counts()):
+                accs, bounds = lk.adjoint_mean(
+                    g[b0:b1], tuple(t.off for t in tables), tuple(t.fx for t in tables),
+                    tuple(t.fy for t in tables), tuple(t.scale for t in tables), tables[0].one,
+                    tuple(int(t.dy) for t in tables), count.numpy(), self.chunk, _ADJOINT_BLOCK,
+                    tuple(h * w + w + 1 for h, w in hws), threads)
+                for acc, gfn in zip(accs, gfns):
+                    lk.channels_first(acc, bounds, gfn[b0:b1], _COPY_BLOCK)
         else:
             g = grad.detach().to(self.dtype).reshape(self.batch, self.num_views, ch, self.grid.num_voxels).numpy()
-        out = []
-        for v in range(self.num_views):
-            h, w = self.groups[0][2][v].hw
-            gfn = np.empty((self.batch, ch, h * w), dtype=g.dtype)
-            gf = torch.from_numpy(gfn).reshape(self.batch, ch, h, w)
-            for i, (b0, b1, tables) in enumerate(self.groups):
-                t = tables[v]
-                gv = g[b0:b1] if mean else g[b0:b1, v]
-                slabs, bounds = lk.adjoint(gv, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, self.chunk,
-                                           _ADJOINT_BLOCK, h * w + w + 1, threads, counts[i] if mean else None)
-                lk.channels_first(slabs, bounds, gfn[b0:b1], _COPY_BLOCK)
-            out.append(gf)
-        return out
+            for v, (h, w) in enumerate(hws):
+                for b0, b1, tables in self.groups:
+                    t = tables[v]
+                    slabs, bounds = lk.adjoint(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy,
+                                               self.chunk, _ADJOINT_BLOCK, h * w + w + 1, threads)
+                    lk.channels_first(slabs, bounds, gfns[v][b0:b1], _COPY_BLOCK)
+        return [torch.from_numpy(gfn).reshape(self.batch, ch, h, w) for gfn, (h, w) in zip(gfns, hws)]
 
 
 class _Lift(torch.autograd.Function):

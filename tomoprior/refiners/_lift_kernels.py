@@ -191,16 +191,20 @@ def _scatter_block(t, off, fx, fy, o1, dx, dy, b0, b1, chunk, wgt, pix, grad):
                     grad[pp, c] += t[i, c] * wk
 
 
+@njit(cache=True, nogil=True)
+def _scratch(block, chunk, nc, dtype):
+    """The adjoint kernels' block size (a multiple of ``chunk``) and scratch: a voxels x channels
+    tile, the four weights and pixels of each voxel."""
+    block = max(chunk, block // chunk * chunk)
+    return block, np.empty((block, nc), dtype=dtype), np.empty((4, block), dtype=dtype), np.empty((4, block), np.int64)
+
+
 @njit(fastmath=False, cache=True, nogil=True)
 def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1):
     o1 = one[0]
     n = off.shape[0]
-    nc = c1 - c0
     per = g.shape[1]
-    block = max(chunk, block // chunk * chunk)
-    t = np.empty((block, nc), dtype=g.dtype)
-    wgt = np.empty((4, block), dtype=g.dtype)
-    pix = np.empty((4, block), dtype=np.int64)
+    block, t, wgt, pix = _scratch(block, chunk, c1 - c0, g.dtype)
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
         m = b1 - b0
@@ -222,11 +226,8 @@ def _adjoint_slab_mean(g, offs, fxs, fys, scales, one, dys, count, chunk, block,
     n = offs[0].shape[0]
     nc = c1 - c0
     per = g.shape[1]
-    block = max(chunk, block // chunk * chunk)
-    gd = np.empty((block, nc), dtype=g.dtype)
-    t = np.empty((block, nc), dtype=g.dtype)
-    wgt = np.empty((4, block), dtype=g.dtype)
-    pix = np.empty((4, block), dtype=np.int64)
+    block, t, wgt, pix = _scratch(block, chunk, nc, g.dtype)
+    gd = np.empty_like(t)
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
         m = b1 - b0

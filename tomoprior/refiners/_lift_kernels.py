@@ -13,10 +13,11 @@ with ``w = fx, e = 1 - w, n = fy, s = 1 - n, p = off[j]``; the adjoint kernel sc
 ``torch.nn.functional.grid_sample(mode="bilinear", padding_mode="border",
 align_corners=False)`` on x86 CPUs (pixel coordinate ``(g + 1) * W/2 - 0.5`` as one fused
 multiply-add, clamped to ``[0, W-1]``; the four products summed left to right with fused
-multiply-adds), so the results equal that path bit for bit on the builds we measured and
-otherwise to a rounding of the last bit; the adjoint adds each pixel's contributions in
-the order of ``grid_sample``'s backward pass (voxels in chunks of ``chunk``, one SIMD
-vector, corner by corner within a chunk), so it is deterministic and independent of the thread count.
+multiply-adds), so the forward results equal that path bit for bit on the builds we measured and
+otherwise to a rounding of the last bit. The adjoint adds each voxel's four corners before the
+next voxel's (not in ``grid_sample``'s backward order, corner by corner over a SIMD vector of
+voxels, which ties up the core on neighbouring voxels that share pixels; the sums agree to
+rounding), in the same order whatever the thread count, so it is deterministic.
 
 Layouts: the forward reads the features channels-last, ``(h*w, channels)``, so the four
 reads of a voxel are contiguous vectors over the channels, and writes a tile of voxels x
@@ -114,7 +115,7 @@ def channels_first(src, bounds, dst, block):
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block, accumulate, count, divide):
+def _forward_range(feat, off, fx, fy, scale, one, dy, out, j0, j1, block):
     o1 = one[0]
     nb, per = out.shape[0], out.shape[1]
     nc = feat.shape[1]
@@ -133,9 +134,9 @@ def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block, ac
             sc = scale[j]
             p = off[j]
             r0 = feat[p]
-            r1 = feat[p + dx]
+            r1 = feat[p + 1]
             r2 = feat[p + dy]
-            r3 = feat[p + dy + dx]
+            r3 = feat[p + dy + 1]
             t = tile[j - b0]
             for c in range(nc):
                 t[c] = _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
@@ -144,27 +145,65 @@ def _forward_range(feat, off, fx, fy, scale, one, dx, dy, out, j0, j1, block, ac
             for c in range(per):
                 o = out[bi, c, b0:b1]
                 col = tile[:m, bi * per + c]
-                if divide:  # the mean's last view: (add it and) divide the sum by the count of views
-                    cn = count[b0:b1]
-                    if accumulate:
-                        for i in range(m):
-                            o[i] = (o[i] + col[i]) / cn[i]
-                    else:
-                        for i in range(m):
-                            o[i] = col[i] / cn[i]
-                elif accumulate:  # the mean over views: add this view to the ones before
-                    for i in range(m):
-                        o[i] += col[i]
-                else:
-                    for i in range(m):
-                        o[i] = col[i]
+                for i in range(m):
+                    o[i] = col[i]
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _scatter_block(t, off, fx, fy, o1, dx, dy, b0, b1, chunk, wgt, pix, grad):
+def _forward_range_mean(feats, offs, fxs, fys, scales, one, dys, count, out, j0, j1, block):
+    """The views' mean for the voxels ``j0 <= j < j1`` in one pass: per tile of voxels every view
+    is interpolated and added in view order (``((v0 + v1) + v2) ...``, each term rounded as
+    :func:`_forward_range` rounds it), and the sum divided by ``count`` as the tile is stored
+    transposed into ``out (batch, channels, voxels)``: the output is written once, not once per
+    view; bitwise ``fuse_views(..., "mean")`` of the per-view volumes :func:`_forward_range` makes."""
+    o1 = one[0]
+    nb, per = out.shape[0], out.shape[1]
+    nc = feats[0].shape[1]
+    tile = np.empty((block, nc), dtype=feats[0].dtype)
+    for b0 in range(j0, j1, block):
+        b1 = min(j1, b0 + block)
+        for v in range(len(offs)):
+            feat, off, fx, fy, sv, dy = feats[v], offs[v], fxs[v], fys[v], scales[v], dys[v]
+            for j in range(b0, b1):
+                ax = fx[j]
+                ay = fy[j]
+                ex = o1 - ax
+                sy = o1 - ay
+                a = sy * ex
+                b = sy * ax
+                c2 = ay * ex
+                d = ay * ax
+                sc = sv[j]
+                p = off[j]
+                r0 = feat[p]
+                r1 = feat[p + 1]
+                r2 = feat[p + dy]
+                r3 = feat[p + dy + 1]
+                t = tile[j - b0]
+                if v == 0:
+                    for c in range(nc):
+                        t[c] = _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
+                else:
+                    for c in range(nc):
+                        t[c] = t[c] + _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
+        m = b1 - b0
+        cn = count[b0:b1]
+        for bi in range(nb):
+            for c in range(per):
+                o = out[bi, c, b0:b1]
+                col = tile[:m, bi * per + c]
+                for i in range(m):
+                    o[i] = col[i] / cn[i]
+
+
+@njit(fastmath=False, cache=True, nogil=True)
+def _scatter_block(t, off, fx, fy, o1, dy, b0, b1, grad, factor, scaled):
     """Add ``t (voxels b0..b1, channels)`` into the four pixels of each voxel of ``grad
-    (pixels, channels)`` with its bilinear weights, chunk by chunk and corner by corner within
-    a chunk, as grid_sample's backward pass."""
+    (pixels, channels)`` with its bilinear weights, voxel by voxel (all four corners of a voxel
+    before the next voxel: neighbouring voxels often share their pixels, and four independent
+    read-modify-write streams keep the core busy where one pixel after another would wait for
+    the previous voxel's store). With ``scaled``, voxel ``i``'s row is first multiplied by
+    ``factor[b0 + i]`` (rounded, as if stored), which saves a pass over the tile."""
     nc = t.shape[1]
     for j in range(b0, b1):
         i = j - b0
@@ -172,39 +211,45 @@ def _scatter_block(t, off, fx, fy, o1, dx, dy, b0, b1, chunk, wgt, pix, grad):
         ay = fy[j]
         ex = o1 - ax
         sy = o1 - ay
+        w0 = sy * ex
+        w1 = sy * ax
+        w2 = ay * ex
+        w3 = ay * ax
         p = off[j]
-        wgt[0, i] = sy * ex
-        wgt[1, i] = sy * ax
-        wgt[2, i] = ay * ex
-        wgt[3, i] = ay * ax
-        pix[0, i] = p
-        pix[1, i] = p + dx
-        pix[2, i] = p + dy
-        pix[3, i] = p + dy + dx
-    for q0 in range(0, b1 - b0, chunk):
-        q1 = min(b1 - b0, q0 + chunk)
-        for corner in range(4):
-            for i in range(q0, q1):
-                wk = wgt[corner, i]
-                pp = pix[corner, i]
-                for c in range(nc):
-                    grad[pp, c] += t[i, c] * wk
+        g0 = grad[p]
+        g1 = grad[p + 1]
+        g2 = grad[p + dy]
+        g3 = grad[p + dy + 1]
+        ti = t[i]
+        if scaled:
+            f = factor[j]
+            for c in range(nc):
+                v = ti[c] * f
+                g0[c] += v * w0
+                g1[c] += v * w1
+                g2[c] += v * w2
+                g3[c] += v * w3
+        else:
+            for c in range(nc):
+                v = ti[c]
+                g0[c] += v * w0
+                g1[c] += v * w1
+                g2[c] += v * w2
+                g3[c] += v * w3
 
 
 @njit(cache=True, nogil=True)
-def _scratch(block, chunk, nc, dtype):
-    """The adjoint kernels' block size (a multiple of ``chunk``) and scratch: a voxels x channels
-    tile, the four weights and pixels of each voxel."""
-    block = max(chunk, block // chunk * chunk)
-    return block, np.empty((block, nc), dtype=dtype), np.empty((4, block), dtype=dtype), np.empty((4, block), np.int64)
+def _tile(block, nc, dtype):
+    """The adjoint kernels' scratch: a voxels x channels tile."""
+    return np.empty((block, nc), dtype=dtype)
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1):
+def _adjoint_slab(g, off, fx, fy, scale, one, dy, block, grad, c0, c1):
     o1 = one[0]
     n = off.shape[0]
     per = g.shape[1]
-    block, t, wgt, pix = _scratch(block, chunk, c1 - c0, g.dtype)
+    t = _tile(block, c1 - c0, g.dtype)
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
         m = b1 - b0
@@ -214,11 +259,11 @@ def _adjoint_slab(g, off, fx, fy, scale, one, dx, dy, chunk, block, grad, c0, c1
             col = t[:m, k - c0]
             for i in range(m):
                 col[i] = gk[i] * sc[i]
-        _scatter_block(t, off, fx, fy, o1, dx, dy, b0, b1, chunk, wgt, pix, grad)
+        _scatter_block(t, off, fx, fy, o1, dy, b0, b1, grad, scale, False)
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _adjoint_slab_mean(g, offs, fxs, fys, scales, one, dys, count, chunk, block, grads, c0, c1):
+def _adjoint_slab_mean(g, offs, fxs, fys, scales, one, dys, count, block, grads, c0, c1):
     """The transpose of the views' mean for every view at once (tuples of the views' tables
     and accumulators): the gradient block is read, transposed and divided by the count once,
     then each view's factor applied and scattered; each view's sums as in :func:`_adjoint_slab`."""
@@ -226,8 +271,7 @@ def _adjoint_slab_mean(g, offs, fxs, fys, scales, one, dys, count, chunk, block,
     n = offs[0].shape[0]
     nc = c1 - c0
     per = g.shape[1]
-    block, t, wgt, pix = _scratch(block, chunk, nc, g.dtype)
-    gd = np.empty_like(t)
+    gd = _tile(block, nc, g.dtype)
     for b0 in range(0, n, block):
         b1 = min(n, b0 + block)
         m = b1 - b0
@@ -237,13 +281,8 @@ def _adjoint_slab_mean(g, offs, fxs, fys, scales, one, dys, count, chunk, block,
             col = gd[:m, k - c0]
             for i in range(m):
                 col[i] = gk[i] / cn[i]
-        for v in range(len(offs)):
-            sc = scales[v]
-            for i in range(m):
-                f = sc[b0 + i]
-                for c in range(nc):
-                    t[i, c] = gd[i, c] * f
-            _scatter_block(t, offs[v], fxs[v], fys[v], o1, 1, dys[v], b0, b1, chunk, wgt, pix, grads[v])
+        for v in range(len(offs)):  # each view's factor applied as its scatter reads the row
+            _scatter_block(gd, offs[v], fxs[v], fys[v], o1, dys[v], b0, b1, grads[v], scales[v], True)
 
 
 # -- dispatch -----------------------------------------------------------------------------------
@@ -277,23 +316,27 @@ def _run(calls, threads: int) -> None:
         f.result()
 
 
-def forward(feat, off, fx, fy, scale, one, dx, dy, out, block, threads: int, accumulate: bool = False,
-            count=None) -> None:
-    """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)`` (added to it with
-    ``accumulate``; with ``count`` ``(N,)`` too, the sum then divided by it per voxel):
-    ``threads`` contiguous voxel ranges, each in tiles of ``block`` voxels."""
-    divide = count is not None
-    if not divide:
-        count = scale  # not read
+def forward(feat, off, fx, fy, scale, one, dy, out, block, threads: int) -> None:
+    """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)``: ``threads``
+    contiguous voxel ranges, each in tiles of ``block`` voxels."""
     n = off.shape[0]
     parts = max(1, min(threads, n // block))
     bounds = [n * k // parts for k in range(parts + 1)]
-    _run([(_forward_range, (feat, off, fx, fy, scale, one, dx, dy, out, bounds[k], bounds[k + 1], block,
-                                  bool(accumulate), count, divide))
+    _run([(_forward_range, (feat, off, fx, fy, scale, one, dy, out, bounds[k], bounds[k + 1], block))
           for k in range(parts)], threads)
 
 
-def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, rows: int, threads: int):
+def forward_mean(feats, offs, fxs, fys, scales, one, dys, count, out, block, threads: int) -> None:
+    """The views' mean ``out (B, C, N)`` from every view's channels-last (padded) map ``feats[v]``
+    and table, in one pass (:func:`_forward_range_mean`): ``threads`` contiguous voxel ranges."""
+    n = offs[0].shape[0]
+    parts = max(1, min(threads, n // block))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    _run([(_forward_range_mean, (feats, offs, fxs, fys, scales, one, dys, count, out, bounds[k], bounds[k + 1],
+                                 block)) for k in range(parts)], threads)
+
+
+def adjoint(g, off, fx, fy, scale, one, dy, block, rows: int, threads: int):
     """``g (B, C, N)`` -> the channels-last gradient of the (padded) map, ``rows`` pixels, as
     slabs ``(slabs, rows, width)`` of flattened channels ``bounds[s]..bounds[s+1]``: one thread
     per slab (no two threads write the same element; each element's sum in the same order
@@ -303,12 +346,12 @@ def adjoint(g, off, fx, fy, scale, one, dx, dy, chunk, block, rows: int, threads
     bounds = np.array([nbc * k // parts for k in range(parts + 1)], dtype=np.int64)
     width = int(np.max(np.diff(bounds)))
     acc = np.zeros((parts, rows, width), dtype=g.dtype)
-    _run([(_adjoint_slab, (g, off, fx, fy, scale, one, dx, dy, chunk, block, acc[k], int(bounds[k]),
+    _run([(_adjoint_slab, (g, off, fx, fy, scale, one, dy, block, acc[k], int(bounds[k]),
                            int(bounds[k + 1]))) for k in range(parts)], threads)
     return acc, bounds
 
 
-def adjoint_mean(g, offs, fxs, fys, scales, one, dys, count, chunk, block, rows, threads: int):
+def adjoint_mean(g, offs, fxs, fys, scales, one, dys, count, block, rows, threads: int):
     """``g (B, C, N)``, the gradient of the views' mean -> per view the channels-last gradient of
     its (padded) map, as :func:`adjoint` gives it (``(slabs, rows[v], width)`` per view, and the
     slab bounds), in one pass over ``g``. ``offs, fxs, fys, scales``: tuples of the views' tables;
@@ -318,7 +361,7 @@ def adjoint_mean(g, offs, fxs, fys, scales, one, dys, count, chunk, block, rows,
     bounds = np.array([nbc * k // parts for k in range(parts + 1)], dtype=np.int64)
     width = int(np.max(np.diff(bounds)))
     accs = tuple(np.zeros((parts, r, width), dtype=g.dtype) for r in rows)
-    _run([(_adjoint_slab_mean, (g, offs, fxs, fys, scales, one, dys, count, chunk, block,
+    _run([(_adjoint_slab_mean, (g, offs, fxs, fys, scales, one, dys, count, block,
                                 tuple(a[k] for a in accs), int(bounds[k]), int(bounds[k + 1])))
           for k in range(parts)], threads)
     return accs, bounds

@@ -299,7 +299,7 @@ class _Table:
                       self.off, self.fx, self.fy)
         self.scale = scale.reshape(-1).contiguous().numpy()
         self.one = np.ones(1, dtype=npd)
-        self.dx, self.dy = 1, w  # neighbours; past the map they land in the w + 1 padding pixels
+        self.dy = w  # the next row's pixel; past the map, neighbours land in the w + 1 padding pixels
         self.mask = mask
         self.hw = (h, w)
         self.nbytes = self.off.nbytes + self.fx.nbytes + self.fy.nbytes + self.scale.nbytes + mask.numel()
@@ -323,7 +323,7 @@ def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
 _FORWARD_BLOCK = 64
 #: Pixels per block of the channels-first <-> channels-last copies.
 _COPY_BLOCK = 64
-#: Voxels per tile of the adjoint kernel (a multiple of the SIMD chunk).
+#: Voxels per tile of the adjoint kernel.
 _ADJOINT_BLOCK = 256
 #: Below this many voxel x channel values per call the kernels run on the calling thread:
 #: handing work to other threads costs more than it saves (and much more on a loaded machine).
@@ -342,9 +342,6 @@ class _Plan:
     def __init__(self, groups, batch: int, channels: int, grid: VolumeGrid, dtype):
         self.groups, self.batch, self.channels, self.grid, self.dtype = groups, batch, channels, grid, dtype
         self.num_views = len(groups[0][2])
-        # grid_sample's backward adds the corners of one SIMD vector of voxels at a time: 32 bytes
-        # (8 float32 or 4 float64) in the x86 builds of torch we compared with, bit for bit
-        self.chunk = max(1, 32 // torch.empty(0, dtype=dtype).element_size())
 
     def view_counts(self) -> list[torch.Tensor]:
         """Per group, ``(N,)`` in the work dtype: how many views see each voxel, at least 1
@@ -369,21 +366,27 @@ class _Plan:
         shape = (self.batch, ch, n) if mean else (self.batch, self.num_views, ch, n)
         o = np.empty(shape, dtype=_numpy_dtype(self.dtype))
         out = torch.from_numpy(o)
-        counts = [c.numpy() for c in self.view_counts()] if mean else None
-        last = len(feats) - 1
-        for v, f in enumerate(feats):
+        srcs = []
+        for f in feats:
             h, w = f.shape[-2:]
-            src = f.detach().reshape(self.batch, ch, h * w).numpy()
-            for gi, (b0, b1, tables) in enumerate(self.groups):
-                t = tables[v]
+            srcs.append((f.detach().reshape(self.batch, ch, h * w).numpy(), h, w))
+        for (b0, b1, tables), count in zip(self.groups, self.view_counts() if mean else [None] * len(self.groups)):
+            cls = []
+            for v, (src, h, w) in enumerate(srcs):
                 # channels-last copy, with w + 1 zero pixels after the map (see _lift_kernels)
                 cl = np.empty((h * w + w + 1, (b1 - b0) * ch), dtype=o.dtype)
                 if not lk.channels_last(src[b0:b1], cl, _COPY_BLOCK):
                     raise ValueError(f"features (view {v}) contains NaN or infinite values; clean them before "
                                      "building the prior")
-                lk.forward(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy, o[b0:b1] if mean else o[b0:b1, v],
-                           _FORWARD_BLOCK, threads, accumulate=mean and v > 0,
-                           count=counts[gi] if mean and v == last else None)
+                cls.append(cl)
+            if mean:  # every view added into one tile, divided by the count, stored once
+                lk.forward_mean(tuple(cls), tuple(t.off for t in tables), tuple(t.fx for t in tables),
+                                tuple(t.fy for t in tables), tuple(t.scale for t in tables), tables[0].one,
+                                tuple(int(t.dy) for t in tables), count.numpy(), o[b0:b1], _FORWARD_BLOCK, threads)
+            else:
+                for v, (cl, t) in enumerate(zip(cls, tables)):
+                    lk.forward(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dy, o[b0:b1, v], _FORWARD_BLOCK,
+                               threads)
         if mean:
             return out.reshape(self.batch, ch, *self.grid.shape)
         return out.reshape(self.batch, self.num_views, ch, *self.grid.shape)
@@ -402,7 +405,7 @@ class _Plan:
                 accs, bounds = lk.adjoint_mean(
                     g[b0:b1], tuple(t.off for t in tables), tuple(t.fx for t in tables),
                     tuple(t.fy for t in tables), tuple(t.scale for t in tables), tables[0].one,
-                    tuple(int(t.dy) for t in tables), count.numpy(), self.chunk, _ADJOINT_BLOCK,
+                    tuple(int(t.dy) for t in tables), count.numpy(), _ADJOINT_BLOCK,
                     tuple(h * w + w + 1 for h, w in hws), threads)
                 for acc, gfn in zip(accs, gfns):
                     lk.channels_first(acc, bounds, gfn[b0:b1], _COPY_BLOCK)
@@ -411,8 +414,8 @@ class _Plan:
             for v, (h, w) in enumerate(hws):
                 for b0, b1, tables in self.groups:
                     t = tables[v]
-                    slabs, bounds = lk.adjoint(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dx, t.dy,
-                                               self.chunk, _ADJOINT_BLOCK, h * w + w + 1, threads)
+                    slabs, bounds = lk.adjoint(g[b0:b1, v], t.off, t.fx, t.fy, t.scale, t.one, t.dy,
+                                               _ADJOINT_BLOCK, h * w + w + 1, threads)
                     lk.channels_first(slabs, bounds, gfns[v][b0:b1], _COPY_BLOCK)
         return [torch.from_numpy(gfn).reshape(self.batch, ch, h, w) for gfn, (h, w) in zip(gfns, hws)]
 

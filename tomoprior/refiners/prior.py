@@ -335,6 +335,26 @@ def _kernel_threads(work: int) -> int:
     return 1 if work < _PARALLEL_MIN_WORK else max(1, torch.get_num_threads())
 
 
+def _group_counts(tables) -> tuple:
+    """How many of the views ``tables`` see each voxel, ``(N,)`` (at least 1), and that count as
+    the lifting kernels apply it (``_lift_kernels.count_factor``); computed once per combination
+    of tables and kept on the first one (a few per table at most)."""
+    from . import _lift_kernels as lk
+
+    memo = tables[0].__dict__.setdefault("_counts", {})
+    key = tuple(id(t) for t in tables)
+    hit = memo.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], tables)):  # ids of live objects
+        return hit[1]
+    dtype = tables[0].fx.dtype
+    count = np.sum([t.mask.reshape(-1).numpy() for t in tables], axis=0, dtype=dtype)
+    count = torch.from_numpy(np.maximum(count, dtype.type(1)))
+    if len(memo) >= 4:
+        memo.clear()
+    memo[key] = (tuple(tables), (count, lk.count_factor(count.numpy())))
+    return memo[key][1]
+
+
 class _Plan:
     """Which table lifts which samples of which view: ``groups`` is a list of
     ``(b0, b1, tables per view)`` (one group for a geometry shared by the batch)."""
@@ -345,12 +365,12 @@ class _Plan:
 
     def view_counts(self) -> list[torch.Tensor]:
         """Per group, ``(N,)`` in the work dtype: how many views see each voxel, at least 1
-        (``fuse_views``' "mean" denominator), computed once."""
-        counts = self.__dict__.get("_counts")
-        if counts is None:
-            counts = self._counts = [torch.stack([t.mask.reshape(-1).to(self.dtype) for t in tables]).sum(dim=0)
-                                     .clamp_min(1.0) for _, _, tables in self.groups]
-        return counts
+        (``fuse_views``' "mean" denominator)."""
+        return [_group_counts(tables)[0] for _, _, tables in self.groups]
+
+    def count_factors(self) -> list:
+        """Per group, the count of views as the lifting kernels apply it (``count_factor``)."""
+        return [_group_counts(tables)[1] for _, _, tables in self.groups]
 
     def forward(self, feats, mean: bool = False) -> torch.Tensor:
         """``(B, V, C, *grid)`` per-view volumes, or with ``mean`` their mean over the views that
@@ -370,19 +390,18 @@ class _Plan:
         for f in feats:
             h, w = f.shape[-2:]
             srcs.append((f.detach().reshape(self.batch, ch, h * w).numpy(), h, w))
-        for (b0, b1, tables), count in zip(self.groups, self.view_counts() if mean else [None] * len(self.groups)):
-            cls = []
-            for v, (src, h, w) in enumerate(srcs):
-                # channels-last copy, with w + 1 zero pixels after the map (see _lift_kernels)
-                cl = np.empty((h * w + w + 1, (b1 - b0) * ch), dtype=o.dtype)
-                if not lk.channels_last(src[b0:b1], cl, _COPY_BLOCK):
+        for (b0, b1, tables), counts in zip(self.groups, self.count_factors() if mean else [None] * len(self.groups)):
+            # channels-last copies, with w + 1 zero pixels after each map (see _lift_kernels)
+            cls = [np.empty((h * w + w + 1, (b1 - b0) * ch), dtype=o.dtype) for _, h, w in srcs]
+            finite = lk.channels_last_maps([src[b0:b1] for src, _, _ in srcs], cls, _COPY_BLOCK, threads)
+            for v, ok in enumerate(finite):
+                if not ok:
                     raise ValueError(f"features (view {v}) contains NaN or infinite values; clean them before "
                                      "building the prior")
-                cls.append(cl)
             if mean:  # every view added into one tile, divided by the count, stored once
                 lk.forward_mean(tuple(cls), tuple(t.off for t in tables), tuple(t.fx for t in tables),
                                 tuple(t.fy for t in tables), tuple(t.scale for t in tables), tables[0].one,
-                                tuple(int(t.dy) for t in tables), count.numpy(), o[b0:b1], _FORWARD_BLOCK, threads)
+                                tuple(int(t.dy) for t in tables), counts, o[b0:b1], _FORWARD_BLOCK, threads)
             else:
                 for v, (cl, t) in enumerate(zip(cls, tables)):
                     lk.forward(cl, t.off, t.fx, t.fy, t.scale, t.one, t.dy, o[b0:b1, v], _FORWARD_BLOCK,
@@ -401,14 +420,13 @@ class _Plan:
         gfns = [np.empty((self.batch, ch, h * w), dtype=_numpy_dtype(self.dtype)) for h, w in hws]
         if mean:  # every view back-projects the same gradient, divided by the count of views: one pass
             g = grad.detach().to(self.dtype).reshape(self.batch, ch, self.grid.num_voxels).numpy()
-            for (b0, b1, tables), count in zip(self.groups, self.view_counts()):
+            for (b0, b1, tables), counts in zip(self.groups, self.count_factors()):
                 accs, bounds = lk.adjoint_mean(
                     g[b0:b1], tuple(t.off for t in tables), tuple(t.fx for t in tables),
                     tuple(t.fy for t in tables), tuple(t.scale for t in tables), tables[0].one,
-                    tuple(int(t.dy) for t in tables), count.numpy(), _ADJOINT_BLOCK,
+                    tuple(int(t.dy) for t in tables), counts, _ADJOINT_BLOCK,
                     tuple(h * w + w + 1 for h, w in hws), threads)
-                for acc, gfn in zip(accs, gfns):
-                    lk.channels_first(acc, bounds, gfn[b0:b1], _COPY_BLOCK)
+                lk.channels_first_maps(accs, bounds, [gfn[b0:b1] for gfn in gfns], _COPY_BLOCK, threads)
         else:
             g = grad.detach().to(self.dtype).reshape(self.batch, self.num_views, ch, self.grid.num_voxels).numpy()
             for v, (h, w) in enumerate(hws):

@@ -174,32 +174,44 @@ def _load_tile(g, c0, c1, b0, b1, tile):
         _load_rows(g[bi], k0 - bi * per, k0 - c0, tile, b1 - b0, k1 - k0, b0)
 
 
+@njit(fastmath=False, cache=True, nogil=True, inline="always")
+def _weights(ax, ay, o1):
+    """The bilinear weights of the upper-left, upper-right, lower-left and lower-right pixel
+    for the fractions ``ax`` (towards the next column) and ``ay`` (row)."""
+    ex = o1 - ax
+    sy = o1 - ay
+    return sy * ex, sy * ax, ay * ex, ay * ax
+
+
+@njit(fastmath=False, cache=True, nogil=True)
+def _interp_block(feat, off, fx, fy, scale, o1, dy, b0, b1, tile, add):
+    """Row ``j - b0`` of ``tile`` = voxel ``j``'s bilinear sample of every channel of ``feat``
+    times ``scale[j]`` (``b0 <= j < b1``), or that added to the row (``add``)."""
+    nc = feat.shape[1]
+    for j in range(b0, b1):
+        a, b, c2, d = _weights(fx[j], fy[j], o1)
+        sc = scale[j]
+        p = off[j]
+        r0 = feat[p]
+        r1 = feat[p + 1]
+        r2 = feat[p + dy]
+        r3 = feat[p + dy + 1]
+        t = tile[j - b0]
+        if add:
+            for c in range(nc):
+                t[c] = t[c] + _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
+        else:
+            for c in range(nc):
+                t[c] = _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
+
+
 @njit(fastmath=False, cache=True, nogil=True)
 def _forward_range(feat, off, fx, fy, scale, one, dy, out, j0, j1, block):
     """Voxels ``j0 <= j < j1`` of one view into ``out (batch, channels, voxels)``."""
-    o1 = one[0]
-    nc = feat.shape[1]
-    tile = np.empty((block, nc), dtype=feat.dtype)
+    tile = np.empty((block, feat.shape[1]), dtype=feat.dtype)
     for b0 in range(j0, j1, block):
         b1 = min(j1, b0 + block)
-        for j in range(b0, b1):
-            ax = fx[j]
-            ay = fy[j]
-            ex = o1 - ax
-            sy = o1 - ay
-            a = sy * ex
-            b = sy * ax
-            c2 = ay * ex
-            d = ay * ax
-            sc = scale[j]
-            p = off[j]
-            r0 = feat[p]
-            r1 = feat[p + 1]
-            r2 = feat[p + dy]
-            r3 = feat[p + dy + 1]
-            t = tile[j - b0]
-            for c in range(nc):
-                t[c] = _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
+        _interp_block(feat, off, fx, fy, scale, one[0], dy, b0, b1, tile, False)
         _store_tile(tile, b1 - b0, out, b0, scale, 0)  # tile (voxels, channels) -> out (channels, voxels)
 
 
@@ -211,35 +223,11 @@ def _forward_range_mean(feats, offs, fxs, fys, scales, one, dys, count, mode, ou
     stored transposed into ``out (batch, channels, voxels)``: the output is written once, not once
     per view; bitwise ``fuse_views(..., "mean")`` of the per-view volumes :func:`_forward_range`
     makes. ``count, mode``: :func:`count_factor`'s (the reciprocal count and 1, or the count and 2)."""
-    o1 = one[0]
-    nc = feats[0].shape[1]
-    tile = np.empty((block, nc), dtype=feats[0].dtype)
+    tile = np.empty((block, feats[0].shape[1]), dtype=feats[0].dtype)
     for b0 in range(j0, j1, block):
         b1 = min(j1, b0 + block)
         for v in range(len(offs)):
-            feat, off, fx, fy, sv, dy = feats[v], offs[v], fxs[v], fys[v], scales[v], dys[v]
-            for j in range(b0, b1):
-                ax = fx[j]
-                ay = fy[j]
-                ex = o1 - ax
-                sy = o1 - ay
-                a = sy * ex
-                b = sy * ax
-                c2 = ay * ex
-                d = ay * ax
-                sc = sv[j]
-                p = off[j]
-                r0 = feat[p]
-                r1 = feat[p + 1]
-                r2 = feat[p + dy]
-                r3 = feat[p + dy + 1]
-                t = tile[j - b0]
-                if v == 0:
-                    for c in range(nc):
-                        t[c] = _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
-                else:
-                    for c in range(nc):
-                        t[c] = t[c] + _fma(r3[c], d, _fma(r2[c], c2, _fma(r1[c], b, r0[c] * a))) * sc
+            _interp_block(feats[v], offs[v], fxs[v], fys[v], scales[v], one[0], dys[v], b0, b1, tile, v > 0)
         _store_tile(tile, b1 - b0, out, b0, count, mode)
 
 
@@ -255,14 +243,7 @@ def _scatter_block(t, off, fx, fy, o1, dy, b0, b1, grad, factor, vec, mode):
     nc = t.shape[1]
     for j in range(b0, b1):
         i = j - b0
-        ax = fx[j]
-        ay = fy[j]
-        ex = o1 - ax
-        sy = o1 - ay
-        w0 = sy * ex
-        w1 = sy * ax
-        w2 = ay * ex
-        w3 = ay * ax
+        w0, w1, w2, w3 = _weights(fx[j], fy[j], o1)
         p = off[j]
         g0 = grad[p]
         g1 = grad[p + 1]

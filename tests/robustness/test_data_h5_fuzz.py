@@ -225,8 +225,7 @@ def test_a_row_missing_from_the_chunk_index_is_refused_not_read_as_zeros(good):
     """Regression (found by the bit-flip test above): one flipped bit in a chunk's index key
     moved it to another coordinate, so HDF5 read sample 2's X-rays as the fill value, all zeros,
     with no error. The state is made here through HDF5 itself: a row whose chunk the index does
-    not list. (The reader also refuses a chunk whose filter mask skips filters; HDF5's direct
-    chunk write did not store such a mask here, so that branch has no test.)"""
+    not list. (A chunk whose filter mask skips filters: test_a_chunk_stored_without_its_filters_is_refused.)"""
     path = _scratch(good, "index.h5")
     path.write_bytes(good.raw)
     with h5py.File(path, "a") as f:
@@ -245,3 +244,25 @@ def test_a_row_missing_from_the_chunk_index_is_refused_not_read_as_zeros(good):
         report = ds.verify(geometry=False)
         assert [(e["sample"], e["array"]) for e in report["unreadable"]] == [(2, "xrays")] and not report["ok"]
         ds.read(1)  # the other samples still read
+
+
+def test_a_chunk_stored_without_its_filters_is_refused(good):
+    """A chunk whose filter mask says its filters (decompression, the Fletcher-32 checksum) were
+    not applied is handed on by HDF5 as raw bytes, unchecked: the reader refuses it, in read and
+    in verify. Made through HDF5's direct chunk write with a nonzero mask (h5py >= 3 on HDF5 >=
+    1.10.5 store it)."""
+    path = _scratch(good, "mask.h5")
+    path.write_bytes(good.raw)
+    with h5py.File(path, "a") as f:
+        ds = f["xrays"]
+        if ds.chunks is None or ds.chunks[0] != 1 or not hasattr(ds.id, "get_chunk_info_by_coord"):
+            pytest.skip("this h5py / HDF5 has no per-chunk index access: the reader cannot check masks either")
+        row = np.ascontiguousarray(ds[2])
+        ds.id.write_direct_chunk((2,) + (0,) * (ds.ndim - 1), row.tobytes(), filter_mask=0b11)
+        assert ds.id.get_chunk_info_by_coord((2,) + (0,) * (ds.ndim - 1)).filter_mask == 0b11
+    with data.DatasetFile(path) as ds:
+        with pytest.raises(data.DatasetFormatError, match=r"sample 2's X-rays: its stored chunk is marked to skip"):
+            ds.read(2)
+        report = ds.verify(geometry=False)
+        assert [(e["sample"], e["array"]) for e in report["unreadable"]] == [(2, "xrays")] and not report["ok"]
+        ds.read(1)

@@ -410,6 +410,28 @@ def test_cli_archive_and_restore_refuse_what_would_mix_studies(smoke, tmp_path):
     assert r.exit_code == 2 and "no plan.json" in r.output
 
 
+def test_a_damaged_plan_record_is_named_not_a_traceback(smoke, tmp_path):
+    """plan.json records which plan a folder (or a ledger) holds: truncated or edited, every
+    command that reads it stops with exit code 2 and names the file, in the folder and in a
+    ledger alike."""
+    out, _ = smoke
+    ledger = tmp_path / "ledger"
+    assert CliRunner().invoke(cli, ["study", "archive", str(out), str(ledger)]).exit_code == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for damage in ('{"sha256": "ab', '{"plan": {}}', '[1, 2]'):
+        (copy / "plan.json").write_text(damage)
+        for args in (["study", "report", str(copy), "--partial", "--no-figure"],
+                     ["study", "archive", str(copy), str(tmp_path / "l2")],
+                     ["study", "run", str(plan_path("smoke")), "--out", str(copy), "--resume"],
+                     ["study", "restore", str(ledger), "--out", str(copy)]):
+            r = CliRunner().invoke(cli, args)
+            assert r.exit_code == 2 and f"{copy / 'plan.json'} is damaged" in r.output, (args, r.output)
+    (ledger / "plan.json").write_text("{")
+    r = CliRunner().invoke(cli, ["study", "archive", str(out), str(ledger)])
+    assert r.exit_code == 2 and f"{ledger / 'plan.json'} is damaged" in r.output, r.output
+
+
 def test_resume_adds_the_content_digest_to_data_made_before_it_was_recorded(smoke, tmp_path):
     out, _ = smoke
     copy = tmp_path / "old"

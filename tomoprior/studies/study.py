@@ -674,12 +674,26 @@ def _apply_mismatch(geometry, mismatch: dict):
     return g
 
 
+def _plan_record(path: Path) -> dict:
+    """A study's ``plan.json`` (``{"sha256", "plan", ...}``), or :class:`PlanError` naming the
+    file if it does not parse or lacks those fields (a truncated or hand-edited file)."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not (isinstance(rec, dict) and isinstance(rec["sha256"], str) and isinstance(rec["plan"], dict)):
+            raise TypeError("not an object with a 'sha256' string and a 'plan' object")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise PlanError(f"{path} is damaged ({type(exc).__name__}: {exc}); it records the study's plan: restore it "
+                        "from a copy or a ledger (`tomoprior study restore`), or start the study in a new folder"
+                        ) from None
+    return rec
+
+
 def _check_out(out: Path, plan: dict, text: str, resume: bool) -> None:
     """Refuse a folder that holds another study, or a changed plan; record the plan."""
     rec_path = out / "plan.json"
     h = plan_hash(plan)
     if rec_path.is_file():
-        old = json.loads(rec_path.read_text(encoding="utf-8"))
+        old = _plan_record(rec_path)
         if old["sha256"] != h:
             changed = sorted(_diff_keys(old["plan"], plan))
             raise PlanError(f"{out} holds a study of another plan (sha256 {old['sha256'][:12]}..., this plan "
@@ -954,14 +968,14 @@ def archive_study(out, ledger, *, checkpoints: bool = True) -> dict:
         raise PlanError(f"{out} holds no study (no plan.json); give the folder of `tomoprior study run --out`")
     if ledger.resolve() == out.resolve() or out.resolve() in ledger.resolve().parents:
         raise PlanError(f"the ledger {ledger} must lie outside the study folder {out}")
-    rec = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    rec = _plan_record(out / "plan.json")
     plan = rec["plan"]
     files = sorted({str(p.relative_to(out)) for pat in LEDGER_PATTERNS for p in out.glob(pat) if p.is_file()})
     if checkpoints:
         files += _ledger_checkpoints(plan, out)
     ledger.mkdir(parents=True, exist_ok=True)
     if (ledger / "plan.json").is_file():
-        theirs = json.loads((ledger / "plan.json").read_text(encoding="utf-8"))["sha256"]
+        theirs = _plan_record(ledger / "plan.json")["sha256"]
         if theirs != rec["sha256"]:
             raise PlanError(f"the ledger {ledger} holds another plan's study; give an empty or new folder")
     manifest_files = {}
@@ -1019,7 +1033,7 @@ def restore_study(ledger, out) -> dict:
             raise PlanError(f"the ledger file {p} is missing or differs from its manifest entry (SHA-256 "
                             f"{sha[:12]}...); the ledger is damaged")
     if (out / "plan.json").is_file():
-        mine = json.loads((out / "plan.json").read_text(encoding="utf-8"))["sha256"]
+        mine = _plan_record(out / "plan.json")["sha256"]
         if mine != manifest["plan_sha256"]:
             raise PlanError(f"{out} holds another plan's study; restore into an empty or new folder")
     elif out.exists() and any(out.iterdir()):
@@ -1128,7 +1142,7 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
     if not (out / "plan.json").is_file():
         raise PlanError(f"{out} is not a study folder (no plan.json): give the --out folder of "
                         "`tomoprior study run`")
-    rec = json.loads((out / "plan.json").read_text(encoding="utf-8"))
+    rec = _plan_record(out / "plan.json")
     plan = rec["plan"]
     res = _load_results(out, plan, partial)
     ref_arm = next(n for n, a in plan["arms"].items() if a["kind"] == "exact")

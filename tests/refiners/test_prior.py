@@ -235,6 +235,18 @@ def test_bad_inputs_are_named(geom):
         backproject_features(x, "geometry.yaml")
     with pytest.raises(ValueError, match=r"xrays must have shape \(B, V, H, W\)"):
         build_prior(torch.ones(2, 8, 8), geom)
+    for call in (lambda: backproject_features(torch.ones(0, 2, 1, 8, 8), geom),
+                 lambda: GeometryPrior()(torch.ones(0, 2, 1, 8, 8), geom),
+                 lambda: backproject_features([torch.ones(0, 1, 8, 8)] * 2, geom)):
+        with pytest.raises(ValueError, match=r"empty batch \(B=0"):
+            call()
+    with pytest.raises(ValueError, match=r"xrays have an empty batch \(B=0"):
+        build_prior(torch.ones(0, 2, 8, 8), geom)
+    from tomoprior.refiners import BPPrior
+
+    h, w = geom.detector_shapes[0]
+    with pytest.raises(ValueError, match=r"xrays have an empty batch \(B=0"):  # Refiner.check_inputs
+        BPPrior()(torch.ones(0, 2, h, w), geom, torch.ones(0, 1, *geom.grid.shape))
 
 
 def test_speed_128_cubed_two_256_views():

@@ -147,6 +147,8 @@ class Refiner(torch.nn.Module):
             got = tuple(xrays.shape) if isinstance(xrays, torch.Tensor) else type(xrays).__name__
             raise ValueError(f"xrays must be a tensor (B, V, H, W) or (B, V, C, H, W), got {got}")
         b, v = xrays.shape[:2]
+        if b == 0:
+            raise ValueError(f"xrays have an empty batch (B=0, shape {tuple(xrays.shape)}): pass at least one sample")
         geoms = _geometry_list(geometry, b)
         for i, g in enumerate(geoms):
             if g.num_views != v:

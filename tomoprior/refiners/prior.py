@@ -605,6 +605,10 @@ def _parse_lift(features, geometry, grid):
         batch = None
     if batch is None:
         _as_view_features(features)  # raises the descriptive error
+    if batch == 0:
+        raise ValueError("features have an empty batch (B=0, shape "
+                         f"{tuple(features.shape if isinstance(features, torch.Tensor) else features[0].shape)}): "
+                         "there is nothing to lift; pass at least one sample")
     geoms = _geometry_list(geometry, batch)
     per_view, b, _ = _as_view_features(features, geoms[0].num_views)
     for i, g in enumerate(geoms):
@@ -743,6 +747,8 @@ def build_prior(xrays, geometry, *, fuse: str = "mean", grid: VolumeGrid | None 
             feats = xrays
         else:
             raise ValueError(f"xrays must have shape (B, V, H, W) or (B, V, C, H, W), got {tuple(xrays.shape)}")
+        if xrays.shape[0] == 0:
+            raise ValueError(f"xrays have an empty batch (B=0, shape {tuple(xrays.shape)}): pass at least one sample")
     else:
         feats = xrays
     if divide_by_chord:

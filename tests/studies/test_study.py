@@ -410,6 +410,25 @@ def test_cli_archive_and_restore_refuse_what_would_mix_studies(smoke, tmp_path):
     assert r.exit_code == 2 and "no plan.json" in r.output
 
 
+def test_report_compares_the_learned_refiners_with_every_other_refiner(smoke):
+    """The exact arm's refiner-against-refiner table: per skull a's seed mean minus b's, the
+    mean of those differences, for each learned refiner against every other one."""
+    out, _ = smoke
+    _, rep = _rows(out)
+    pairs = {(r["a"], r["b"]): r for r in rep["refiner_pairs"]}
+    assert set(pairs) == {("psctnet", "bp-prior"), ("psctnet", "atlas")}
+    per = {}
+    for label in ("psctnet", "atlas"):
+        ev = json.loads((out / "eval" / label / "seed0" / "exact.json").read_text())
+        per[label] = {s["index"]: s for s in ev["per_sample"]}
+    for m in ("psnr_x2ctgan", "dice_bone"):
+        d = [per["psctnet"][i][m] - per["atlas"][i][m] for i in sorted(per["psctnet"])]
+        ci = pairs[("psctnet", "atlas")]["diff"][m]
+        assert ci["n"] == len(d) and abs(ci["mean"] - float(np.mean(d))) < 1e-9 and ci["lo"] <= ci["mean"] <= ci["hi"]
+    md = (out / "report" / "report.md").read_text()
+    assert "| psctnet - atlas |" in md and "against each other" in md
+
+
 def test_a_damaged_plan_record_is_named_not_a_traceback(smoke, tmp_path):
     """plan.json records which plan a folder (or a ledger) holds: truncated or edited, every
     command that reads it stops with exit code 2 and names the file, in the folder and in a

@@ -1163,6 +1163,7 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
             sub = {k: {i: v for i, v in per.items() if i in keep} for k, per in res.items()}
             groups[g] = _rows(plan, sub, ref_arm, g)
     qa_rows = _qa_rows(plan, res, ref_arm)
+    pairs = _refiner_pairs(plan, res, ref_arm)
     budgets = _budgets(out)
     report_dir = out / "report"
     report_dir.mkdir(exist_ok=True)
@@ -1172,9 +1173,11 @@ def study_report(out, *, figure: bool = True, partial: bool = False) -> Path:
                                                                           "groups": groups, "budgets": budgets,
                                                                           "status": status, "levels": levels,
                                                                           "seed_spread": seed_spread,
-                                                                          "qa_passed": qa_rows}),
+                                                                          "qa_passed": qa_rows,
+                                                                          "refiner_pairs": pairs}),
                                                                indent=1, sort_keys=True) + "\n")
-    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status, levels, seed_spread, qa_rows)
+    md = _markdown(plan, rec["sha256"], rows, budgets, ref_arm, groups, status, levels, seed_spread, qa_rows,
+                   pairs)
     path = report_dir / "report.md"
     write_text_atomic(path, md)
     if figure:
@@ -1311,6 +1314,31 @@ def _rows(plan: dict, res: dict, ref_arm: str, group: str) -> list[dict]:
     return rows
 
 
+def _refiner_pairs(plan: dict, res: dict, ref_arm: str) -> list[dict]:
+    """The refiners against each other in ``ref_arm``: per test skull, refiner ``a``'s metric (mean
+    over its training seeds) minus refiner ``b``'s, with a bootstrap interval over the skulls both
+    evaluated. ``a``: each learned refiner (trained for more than one step), in plan order; ``b``:
+    every other refiner, except a learned one already compared the other way round."""
+    rep, metrics = plan["report"], plan["report"]["metrics"]
+    present = [label for label in plan["refiners"] if (label, ref_arm) in res]
+    learned = [label for label in present if plan["refiners"][label]["train"]["steps"] > 1]
+    out = []
+    for a in learned:
+        for b in present:
+            if b == a or (b in learned and learned.index(b) < learned.index(a)):
+                continue
+            ra, rb = res[(a, ref_arm)], res[(b, ref_arm)]
+            common = [i for i in sorted(ra) if i in rb]
+            row = {"a": a, "b": b, "arm": ref_arm, "n": len(common), "seeds_a": _seeds(ra), "seeds_b": _seeds(rb),
+                   "diff": {}}
+            for k, m in enumerate(metrics):
+                d = [_seed_mean(ra[i], m) - _seed_mean(rb[i], m) for i in common]
+                row["diff"][m] = bootstrap_ci(d, n_boot=rep["bootstrap"], seed=plan["seed"] * 1000 + 500 + k,
+                                              level=rep["level"])
+            out.append(row)
+    return out
+
+
 def _budgets(out: Path) -> list[dict]:
     recs = []
     for p in sorted((out / "done").glob("*.json")):
@@ -1379,7 +1407,8 @@ def _qa_rows(plan: dict, res: dict, ref_arm: str) -> list[dict]:
 
 def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_arm: str, groups: dict,
               status: dict | None = None, levels: list[dict] | None = None,
-              seed_spread: list[dict] | None = None, qa_rows: list[dict] | None = None) -> str:
+              seed_spread: list[dict] | None = None, qa_rows: list[dict] | None = None,
+              pairs: list[dict] | None = None) -> str:
     from .evaluation import _col
 
     metrics = plan["report"]["metrics"]
@@ -1398,8 +1427,19 @@ def _markdown(plan: dict, sha: str, rows: list[dict], budgets: list[dict], ref_a
               f"interval ({plan['report']['bootstrap']} resamples over skulls, seeded).", ""]
     if levels:
         lines += [f"Levels in the `{ref_arm}` arm, our metrics next to the official PSCT-Net code's (mean ± sd over "
-                  "test skulls; docs/metrics.md):", "", *_levels_table(levels), "",
-                  "Differences to the exact arm:", ""]
+                  "test skulls; docs/metrics.md):", "", *_levels_table(levels), ""]
+    if pairs:
+        lines += [f"The refiners against each other in the `{ref_arm}` arm: per test skull, the first refiner's metric "
+                  f"minus the second's (each averaged over its training seeds), mean and {lvl} % bootstrap interval:",
+                  "", "| refiners | n | seeds | " + " | ".join(f"Δ {_col(m)}" for m in metrics) + " |",
+                  "|" + " --- |" * (3 + len(metrics))]
+        for r in pairs:
+            seeds = ",".join(map(str, r["seeds_a"])) + " / " + ",".join(map(str, r["seeds_b"]))
+            lines.append(f"| {r['a']} - {r['b']} | {r['n']} | {seeds} | "
+                         + " | ".join(_fmt_ci(r["diff"][m], m) for m in metrics) + " |")
+        lines += [""]
+    if levels:
+        lines += ["Differences to the exact arm:", ""]
     lines += _diff_table(rows, metrics, ref_arm)
     for g, grows in groups.items():
         lines += ["", f"{g.capitalize()} skulls only:", "", *_diff_table(grows, metrics, ref_arm)]

@@ -305,6 +305,14 @@ def test_cli_report_and_bad_plan(smoke, tmp_path):
     bad.write_text("data: {n: 6, grid: 16}\nrefiners: {bp-prior: {}}\narms: {exact: {kind: exact, tilt: 1}}\n")
     r = CliRunner().invoke(cli, ["study", "run", str(bad), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "arms.exact: unknown key(s) ['tilt']" in r.output
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00plan")
+    r = CliRunner().invoke(cli, ["study", "run", str(binary), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and f"plan file {binary} is not UTF-8 text" in r.output, r.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    r = CliRunner().invoke(cli, ["study", "run", str(plan_path("smoke")), "--out", str(blocker / "sub")])
+    assert r.exit_code == 2 and f"--out {blocker / 'sub'} cannot be made" in r.output, r.output
 
 
 def _eval_records(folder, label):

@@ -393,7 +393,13 @@ def load_plan(path) -> tuple[dict, str]:
     p = Path(path)
     if not p.is_file():
         raise PlanError(f"plan file {p} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(f"plan file {p} is not UTF-8 text ({exc.reason} at byte {exc.start}); give the YAML plan "
+                        "file, saved as UTF-8") from None
+    except OSError as exc:
+        raise PlanError(f"plan file {p} cannot be read ({exc.strerror or exc}); check its permissions") from None
     raw = load_yaml(text, what=f"plan {p}")
     return validate_plan(raw, str(p)), text
 
@@ -706,7 +712,17 @@ def _check_out(out: Path, plan: dict, text: str, resume: bool) -> None:
         return
     if out.exists() and any(out.iterdir()):
         raise PlanError(f"{out} is not empty and holds no study (no plan.json); choose an empty or new --out")
-    out.mkdir(parents=True, exist_ok=True)
+    from .._atomic import check_writable
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PlanError(f"--out {out} cannot be made ({exc.strerror or exc}); choose a folder you can write to"
+                        ) from None
+    try:
+        check_writable(out, what="--out")
+    except (OSError, ValueError) as exc:
+        raise PlanError(str(exc)) from None
     from .._version import __version__
 
     write_text_atomic(out / "plan.yaml", text)

@@ -115,13 +115,22 @@ def test_checkpoint_round_trip(tiny, tmp_path, small_geom):
         BPPrior.from_checkpoint(path)
 
 
+class _Foreign:
+    """An object a checkpoint must not hold: unpickling it would import and run this module's code."""
+
+
 def test_checkpoint_errors(tmp_path, tiny):
     with pytest.raises(ValueError, match="does not exist"):
         Refiner.from_checkpoint(tmp_path / "missing.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+    with pytest.raises(ValueError, match=r"not a readable torch checkpoint: torch\.save writes a zip archive"):
         Refiner.from_checkpoint(bad)
+    code = tmp_path / "code.pt"  # a zip checkpoint holding an object of a class: refused, and no advice to run it
+    torch.save({"weights": _Foreign()}, code)
+    with pytest.raises(ValueError, match="weights_only=True, which refuses code") as err:
+        Refiner.from_checkpoint(code)
+    assert "Re-running" not in str(err.value) and "weights_only` set to `False`" not in str(err.value)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(ValueError, match="not a tomoprior refiner checkpoint"):

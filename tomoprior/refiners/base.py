@@ -389,9 +389,18 @@ def read_checkpoint(path, map_location="cpu") -> dict:
         # weights_only: a checkpoint is data (tensors, numbers, strings, containers), never code
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which
+        if not is_zip:  # torch.save has written zip archives since torch 1.6; refiner checkpoints always are
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+            raise CheckpointError(
+                f"{path} is not a readable torch checkpoint: torch.save writes a zip archive and this file is none "
+                f"(it begins {head!r}); give the .pt file a training run wrote (RUN/best.pt or RUN/last.pt)"
+            ) from exc
+        # torch's own text may advise weights_only=False, i.e. running code from the file: not ours to suggest
+        detail = (str(exc).splitlines()[0] if str(exc) else "").split(" Re-running `torch.load`")[0]
         raise CheckpointError(
-            f"{path} is not a readable torch checkpoint (loaded with weights_only=True): {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}; it may be truncated, damaged or another kind of file"
+            f"{path} is not a readable torch checkpoint (loaded with weights_only=True, which refuses code): "
+            f"{type(exc).__name__}: {detail}; it may be damaged or a checkpoint of another program"
         ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a tomoprior refiner checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "

@@ -50,6 +50,22 @@ def test_wrong_geometry_fails_with_exit_1(case, tmp_path):
     assert json.loads((tmp_path / "epipolar.json").read_text())["verdict"] == "FAIL"
 
 
+def test_a_pair_that_cannot_be_compared_is_unchecked_not_inconsistent(case, tmp_path):
+    """X-rays whose object reaches the detector edges along every epipolar line leave nothing to
+    compare: the verdict is not PASS (exit 1), but the message says the check could not be made
+    rather than that the X-rays disagree with the geometry."""
+    d, ims = case
+    np.save(tmp_path / "full_a.npy", ims[0] + 1.0)  # a constant added: nonzero at every edge pixel
+    np.save(tmp_path / "full_b.npy", ims[1] + 1.0)
+    r = run(d, "--xrays", tmp_path / "full_a.npy", tmp_path / "full_b.npy", "--geometry", d / "g.yaml",
+            "--out", tmp_path / "o")
+    assert r.exit_code == 1, r.output
+    assert "UNCHECKED" in r.output and "could not be checked for frontal / lateral" in r.output
+    assert "not consistent" not in r.output
+    doc = json.loads((tmp_path / "o" / "epipolar.json").read_text())
+    assert doc["verdict"] == "FAIL" and doc["unchecked_pairs"] == ["frontal / lateral"]
+
+
 def _bad(d, tmp_path, name, array):
     np.save(tmp_path / name, array)
     out = tmp_path / "out"

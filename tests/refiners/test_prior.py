@@ -643,3 +643,28 @@ def test_ragged_tiles_and_task_splits_change_nothing(dtype, monkeypatch):
     slow = run()
     for a, b in zip(results[0], slow):
         torch.testing.assert_close(a, b, atol=1e-6 * float(b.abs().max()), rtol=0)
+
+
+def test_view_counts_are_kept_per_combination_of_tables_without_holding_them(small_geom):
+    """The count of views per voxel is computed once per combination of cached tables and kept
+    on the first table; the other tables are referenced weakly, so a table the cache drops is
+    freed even while its partner lives on."""
+    import gc
+    import weakref
+
+    from tomoprior.refiners import prior
+
+    prior._clear_cache()
+    first = prior._table(small_geom.views[0], small_geom.grid, (16, 16), torch.float32, True)
+    second = prior._table(small_geom.views[1], small_geom.grid, (16, 16), torch.float32, True)
+    counts = prior._group_counts([first, second])
+    assert prior._group_counts([first, second]) is counts  # computed once
+    expected = (first.mask.float() + second.mask.float()).reshape(-1).clamp_min(1)
+    assert torch.equal(counts[0], expected)
+    gone = weakref.ref(second)
+    prior._clear_cache()
+    del second
+    gc.collect()
+    assert gone() is None  # the memo on `first` did not keep it alive
+    other = prior._table(small_geom.views[1], small_geom.grid, (16, 16), torch.float32, True)
+    assert prior._group_counts([first, other]) is not counts  # a new partner: counted again

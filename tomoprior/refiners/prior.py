@@ -338,20 +338,23 @@ def _kernel_threads(work: int) -> int:
 def _group_counts(tables) -> tuple:
     """How many of the views ``tables`` see each voxel, ``(N,)`` (at least 1), and that count as
     the lifting kernels apply it (``_lift_kernels.count_factor``); computed once per combination
-    of tables and kept on the first one (a few per table at most)."""
+    of tables and kept on the first one (a few per table at most; the other tables are held by
+    weak references, so the memo keeps no table alive that the cache has dropped)."""
+    import weakref
+
     from . import _lift_kernels as lk
 
     memo = tables[0].__dict__.setdefault("_counts", {})
     key = tuple(id(t) for t in tables)
     hit = memo.get(key)
-    if hit is not None and all(a is b for a, b in zip(hit[0], tables)):  # ids of live objects
+    if hit is not None and all(ref() is t for ref, t in zip(hit[0], tables)):  # the same live objects
         return hit[1]
     dtype = tables[0].fx.dtype
     count = np.sum([t.mask.reshape(-1).numpy() for t in tables], axis=0, dtype=dtype)
     count = torch.from_numpy(np.maximum(count, dtype.type(1)))
     if len(memo) >= 4:
         memo.clear()
-    memo[key] = (tuple(tables), (count, lk.count_factor(count.numpy())))
+    memo[key] = (tuple(weakref.ref(t) for t in tables), (count, lk.count_factor(count.numpy())))
     return memo[key][1]
 
 

@@ -206,23 +206,13 @@ def _interp_block(feat, off, fx, fy, scale, o1, dy, b0, b1, tile, add):
 
 
 @njit(fastmath=False, cache=True, nogil=True)
-def _forward_range(feat, off, fx, fy, scale, one, dy, out, j0, j1, block):
-    """Voxels ``j0 <= j < j1`` of one view into ``out (batch, channels, voxels)``."""
-    tile = np.empty((block, feat.shape[1]), dtype=feat.dtype)
-    for b0 in range(j0, j1, block):
-        b1 = min(j1, b0 + block)
-        _interp_block(feat, off, fx, fy, scale, one[0], dy, b0, b1, tile, False)
-        _store_tile(tile, b1 - b0, out, b0, scale, 0)  # tile (voxels, channels) -> out (channels, voxels)
-
-
-@njit(fastmath=False, cache=True, nogil=True)
 def _forward_range_mean(feats, offs, fxs, fys, scales, one, dys, count, mode, out, j0, j1, block):
     """The views' mean for the voxels ``j0 <= j < j1`` in one pass: per tile of voxels every view
-    is interpolated and added in view order (``((v0 + v1) + v2) ...``, each term rounded as
-    :func:`_forward_range` rounds it), and the sum divided by the count of views as the tile is
-    stored transposed into ``out (batch, channels, voxels)``: the output is written once, not once
-    per view; bitwise ``fuse_views(..., "mean")`` of the per-view volumes :func:`_forward_range`
-    makes. ``count, mode``: :func:`count_factor`'s (the reciprocal count and 1, or the count and 2)."""
+    is interpolated and added in view order (``((v0 + v1) + v2) ...``), and the sum divided by
+    the count of views as the tile is stored transposed into ``out (batch, channels, voxels)``:
+    the output is written once, not once per view; bitwise ``fuse_views(..., "mean")`` of the
+    per-view volumes. ``count, mode``: :func:`count_factor`'s (the reciprocal count and 1, or the
+    count and 2); one view with ``mode`` 0 (``count`` not read) is the plain lift of that view."""
     tile = np.empty((block, feats[0].shape[1]), dtype=feats[0].dtype)
     for b0 in range(j0, j1, block):
         b1 = min(j1, b0 + block)
@@ -275,33 +265,17 @@ def _scatter_block(t, off, fx, fy, o1, dy, b0, b1, grad, factor, vec, mode):
                 g3[c] += v * w3
 
 
-@njit(cache=True, nogil=True)
-def _tile(block, nc, dtype):
-    """The adjoint kernels' scratch: a voxels x channels tile."""
-    return np.empty((block, nc), dtype=dtype)
-
-
-@njit(fastmath=False, cache=True, nogil=True)
-def _adjoint_slab(g, off, fx, fy, scale, one, dy, block, grad, c0, c1, j0, j1):
-    """Flattened channels ``c0..c1`` of ``g (batch, channels, voxels)``, voxels ``j0 <= j < j1``,
-    scattered into ``grad (pixels + pad, c1 - c0)``."""
-    o1 = one[0]
-    t = _tile(block, c1 - c0, g.dtype)
-    for b0 in range(j0, j1, block):
-        b1 = min(j1, b0 + block)
-        _load_tile(g, c0, c1, b0, b1, t)
-        _scatter_block(t, off, fx, fy, o1, dy, b0, b1, grad, scale, scale, 0)  # times the factor
-
-
 @njit(fastmath=False, cache=True, nogil=True)
 def _adjoint_slab_mean(g, offs, fxs, fys, scales, one, dys, count, mode, block, grads, c0, c1, j0, j1):
     """The transpose of the views' mean for every view at once (tuples of the views' tables
     and accumulators): a block of the gradient is read and transposed once, then scattered into
     every view, each row divided by the count of views (``count, mode`` as in
-    :func:`_forward_range_mean`) and multiplied by the view's factor as the scatter reads it;
-    each view's sums as in :func:`_adjoint_slab`."""
+    :func:`_forward_range_mean`) and multiplied by the view's factor as the scatter reads it.
+    One view with ``mode`` 0 is the plain adjoint of that view's lift: flattened channels
+    ``c0..c1`` of ``g (batch, channels, voxels)``, voxels ``j0 <= j < j1``, scattered into
+    ``grads[0] (pixels + pad, c1 - c0)``."""
     o1 = one[0]
-    gd = _tile(block, c1 - c0, g.dtype)
+    gd = np.empty((block, c1 - c0), dtype=g.dtype)
     for b0 in range(j0, j1, block):
         b1 = min(j1, b0 + block)
         _load_tile(g, c0, c1, b0, b1, gd)
@@ -363,12 +337,9 @@ def _ranges(n: int, parts: int) -> list[int]:
 
 
 def forward(feat, off, fx, fy, scale, one, dy, out, block, threads: int) -> None:
-    """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)``: ``threads``
-    contiguous voxel ranges, each in tiles of ``block`` voxels."""
-    n = off.shape[0]
-    bounds = _ranges(n, max(1, min(threads, n // block)))
-    _run([(_forward_range, (feat, off, fx, fy, scale, one, dy, out, bounds[k], bounds[k + 1], block))
-          for k in range(len(bounds) - 1)], threads)
+    """``feat (h*w + w + 1, B*C)`` channels-last (padded) -> ``out (B, C, N)``: the one-view case
+    of :func:`forward_mean` (no division)."""
+    forward_mean((feat,), (off,), (fx,), (fy,), (scale,), one, (dy,), (scale, 0), out, block, threads)
 
 
 def forward_mean(feats, offs, fxs, fys, scales, one, dys, counts, out, block, threads: int) -> None:
@@ -402,14 +373,10 @@ def adjoint(g, off, fx, fy, scale, one, dy, block, rows: int, threads: int):
     accumulators ``(parts, slabs, rows, width)``: voxel range ``h`` (of :data:`ADJOINT_PARTS`)
     and flattened channels ``bounds[s]..bounds[s+1]``, one task per (range, slab) (no two
     tasks write the same element; each element's sum in the same order whatever the thread
-    count). Returns ``(acc, bounds)``; :func:`channels_first` adds and unpacks them."""
-    nbc, n = g.shape[0] * g.shape[1], g.shape[2]
-    vb, bounds = _adjoint_units(nbc, n, threads)
-    width = int(np.max(np.diff(bounds)))
-    acc = np.zeros((len(vb) - 1, len(bounds) - 1, rows, width), dtype=g.dtype)
-    _run([(_adjoint_slab, (g, off, fx, fy, scale, one, dy, block, acc[h, k], int(bounds[k]), int(bounds[k + 1]),
-                           vb[h], vb[h + 1])) for h in range(len(vb) - 1) for k in range(len(bounds) - 1)], threads)
-    return acc, bounds
+    count). Returns ``(acc, bounds)``; :func:`channels_first` adds and unpacks them. The
+    one-view case of :func:`adjoint_mean` (no division)."""
+    accs, bounds = adjoint_mean(g, (off,), (fx,), (fy,), (scale,), one, (dy,), (scale, 0), block, (rows,), threads)
+    return accs[0], bounds
 
 
 def adjoint_mean(g, offs, fxs, fys, scales, one, dys, counts, block, rows, threads: int):

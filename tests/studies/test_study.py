@@ -497,3 +497,32 @@ def test_report_repeats_calibrated_arms_over_the_calibrations_that_pass_qa(smoke
     assert r["n_rejected"] == qa[(label, arm)]["n_rejected"] + 1 and r["n"] == qa[(label, arm)]["n"] - 1
     assert rows2[(label, arm)]["n"] == rows[(label, arm)]["n"]
     assert f"{label} {arm}: {r['n_rejected']} (their geometry error" in md and "passed its QA" in md
+
+
+def test_figure_marks_arms_with_fewer_training_seeds_as_partial(smoke, tmp_path):
+    from tomoprior.studies.study import _figure_series, _load_results
+
+    out, _ = smoke
+    copy = tmp_path / "partial-seeds"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "report")
+    rec = json.loads((copy / "plan.json").read_text())
+    rec["plan"]["refiners"]["psctnet"]["train"]["seeds"] = [0, 1]
+    (copy / "plan.json").write_text(json.dumps(rec))
+    # seed 1 evaluated in the exact arm and one other arm only (a study under way)
+    arms = sorted(p.stem for p in (copy / "eval" / "psctnet" / "seed0").glob("*.json"))
+    other = next(a for a in arms if a != "exact")
+    (copy / "eval" / "psctnet" / "seed1").mkdir(parents=True)
+    for arm in ("exact", other):
+        shutil.copy(copy / "eval" / "psctnet" / "seed0" / f"{arm}.json", copy / "eval" / "psctnet" / "seed1")
+    study_report(copy, figure=True, partial=True)
+    assert (copy / "report" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plan = rec["plan"]
+    rows, _ = _rows(copy)
+    series = _figure_series(plan, _load_results(copy, plan, partial=True), list(rows.values()), "exact",
+                            "dice_bone")
+    flags = {(s["refiner"], s["arm"]): (s["seeds"], s["partial"]) for s in series}
+    assert flags[("psctnet", other)] == ([0, 1], False)
+    assert all(v == ([0], True) for (lab, arm), v in flags.items() if lab == "psctnet" and arm != other)
+    # refiners with one seed throughout are never partial
+    assert not any(p for (lab, _), (_, p) in flags.items() if lab != "psctnet")

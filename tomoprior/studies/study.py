@@ -1493,12 +1493,15 @@ def _figure_series(plan: dict, res: dict, rows: list[dict], ref_arm: str, metric
     """What the figure draws for one metric: per refiner and non-reference arm, the test skulls'
     geometry errors ``x`` (px) and paired differences ``y`` to ``ref_arm`` (seed means, skulls in
     both arms), and the arm's mean geometry error ``mean_x`` with the mean difference and its
-    bootstrap interval (``mean``, ``lo``, ``hi``, ``n`` skulls) from the report's ``rows``."""
+    bootstrap interval (``mean``, ``lo``, ``hi``, ``n`` skulls) from the report's ``rows``;
+    ``seeds``: the training seeds the arm is evaluated with so far, ``partial``: fewer than the
+    refiner's best-covered arm (a study under way: such an arm's mean is not yet comparable)."""
     out = []
     for label in plan["refiners"]:
         ref = res.get((label, ref_arm))
         if ref is None:
             continue
+        most = max(len(_seeds(per)) for (lab, _), per in res.items() if lab == label)
         for arm in plan["arms"]:
             cur = res.get((label, arm))
             if arm == ref_arm or cur is None:
@@ -1510,7 +1513,7 @@ def _figure_series(plan: dict, res: dict, rows: list[dict], ref_arm: str, metric
                         "x": [_seed_mean(cur[i], "geometry_error_px") for i in common],
                         "y": [_paired(cur[i], ref[i], metric) for i in common],
                         "mean_x": row["geometry_error_px"], "n": ci["n"], "mean": ci["mean"], "lo": ci["lo"],
-                        "hi": ci["hi"]})
+                        "hi": ci["hi"], "seeds": _seeds(cur), "partial": len(_seeds(cur)) < most})
     return out
 
 
@@ -1521,7 +1524,8 @@ def _figure(plan: dict, res: dict, rows: list[dict], ref_arm: str, path: Path) -
     points: one test skull (its seed-mean difference at its own geometry error); large points
     with bars: the arm's mean difference and bootstrap interval (``rows``) at the arm's mean
     geometry error, nudged sideways per refiner so that refiners sharing an arm do not hide
-    each other. The reference arm is the zero line."""
+    each other; hollow large points: arms evaluated with fewer training seeds than the
+    refiner's others (a partial study). The reference arm is the zero line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1537,6 +1541,7 @@ def _figure(plan: dict, res: dict, rows: list[dict], ref_arm: str, path: Path) -
     markers = "osD^v<>P*Xhd"
     colors = plt.get_cmap("tab10")
     nudge = {label: 1.09 ** (ri - (len(refiners) - 1) / 2) for ri, label in enumerate(refiners)}
+    any_partial = False
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.8, 4.4), layout="constrained",
                              squeeze=False)
     for ax, m in zip(axes[0], panels):
@@ -1550,9 +1555,12 @@ def _figure(plan: dict, res: dict, rows: list[dict], ref_arm: str, path: Path) -
             all_x += [v for v in sr["x"] if math.isfinite(v)]
             if sr["n"]:
                 bar_y += [sr["lo"], sr["hi"]]
+                hollow = {"mfc": "white", "mec": style["color"], "mew": 1.4} if sr["partial"] else {}
                 ax.errorbar([sr["mean_x"] * nudge[sr["refiner"]]], [sr["mean"]],
-                            yerr=[[sr["mean"] - sr["lo"]], [sr["hi"] - sr["mean"]]], ms=7, mec="k", mew=0.6,
+                            yerr=[[sr["mean"] - sr["lo"]], [sr["hi"] - sr["mean"]]],
+                            **({"ms": 7, "mec": "k", "mew": 0.6} | hollow),
                             elinewidth=1.2, capsize=2, linestyle="", zorder=3, **style)
+                any_partial = any_partial or sr["partial"]
         # the axis shows every interval and the central 95 % of the skulls; the rest are counted
         if skull_y:
             lo = min(min(bar_y), float(np.percentile(skull_y, 2.5)))
@@ -1576,6 +1584,9 @@ def _figure(plan: dict, res: dict, rows: list[dict], ref_arm: str, path: Path) -
                    if (label, ref_arm) in res]
     arm_handles = [handle(markers[ai % len(markers)], "0.35", f"{arm} ({plan['arms'][arm]['kind']})")
                    for ai, arm in enumerate(arms) if any((label, arm) in res for label in refiners)]
+    if any_partial:
+        arm_handles.append(Line2D([], [], linestyle="", marker="o", color="0.35", mfc="white", mew=1.4,
+                                  label="hollow: fewer training seeds\nthan the refiner's other arms"))
     fig.legend(handles=ref_handles + arm_handles, loc="outside right upper", fontsize=7,
                title="refiner (colour), arm (marker)", title_fontsize=7)
     fig.suptitle(f"{plan['name']}: paired difference to the {ref_arm} arm per test skull (faint) and mean with "

@@ -91,3 +91,18 @@ def test_bad_inputs_are_named():
         metrics.ssim(np.zeros((5, 30, 30)), np.zeros((5, 30, 30)), 1.0)
     with pytest.raises(ValueError, match="empty"):
         metrics.mae(a, a, mask=np.zeros_like(a, bool))
+
+
+@pytest.mark.parametrize("call", [
+    lambda e: metrics.psnr(e, e, 1.0),
+    lambda e: metrics.mae(e, e),
+    lambda e: metrics.ssim(e, e, 1.0),
+    lambda e: metrics.dice(e, e, threshold=0.035),
+    lambda e: metrics.assd(e, e, spacing=1.0, threshold=0.035),
+    lambda e: metrics.official_scores(e, e),
+], ids=["psnr", "mae", "ssim", "dice", "assd", "official_scores"])
+def test_empty_volumes_are_refused_not_scored(call):
+    # a mean over no voxels was NaN (psnr, mae), a Dice of nothing 1.0, official_scores a numpy
+    # reduction error: every metric now names the empty input
+    with pytest.raises(ValueError, match=r"empty .*at least one voxel"):
+        call(np.zeros((0, 16, 16)))

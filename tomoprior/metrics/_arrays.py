@@ -30,6 +30,9 @@ def as_array(x, name: str, *, ndim: int | None = None, allow_bool: bool = False)
 def same_shape(a: np.ndarray, b: np.ndarray, na: str = "prediction", nb: str = "target") -> None:
     if a.shape != b.shape:
         raise ValueError(f"{na} has shape {tuple(a.shape)} but {nb} has shape {tuple(b.shape)}; they must match")
+    if a.size == 0:
+        # a mean over no voxels is NaN, a Dice of nothing 1: neither is a score
+        raise ValueError(f"{na} and {nb} are empty (shape {tuple(a.shape)}); metrics need at least one voxel")
 
 
 def spacing3(spacing) -> tuple[float, float, float]:

@@ -78,9 +78,7 @@ OFFICIAL_SSIM_WINDOW = 7
 def _pair(prediction, target, ndim: int = 3) -> tuple[np.ndarray, np.ndarray]:
     a = as_array(prediction, "prediction", ndim=ndim)
     b = as_array(target, "target", ndim=ndim)
-    same_shape(a, b)
-    if a.size == 0:
-        raise ValueError(f"prediction and target are empty (shape {a.shape}); metrics need at least one voxel")
+    same_shape(a, b)  # also refuses empty volumes
     return a, b
 
 

@@ -92,7 +92,8 @@ def _as_float_tensor(x, name: str) -> torch.Tensor:
         # min and max propagate NaN and carry +-inf: a check without a full-size temporary
         lo, hi = torch.aminmax(x.detach())
         if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
-            raise ValueError(f"{name} contains NaN or infinite values; clean it before projecting")
+            raise ValueError(f"{name} contains NaN or infinite values; replace them (e.g. torch.nan_to_num) "
+                             "before passing it")
     return x
 
 

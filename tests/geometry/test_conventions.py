@@ -110,6 +110,19 @@ def test_points_behind_the_source_have_no_image():
     assert torch.isnan(out[1]).all()
 
 
+def test_points_with_nan_coordinates_are_refused_not_called_behind_the_source():
+    # were projected to NaN with the warning "lie on or behind the source plane"
+    geom = tp.BiplanarGeometry.from_parameters(binning=16)
+    pts = torch.zeros(7, 3)
+    pts[2, 1] = float("nan")
+    pts[5, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or infinite coordinates in 2 point\(s\) \(rows \[2, 5\]"):
+        geom.project_points(pts)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        geom.frontal.project_points(pts.numpy())
+    assert torch.isfinite(geom.project_points(pts[:2])).all()
+
+
 def test_default_biplanar_setup_is_pa_frontal_and_left_lateral():
     geom = tp.BiplanarGeometry.from_parameters()
     f, lat = geom.frontal, geom.lateral

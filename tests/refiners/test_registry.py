@@ -53,6 +53,12 @@ def test_unknown_name_lists_installed():
         load("nope")
 
 
+@pytest.mark.parametrize("name", ["runs/psctnet/best.pt", "model.ckpt", "C:\\runs\\best"])
+def test_a_checkpoint_path_given_as_a_name_points_to_from_checkpoint(name):
+    with pytest.raises(ValueError, match=r"looks like a file, not a refiner name .*Refiner\.from_checkpoint"):
+        load(name)
+
+
 def test_register_load_and_unregister(tiny):
     assert "test-tiny" in available_refiners()
     model = load("test-tiny", width=5)

@@ -163,6 +163,11 @@ def get_class(name: str) -> type[Refiner]:
         return _REGISTERED[name]
     eps = _entry_points()
     if name not in eps:
+        if name.endswith((".pt", ".pth", ".ckpt")) or "/" in name or "\\" in name:
+            raise ValueError(
+                f"{name!r} looks like a file, not a refiner name ({available_refiners()}): to read trained "
+                "weights use tomoprior.refiners.Refiner.from_checkpoint(path)"
+            )
         raise ValueError(
             f"unknown refiner {name!r}; installed: {available_refiners()}. A plugin registers itself in the "
             f"entry-point group {ENTRY_POINT_GROUP!r} of its distribution (see docs/refiners.md)"

@@ -175,15 +175,17 @@ def check_geometry(more_xrays, xrays, geometry, tolerance, n_planes, smoothing, 
     for p in result.pairs:
         rel = float(p.relative)
         name = " / ".join(n if n else f"view {i}" for n, i in zip(p.names, p.views))
-        ok = math.isfinite(rel) and rel <= tolerance
         if p.n_valid == 0:
+            status = "UNCHECKED"
             unchecked.append(name)
-        elif not ok:
+        elif math.isfinite(rel) and rel <= tolerance:
+            status = "PASS"
+        else:
+            status = "FAIL"
             failed.append(name)
         shown = f"{rel:13.3e}" if math.isfinite(rel) else f"{'n/a':>13}"
-        status = "UNCHECKED" if p.n_valid == 0 else "PASS" if ok else "FAIL"
         click.echo(f"{name:<28} {p.n_valid:>6}/{p.valid.numel():<5} {shown}  {status}")
-        if p.n_valid == 0:
+        if status == "UNCHECKED":
             note(f"warning: every plane of {name} is truncated (the object leaves a detector along every line); "
                  "nothing could be compared")
     verdict = "FAIL" if failed or unchecked else "PASS"  # what could not be checked does not pass

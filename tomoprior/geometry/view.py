@@ -417,11 +417,11 @@ def _project_points(vector: torch.Tensor, shape, xyz, warn: bool = True) -> torc
              device=vector.device)
     if p.ndim != 2 or p.shape[-1] != 3:
         raise ValueError(f"xyz must have shape (n, 3) world (x, y, z) in mm, got {tuple(p.shape)}")
-    finite = torch.isfinite(p.detach()).all(dim=1)
-    if not bool(finite.all()):
-        rows = torch.nonzero(~finite).flatten()[:5].tolist()
-        raise ValueError(f"xyz has NaN or infinite coordinates in {int((~finite).sum())} point(s) (rows {rows}"
-                         f"{', ...' if int((~finite).sum()) > 5 else ''}); pass finite world points in mm, e.g. "
+    nonfinite = torch.nonzero(~torch.isfinite(p.detach()).all(dim=1)).flatten()
+    if nonfinite.numel():
+        rows = nonfinite[:5].tolist() + (["..."] if nonfinite.numel() > 5 else [])
+        raise ValueError(f"xyz has NaN or infinite coordinates in {nonfinite.numel()} point(s) (rows "
+                         f"{', '.join(map(str, rows))}); pass finite world points in mm, e.g. "
                          "xyz[torch.isfinite(xyz).all(dim=1)]")
     vec = vector.to(p.dtype)
     s, c, u, v = vec[0:3], vec[3:6], vec[6:9], vec[9:12]

@@ -17,6 +17,7 @@ from tomoprior.studies.plans import plan_path
 from tomoprior.studies.study import (
     PlanError,
     _missing_needed,
+    _step_name,
     _train_name,
     archive_study,
     bootstrap_ci,
@@ -526,3 +527,43 @@ def test_figure_marks_arms_with_fewer_training_seeds_as_partial(smoke, tmp_path)
     assert all(v == ([0], True) for (lab, arm), v in flags.items() if lab == "psctnet" and arm != other)
     # refiners with one seed throughout are never partial
     assert not any(p for (lab, _), (_, p) in flags.items() if lab != "psctnet")
+
+
+def test_only_runs_the_selected_steps_and_leaves_the_rest_for_resume(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "only"
+    shutil.copytree(out, copy)
+    plan = json.loads((copy / "plan.json").read_text())["plan"]
+    names = [_step_name(item) for item in study_steps(plan)["order"]]
+    evals = [n for n in names if n.startswith("eval/")]
+    bp, other = next(n for n in evals if "/bp-prior/" in n), next(n for n in evals if "/bp-prior/" not in n)
+    for n in (bp, other):
+        (copy / "done" / (n.replace("/", "__") + ".json")).unlink()
+    res = run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None, only=["eval/bp-prior/*"])
+    # the selected evaluation ran, the other stays missing; no report of an unfinished study
+    assert res["ran"] == [bp] and res["stopped"] and res["steps_done"] == res["steps_total"] - 1
+    # a later plain resume finishes it
+    rest = run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None)
+    assert rest["ran"] == [other] and not rest["stopped"]
+
+
+def test_only_refuses_a_pattern_matching_nothing_and_an_evaluation_without_its_training(smoke, tmp_path):
+    out, _ = smoke
+    copy = tmp_path / "only-bad"
+    shutil.copytree(out, copy)
+    with pytest.raises(PlanError, match=r"--only 'eval/nosuch/\*' matches no step of plan"):
+        run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None, only=["eval/nosuch/*"])
+    plan = json.loads((copy / "plan.json").read_text())["plan"]
+    train = next(_step_name(it) for it in study_steps(plan)["order"] if it[0] == "train")
+    label = train.split("/")[1]
+    # its training and one of its evaluations not done (a done evaluation needs no training)
+    first_eval = next(_step_name(it) for it in study_steps(plan)["order"]
+                      if it[0] == "eval" and it[1] == label and it[2] == int(train.rsplit("seed", 1)[1]))
+    for n in (train, first_eval):
+        (copy / "done" / (n.replace("/", "__") + ".json")).unlink()
+    with pytest.raises(PlanError, match=f"evaluates the training {train}, which is not done"):
+        run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None, only=[f"eval/{label}/*"])
+    # the CLI: exit 2 with the message
+    r = CliRunner().invoke(cli, ["study", "run", str(plan_path("smoke")), "--out", str(copy), "--resume",
+                                 "--only", "nothing/*"])
+    assert r.exit_code == 2 and "matches no step" in r.output

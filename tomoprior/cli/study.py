@@ -29,8 +29,11 @@ def study() -> None:
               help="torch threads (more than the free cores slows small 3D convolutions down many times).")
 @click.option("--stop-after", type=click.IntRange(1), default=None,
               help="Stop after this many steps (e.g. to measure throughput); continue later with --resume.")
+@click.option("--only", "only", multiple=True, metavar="PATTERN",
+              help="Run only the training/evaluation steps matching this shell pattern (repeatable), e.g. "
+              "--only 'train/agnostic/base/seed1' --only 'eval/agnostic/seed1/*'; the rest stays for --resume.")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def run(plan, out, resume, threads, stop_after, quiet) -> None:
+def run(plan, out, resume, threads, stop_after, only, quiet) -> None:
     """Run the study of PLAN (YAML) in --out, then write --out/report/."""
     import signal
 
@@ -40,7 +43,8 @@ def run(plan, out, resume, threads, stop_after, quiet) -> None:
     log = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     try:
         with signals_as_exceptions():
-            res = run_study(plan, out, resume=resume, log=log, stop_after=stop_after, threads=threads)
+            res = run_study(plan, out, resume=resume, log=log, stop_after=stop_after, threads=threads,
+                            only=only or None)
     except Terminated as exc:
         raise interrupted(exc.signum, f"the study in {out} stopped; continue it with "
                                       f"`tomoprior study run {plan} --out {out} --resume`") from None

@@ -52,11 +52,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -783,7 +784,7 @@ def refiner_arms(plan: dict, label: str) -> list[str]:
 
 
 def run_study(plan_path, out, *, resume: bool = False, log: Callable[[str], None] = print,
-              stop_after: int | None = None, threads: int | None = 1) -> dict:
+              stop_after: int | None = None, threads: int | None = 1, only: Sequence[str] | None = None) -> dict:
     """Run (or continue) the study of ``plan_path`` in the folder ``out``; then write the report.
 
     Parameters
@@ -803,6 +804,12 @@ def run_study(plan_path, out, *, resume: bool = False, log: Callable[[str], None
     stop_after : int, optional
         Stop after this many steps have run in this call (for measuring throughput; the study
         can be continued with ``resume``).
+    only : sequence of str, optional
+        Run only the training and evaluation steps whose names match one of these shell-style
+        patterns (``fnmatch``, e.g. ``"train/agnostic/base/seed1"``, ``"eval/agnostic/seed1/*"``),
+        in plan order; the data steps run as always. The rest stays for a later ``resume``:
+        to bring a cheaper or more informative part of a long study forward. A selected
+        evaluation whose training is neither done nor selected is refused.
 
     Returns
     -------
@@ -817,10 +824,30 @@ def run_study(plan_path, out, *, resume: bool = False, log: Callable[[str], None
     from .._threads import torch_threads
 
     plan, text = load_plan(plan_path)
+    only = _check_only(plan, only)
     out = Path(out)
     _check_out(out, plan, text, resume)
     with torch_threads(threads):
-        return _run(plan, out, log, stop_after)
+        return _run(plan, out, log, stop_after, only)
+
+
+def _check_only(plan: dict, only) -> tuple[str, ...] | None:
+    """The ``only`` patterns, each matching at least one training or evaluation step of ``plan``,
+    and no selected evaluation left without its training (done or selected is checked when the
+    study runs)."""
+    if only is None:
+        return None
+    if isinstance(only, str):
+        only = [only]
+    names = [_step_name(item) for item in study_steps(plan)["order"]]
+    for pat in only:
+        if not isinstance(pat, str) or not pat.strip():
+            raise PlanError(f"--only needs a step name or pattern, got {pat!r}")
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise PlanError(f"--only {pat!r} matches no step of plan {plan['name']!r}; its steps are named like "
+                            f"{names[0]!r} and {names[-1]!r} (`tomoprior study report DIR --partial` lists the "
+                            "missing ones)")
+    return tuple(only)
 
 
 def _training_evals(plan: dict, label: str, trainset: str, seed: int) -> list[str]:
@@ -879,7 +906,7 @@ def _backfill_digests(rn: _Runner, names: list[str]) -> None:
             write_text_atomic(rn.marker(step), json.dumps(rec, indent=1, sort_keys=True) + "\n")
 
 
-def _run(plan: dict, out: Path, log, stop_after) -> dict:
+def _run(plan: dict, out: Path, log, stop_after, only: tuple[str, ...] | None = None) -> dict:
     rn = _Runner(plan, out, log)
     steps = study_steps(plan)
     previous = {}
@@ -912,16 +939,27 @@ def _run(plan: dict, out: Path, log, stop_after) -> dict:
         if not budget_left():
             break
         make_data(f"data/{name}", lambda n=name, r=recipe, s=splits, t=told: rn.reexpose(n, r, s, t))
+    def selected(name: str) -> bool:
+        return only is None or any(fnmatch.fnmatchcase(name, pat) for pat in only)
+
     train_recs = {}
     for item in steps["order"]:
         if not budget_left():
             break
         kind, label, a, b = item
+        name = _step_name(item)
         if kind == "train":
-            train_recs[(label, a, b)] = rn.step(_step_name(item), lambda x=label, y=a, z=b: rn.train(x, y, z))
+            train_recs[(label, a, b)] = (rn.step(name, lambda x=label, y=a, z=b: rn.train(x, y, z))
+                                         if selected(name) else rn.done(name))
+            continue
+        if not selected(name):
             continue
         tr = train_recs[(label, _train_name(plan["arms"][b]), a)]
-        rn.step(_step_name(item), lambda x=label, y=a, z=b, t=tr: rn.evaluate(x, y, z, t))
+        if tr is None and rn.done(name) is None:
+            need = _step_name(("train", label, _train_name(plan["arms"][b]), a))
+            raise PlanError(f"{name} evaluates the training {need}, which is not done and not selected by --only; "
+                            f"add --only {need!r} (or run it first)")
+        rn.step(name, lambda x=label, y=a, z=b, t=tr: rn.evaluate(x, y, z, t))
     status = _status(out, plan, steps)
     report = None if status["missing"] else study_report(out)
     return {"ran": rn.ran, "skipped": rn.skipped, "report": str(report) if report else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -105,6 +106,35 @@ def test_interrupted_training_resumes_from_its_checkpoint(smoke, tmp_path):
     assert again["ran"] == ["train/psctnet/base/seed0"]
     sessions = json.loads((copy / "runs" / "psctnet" / "base" / "seed0" / "study_budget.json").read_text())
     assert [s["resumed"] for s in sessions] == [False, True] and sessions[-1]["steps_at_end"] == 2
+
+
+def test_an_interrupted_sitting_still_counts_in_the_training_budget(smoke, tmp_path, monkeypatch):
+    import tomoprior.studies.training as training
+
+    out, _ = smoke
+    copy = tmp_path / "interrupted"
+    shutil.copytree(out, copy)
+    run = copy / "runs" / "psctnet" / "base" / "seed0"
+    (copy / "done" / "train__psctnet__base__seed0.json").unlink()
+    real = training.train
+
+    def stopped(*args, **kwargs):  # a sitting that ends by Ctrl-C / a signal after some work
+        time.sleep(0.2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None)
+    sessions = json.loads((run / "study_budget.json").read_text())
+    # was lost: the budget only recorded sittings that finished
+    assert len(sessions) == 2 and sessions[-1]["interrupted"] and sessions[-1]["wall_s"] >= 0.2
+    monkeypatch.setattr(training, "train", real)
+    run_study(plan_path("smoke"), copy, resume=True, log=lambda s: None)
+    sessions = json.loads((run / "study_budget.json").read_text())
+    assert [s.get("interrupted", False) for s in sessions] == [False, True, False]
+    rec = json.loads((copy / "done" / "train__psctnet__base__seed0.json").read_text())
+    assert rec["budget"]["sessions"] == 3
+    assert rec["budget"]["train_wall_s"] == pytest.approx(sum(s["wall_s"] for s in sessions))
 
 
 def test_run_order_reports_cheap_refiners_before_long_trainings(smoke):

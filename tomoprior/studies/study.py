@@ -583,8 +583,16 @@ class _Runner:
         sessions_path = run / "study_budget.json"
         sessions = json.loads(sessions_path.read_text()) if sessions_path.is_file() else []
         resume = (run / "last.pt").is_file()
-        with _Budget() as b:
-            summary = train(cfg, resume=resume)
+        try:
+            with _Budget() as b:
+                summary = train(cfg, resume=resume)
+        except BaseException:
+            # an interrupted sitting (signal, Ctrl-C, error) still cost its time: record it, so that
+            # the training's budget sums every sitting (its steps are in last.pt, which the next
+            # sitting resumes from); only a kill that Python cannot catch leaves a sitting out
+            sessions.append({**b.record, "resumed": resume, "interrupted": True})
+            write_text_atomic(sessions_path, json.dumps(sessions, indent=1) + "\n")
+            raise
         sessions.append({**b.record, "resumed": resume, "steps_at_end": summary["steps"]})
         write_text_atomic(sessions_path, json.dumps(sessions, indent=1) + "\n")
         ckpt = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"

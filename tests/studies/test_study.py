@@ -176,15 +176,22 @@ def test_figure_draws_paired_differences_against_geometry_error(smoke):
     assert all(v == 0.0 for s in series if s["refiner"] == "atlas" for v in s["y"])
 
 
-def test_report_shows_the_run_to_run_spread_of_two_training_seeds(smoke, tmp_path):
+def _copy_with_two_psctnet_seeds(smoke, folder):
+    """A copy of the finished smoke study (no report) whose plan record gives PSCT-Net training
+    seeds 0 and 1; returns ``(copy, plan)``. Seed 1's evaluations are for the caller to add."""
     out, _ = smoke
-    copy = tmp_path / "seeds"
+    copy = folder
     shutil.copytree(out, copy)
     shutil.rmtree(copy / "report")
-    # a second PSCT-Net seed: the first one's evaluations, every skull 1 dB better in the exact arm only
     rec = json.loads((copy / "plan.json").read_text())
     rec["plan"]["refiners"]["psctnet"]["train"]["seeds"] = [0, 1]
     (copy / "plan.json").write_text(json.dumps(rec))
+    return copy, rec["plan"]
+
+
+def test_report_shows_the_run_to_run_spread_of_two_training_seeds(smoke, tmp_path):
+    # a second PSCT-Net seed: the first one's evaluations, every skull 1 dB better in the exact arm only
+    copy, _ = _copy_with_two_psctnet_seeds(smoke, tmp_path / "seeds")
     shutil.copytree(copy / "eval" / "psctnet" / "seed0", copy / "eval" / "psctnet" / "seed1")
     exact = copy / "eval" / "psctnet" / "seed1" / "exact.json"
     doc = json.loads(exact.read_text())
@@ -533,13 +540,7 @@ def test_report_repeats_calibrated_arms_over_the_calibrations_that_pass_qa(smoke
 def test_figure_marks_arms_with_fewer_training_seeds_as_partial(smoke, tmp_path):
     from tomoprior.studies.study import _figure_series, _load_results
 
-    out, _ = smoke
-    copy = tmp_path / "partial-seeds"
-    shutil.copytree(out, copy)
-    shutil.rmtree(copy / "report")
-    rec = json.loads((copy / "plan.json").read_text())
-    rec["plan"]["refiners"]["psctnet"]["train"]["seeds"] = [0, 1]
-    (copy / "plan.json").write_text(json.dumps(rec))
+    copy, plan = _copy_with_two_psctnet_seeds(smoke, tmp_path / "partial-seeds")
     # seed 1 evaluated in the exact arm and one other arm only (a study under way)
     arms = sorted(p.stem for p in (copy / "eval" / "psctnet" / "seed0").glob("*.json"))
     other = next(a for a in arms if a != "exact")
@@ -548,7 +549,6 @@ def test_figure_marks_arms_with_fewer_training_seeds_as_partial(smoke, tmp_path)
         shutil.copy(copy / "eval" / "psctnet" / "seed0" / f"{arm}.json", copy / "eval" / "psctnet" / "seed1")
     study_report(copy, figure=True, partial=True)
     assert (copy / "report" / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    plan = rec["plan"]
     rows, _ = _rows(copy)
     series = _figure_series(plan, _load_results(copy, plan, partial=True), list(rows.values()), "exact",
                             "dice_bone")

@@ -840,9 +840,9 @@ def run_study(plan_path, out, *, resume: bool = False, log: Callable[[str], None
 
 
 def _check_only(plan: dict, only) -> tuple[str, ...] | None:
-    """The ``only`` patterns, each matching at least one training or evaluation step of ``plan``,
-    and no selected evaluation left without its training (done or selected is checked when the
-    study runs)."""
+    """The ``only`` patterns as a tuple, after checking that each matches at least one training
+    or evaluation step of ``plan`` (whether a selected evaluation's training is done or selected
+    is checked when the study runs)."""
     if only is None:
         return None
     if isinstance(only, str):
@@ -947,6 +947,7 @@ def _run(plan: dict, out: Path, log, stop_after, only: tuple[str, ...] | None = 
         if not budget_left():
             break
         make_data(f"data/{name}", lambda n=name, r=recipe, s=splits, t=told: rn.reexpose(n, r, s, t))
+
     def selected(name: str) -> bool:
         return only is None or any(fnmatch.fnmatchcase(name, pat) for pat in only)
 
@@ -962,9 +963,10 @@ def _run(plan: dict, out: Path, log, stop_after, only: tuple[str, ...] | None = 
             continue
         if not selected(name):
             continue
-        tr = train_recs[(label, _train_name(plan["arms"][b]), a)]
+        trainset = _train_name(plan["arms"][b])
+        tr = train_recs[(label, trainset, a)]
         if tr is None and rn.done(name) is None:
-            need = _step_name(("train", label, _train_name(plan["arms"][b]), a))
+            need = _step_name(("train", label, trainset, a))
             raise PlanError(f"{name} evaluates the training {need}, which is not done and not selected by --only; "
                             f"add --only {need!r} (or run it first)")
         rn.step(name, lambda x=label, y=a, z=b, t=tr: rn.evaluate(x, y, z, t))
@@ -1553,13 +1555,14 @@ def _figure_series(plan: dict, res: dict, rows: list[dict], ref_arm: str, metric
             if arm == ref_arm or cur is None:
                 continue
             common = [i for i in sorted(cur) if i in ref]
+            seeds = _seeds(cur)
             row = next(r for r in rows if r["refiner"] == label and r["arm"] == arm)
             ci = row["diff"].get(metric, {"n": 0, "mean": math.nan, "lo": math.nan, "hi": math.nan})
             out.append({"refiner": label, "arm": arm,
                         "x": [_seed_mean(cur[i], "geometry_error_px") for i in common],
                         "y": [_paired(cur[i], ref[i], metric) for i in common],
                         "mean_x": row["geometry_error_px"], "n": ci["n"], "mean": ci["mean"], "lo": ci["lo"],
-                        "hi": ci["hi"], "seeds": _seeds(cur), "partial": len(_seeds(cur)) < most})
+                        "hi": ci["hi"], "seeds": seeds, "partial": len(seeds) < most})
     return out
 
 
